@@ -1,0 +1,148 @@
+// Command supervisor runs pairvisor: a supervisor that spawns worker
+// processes over socketpairs and health-checks them, and the clients
+// that talk to it. Run "supervisor --help" for the commands.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/pairvisor/pairvisor/worker"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "0.1.0-dev"
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) int
+}
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{"run", "start and supervise workers (the main job)", runCmd},
+		{"version", "print the version", versionCmd},
+	}
+}
+
+func main() {
+	// A re-executed worker takes this branch before anything else runs.
+	w, err := worker.FromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "supervisor:", err)
+		os.Exit(exitFail)
+	}
+	if w != nil {
+		os.Exit(workerMain(w))
+	}
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		usage(stdout)
+		return exitOK
+	case "-version", "--version":
+		return versionCmd(nil, stdout, stderr)
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "supervisor: unknown command %q\n", args[0])
+	usage(stderr)
+	return exitUsage
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "supervisor %s: supervise worker processes over Unix sockets\n\nUsage:\n  supervisor <command> [flags]\n\nCommands:\n", version)
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun \"supervisor <command> --help\" for a command's flags.\n"+
+		"Exit status: 0 success, 1 failure, 2 usage error.\n")
+}
+
+func versionCmd(args []string, stdout, stderr io.Writer) int {
+	fmt.Fprintf(stdout, "supervisor %s (protocol %d)\n", version, protocolVersion)
+	return exitOK
+}
+
+// newFlagSet returns a flag set that reports errors instead of exiting.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: supervisor %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args; ok is false with the exit status when the
+// command should stop (help or a usage error).
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (status int, ok bool) {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return exitOK, false
+	}
+	if err != nil {
+		return exitUsage, false
+	}
+	if fs.NArg() > 0 && fs.Name() != "echo" {
+		fmt.Fprintf(fs.Output(), "supervisor %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return exitUsage, false
+	}
+	return exitOK, true
+}
+
+// logFlags are the logging flags every long-running command takes.
+type logFlags struct {
+	level string
+	json  bool
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: trace, debug, info, warn, error or off")
+	fs.BoolVar(&l.json, "log-json", false, "log JSON lines instead of text")
+}
+
+func (l *logFlags) logger(stderr io.Writer) (hclog.Logger, error) {
+	level := hclog.LevelFromString(l.level)
+	if level == hclog.NoLevel && !strings.EqualFold(l.level, "off") {
+		return nil, fmt.Errorf("unknown log level %q", l.level)
+	}
+	if strings.EqualFold(l.level, "off") {
+		level = hclog.Off
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "supervisor",
+		Level:      level,
+		Output:     stderr,
+		JSONFormat: l.json,
+	}), nil
+}

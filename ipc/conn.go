@@ -1,0 +1,792 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for the zero fields of [ConnConfig].
+const (
+	DefaultMaxConcurrent = 64
+	DefaultWriteTimeout  = 10 * time.Second
+)
+
+const (
+	readBufSize    = 16 << 10
+	yieldEvery     = 5 * time.Millisecond // see the sysmon note in RESULTS.md
+	alignThreshold = 32 << 10
+	errorWriteWait = 100 * time.Millisecond
+)
+
+// Request is a request passed to a [Handler]. The handler owns Payload.
+type Request struct {
+	Type    Type
+	Payload []byte
+}
+
+// Handler answers requests that a Conn does not answer itself: message,
+// status, shutdown, reload and, with [ConnConfig.ForwardEcho], echo.
+// Each call runs in its own goroutine; ctx is cancelled when the Conn
+// closes, and a handler must return soon after. A returned
+// *[RemoteError] is sent as is; any other error is sent as
+// [CodeInternal] with the error's text. A Handler must not call Close
+// on its own Conn (Close waits for handlers to return).
+type Handler func(ctx context.Context, req Request) ([]byte, error)
+
+// ConnConfig configures a [Conn]. The zero value is ready to use.
+type ConnConfig struct {
+	// Name is sent in our hello ("supervisor", "worker.3", "client").
+	Name string
+
+	// Handler answers message, status, shutdown and reload requests.
+	// Nil refuses them with [CodeUnsupported].
+	Handler Handler
+
+	// ForwardEcho hands echo requests to Handler instead of answering
+	// them in the reader. The front door sets it to route echoes to
+	// workers.
+	ForwardEcho bool
+
+	// MaxPayload bounds the payload of frames we accept and send. Zero
+	// means [MaxPayload]; larger values are lowered to it.
+	MaxPayload uint32
+
+	// MaxConcurrent bounds the handler goroutines running at once;
+	// requests over the bound get [CodeUnavailable]. Zero means
+	// [DefaultMaxConcurrent].
+	MaxConcurrent int
+
+	// WriteTimeout bounds replies written by the Conn itself (pongs,
+	// echoes, handler results) when the peer does not read. Zero means
+	// [DefaultWriteTimeout].
+	WriteTimeout time.Duration
+
+	// IdleTimeout closes the Conn when nothing at all arrives for this
+	// long. Zero means no limit.
+	IdleTimeout time.Duration
+
+	// Addr names the socket in errors and logs; empty for socketpairs.
+	Addr string
+
+	// Logger receives protocol errors at debug level. Nil discards.
+	Logger hclog.Logger
+}
+
+// Conn is one end of a framed pairvisor connection. It multiplexes any
+// number of concurrent requests in both directions: a dedicated reader
+// goroutine answers pings and echoes itself, hands other requests to
+// the Handler, and routes replies to waiting callers by request id, so a
+// ping never waits for another request's reply.
+//
+// A Conn owns its file descriptor from [NewConn] on. It closes it once,
+// after the reader goroutine has ended and no write is in progress, so
+// the number can never be reused under a late write. All methods are
+// safe for concurrent use.
+type Conn struct {
+	fd   int
+	cfg  ConnConfig
+	log  hclog.Logger
+	peer Hello
+	ver  uint16
+
+	// Write side: one frame at a time, from preallocated iovecs.
+	wmu     sync.Mutex
+	wclosed bool
+	whdr    [HeaderSize]byte
+	iov     [2]unix.Iovec
+	msg     unix.Msghdr
+
+	// fdmu guards fd against close while Close shuts it down.
+	fdmu    sync.Mutex
+	closing bool
+
+	// Pending calls by request id.
+	pmu     sync.Mutex
+	pending map[uint64]*call
+	nextID  uint64
+	closed  bool
+	err     error // why the Conn closed; set before done is closed
+
+	// Reader state, touched only by the reader goroutine.
+	rbuf      []byte
+	r, w      int
+	big       []byte
+	lastYield time.Time
+
+	ctx       context.Context // cancelled when the Conn closes
+	cancel    context.CancelFunc
+	sem       chan struct{}
+	handlers  sync.WaitGroup
+	helloDone chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+var _ io.Closer = (*Conn)(nil)
+
+type call struct {
+	typ   Type
+	dst   []byte
+	reply []byte
+	err   error
+	done  chan struct{}
+}
+
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+
+// NewConn takes ownership of f, a connected stream socket (one end of
+// [Socketpair], an inherited fd, an accepted or dialled socket),
+// exchanges hellos and returns the established Conn. f is closed in
+// every case: NewConn moves the descriptor into the Conn, which closes
+// it on [Conn.Close]; on error nothing is left open. NewConn blocks
+// until the peer's hello arrives or ctx ends.
+func NewConn(ctx context.Context, f *os.File, cfg ConnConfig) (*Conn, error) {
+	fd, err := takeFile(f)
+	if err != nil {
+		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
+	}
+	if !isSocket(fd) {
+		unix.Close(fd)
+		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: ErrNotSocket}
+	}
+	return newConn(ctx, fd, cfg, nil)
+}
+
+// newConn takes ownership of fd (closed on error too). prefix holds
+// bytes already read from fd that belong to the stream.
+func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn, error) {
+	if cfg.MaxPayload == 0 || cfg.MaxPayload > MaxPayload {
+		cfg.MaxPayload = MaxPayload
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	c := &Conn{
+		fd:        fd,
+		cfg:       cfg,
+		log:       log,
+		pending:   make(map[uint64]*call),
+		rbuf:      make([]byte, readBufSize),
+		sem:       make(chan struct{}, cfg.MaxConcurrent),
+		helloDone: make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	c.w = copy(c.rbuf, prefix)
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.msg.Iov = &c.iov[0]
+	c.iov[0].Base = &c.whdr[0]
+	c.iov[0].SetLen(HeaderSize)
+	if cfg.IdleTimeout > 0 {
+		if err := setRecvTimeout(fd, cfg.IdleTimeout); err != nil {
+			unix.Close(fd)
+			return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
+		}
+	}
+	hello := AppendHello(make([]byte, 0, 64), Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion, PID: uint32(os.Getpid()), Name: cfg.Name})
+	if err := c.writeFrame(ctx, 0, Header{Type: TypeHello}, hello); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	go c.readLoop()
+	select {
+	case <-c.helloDone:
+		return c, nil
+	case <-c.done:
+		return nil, c.err
+	case <-ctx.Done():
+		c.Close()
+		return nil, &OpError{Op: "hello", Addr: cfg.Addr, Err: fmt.Errorf("no hello from peer: %w", ctx.Err())}
+	}
+}
+
+// Peer returns the hello the peer sent.
+func (c *Conn) Peer() Hello { return c.peer }
+
+// Version returns the negotiated protocol version.
+func (c *Conn) Version() uint16 { return c.ver }
+
+// Done returns a channel that is closed once the Conn has closed, its fd
+// is released and every handler has returned.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the Conn closed: an error wrapping [ErrClosed] after
+// Close or a peer's EOF, a *[FrameError] after a protocol violation. It
+// returns nil while the Conn is open.
+func (c *Conn) Err() error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+// Close closes the connection: pending calls fail with [ErrClosed], the
+// handlers' context is cancelled, and Close returns once the fd is
+// closed and every handler has returned. It is idempotent and safe to
+// call from any goroutine except a Handler of this Conn.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.fdmu.Lock()
+		c.closing = true
+		if c.fd >= 0 {
+			unix.Shutdown(c.fd, unix.SHUT_RDWR) // wakes the reader and any writer
+		}
+		c.fdmu.Unlock()
+	})
+	<-c.done
+	return nil
+}
+
+// abort closes the connection because of err without waiting.
+func (c *Conn) abort(err error) {
+	c.pmu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.pmu.Unlock()
+	c.fdmu.Lock()
+	if c.fd >= 0 {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
+	c.fdmu.Unlock()
+}
+
+// Ping sends a ping and waits for the pong, returning the round-trip
+// time. It does not allocate.
+func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	if _, err := c.Call(ctx, TypePing, nil, nil); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// Echo sends payload and returns what the peer sent back, read into dst
+// when it is large enough (otherwise into a new slice).
+func (c *Conn) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
+	return c.Call(ctx, TypeEcho, payload, dst)
+}
+
+// Call sends a request of type t and waits for its reply. The reply's
+// payload is read straight into dst when cap(dst) is large enough, and
+// into a new slice otherwise. Call may run concurrently with any number
+// of other calls.
+//
+// Call returns when the reply arrives, the Conn closes, or ctx ends. An
+// error reply is returned as a *[RemoteError]. If ctx ends while the
+// reply is already being read into dst, Call cannot hand dst back until
+// the read is done, so it closes the Conn (reason [ErrStalled]) to end
+// the read at once; with a nil dst it simply abandons the reply.
+func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, error) {
+	if len(payload) > int(c.cfg.MaxPayload) {
+		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", len(payload), c.cfg.MaxPayload)}}
+	}
+	cl := callPool.Get().(*call)
+	cl.typ, cl.dst = t, dst
+	c.pmu.Lock()
+	if c.closed {
+		err := c.err
+		c.pmu.Unlock()
+		callPool.Put(cl)
+		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = cl
+	c.pmu.Unlock()
+
+	if err := c.writeFrame(ctx, 0, Header{Type: t, ID: id}, payload); err != nil {
+		if c.unregister(id) {
+			c.putCall(cl)
+		}
+		return nil, err
+	}
+	select {
+	case <-cl.done:
+		reply, err := cl.reply, cl.err
+		c.putCall(cl)
+		if err != nil {
+			return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
+		}
+		return reply, nil
+	case <-ctx.Done():
+		if !c.unregister(id) && cl.dst != nil {
+			// The reader is filling dst right now.
+			c.abort(&OpError{Op: "read", Addr: c.cfg.Addr, Err: ErrStalled})
+			<-cl.done
+			c.putCall(cl)
+		}
+		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: ctx.Err()}
+	}
+}
+
+// unregister removes a pending call and reports whether it was still
+// there (false: the reader has claimed it).
+func (c *Conn) unregister(id uint64) bool {
+	c.pmu.Lock()
+	_, ok := c.pending[id]
+	delete(c.pending, id)
+	c.pmu.Unlock()
+	return ok
+}
+
+func (c *Conn) putCall(cl *call) {
+	cl.dst, cl.reply, cl.err = nil, nil, nil
+	callPool.Put(cl)
+}
+
+// writeFrame writes one frame atomically with respect to other writers.
+// The wait for a full socket buffer ends at ctx's deadline or, for a
+// nil ctx, after timeout. A frame left half-written closes the Conn.
+func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, p []byte) error {
+	h.Length = uint32(len(p))
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wclosed {
+		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
+	}
+	PutHeader(c.whdr[:], h)
+	c.msg.Iov = &c.iov[0]
+	c.iov[0].Base = &c.whdr[0]
+	c.iov[0].SetLen(HeaderSize)
+	c.msg.Iovlen = 1
+	if len(p) > 0 {
+		c.iov[1].Base = unsafe.SliceData(p)
+		c.iov[1].SetLen(len(p))
+		c.msg.Iovlen = 2
+	}
+	left := HeaderSize + len(p)
+	var deadline time.Time
+	for {
+		n, err := sendmsg(c.fd, &c.msg)
+		if err == nil {
+			left -= n
+			if left == 0 {
+				break
+			}
+			c.advance(n)
+			continue
+		}
+		if err != unix.EAGAIN {
+			err = os.NewSyscallError("sendmsg", err)
+		} else {
+			var done <-chan struct{}
+			if ctx != nil {
+				done = ctx.Done()
+				if deadline.IsZero() {
+					deadline, _ = ctx.Deadline()
+				}
+			} else if deadline.IsZero() {
+				deadline = time.Now().Add(timeout)
+			}
+			err = waitWritable(c.fd, deadline, done)
+			if err == nil {
+				continue
+			}
+			if err == errCanceled {
+				err = ctx.Err()
+			}
+		}
+		if left < HeaderSize+len(p) {
+			// Half a frame is on the wire: the stream is lost.
+			c.abort(&OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", err)})
+		}
+		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
+	}
+	runtime.KeepAlive(p)
+	return nil
+}
+
+// advance drops n written bytes from the front of the iovecs.
+func (c *Conn) advance(n int) {
+	iov := unsafe.Slice(c.msg.Iov, c.msg.Iovlen)
+	for n > 0 && len(iov) > 0 {
+		if l := int(iov[0].Len); n >= l {
+			n -= l
+			iov = iov[1:]
+			continue
+		}
+		iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
+		iov[0].Len -= uint64(n)
+		n = 0
+	}
+	c.msg.Iov = &iov[0]
+	c.msg.Iovlen = uint64(len(iov))
+}
+
+func (c *Conn) closedErr() error {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	return ErrClosed
+}
+
+// readLoop is the reader goroutine. It owns rbuf, r, w and big, and at
+// its end it tears the Conn down and closes the fd.
+func (c *Conn) readLoop() {
+	err := c.readFrames()
+	c.fdmu.Lock()
+	closing := c.closing
+	if c.fd >= 0 {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR) // wake writers waiting in poll
+	}
+	c.fdmu.Unlock()
+
+	c.pmu.Lock()
+	switch {
+	case c.err != nil: // set by abort
+	case closing:
+		c.err = ErrClosed
+	default:
+		c.err = err
+	}
+	err = c.err
+	c.closed = true
+	pending := c.pending
+	c.pending = nil
+	c.pmu.Unlock()
+	for _, cl := range pending {
+		cl.err = err
+		cl.done <- struct{}{}
+	}
+	c.cancel()
+
+	c.wmu.Lock()
+	c.fdmu.Lock()
+	c.wclosed = true
+	unix.Close(c.fd)
+	c.fd = -1
+	c.fdmu.Unlock()
+	c.wmu.Unlock()
+
+	c.handlers.Wait()
+	if !errors.Is(err, ErrClosed) {
+		c.log.Debug("connection closed", "addr", c.cfg.Addr, "error", err)
+	}
+	close(c.done)
+}
+
+// readFrames reads and dispatches frames until the stream ends or
+// breaks. Its error says why.
+func (c *Conn) readFrames() error {
+	hello := true
+	for {
+		if err := c.fill(HeaderSize); err != nil {
+			if err == io.EOF && c.r == c.w {
+				return ErrPeerClosed
+			}
+			if err == io.EOF {
+				err = &FrameError{Err: ErrTruncated, Detail: fmt.Sprintf("stream ended after %d of %d header bytes", c.w-c.r, HeaderSize)}
+			}
+			return c.readErr(err)
+		}
+		h, err := ParseHeader(c.rbuf[c.r:c.w], c.cfg.MaxPayload)
+		if err != nil {
+			return c.protocolErr(h.ID, err)
+		}
+		c.r += HeaderSize
+		if hello {
+			if err := c.readHello(h); err != nil {
+				return err
+			}
+			hello = false
+			close(c.helloDone)
+			continue
+		}
+		switch {
+		case h.IsReply():
+			err = c.deliver(h)
+		case h.Type == TypePing:
+			err = c.answerInline(h, MaxPingPayload)
+		case h.Type == TypeEcho && !c.cfg.ForwardEcho:
+			err = c.answerInline(h, c.cfg.MaxPayload)
+		case h.Type == TypeHello || h.Type == TypeError:
+			err = c.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request after the handshake", h.Type)})
+		default:
+			err = c.dispatch(h)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Conn) readHello(h Header) error {
+	if h.Type != TypeHello || h.IsReply() {
+		if h.Type == TypeError && h.IsReply() {
+			p, err := c.readPayload(h, nil)
+			if err != nil {
+				return err
+			}
+			return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: ParseError(p)}
+		}
+		return c.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("first frame is %s, want hello", h.Type)})
+	}
+	if h.Length > maxHelloPayload {
+		return c.protocolErr(0, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, limit %d", h.Length, maxHelloPayload)})
+	}
+	p, err := c.readPayload(h, nil)
+	if err != nil {
+		return err
+	}
+	peer, err := ParseHello(p)
+	if err != nil {
+		return c.protocolErr(0, err)
+	}
+	v, err := negotiate(Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion}, peer)
+	if err != nil {
+		c.sendError(0, CodeVersion, err.Error())
+		return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: err}
+	}
+	c.peer, c.ver = peer, v
+	return nil
+}
+
+// deliver hands a reply to the caller waiting for it.
+func (c *Conn) deliver(h Header) error {
+	c.pmu.Lock()
+	cl := c.pending[h.ID]
+	delete(c.pending, h.ID)
+	c.pmu.Unlock()
+	if cl == nil {
+		if h.Type == TypeError && h.ID == 0 {
+			// A connection-level error: the peer is closing.
+			p, err := c.readPayload(h, nil)
+			if err != nil {
+				return err
+			}
+			return &OpError{Op: "read", Addr: c.cfg.Addr, Err: ParseError(p)}
+		}
+		return c.discard(int(h.Length)) // its caller gave up
+	}
+	var err error
+	switch {
+	case h.Type == TypeError:
+		var p []byte
+		if p, err = c.readPayload(h, nil); err == nil {
+			cl.err = ParseError(p)
+		}
+	case h.Type != cl.typ:
+		err = c.protocolErr(0, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s reply to %s request %d", h.Type, cl.typ, h.ID)})
+	default:
+		cl.reply, err = c.readPayload(h, cl.dst)
+	}
+	if err != nil {
+		cl.err = err
+	}
+	cl.done <- struct{}{}
+	return err
+}
+
+// answerInline answers a ping or an echo from the read buffer, without
+// copying or allocating.
+func (c *Conn) answerInline(h Header, limit uint32) error {
+	if h.Length > limit {
+		return c.protocolErr(h.ID, &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
+	}
+	p, err := c.payloadView(int(h.Length))
+	if err != nil {
+		return c.readErr(err)
+	}
+	if err := c.writeFrame(nil, c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p); err != nil {
+		return err
+	}
+	return nil
+}
+
+// dispatch runs the Handler for a request in its own goroutine.
+func (c *Conn) dispatch(h Header) error {
+	p, err := c.readPayload(h, nil)
+	if err != nil {
+		return err
+	}
+	if c.cfg.Handler == nil {
+		return c.sendError(h.ID, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
+	}
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		return c.sendError(h.ID, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
+	}
+	c.handlers.Add(1)
+	go func() {
+		defer c.handlers.Done()
+		defer func() { <-c.sem }()
+		resp, err := c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
+		if err != nil {
+			var re *RemoteError
+			if !errors.As(err, &re) {
+				re = &RemoteError{Code: CodeInternal, Message: err.Error()}
+			}
+			c.sendError(h.ID, re.Code, re.Message)
+			return
+		}
+		if len(resp) > int(c.cfg.MaxPayload) {
+			c.sendError(h.ID, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
+			return
+		}
+		c.writeFrame(nil, c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, resp)
+	}()
+	return nil
+}
+
+// sendError writes an error reply. Failing to write it is not an error
+// of the reader: the Conn is then closing anyway.
+func (c *Conn) sendError(id uint64, code uint16, msg string) error {
+	c.writeFrame(nil, c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
+	return nil
+}
+
+// protocolErr tells the peer what it did wrong (best effort) and
+// returns err for the reader to close the Conn with.
+func (c *Conn) protocolErr(id uint64, err error) error {
+	code := CodeProtocol
+	if errors.Is(err, ErrFrameTooLarge) {
+		code = CodeTooLarge
+	}
+	c.writeFrame(nil, errorWriteWait, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
+	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
+}
+
+func (c *Conn) readErr(err error) error {
+	if err == io.EOF {
+		err = &FrameError{Err: ErrTruncated, Detail: "stream ended inside a frame"}
+	} else if errors.Is(err, unix.EAGAIN) {
+		err = fmt.Errorf("%w: nothing received for %v", ErrIdle, c.cfg.IdleTimeout)
+	}
+	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
+}
+
+// fill makes at least n bytes (n <= len(rbuf)) available in rbuf[r:w].
+func (c *Conn) fill(n int) error {
+	if c.w-c.r >= n {
+		return nil
+	}
+	if c.r == c.w {
+		c.r, c.w = 0, 0
+	} else if c.r+n > len(c.rbuf) {
+		c.w = copy(c.rbuf, c.rbuf[c.r:c.w])
+		c.r = 0
+	}
+	for c.w-c.r < n {
+		k, err := c.read(c.rbuf[c.w:])
+		if err != nil {
+			return err
+		}
+		c.w += k
+	}
+	return nil
+}
+
+// read is one read(2) into p, yielding the P every few milliseconds so
+// that sysmon does not treat the reader as a long-running goroutine.
+func (c *Conn) read(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(c.lastYield) > yieldEvery {
+		c.lastYield = now
+		runtime.Gosched()
+	}
+	n, err := readfd(c.fd, p)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// readFull reads len(p) bytes straight from the socket, first aligning
+// the destination of large reads to 64 bytes (the kernel copies
+// unaligned destinations at half speed on the reference machine).
+func (c *Conn) readFull(p []byte) error {
+	if len(p) >= alignThreshold {
+		if off := int(uintptr(unsafe.Pointer(unsafe.SliceData(p))) & 63); off != 0 {
+			if err := c.readFull(p[:64-off]); err != nil {
+				return err
+			}
+			p = p[64-off:]
+		}
+	}
+	for len(p) > 0 {
+		n, err := c.read(p)
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// readPayload reads h's payload into dst if it is large enough, else
+// into a new slice.
+func (c *Conn) readPayload(h Header, dst []byte) ([]byte, error) {
+	n := int(h.Length)
+	if n == 0 {
+		return dst[:0], nil
+	}
+	if cap(dst) < n {
+		dst = make([]byte, n)
+	}
+	dst = dst[:n]
+	m := copy(dst, c.rbuf[c.r:c.w])
+	c.r += m
+	if err := c.readFull(dst[m:]); err != nil {
+		return nil, c.readErr(err)
+	}
+	return dst, nil
+}
+
+// payloadView returns the next n bytes, valid until the next read: a
+// slice of rbuf when they fit, else of a reused larger buffer.
+func (c *Conn) payloadView(n int) ([]byte, error) {
+	if n <= len(c.rbuf) {
+		if err := c.fill(n); err != nil {
+			return nil, err
+		}
+		p := c.rbuf[c.r : c.r+n]
+		c.r += n
+		return p, nil
+	}
+	if cap(c.big) < n {
+		c.big = make([]byte, n)
+	}
+	p := c.big[:n]
+	m := copy(p, c.rbuf[c.r:c.w])
+	c.r += m
+	return p, c.readFull(p[m:])
+}
+
+// discard skips n payload bytes.
+func (c *Conn) discard(n int) error {
+	for n > 0 {
+		if c.r == c.w {
+			if err := c.fill(1); err != nil {
+				return c.readErr(err)
+			}
+		}
+		k := min(n, c.w-c.r)
+		c.r += k
+		n -= k
+	}
+	return nil
+}

@@ -1,0 +1,25 @@
+package ipc
+
+// The supervisor↔worker contract: how a supervisor hands a worker its
+// channel and settings. Workers in other languages implement exactly
+// this (see docs/PROTOCOL.md, "Process contract").
+const (
+	// EnvWorker marks a process as a worker; its value is the worker's
+	// id, a decimal number from 1.
+	EnvWorker = "PAIRVISOR_WORKER"
+
+	// EnvParentPID holds the supervisor's pid. A worker whose parent is
+	// someone else inherited the variables by mistake and refuses to run.
+	EnvParentPID = "PAIRVISOR_PARENT_PID"
+
+	// EnvFD holds the channel's descriptor number, always "3" (the
+	// first of exec.Cmd.ExtraFiles).
+	EnvFD = "PAIRVISOR_FD"
+
+	// EnvLogLevel holds the supervisor's log level ("trace" … "error",
+	// "off") so a worker does not emit lines the supervisor would drop.
+	EnvLogLevel = "PAIRVISOR_LOG_LEVEL"
+
+	// ChannelFD is the channel's descriptor number in the worker.
+	ChannelFD = 3
+)

@@ -1,0 +1,101 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Test for them with errors.Is; the values returned
+// by this package wrap them in a *[FrameError] or *[OpError] that adds
+// the detail.
+var (
+	// ErrClosed is returned by calls on a Conn that has been closed,
+	// by either side or after a protocol error.
+	ErrClosed = errors.New("ipc: connection closed")
+
+	// ErrPeerClosed reports that the peer closed its end (EOF between
+	// frames). It wraps ErrClosed.
+	ErrPeerClosed = fmt.Errorf("%w by peer", ErrClosed)
+
+	// ErrTruncated reports a stream that ended inside a frame.
+	ErrTruncated = errors.New("ipc: truncated frame")
+
+	// ErrBadMagic reports a frame that does not start with 0xC1 'P'.
+	ErrBadMagic = errors.New("ipc: bad frame magic")
+
+	// ErrUnknownType reports a frame type this version does not define.
+	ErrUnknownType = errors.New("ipc: unknown frame type")
+
+	// ErrBadFlags reports undefined flag bits.
+	ErrBadFlags = errors.New("ipc: undefined frame flags")
+
+	// ErrFrameTooLarge reports a payload length over the limit.
+	ErrFrameTooLarge = errors.New("ipc: frame too large")
+
+	// ErrBadPayload reports a payload that does not decode for its type.
+	ErrBadPayload = errors.New("ipc: malformed payload")
+
+	// ErrUnexpected reports a frame that is valid on its own but not
+	// allowed where it arrived (a request before the hello, a second
+	// hello).
+	ErrUnexpected = errors.New("ipc: unexpected frame")
+
+	// ErrVersion reports that the peers share no protocol version.
+	ErrVersion = errors.New("ipc: no common protocol version")
+
+	// ErrStalled reports a peer that stopped sending in the middle of a
+	// reply whose caller had already given up; the Conn is closed.
+	ErrStalled = errors.New("ipc: peer stalled inside a frame")
+
+	// ErrNotSocket reports a path or descriptor that is not a socket.
+	ErrNotSocket = errors.New("ipc: not a socket")
+)
+
+// FrameError describes a malformed or unexpected frame. The Conn that
+// read it is closed.
+type FrameError struct {
+	Err    error  // one of the sentinel errors above
+	Detail string // what exactly was wrong
+}
+
+func (e *FrameError) Error() string {
+	if e.Detail == "" {
+		return e.Err.Error()
+	}
+	return e.Err.Error() + ": " + e.Detail
+}
+
+func (e *FrameError) Unwrap() error { return e.Err }
+
+// OpError is the error type returned by the functions and methods of
+// this package that touch the operating system or the peer. It names the
+// operation and, where there is one, the socket path.
+type OpError struct {
+	Op   string // "dial", "listen", "read", "write", "call ping", ...
+	Addr string // socket path or "@name"; empty for socketpairs
+	Err  error
+}
+
+func (e *OpError) Error() string {
+	s := "ipc: " + e.Op
+	if e.Addr != "" {
+		s += " " + e.Addr
+	}
+	return s + ": " + e.Err.Error()
+}
+
+func (e *OpError) Unwrap() error { return e.Err }
+
+// RemoteError is an error reply received from the peer.
+type RemoteError struct {
+	Code    uint16 // one of the Code constants
+	Message string
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("peer replied with error %d: %s", e.Code, e.Message)
+}
+
+// ErrIdle reports a Conn closed because nothing arrived within its
+// IdleTimeout.
+var ErrIdle = errors.New("ipc: idle timeout")

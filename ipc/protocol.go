@@ -1,0 +1,251 @@
+package ipc
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Wire-format constants. docs/PROTOCOL.md is the normative description;
+// these values must stay in step with it.
+const (
+	// HeaderSize is the fixed size of every frame header in bytes.
+	HeaderSize = 16
+
+	// Magic0 and Magic1 open every frame. 0xC1 never occurs in UTF-8
+	// text, so a server can tell a framed client from a text client by
+	// the first byte alone.
+	Magic0 = 0xC1
+	Magic1 = 'P'
+
+	// ProtocolVersion is the highest protocol version this package
+	// speaks; MinProtocolVersion the lowest.
+	ProtocolVersion    = 1
+	MinProtocolVersion = 1
+
+	// MaxPayload is the protocol's hard limit on a frame's payload
+	// (16 MiB). A Conn may be configured with a lower limit.
+	MaxPayload = 16 << 20
+
+	// MaxPingPayload bounds the opaque payload a ping may carry; the
+	// pong returns it unchanged.
+	MaxPingPayload = 64
+
+	// maxHelloPayload bounds a hello: 8 fixed bytes plus a name.
+	maxHelloPayload = 8 + maxNameLen
+	maxNameLen      = 256
+)
+
+// Type is a frame's message type.
+type Type uint8
+
+// Message types. A reply carries its request's type with [FlagReply]
+// set, except that any request may instead be answered by [TypeError].
+const (
+	TypeHello    Type = 1 // version exchange; first frame in each direction
+	TypePing     Type = 2 // health check; answered by a pong (TypePing|FlagReply)
+	TypeEcho     Type = 3 // the reply carries the request's payload unchanged
+	TypeMessage  Type = 4 // application message, answered by the peer's handler
+	TypeShutdown Type = 5 // asks the peer to finish in-flight work and close
+	TypeStatus   Type = 6 // asks for a JSON status document
+	TypeReload   Type = 7 // asks a supervisor for a rolling restart
+	TypeError    Type = 15
+)
+
+var typeNames = [...]string{
+	TypeHello: "hello", TypePing: "ping", TypeEcho: "echo", TypeMessage: "message",
+	TypeShutdown: "shutdown", TypeStatus: "status", TypeReload: "reload", TypeError: "error",
+}
+
+// String returns the type's lower-case name, or "type(N)" when unknown.
+func (t Type) String() string {
+	if int(t) < len(typeNames) && typeNames[t] != "" {
+		return typeNames[t]
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Known reports whether t is a type defined by this protocol version.
+func (t Type) Known() bool { return int(t) < len(typeNames) && typeNames[t] != "" }
+
+// Frame flags.
+const (
+	// FlagReply marks a frame as the answer to the request with the
+	// same id.
+	FlagReply uint8 = 1 << 0
+
+	knownFlags = FlagReply
+)
+
+// Header is a decoded frame header.
+//
+//	offset size field
+//	0      1    magic 0xC1
+//	1      1    magic 'P' (0x50)
+//	2      1    type
+//	3      1    flags
+//	4      4    payload length, little endian
+//	8      8    request id, little endian
+type Header struct {
+	Type   Type
+	Flags  uint8
+	Length uint32
+	ID     uint64
+}
+
+// IsReply reports whether the frame answers an earlier request.
+func (h Header) IsReply() bool { return h.Flags&FlagReply != 0 }
+
+// PutHeader encodes h into b, which must be at least [HeaderSize] long.
+func PutHeader(b []byte, h Header) {
+	_ = b[HeaderSize-1]
+	b[0], b[1], b[2], b[3] = Magic0, Magic1, byte(h.Type), h.Flags
+	binary.LittleEndian.PutUint32(b[4:8], h.Length)
+	binary.LittleEndian.PutUint64(b[8:16], h.ID)
+}
+
+// ParseHeader decodes and validates the header at the start of b.
+// maxPayload bounds the accepted length; zero means [MaxPayload].
+// Errors are *[FrameError] values wrapping [ErrBadMagic],
+// [ErrUnknownType], [ErrBadFlags] or [ErrFrameTooLarge], or
+// [ErrTruncated] when b is shorter than a header.
+func ParseHeader(b []byte, maxPayload uint32) (Header, error) {
+	if len(b) < HeaderSize {
+		return Header{}, &FrameError{Err: ErrTruncated, Detail: fmt.Sprintf("header has %d of %d bytes", len(b), HeaderSize)}
+	}
+	if b[0] != Magic0 || b[1] != Magic1 {
+		return Header{}, &FrameError{Err: ErrBadMagic, Detail: fmt.Sprintf("got %#02x %#02x, want %#02x %#02x", b[0], b[1], Magic0, Magic1)}
+	}
+	h := Header{
+		Type:   Type(b[2]),
+		Flags:  b[3],
+		Length: binary.LittleEndian.Uint32(b[4:8]),
+		ID:     binary.LittleEndian.Uint64(b[8:16]),
+	}
+	if !h.Type.Known() {
+		return h, &FrameError{Err: ErrUnknownType, Detail: fmt.Sprintf("type byte %d", b[2])}
+	}
+	if h.Flags&^knownFlags != 0 {
+		return h, &FrameError{Err: ErrBadFlags, Detail: fmt.Sprintf("flags %#02x", h.Flags)}
+	}
+	if maxPayload == 0 || maxPayload > MaxPayload {
+		maxPayload = MaxPayload
+	}
+	if h.Length > maxPayload {
+		return h, &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, maxPayload)}
+	}
+	return h, nil
+}
+
+// AppendFrame appends a complete frame (header and payload) to dst.
+func AppendFrame(dst []byte, h Header, payload []byte) []byte {
+	h.Length = uint32(len(payload))
+	var hb [HeaderSize]byte
+	PutHeader(hb[:], h)
+	return append(append(dst, hb[:]...), payload...)
+}
+
+// ReadFrame reads one frame from r. The payload is newly allocated,
+// and only after the header has passed validation, so a hostile length
+// cannot make ReadFrame allocate more than maxPayload bytes. A stream
+// that ends inside a frame yields [ErrTruncated]; one that ends cleanly
+// before a frame yields io.EOF.
+//
+// ReadFrame suits simple clients and tests; [Conn] uses its own
+// buffered reader.
+func ReadFrame(r io.Reader, maxPayload uint32) (Header, []byte, error) {
+	var hb [HeaderSize]byte
+	if n, err := io.ReadFull(r, hb[:]); err != nil {
+		if err == io.EOF {
+			return Header{}, nil, io.EOF
+		}
+		return Header{}, nil, &FrameError{Err: ErrTruncated, Detail: fmt.Sprintf("header has %d of %d bytes: %v", n, HeaderSize, err)}
+	}
+	h, err := ParseHeader(hb[:], maxPayload)
+	if err != nil {
+		return h, nil, err
+	}
+	p := make([]byte, h.Length)
+	if n, err := io.ReadFull(r, p); err != nil {
+		return h, nil, &FrameError{Err: ErrTruncated, Detail: fmt.Sprintf("%s payload has %d of %d bytes: %v", h.Type, n, h.Length, err)}
+	}
+	return h, p, nil
+}
+
+// Hello is the content of a hello frame.
+//
+//	offset size field
+//	0      2    lowest protocol version spoken, little endian
+//	2      2    highest protocol version spoken, little endian
+//	4      4    sender's process id, little endian
+//	8      n    sender's name, UTF-8, at most 256 bytes
+type Hello struct {
+	MinVersion uint16
+	MaxVersion uint16
+	PID        uint32
+	Name       string
+}
+
+// AppendHello appends h's encoding to dst.
+func AppendHello(dst []byte, h Hello) []byte {
+	name := h.Name
+	if len(name) > maxNameLen {
+		name = name[:maxNameLen]
+	}
+	dst = binary.LittleEndian.AppendUint16(dst, h.MinVersion)
+	dst = binary.LittleEndian.AppendUint16(dst, h.MaxVersion)
+	dst = binary.LittleEndian.AppendUint32(dst, h.PID)
+	return append(dst, name...)
+}
+
+// ParseHello decodes a hello payload.
+func ParseHello(p []byte) (Hello, error) {
+	if len(p) < 8 || len(p) > maxHelloPayload {
+		return Hello{}, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, want 8 to %d", len(p), maxHelloPayload)}
+	}
+	h := Hello{
+		MinVersion: binary.LittleEndian.Uint16(p[0:2]),
+		MaxVersion: binary.LittleEndian.Uint16(p[2:4]),
+		PID:        binary.LittleEndian.Uint32(p[4:8]),
+		Name:       string(p[8:]),
+	}
+	if h.MinVersion == 0 || h.MinVersion > h.MaxVersion {
+		return h, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello version range %d..%d", h.MinVersion, h.MaxVersion)}
+	}
+	return h, nil
+}
+
+// negotiate returns the highest version both hellos speak.
+func negotiate(a, b Hello) (uint16, error) {
+	v := min(a.MaxVersion, b.MaxVersion)
+	if v < max(a.MinVersion, b.MinVersion) {
+		return 0, &FrameError{Err: ErrVersion, Detail: fmt.Sprintf("we speak %d..%d, peer %q speaks %d..%d", a.MinVersion, a.MaxVersion, b.Name, b.MinVersion, b.MaxVersion)}
+	}
+	return v, nil
+}
+
+// Error codes carried by a [TypeError] frame.
+const (
+	CodeBadRequest  uint16 = 1 // malformed or unexpected request
+	CodeUnsupported uint16 = 2 // the peer has no handler for this type
+	CodeUnavailable uint16 = 3 // no worker can take the request now
+	CodeInternal    uint16 = 4 // the handler failed
+	CodeTooLarge    uint16 = 5 // the frame exceeded the receiver's limit
+	CodeShutdown    uint16 = 6 // the peer is shutting down
+	CodeVersion     uint16 = 7 // no common protocol version
+	CodeProtocol    uint16 = 8 // protocol violation; the sender closes after this frame
+)
+
+// AppendError appends an error payload: a little-endian uint16 code
+// followed by a UTF-8 message.
+func AppendError(dst []byte, code uint16, msg string) []byte {
+	return append(binary.LittleEndian.AppendUint16(dst, code), msg...)
+}
+
+// ParseError decodes an error payload into a *[RemoteError].
+func ParseError(p []byte) *RemoteError {
+	if len(p) < 2 {
+		return &RemoteError{Code: CodeProtocol, Message: "malformed error frame"}
+	}
+	return &RemoteError{Code: binary.LittleEndian.Uint16(p), Message: string(p[2:])}
+}

@@ -1,0 +1,163 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// ErrNotSocket reports that the inherited channel descriptor is not a
+// socket, so the process was not started by a pairvisor supervisor.
+var ErrNotSocket = errors.New("worker: inherited channel is not a socket")
+
+// shutdownLinger bounds how long Serve waits, after acknowledging a
+// shutdown request, for the supervisor to close its end.
+const shutdownLinger = time.Second
+
+// Config configures [Worker.Serve]. The zero value serves pings and
+// echoes and refuses application messages.
+type Config struct {
+	// Handler answers application messages. It runs in its own
+	// goroutine per message; ctx is cancelled when the channel closes.
+	// Nil refuses messages with ipc.CodeUnsupported.
+	Handler func(ctx context.Context, msg []byte) ([]byte, error)
+
+	// Logger receives the worker's own log lines. Nil means
+	// [Worker.Logger]: hclog JSON on stderr at the supervisor's level.
+	Logger hclog.Logger
+}
+
+// Worker is this process's side of a supervisor's channel.
+type Worker struct {
+	id    int
+	file  *os.File
+	level hclog.Level
+}
+
+// FromEnv reports whether this process was started as a worker. When
+// it was not (no PAIRVISOR_WORKER in the environment), FromEnv returns
+// nil, nil and changes nothing. When it was, FromEnv removes every
+// PAIRVISOR_ variable from the environment and marks fd 3 close-on-exec,
+// so children of the worker neither think they are workers nor inherit
+// the channel, and returns the Worker, which owns fd 3 until Serve
+// returns. A marked process whose parent is not the supervisor named in
+// the environment, or whose fd 3 is not a socket, gets an error.
+//
+// Call FromEnv early in main, before anything else can fork.
+func FromEnv() (*Worker, error) {
+	idStr, ok := os.LookupEnv(ipc.EnvWorker)
+	if !ok {
+		return nil, nil
+	}
+	ppidStr := os.Getenv(ipc.EnvParentPID)
+	level := hclog.LevelFromString(os.Getenv(ipc.EnvLogLevel))
+	for _, k := range []string{ipc.EnvWorker, ipc.EnvParentPID, ipc.EnvFD, ipc.EnvLogLevel} {
+		os.Unsetenv(k)
+	}
+	id, err := strconv.Atoi(idStr)
+	if err != nil || id < 1 {
+		return nil, fmt.Errorf("worker: %s=%q is not a worker id", ipc.EnvWorker, idStr)
+	}
+	if ppid, err := strconv.Atoi(ppidStr); err != nil || ppid != os.Getppid() {
+		return nil, fmt.Errorf("worker: %s=%q but the parent is pid %d: environment inherited from elsewhere", ipc.EnvParentPID, ppidStr, os.Getppid())
+	}
+	unix.CloseOnExec(ipc.ChannelFD)
+	var st unix.Stat_t
+	if err := unix.Fstat(ipc.ChannelFD, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("%w (fd %d)", ErrNotSocket, ipc.ChannelFD)
+	}
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
+	return &Worker{id: id, file: os.NewFile(ipc.ChannelFD, "pairvisor-channel"), level: level}, nil
+}
+
+// ID returns the worker's id (1 for the first worker).
+func (w *Worker) ID() int { return w.id }
+
+// Logger returns a logger that writes hclog JSON to stderr at the
+// supervisor's level; the supervisor relays each line under the
+// worker's name with its level and fields.
+func (w *Worker) Logger() hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Output: os.Stderr, JSONFormat: true, Level: w.level})
+}
+
+// Serve says hello on the channel, which tells the supervisor that the
+// worker is ready, and serves requests until the supervisor closes its
+// end, asks for a shutdown, or ctx ends. Call it once set-up is done:
+// the supervisor neither routes requests nor health-checks a worker
+// before its hello. Serve returns nil when the supervisor closed the
+// channel or asked for a shutdown; the process should then exit, as it
+// must never outlive its supervisor. Serve closes the channel in every
+// case.
+func (w *Worker) Serve(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = w.Logger()
+	}
+	var (
+		mu       sync.Mutex
+		stopping bool
+		inflight sync.WaitGroup
+		shutdown = make(chan struct{})
+		once     sync.Once
+	)
+	handle := func(hctx context.Context, req ipc.Request) ([]byte, error) {
+		switch req.Type {
+		case ipc.TypeMessage:
+			mu.Lock()
+			if stopping {
+				mu.Unlock()
+				return nil, &ipc.RemoteError{Code: ipc.CodeShutdown, Message: "worker is shutting down"}
+			}
+			inflight.Add(1)
+			mu.Unlock()
+			defer inflight.Done()
+			if cfg.Handler == nil {
+				return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: "worker has no message handler"}
+			}
+			return cfg.Handler(hctx, req.Payload)
+		case ipc.TypeShutdown:
+			mu.Lock()
+			stopping = true
+			mu.Unlock()
+			inflight.Wait()
+			once.Do(func() { close(shutdown) })
+			return nil, nil
+		default:
+			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served by workers"}
+		}
+	}
+	conn, err := ipc.NewConn(ctx, w.file, ipc.ConnConfig{
+		Name:    "worker." + strconv.Itoa(w.id),
+		Handler: handle,
+		Logger:  log,
+	})
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	log.Debug("ready", "version", conn.Version())
+	select {
+	case <-conn.Done():
+		log.Debug("supervisor closed the channel", "error", conn.Err())
+	case <-shutdown:
+		log.Debug("shutdown requested")
+		// The supervisor closes its end once it has our reply.
+		select {
+		case <-conn.Done():
+		case <-time.After(shutdownLinger):
+		}
+	case <-ctx.Done():
+	}
+	conn.Close()
+	return nil
+}
