@@ -1,0 +1,167 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// Defaults for the zero fields of [Config].
+const (
+	DefaultWorkers       = 1
+	DefaultPingInterval  = time.Second
+	DefaultPingTimeout   = time.Second
+	DefaultPingMisses    = 3
+	DefaultStartTimeout  = 10 * time.Second
+	DefaultStopTimeout   = 5 * time.Second
+	DefaultBackoffMin    = 100 * time.Millisecond
+	DefaultBackoffMax    = 30 * time.Second
+	DefaultHealthyAfter  = 10 * time.Second
+	DefaultRestartWindow = time.Minute
+)
+
+// RestartPolicy says when a worker that ended is started again.
+type RestartPolicy int
+
+const (
+	// RestartOnFailure restarts a worker that exits nonzero, is killed
+	// by a signal, never says hello, or is declared hung, but not one
+	// that exits 0. It is the default.
+	RestartOnFailure RestartPolicy = iota
+	// RestartAlways restarts a worker whatever the reason it ended.
+	RestartAlways
+	// RestartNever leaves an ended worker ended.
+	RestartNever
+)
+
+var policyNames = map[RestartPolicy]string{RestartOnFailure: "on-failure", RestartAlways: "always", RestartNever: "never"}
+
+func (p RestartPolicy) String() string { return policyNames[p] }
+
+// ParseRestartPolicy parses "always", "on-failure" or "never".
+func ParseRestartPolicy(s string) (RestartPolicy, error) {
+	for p, n := range policyNames {
+		if n == s {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("supervisor: unknown restart policy %q (want always, on-failure or never)", s)
+}
+
+// Config configures a [Supervisor]. A zero field means its default.
+type Config struct {
+	// Workers is the number of workers to keep running (default 1).
+	Workers int
+
+	// Executable is the program to start as each worker. Empty means
+	// this process's own executable (os.Executable), re-executed: the
+	// program calls worker.FromEnv early in main to tell the two roles
+	// apart.
+	Executable string
+
+	// Args are the worker's arguments, not counting argv[0].
+	Args []string
+
+	// Env is added to the supervisor's environment for each worker,
+	// after the PAIRVISOR_ contract variables are stripped from it.
+	Env []string
+
+	// Dir is the workers' working directory; empty means ours.
+	Dir string
+
+	// PingInterval is the time between health pings (default 1s).
+	PingInterval time.Duration
+	// PingTimeout bounds each ping (default 1s).
+	PingTimeout time.Duration
+	// PingMisses consecutive failed pings declare a worker hung; it is
+	// then killed and restarted under the policy (default 3).
+	PingMisses int
+
+	// StartTimeout bounds the time from spawn to the worker's hello
+	// (default 10s). A worker is "starting" until its hello: it is
+	// neither sent requests nor pinged before then.
+	StartTimeout time.Duration
+
+	// StopTimeout bounds a graceful stop: the shutdown message at once,
+	// SIGTERM to the worker's process group at half the timeout, SIGKILL
+	// at the end (default 5s).
+	StopTimeout time.Duration
+
+	// Restart is the restart policy (default [RestartOnFailure]).
+	Restart RestartPolicy
+	// BackoffMin and BackoffMax bound the jittered exponential delay
+	// before a restart (defaults 100ms and 30s).
+	BackoffMin, BackoffMax time.Duration
+	// HealthyAfter is how long a worker must stay ready before its
+	// backoff resets, like supervisord's startsecs (default 10s).
+	HealthyAfter time.Duration
+	// MaxRestarts restarts within RestartWindow (default 1m) make Run
+	// stop every worker and return [ErrCrashLoop]. Zero means no limit.
+	MaxRestarts   int
+	RestartWindow time.Duration
+
+	// Handler answers application messages that workers send to the
+	// supervisor. Nil refuses them.
+	Handler ipc.Handler
+
+	// Logger receives the supervisor's log lines and, under
+	// "worker.N", each worker's stderr and stdout. Nil discards
+	// everything.
+	Logger hclog.Logger
+
+	// now and after are the clock; tests may replace them.
+	now   func() time.Time
+	after func(time.Duration) <-chan time.Time
+}
+
+// withDefaults returns a copy of c with every zero field set.
+func (c Config) withDefaults() (Config, error) {
+	if c.Workers < 0 {
+		return c, fmt.Errorf("supervisor: Workers is %d, want at least 1", c.Workers)
+	}
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return c, fmt.Errorf("supervisor: finding own executable: %w", err)
+		}
+		c.Executable = exe
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.PingInterval, DefaultPingInterval)
+	def(&c.PingTimeout, DefaultPingTimeout)
+	def(&c.StartTimeout, DefaultStartTimeout)
+	def(&c.StopTimeout, DefaultStopTimeout)
+	def(&c.BackoffMin, DefaultBackoffMin)
+	def(&c.BackoffMax, DefaultBackoffMax)
+	def(&c.HealthyAfter, DefaultHealthyAfter)
+	def(&c.RestartWindow, DefaultRestartWindow)
+	if c.PingMisses <= 0 {
+		c.PingMisses = DefaultPingMisses
+	}
+	if c.BackoffMax < c.BackoffMin {
+		c.BackoffMax = c.BackoffMin
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	c.Args = append([]string(nil), c.Args...)
+	c.Env = append([]string(nil), c.Env...)
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.after == nil {
+		c.after = time.After
+	}
+	return c, nil
+}

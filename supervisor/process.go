@@ -1,0 +1,213 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// relayGrace bounds how long output relays may run on after a worker
+// is reaped (a grandchild that left the group may hold the pipes).
+const relayGrace = time.Second
+
+// process is one running worker process: its exec.Cmd, its channel and
+// the goroutines relaying its output. It is owned by the slot goroutine
+// that spawned it; the wait goroutine reaps it and then closes exited.
+type process struct {
+	id      int
+	pid     int
+	cmd     *exec.Cmd
+	log     hclog.Logger
+	started time.Time
+	conn    *ipc.Conn // set once the hello arrived; closed by the owner
+
+	outR, errR *os.File
+	relays     sync.WaitGroup
+
+	mu     sync.Mutex // held while signalling the group and while reaping
+	reaped bool
+
+	exited chan struct{} // closed once reaped and relays are done
+	state  *os.ProcessState
+}
+
+// spawnRequest asks the spawner thread to start cmd.
+type spawnRequest struct {
+	cmd *exec.Cmd
+	err chan error
+}
+
+// workerEnv returns the environment for worker id: ours without any
+// PAIRVISOR_ variables, then the contract, then extra.
+func workerEnv(id int, level hclog.Level, extra []string) []string {
+	env := make([]string, 0, len(os.Environ())+4+len(extra))
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PAIRVISOR_") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env,
+		ipc.EnvWorker+"="+strconv.Itoa(id),
+		ipc.EnvParentPID+"="+strconv.Itoa(os.Getpid()),
+		ipc.EnvFD+"="+strconv.Itoa(ipc.ChannelFD),
+		ipc.EnvLogLevel+"="+strings.ToLower(level.String()),
+	)
+	return append(env, extra...)
+}
+
+// spawn starts worker id with the child's end of a fresh socketpair as
+// fd 3, in its own process group, with a parent-death signal. It returns
+// the process and the parent's end of the channel, which the caller
+// owns; everything else (the child's end, the pipes' write ends) is
+// closed here, right after Start, so EOF on the channel and on the
+// pipes means the worker is gone. On error nothing is left open.
+func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
+	parentEnd, childEnd, err := ipc.Socketpair()
+	if err != nil {
+		return nil, nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		parentEnd.Close()
+		childEnd.Close()
+		return nil, nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		parentEnd.Close()
+		childEnd.Close()
+		outR.Close()
+		outW.Close()
+		return nil, nil, err
+	}
+	cmd := &exec.Cmd{
+		Path:       s.cfg.Executable,
+		Args:       append([]string{s.cfg.Executable}, s.cfg.Args...),
+		Env:        workerEnv(id, s.cfg.Logger.GetLevel(), s.cfg.Env),
+		Dir:        s.cfg.Dir,
+		Stdout:     outW,
+		Stderr:     errW,
+		ExtraFiles: []*os.File{childEnd},
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true,            // stop signals go to the worker's whole group
+			Pdeathsig: syscall.SIGKILL, // see spawnLoop for the thread this binds to
+		},
+	}
+	req := spawnRequest{cmd: cmd, err: make(chan error, 1)}
+	s.spawnReqs <- req
+	err = <-req.err
+	childEnd.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		parentEnd.Close()
+		outR.Close()
+		errR.Close()
+		return nil, nil, fmt.Errorf("supervisor: starting worker %d: %w", id, err)
+	}
+	p := &process{
+		id:      id,
+		pid:     cmd.Process.Pid,
+		cmd:     cmd,
+		started: s.cfg.now(),
+		outR:    outR,
+		errR:    errR,
+		exited:  make(chan struct{}),
+	}
+	p.log = s.log.Named("worker."+strconv.Itoa(id)).With("pid", p.pid)
+	p.relays.Add(2)
+	go func() { defer p.relays.Done(); relay(outR, p.log, "stdout") }()
+	go func() { defer p.relays.Done(); relay(errR, p.log, "stderr") }()
+	go p.wait()
+	return p, parentEnd, nil
+}
+
+// wait waits for the worker to exit, kills whatever is left of its
+// process group while the zombie leader still pins the group id (so the
+// number cannot have been reused), reaps it, and lets the output relays
+// drain. It is the only place a worker is reaped.
+func (p *process) wait() {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	p.mu.Lock()
+	unix.Kill(-p.pid, unix.SIGKILL)
+	p.cmd.Wait()
+	p.state = p.cmd.ProcessState
+	p.reaped = true
+	p.mu.Unlock()
+
+	drained := make(chan struct{})
+	go func() { p.relays.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(relayGrace):
+		p.outR.Close() // ends the relays' reads
+		p.errR.Close()
+		<-drained
+	}
+	p.outR.Close()
+	p.errR.Close()
+	close(p.exited)
+}
+
+// signalGroup sends sig to the worker's process group. It is a no-op
+// once the worker is reaped: only an unreaped leader guarantees the
+// group id still names this worker's group.
+func (p *process) signalGroup(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reaped {
+		return
+	}
+	if err := unix.Kill(-p.pid, sig); err != nil {
+		// The leader may have moved out of its group; reach it at least.
+		p.cmd.Process.Signal(sig)
+	}
+}
+
+// exitReason describes how the worker ended. Valid after exited.
+func (p *process) exitReason() string {
+	return describeExit(p.state)
+}
+
+func describeExit(st *os.ProcessState) string {
+	if st == nil {
+		return "unknown"
+	}
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if !ok {
+		return st.String()
+	}
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
+	case ws.Signaled():
+		s := "killed by signal " + unix.SignalName(ws.Signal())
+		if ws.CoreDump() {
+			s += " (core dumped)"
+		}
+		return s
+	}
+	return st.String()
+}
+
+// failed reports whether the exit counts as a failure: a nonzero
+// status or a signal.
+func (p *process) failed() bool {
+	return p.state == nil || !p.state.Success()
+}

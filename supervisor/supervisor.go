@@ -1,0 +1,464 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// Sentinel errors.
+var (
+	// ErrCrashLoop is returned by Run when workers restarted more than
+	// Config.MaxRestarts times within Config.RestartWindow.
+	ErrCrashLoop = errors.New("supervisor: crash loop")
+
+	// ErrNoWorker is returned by Call when no worker is ready before
+	// the context ends.
+	ErrNoWorker = errors.New("supervisor: no ready worker")
+
+	// ErrNotRunning is returned by calls made before Run or after it
+	// returned.
+	ErrNotRunning = errors.New("supervisor: not running")
+
+	// ErrAlreadyRun is returned by a second call to Run.
+	ErrAlreadyRun = errors.New("supervisor: Run called twice")
+)
+
+// Supervisor keeps Config.Workers worker processes running, each
+// connected by its own socketpair, and routes requests to them.
+type Supervisor struct {
+	cfg   Config
+	log   hclog.Logger
+	slots []*slot
+
+	spawnReqs chan spawnRequest
+	reloads   chan chan error
+	kill      chan struct{} // closed by Kill
+	killOnce  sync.Once
+	ran       atomic.Bool
+	running   atomic.Bool
+	startedAt time.Time
+
+	rr      atomic.Uint64
+	readyMu sync.Mutex
+	readyCh chan struct{} // closed and replaced whenever a worker becomes ready
+	allUp   chan struct{} // closed once every worker has been ready once
+	upCount atomic.Int32
+
+	limiterMu sync.Mutex
+	restartAt []time.Time
+
+	stats stats
+}
+
+// New returns a Supervisor for cfg. It starts nothing until Run.
+func New(cfg Config) (*Supervisor, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Supervisor{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		spawnReqs: make(chan spawnRequest),
+		reloads:   make(chan chan error),
+		kill:      make(chan struct{}),
+		readyCh:   make(chan struct{}),
+		allUp:     make(chan struct{}),
+	}
+	for i := range cfg.Workers {
+		s.slots = append(s.slots, &slot{id: i + 1, state: StateStarting, replace: make(chan *handover)})
+	}
+	return s, nil
+}
+
+// Run starts the workers and supervises them until ctx ends, then stops
+// them all gracefully (shutdown message, SIGTERM, SIGKILL; see
+// Config.StopTimeout). It returns only once every worker is reaped and
+// every goroutine it started has ended: nil after a stop through ctx,
+// an error wrapping [ErrCrashLoop] when the restart limit was hit. Run
+// may be called once.
+func (s *Supervisor) Run(ctx context.Context) error {
+	if s.ran.Swap(true) {
+		return ErrAlreadyRun
+	}
+	s.startedAt = s.cfg.now()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	spawnerDone := make(chan struct{})
+	go s.spawnLoop(spawnerDone)
+
+	s.running.Store(true)
+	s.log.Info("starting", "workers", s.cfg.Workers, "executable", s.cfg.Executable)
+	var wg sync.WaitGroup
+	for _, sl := range s.slots {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.runSlot(ctx, cancel, sl)
+		}()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); s.reloadLoop(ctx) }()
+	wg.Wait()
+	s.running.Store(false)
+	close(s.spawnReqs)
+	<-spawnerDone
+
+	if err := context.Cause(ctx); errors.Is(err, ErrCrashLoop) {
+		return err
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// spawnLoop starts every worker from one goroutine locked to its OS
+// thread for the supervisor's whole life. Linux sends a child its
+// parent-death signal when the *thread* that forked it exits, and the Go
+// runtime retires threads as it pleases; starting children from an
+// ordinary goroutine would let them be killed at random. The goroutine
+// returns (and its thread exits) only after Run has reaped every worker.
+func (s *Supervisor) spawnLoop(done chan<- struct{}) {
+	defer close(done)
+	runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	for req := range s.spawnReqs {
+		req.err <- req.cmd.Start()
+	}
+}
+
+// Kill makes a running stop skip the graceful steps: workers still
+// running get SIGKILL at once. Run still reaps them before returning.
+// It is idempotent; the CLI calls it on a second SIGINT.
+func (s *Supervisor) Kill() {
+	s.killOnce.Do(func() { close(s.kill) })
+}
+
+// Ready returns a channel closed once every worker has said hello at
+// least once.
+func (s *Supervisor) Ready() <-chan struct{} { return s.allUp }
+
+// exit is how one incarnation of a worker ended.
+type exit struct {
+	reason  string        // for logs and status
+	failed  bool          // counts as a failure for the restart policy
+	stopped bool          // ended because the supervisor stopped it
+	uptime  time.Duration // time it spent ready
+}
+
+// runSlot keeps one worker slot filled until ctx ends, restarting under
+// the policy with backoff.
+func (s *Supervisor) runSlot(ctx context.Context, cancel context.CancelCauseFunc, sl *slot) {
+	backoff := s.cfg.BackoffMin
+	for {
+		e := s.incarnate(ctx, sl)
+		if e.stopped || ctx.Err() != nil {
+			sl.set(func(sl *slot) { sl.state, sl.pid = StateStopped, 0 })
+			return
+		}
+		if e.failed {
+			s.stats.failures.Add(1)
+		}
+		restart := s.cfg.Restart == RestartAlways || s.cfg.Restart == RestartOnFailure && e.failed
+		if !restart {
+			s.log.Info("worker ended; not restarting", "worker", sl.id, "reason", e.reason, "policy", s.cfg.Restart.String())
+			sl.set(func(sl *slot) { sl.state, sl.pid = StateExited, 0 })
+			<-ctx.Done()
+			sl.set(func(sl *slot) { sl.state = StateStopped })
+			return
+		}
+		if s.crashLoop() {
+			err := fmt.Errorf("%w: more than %d restarts within %v", ErrCrashLoop, s.cfg.MaxRestarts, s.cfg.RestartWindow)
+			s.log.Error("giving up: workers keep failing", "error", err, "worker", sl.id, "last_exit", e.reason)
+			sl.set(func(sl *slot) { sl.state, sl.pid = StateFailed, 0 })
+			cancel(err)
+			return
+		}
+		if e.uptime >= s.cfg.HealthyAfter {
+			backoff = s.cfg.BackoffMin
+		}
+		delay := backoff/2 + rand.N(backoff/2+1) // jitter: 50–100 % of the step
+		backoff = min(2*backoff, s.cfg.BackoffMax)
+		next := s.cfg.now().Add(delay)
+		sl.set(func(sl *slot) { sl.state, sl.pid, sl.nextStart = StateBackoff, 0, next })
+		s.log.Info("backing off", "worker", sl.id, "delay", delay, "reason", e.reason)
+		select {
+		case <-ctx.Done():
+			sl.set(func(sl *slot) { sl.state = StateStopped })
+			return
+		case <-s.cfg.after(delay):
+		}
+		sl.set(func(sl *slot) { sl.restarts++; sl.nextStart = time.Time{} })
+		s.stats.restarts.Add(1)
+	}
+}
+
+// crashLoop records a restart and reports whether the limit is passed.
+func (s *Supervisor) crashLoop() bool {
+	if s.cfg.MaxRestarts <= 0 {
+		return false
+	}
+	s.limiterMu.Lock()
+	defer s.limiterMu.Unlock()
+	now := s.cfg.now()
+	keep := s.restartAt[:0]
+	for _, t := range s.restartAt {
+		if now.Sub(t) < s.cfg.RestartWindow {
+			keep = append(keep, t)
+		}
+	}
+	s.restartAt = append(keep, now)
+	return len(s.restartAt) > s.cfg.MaxRestarts
+}
+
+// incarnate runs one worker process in sl from spawn to reap.
+func (s *Supervisor) incarnate(ctx context.Context, sl *slot) exit {
+	sl.set(func(sl *slot) { sl.state = StateStarting })
+	p, err := s.start(ctx, sl, false)
+	if err != nil {
+		if ctx.Err() != nil {
+			return exit{reason: "stopped while starting", stopped: true}
+		}
+		s.log.Error("worker failed to start", "worker", sl.id, "error", err)
+		sl.set(func(sl *slot) { sl.lastExit = err.Error() })
+		return exit{reason: err.Error(), failed: true}
+	}
+	e := s.supervise(ctx, sl, p)
+	sl.set(func(sl *slot) { sl.lastExit = e.reason })
+	return e
+}
+
+// start spawns a worker and waits for its hello. On error the process,
+// if any, is killed and reaped.
+func (s *Supervisor) start(ctx context.Context, sl *slot, replacing bool) (*process, error) {
+	p, end, err := s.spawn(sl.id)
+	if err != nil {
+		return nil, err
+	}
+	if !replacing {
+		sl.set(func(sl *slot) { sl.pid = p.pid; sl.since = s.cfg.now() })
+	}
+	p.log.Debug("starting")
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
+	defer cancel()
+	conn, err := ipc.NewConn(hctx, end, ipc.ConnConfig{
+		Name:    "supervisor",
+		Handler: s.cfg.Handler,
+		Logger:  p.log,
+	})
+	if err != nil {
+		p.signalGroup(syscall.SIGKILL)
+		<-p.exited
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case hctx.Err() != nil:
+			return nil, fmt.Errorf("worker %d (pid %d) sent no hello within %v: killed", sl.id, p.pid, s.cfg.StartTimeout)
+		default:
+			return nil, fmt.Errorf("worker %d (pid %d) %s before its hello", sl.id, p.pid, p.exitReason())
+		}
+	}
+	p.conn = conn
+	return p, nil
+}
+
+// supervise health-checks a ready worker until it ends, is declared
+// hung, or ctx ends (then it is stopped gracefully).
+func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
+	ready := s.cfg.now()
+	uptime := func() time.Duration { return s.cfg.now().Sub(ready) }
+	p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond))
+	sl.set(func(sl *slot) { sl.state, sl.since = StateReady, ready })
+	sl.cur.Store(p)
+	s.notifyReady()
+	defer sl.cur.Store(nil)
+
+	tick := time.NewTicker(s.cfg.PingInterval)
+	defer tick.Stop()
+	misses := 0
+	for {
+		select {
+		case <-p.exited:
+			p.conn.Close()
+			reason := p.exitReason()
+			p.log.Warn("worker exited", "reason", reason)
+			return exit{reason: reason, failed: p.failed(), uptime: uptime()}
+		case <-p.conn.Done():
+			// The channel broke but the process lives on: it cannot be
+			// reached any more, so it is stopped.
+			p.log.Warn("channel closed while the worker runs; stopping it", "error", p.conn.Err())
+			sl.cur.Store(nil)
+			s.stop(p)
+			return exit{reason: "channel closed: " + p.exitReason(), failed: true, uptime: uptime()}
+		case <-ctx.Done():
+			sl.cur.Store(nil)
+			sl.set(func(sl *slot) { sl.state = StateStopping })
+			s.stop(p)
+			return exit{reason: "stopped: " + p.exitReason(), stopped: true, uptime: uptime()}
+		case h := <-sl.replace:
+			old := p
+			p, ready, misses = h.p, h.ready, 0
+			sl.cur.Store(p)
+			sl.set(func(sl *slot) { sl.pid, sl.since, sl.lastExit = p.pid, ready, "replaced by rolling restart" })
+			p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond), "replacing_pid", old.pid)
+			s.stop(old)
+			close(h.done)
+		case <-tick.C:
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.PingTimeout)
+			rtt, err := p.conn.Ping(pctx)
+			cancel()
+			s.stats.sent.Add(1)
+			if err == nil {
+				misses = 0
+				s.stats.record(rtt)
+				sl.set(func(sl *slot) { sl.lastRTT = rtt })
+				continue
+			}
+			if ctx.Err() != nil {
+				continue
+			}
+			misses++
+			p.log.Warn("ping failed", "error", err, "misses", misses)
+			if misses >= s.cfg.PingMisses {
+				reason := fmt.Sprintf("hung: %d pings unanswered", misses)
+				p.log.Error("worker hung; killing it", "reason", reason)
+				sl.cur.Store(nil)
+				sl.set(func(sl *slot) { sl.state = StateHung })
+				p.signalGroup(syscall.SIGKILL)
+				<-p.exited
+				p.conn.Close()
+				return exit{reason: reason, failed: true, uptime: uptime()}
+			}
+		}
+	}
+}
+
+// stop ends p gracefully: the shutdown message, then SIGTERM to its
+// group at half of StopTimeout, then SIGKILL at the end of it (or at
+// once after Kill). It returns once p is reaped.
+func (s *Supervisor) stop(p *process) {
+	half := s.cfg.StopTimeout / 2
+	if p.conn != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), half)
+		go func() {
+			select {
+			case <-s.kill:
+			case <-sctx.Done():
+			}
+			cancel()
+		}()
+		if _, err := p.conn.Call(sctx, ipc.TypeShutdown, nil, nil); err != nil {
+			p.log.Debug("shutdown request failed", "error", err)
+		}
+		cancel()
+		p.conn.Close() // EOF tells the worker too
+	}
+	t := time.NewTimer(half)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return
+	case <-t.C:
+		p.log.Warn("worker did not stop; sending SIGTERM", "timeout", half)
+		p.signalGroup(syscall.SIGTERM)
+	case <-s.kill:
+	}
+	t.Reset(half)
+	select {
+	case <-p.exited:
+		return
+	case <-t.C:
+		p.log.Warn("worker ignored SIGTERM; sending SIGKILL", "timeout", half)
+	case <-s.kill:
+	}
+	p.signalGroup(syscall.SIGKILL)
+	<-p.exited
+}
+
+func (s *Supervisor) notifyReady() {
+	s.readyMu.Lock()
+	close(s.readyCh)
+	s.readyCh = make(chan struct{})
+	s.readyMu.Unlock()
+	if int(s.upCount.Add(1)) == len(s.slots) {
+		close(s.allUp)
+	}
+}
+
+// pick returns a ready worker, round robin, or nil.
+func (s *Supervisor) pick() *process {
+	n := uint64(len(s.slots))
+	start := s.rr.Add(1)
+	for i := range n {
+		if p := s.slots[(start+i)%n].cur.Load(); p != nil {
+			return p
+		}
+	}
+	return nil
+}
+
+// Call sends a request to one ready worker, chosen round robin, and
+// returns its reply. When no worker is ready, Call waits for one until
+// ctx ends. Ping, echo and status requests that fail because their
+// worker went away (a restart, a rolling restart) are retried on
+// another worker, so callers do not see restarts.
+func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) ([]byte, error) {
+	retry := t == ipc.TypePing || t == ipc.TypeEcho || t == ipc.TypeStatus
+	for attempt := 0; ; attempt++ {
+		if !s.running.Load() {
+			return nil, ErrNotRunning
+		}
+		s.readyMu.Lock()
+		changed := s.readyCh
+		s.readyMu.Unlock()
+		p := s.pick()
+		if p == nil {
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: %w", ErrNoWorker, ctx.Err())
+			}
+		}
+		reply, err := p.conn.Call(ctx, t, payload, dst)
+		if err == nil || !retry || ctx.Err() != nil || attempt > 2*len(s.slots) {
+			return reply, err
+		}
+		var re *ipc.RemoteError
+		if !errors.Is(err, ipc.ErrClosed) && !(errors.As(err, &re) && re.Code == ipc.CodeShutdown) {
+			return reply, err
+		}
+	}
+}
+
+// Echo sends payload to a ready worker and returns its echo, read into
+// dst when it is large enough.
+func (s *Supervisor) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
+	return s.Call(ctx, ipc.TypeEcho, payload, dst)
+}
+
+// Status returns a snapshot of the supervisor and every worker.
+func (s *Supervisor) Status() Status {
+	st := Status{PID: os.Getpid(), StartedAt: s.startedAt}
+	if !s.startedAt.IsZero() {
+		st.UptimeSeconds = s.cfg.now().Sub(s.startedAt).Seconds()
+	}
+	for _, sl := range s.slots {
+		st.Workers = append(st.Workers, sl.status())
+	}
+	return st
+}
+
+// Stats returns the health-check and failure counters.
+func (s *Supervisor) Stats() Stats { return s.stats.snapshot() }
