@@ -354,8 +354,9 @@ func (c *Conn) putCall(cl *call) {
 }
 
 // writeFrame writes one frame atomically with respect to other writers.
-// The wait for a full socket buffer ends at ctx's deadline or, for a
-// nil ctx, after timeout. A frame left half-written closes the Conn.
+// The wait for a full socket buffer ends when ctx ends or, if ctx has
+// no deadline and timeout is positive, after timeout. A frame left
+// half-written closes the Conn.
 func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, p []byte) error {
 	h.Length = uint32(len(p))
 	c.wmu.Lock()
@@ -388,16 +389,13 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 		if err != unix.EAGAIN {
 			err = os.NewSyscallError("sendmsg", err)
 		} else {
-			var done <-chan struct{}
-			if ctx != nil {
-				done = ctx.Done()
-				if deadline.IsZero() {
-					deadline, _ = ctx.Deadline()
+			if deadline.IsZero() {
+				var ok bool
+				if deadline, ok = ctx.Deadline(); !ok && timeout > 0 {
+					deadline = time.Now().Add(timeout)
 				}
-			} else if deadline.IsZero() {
-				deadline = time.Now().Add(timeout)
 			}
-			err = waitWritable(c.fd, deadline, done)
+			err = waitWritable(c.fd, deadline, ctx.Done())
 			if err == nil {
 				continue
 			}
@@ -608,7 +606,7 @@ func (c *Conn) answerInline(h Header, limit uint32) error {
 	if err != nil {
 		return c.readErr(err)
 	}
-	if err := c.writeFrame(nil, c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p); err != nil {
+	if err := c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p); err != nil {
 		return err
 	}
 	return nil
@@ -645,7 +643,7 @@ func (c *Conn) dispatch(h Header) error {
 			c.sendError(h.ID, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
 			return
 		}
-		c.writeFrame(nil, c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, resp)
+		c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, resp)
 	}()
 	return nil
 }
@@ -653,7 +651,7 @@ func (c *Conn) dispatch(h Header) error {
 // sendError writes an error reply. Failing to write it is not an error
 // of the reader: the Conn is then closing anyway.
 func (c *Conn) sendError(id uint64, code uint16, msg string) error {
-	c.writeFrame(nil, c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
+	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
 	return nil
 }
 
@@ -664,7 +662,7 @@ func (c *Conn) protocolErr(id uint64, err error) error {
 	if errors.Is(err, ErrFrameTooLarge) {
 		code = CodeTooLarge
 	}
-	c.writeFrame(nil, errorWriteWait, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
+	c.writeFrame(context.Background(), errorWriteWait, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
 	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 }
 

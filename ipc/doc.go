@@ -1,0 +1,35 @@
+// Package ipc is pairvisor's transport: connected Unix stream sockets
+// (a socketpair between a supervisor and a worker, or a connection to a
+// socket path) carrying a small framed, versioned protocol. It knows
+// nothing of processes; packages supervisor and worker build on it.
+//
+// # Frames
+//
+// Every frame is a 16-byte header (magic 0xC1 'P', type, flags, payload
+// length, request id) followed by the payload. docs/PROTOCOL.md is the
+// full specification, detailed enough to write a peer in another
+// language. Each side first sends a hello with the protocol versions it
+// speaks; the higher version both speak is used. Requests carry an id
+// chosen by the sender and replies echo it, so any number of requests
+// may be in flight in both directions at once: a health-check ping
+// never waits for a 1 MiB echo's reply.
+//
+// # Conn
+//
+// [NewConn] wraps a connected socket in a [Conn]. A Conn keeps its fd in
+// blocking mode and gives it a dedicated reader goroutine that sits in
+// read(2), as a C program would, answers pings and echoes itself
+// without allocating, hands other requests to the [Handler], and passes
+// replies to the goroutines blocked in [Conn.Call]. Writes take a mutex
+// and go out as one sendmsg(2) with MSG_DONTWAIT, falling back to poll(2)
+// until the caller's deadline, so a peer that stops reading cannot block
+// a writer forever. Every fd this package creates is close-on-exec.
+//
+// # Errors
+//
+// Failed operations return an *[OpError] naming the operation and the
+// socket path. Malformed input yields a *[FrameError] wrapping one of
+// the sentinel errors ([ErrFrameTooLarge], [ErrUnknownType],
+// [ErrTruncated], ...); the Conn that read it is closed, never left
+// half-read. Error replies from the peer are *[RemoteError] values.
+package ipc

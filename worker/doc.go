@@ -1,0 +1,38 @@
+// Package worker is the child side of a pairvisor supervisor.
+//
+// # Process model
+//
+// A supervisor starts each worker by re-executing a binary (usually its
+// own) with the child's end of a socketpair as file descriptor 3 and the
+// environment variables listed in package ipc's contract
+// (PAIRVISOR_WORKER, PAIRVISOR_PARENT_PID, PAIRVISOR_FD,
+// PAIRVISOR_LOG_LEVEL). The program calls [FromEnv] early in main:
+//
+//	func main() {
+//		w, err := worker.FromEnv()
+//		if err != nil {
+//			log.Fatal(err)
+//		}
+//		if w != nil {
+//			// set up, then serve until the supervisor is done with us
+//			if err := w.Serve(context.Background(), worker.Config{Handler: handle}); err != nil {
+//				log.Fatal(err)
+//			}
+//			os.Exit(0)
+//		}
+//		// ... the supervisor role ...
+//	}
+//
+// FromEnv removes the variables and marks fd 3 close-on-exec, so the
+// worker's own children never think they are workers and never inherit
+// the channel. [Worker.Serve] sends the hello that tells the supervisor
+// the worker is ready, answers pings and echoes, runs the handler for
+// application messages, and returns when the supervisor closes its end
+// or asks for a shutdown. A worker must not outlive its channel: when
+// Serve returns, exit.
+//
+// Log through [Worker.Logger] (hclog JSON on stderr): the supervisor
+// relays each line under the worker's name with its level and fields.
+// Anything else on stdout or stderr is relayed as plain text; none of it
+// can disturb the protocol, which lives on fd 3 alone.
+package worker
