@@ -77,7 +77,7 @@ type OpError struct {
 }
 
 func (e *OpError) Error() string {
-	s := "ipc: " + e.Op
+	s := e.Op
 	if e.Addr != "" {
 		s += " " + e.Addr
 	}

@@ -310,7 +310,9 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 			old := p
 			p, ready, misses = h.p, h.ready, 0
 			sl.cur.Store(p)
-			sl.set(func(sl *slot) { sl.pid, sl.since, sl.lastExit = p.pid, ready, "replaced by rolling restart" })
+			sl.set(func(sl *slot) {
+				sl.pid, sl.since, sl.lastRTT, sl.lastExit = p.pid, ready, 0, "replaced by rolling restart"
+			})
 			p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond), "replacing_pid", old.pid)
 			s.stop(old)
 			close(h.done)

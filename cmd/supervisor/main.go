@@ -37,6 +37,11 @@ var commands []command
 func init() {
 	commands = []command{
 		{"run", "start and supervise workers (the main job)", runCmd},
+		{"serve", "serve ping, echo and status on a socket path, without workers", serveCmd},
+		{"ping", "ping a server's socket; exit 0 only if every ping is answered in time", pingCmd},
+		{"echo", "send MESSAGE (or stdin) through a server's socket and print the echo", echoCmd},
+		{"status", "show a server's pid, uptime and workers", statusCmd},
+		{"reload", "ask a running supervisor for a rolling restart of its workers", reloadCmd},
 		{"version", "print the version", versionCmd},
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/pairvisor/pairvisor/ipc"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
@@ -70,16 +71,18 @@ func (f *supervisorFlags) config(log hclog.Logger) (supervisor.Config, error) {
 }
 
 func runCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("run", "run [--workers N] [--duration D] [flags]", stderr)
+	fs := newFlagSet("run", "run [--workers N] [--duration D] [--socket PATH] [flags]", stderr)
 	var (
 		sf           supervisorFlags
 		lf           logFlags
+		lsf          listenFlags
 		duration     time.Duration
 		echoInterval time.Duration
 		echoMax      int
 	)
 	sf.register(fs)
 	lf.register(fs)
+	lsf.register(fs, false)
 	fs.DurationVar(&duration, "duration", 0, "stop by itself after this long and print a summary (0: run until SIGINT/SIGTERM)")
 	fs.DurationVar(&echoInterval, "echo-interval", 50*time.Millisecond, "time between echo requests sent to the workers (0: no echo traffic)")
 	fs.IntVar(&echoMax, "echo-max", 64<<10, "largest echo payload in bytes; sizes are drawn between 0 and this")
@@ -115,15 +118,37 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		defer t.Stop()
 	}
 
+	var srv *ipc.Server
+	if lsf.socket != "" {
+		l, scfg, err := lsf.listen(log)
+		if err != nil {
+			fmt.Fprintln(stderr, "supervisor run:", err)
+			return exitFail
+		}
+		scfg.Handler = frontDoor(sup, &srv, l.Addr())
+		scfg.ForwardEcho = true
+		srv = ipc.NewServer(l, scfg)
+	}
+
 	start := time.Now()
 	var tr traffic
-	done := make(chan struct{})
+	done := make(chan struct{}, 2)
 	go func() {
-		defer close(done)
+		defer func() { done <- struct{}{} }()
 		tr.run(ctx, sup, echoInterval, echoMax, log)
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		if srv != nil {
+			log.Info("serving", "socket", lsf.socket)
+			if err := srv.Serve(ctx); err != nil {
+				log.Error("socket server failed", "error", err)
+			}
+		}
 	}()
 	runErr := sup.Run(ctx)
 	cancel()
+	<-done
 	<-done
 
 	st := sup.Stats()

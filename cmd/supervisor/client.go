@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/supervisor"
+)
+
+// reason turns a client error into the one-line reason scripts see.
+func reason(path string, err error) string {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "no such socket: " + path
+	case errors.Is(err, os.ErrPermission):
+		return "permission denied: " + path
+	case errors.Is(err, unix.ECONNREFUSED):
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil && st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			return "not a socket: " + path
+		}
+		return "connection refused: " + path + " (no server is listening)"
+	case errors.Is(err, unix.ENOTSOCK), errors.Is(err, unix.ENOTDIR):
+		return "not a socket: " + path
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout: " + path + " did not answer in time"
+	case errors.Is(err, ipc.ErrPeerClosed):
+		return "refused: " + path + " closed the connection (peer credentials not allowed?)"
+	}
+	return err.Error()
+}
+
+// clientFlags are the flags of the commands that talk to a socket.
+type clientFlags struct {
+	socket  string
+	timeout time.Duration
+}
+
+func (f *clientFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+	DurationVar(*time.Duration, string, time.Duration, string)
+}, timeout time.Duration) {
+	fs.StringVar(&f.socket, "socket", "", "socket path of the server, or @name (required)")
+	fs.DurationVar(&f.timeout, "timeout", timeout, "give up after this long")
+}
+
+func (f *clientFlags) dial(ctx context.Context) (*ipc.Conn, error) {
+	return ipc.Dial(ctx, f.socket, ipc.ConnConfig{Name: "supervisor-cli"})
+}
+
+func pingCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("ping", "ping --socket PATH [--timeout 1s] [--count N] [--interval 1s]", stderr)
+	var (
+		cf       clientFlags
+		count    int
+		interval time.Duration
+	)
+	cf.register(fs, time.Second)
+	fs.IntVar(&count, "count", 1, "number of pings")
+	fs.DurationVar(&interval, "interval", time.Second, "time between pings")
+	if st, ok := parseFlags(fs, args, stdout); !ok {
+		return st
+	}
+	if cf.socket == "" || count < 1 || cf.timeout <= 0 {
+		fmt.Fprintln(stderr, "supervisor ping: --socket is required, --count and --timeout must be positive")
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
+	c, err := cf.dial(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor ping:", reason(cf.socket, err))
+		return exitFail
+	}
+	defer c.Close()
+	peer := c.Peer()
+	for seq := 1; seq <= count; seq++ {
+		if seq > 1 {
+			time.Sleep(interval)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
+		rtt, err := c.Ping(ctx)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(stderr, "supervisor ping:", reason(cf.socket, err))
+			return exitFail
+		}
+		fmt.Fprintf(stdout, "pong from %s (pid %d): seq=%d time=%.3f ms\n", cf.socket, peer.PID, seq, float64(rtt.Nanoseconds())/1e6)
+	}
+	return exitOK
+}
+
+func echoCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("echo", "echo --socket PATH [--timeout 10s] [MESSAGE...]   (stdin when no MESSAGE)", stderr)
+	var cf clientFlags
+	cf.register(fs, 10*time.Second)
+	if st, ok := parseFlags(fs, args, stdout); !ok {
+		return st
+	}
+	if cf.socket == "" {
+		fmt.Fprintln(stderr, "supervisor echo: --socket is required")
+		return exitUsage
+	}
+	var msg []byte
+	if fs.NArg() > 0 {
+		msg = []byte(strings.Join(fs.Args(), " ") + "\n")
+	} else {
+		var err error
+		if msg, err = io.ReadAll(io.LimitReader(os.Stdin, ipc.MaxPayload+1)); err != nil {
+			fmt.Fprintln(stderr, "supervisor echo: reading stdin:", err)
+			return exitFail
+		}
+		if len(msg) > ipc.MaxPayload {
+			fmt.Fprintf(stderr, "supervisor echo: stdin is over the %d-byte frame limit\n", ipc.MaxPayload)
+			return exitFail
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
+	defer cancel()
+	c, err := cf.dial(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor echo:", reason(cf.socket, err))
+		return exitFail
+	}
+	defer c.Close()
+	got, err := c.Echo(ctx, msg, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor echo:", reason(cf.socket, err))
+		return exitFail
+	}
+	stdout.Write(got)
+	if !bytes.Equal(got, msg) {
+		fmt.Fprintf(stderr, "supervisor echo: the echo differs from what was sent (%d bytes sent, %d received)\n", len(msg), len(got))
+		return exitFail
+	}
+	return exitOK
+}
+
+func statusCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("status", "status --socket PATH [--json] [--timeout 5s]", stderr)
+	var (
+		cf     clientFlags
+		asJSON bool
+	)
+	cf.register(fs, 5*time.Second)
+	fs.BoolVar(&asJSON, "json", false, "print the status document as JSON (stable; see README)")
+	if st, ok := parseFlags(fs, args, stdout); !ok {
+		return st
+	}
+	if cf.socket == "" {
+		fmt.Fprintln(stderr, "supervisor status: --socket is required")
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
+	defer cancel()
+	c, err := cf.dial(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor status:", reason(cf.socket, err))
+		return exitFail
+	}
+	defer c.Close()
+	raw, err := c.Call(ctx, ipc.TypeStatus, nil, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor status:", reason(cf.socket, err))
+		return exitFail
+	}
+	var doc statusDoc
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		fmt.Fprintln(stderr, "supervisor status: malformed status document:", err)
+		return exitFail
+	}
+	if asJSON {
+		out, _ := json.MarshalIndent(doc, "", "  ")
+		fmt.Fprintf(stdout, "%s\n", out)
+		return exitOK
+	}
+	printStatus(stdout, doc)
+	return exitOK
+}
+
+func printStatus(w io.Writer, doc statusDoc) {
+	fmt.Fprintf(w, "%s pid %d, up %v, socket %s, %d client(s) connected\n", doc.Mode, doc.PID,
+		(time.Duration(doc.UptimeSeconds * float64(time.Second))).Round(time.Second), doc.Socket, doc.Connections.Active)
+	if len(doc.Workers) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tRESTARTS\tLAST PING\tLAST EXIT")
+	for _, ws := range doc.Workers {
+		rtt := "-"
+		if ws.LastPingRTTUS > 0 {
+			rtt = fmt.Sprintf("%.0fµs", ws.LastPingRTTUS)
+		}
+		state := string(ws.State)
+		if ws.NextStart != nil {
+			state += fmt.Sprintf(" (restart in %v)", time.Until(*ws.NextStart).Round(time.Millisecond))
+		}
+		last := ws.LastExit
+		if last == "" {
+			last = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%d\t%s\t%s\n", ws.ID, ws.PID, state, ws.Restarts, rtt, last)
+	}
+	tw.Flush()
+}
+
+func reloadCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("reload", "reload --socket PATH [--timeout 2m]", stderr)
+	var cf clientFlags
+	cf.register(fs, 2*time.Minute)
+	if st, ok := parseFlags(fs, args, stdout); !ok {
+		return st
+	}
+	if cf.socket == "" {
+		fmt.Fprintln(stderr, "supervisor reload: --socket is required")
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
+	defer cancel()
+	c, err := cf.dial(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor reload:", reason(cf.socket, err))
+		return exitFail
+	}
+	defer c.Close()
+	if _, err := c.Call(ctx, ipc.TypeReload, nil, nil); err != nil {
+		fmt.Fprintln(stderr, "supervisor reload:", reason(cf.socket, err))
+		return exitFail
+	}
+	fmt.Fprintln(stdout, "rolling restart done")
+	return exitOK
+}
+
+// frontDoor answers framed clients of `run --socket`: echoes and
+// messages go to the workers, status and reload to the supervisor.
+func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.Handler {
+	return func(ctx context.Context, req ipc.Request) ([]byte, error) {
+		var (
+			out []byte
+			err error
+		)
+		switch req.Type {
+		case ipc.TypeEcho:
+			out, err = sup.Echo(ctx, req.Payload, nil)
+		case ipc.TypeMessage:
+			out, err = sup.Call(ctx, ipc.TypeMessage, req.Payload, nil)
+		case ipc.TypeReload:
+			err = sup.Reload(ctx)
+		case ipc.TypeStatus:
+			return json.Marshal(statusDoc{Status: sup.Status(), Mode: "run", Version: version, Socket: socket, Connections: (*srv).Stats()})
+		default:
+			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served here"}
+		}
+		if errors.Is(err, supervisor.ErrNoWorker) || errors.Is(err, supervisor.ErrNotRunning) {
+			err = &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: err.Error()}
+		}
+		return out, err
+	}
+}

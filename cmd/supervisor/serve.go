@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/supervisor"
+)
+
+// statusDoc is the JSON document a status request returns; its fields
+// are documented in the README ("status --json").
+type statusDoc struct {
+	supervisor.Status
+	Mode        string          `json:"mode"` // "serve" or "run"
+	Version     string          `json:"version"`
+	Socket      string          `json:"socket"`
+	Connections ipc.ServerStats `json:"connections"`
+}
+
+func serveCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("serve", "serve --socket PATH [--mode 0600] [--group G] [--allow-uid U] [--allow-gid G] [flags]", stderr)
+	var (
+		lf  listenFlags
+		lgf logFlags
+	)
+	lf.register(fs, true)
+	lgf.register(fs)
+	if st, ok := parseFlags(fs, args, stdout); !ok {
+		return st
+	}
+	if lf.socket == "" {
+		fmt.Fprintln(stderr, "supervisor serve: --socket is required")
+		return exitUsage
+	}
+	log, err := lgf.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor serve:", err)
+		return exitUsage
+	}
+	l, scfg, err := lf.listen(log)
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor serve:", err)
+		return exitFail
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	started := time.Now()
+	var srv *ipc.Server
+	scfg.Name = "supervisor-serve"
+	scfg.Handler = func(ctx context.Context, req ipc.Request) ([]byte, error) {
+		if req.Type != ipc.TypeStatus {
+			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served by 'supervisor serve'"}
+		}
+		return json.Marshal(statusDoc{
+			Status:      supervisor.Status{PID: os.Getpid(), StartedAt: started, UptimeSeconds: time.Since(started).Seconds(), Workers: []supervisor.WorkerStatus{}},
+			Mode:        "serve",
+			Version:     version,
+			Socket:      l.Addr(),
+			Connections: srv.Stats(),
+		})
+	}
+	srv = ipc.NewServer(l, scfg)
+	log.Info("serving", "socket", l.Addr(), "pid", os.Getpid())
+	if err := srv.Serve(ctx); err != nil {
+		fmt.Fprintln(stderr, "supervisor serve:", err)
+		return exitFail
+	}
+	log.Info("stopped")
+	return exitOK
+}

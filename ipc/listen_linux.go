@@ -1,0 +1,496 @@
+//go:build linux
+
+package ipc
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// MaxPathLen is the longest socket path the kernel accepts: sun_path
+// holds 108 bytes including the terminating NUL.
+const MaxPathLen = 107
+
+// Defaults for [ListenConfig].
+const (
+	DefaultSocketMode    os.FileMode = 0o600
+	DefaultWatchPeriod               = 2 * time.Second
+	DefaultListenBacklog             = 1024
+)
+
+// lockMagic opens every lock file pairvisor writes, so that a stale
+// one left by a crash can be told from somebody else's file.
+const lockMagic = "pairvisor-lock "
+
+// Sentinel errors of [Listen].
+var (
+	// ErrInUse reports a live server already listening on the path.
+	ErrInUse = errors.New("ipc: a live server is listening there")
+	// ErrNotOurs reports something at the path (or its lock file) that
+	// pairvisor did not create; it is left untouched.
+	ErrNotOurs = errors.New("ipc: path is taken by something that is not a pairvisor socket")
+	// ErrPathTooLong reports a path longer than [MaxPathLen].
+	ErrPathTooLong = errors.New("ipc: socket path too long")
+	// ErrLocked reports another server starting on the same path now.
+	ErrLocked = errors.New("ipc: another server holds the path's lock")
+)
+
+// ListenConfig says how [Listen] creates a socket. The zero value
+// creates a 0600 socket owned by the caller's uid and gid.
+type ListenConfig struct {
+	// Mode is the socket file's permission bits (default 0600). The
+	// file never exists with wider permissions, whatever the umask.
+	Mode os.FileMode
+	// GID, when not -1, is the group the socket file is given (use it
+	// with a group-accessible Mode such as 0660). Zero means root's
+	// group; set -1 for "keep the default".
+	GID int
+	// WatchPeriod is how often the path is checked: a socket file that
+	// was deleted (a tmp cleaner, an operator's rm) is bound again.
+	// Default 2s; negative disables the watch.
+	WatchPeriod time.Duration
+	// Logger receives warnings about the path. Nil discards them.
+	Logger hclog.Logger
+}
+
+// Listener is a listening Unix socket bound to a filesystem path or,
+// for names starting with "@", to a Linux abstract name. It owns the
+// listening fd, the socket file and its lock file, and removes both
+// files on Close if, and only if, they are still the ones it created.
+type Listener struct {
+	path     string
+	abstract bool
+	cfg      ListenConfig
+	log      hclog.Logger
+
+	lock *os.File // held flock; nil for abstract names
+
+	// fd is the current listening fd, -1 once closed. Accept holds use
+	// for reading across accept4(2); Close and a rebind shut the fd
+	// down (waking Accept) and then take use for writing before they
+	// close or replace it, so accept4 never sees a closed fd number.
+	use sync.RWMutex
+	fd  atomic.Int32
+
+	mu     sync.Mutex // serialises Close and rebinds
+	ino    fileID     // identity of the socket file we created
+	closed bool
+	stop   chan struct{}
+	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+}
+
+type fileID struct{ dev, ino uint64 }
+
+// Listen creates a listening socket at path, safely:
+//
+//   - a path longer than [MaxPathLen] is refused with [ErrPathTooLong];
+//   - starts on the same path are serialised by an flock on path+".lock";
+//     a second server finds it held and fails with [ErrLocked];
+//   - nothing at the path: bind;
+//   - a socket whose connect is refused (stale, from a crash): remove it
+//     and bind;
+//   - a socket with a live server: fail with [ErrInUse], naming the
+//     server's pid, and leave it alone;
+//   - anything else (regular file, directory, symlink, fifo): fail with
+//     [ErrNotOurs] and leave it alone;
+//   - the socket is bound inside a private 0700 directory, given its
+//     mode and group there, and then renamed into place (without
+//     replacing anything), so it never exists with wider permissions;
+//   - while the Listener is open, a deleted socket file is bound again.
+//
+// Names starting with "@" are Linux abstract sockets: no file, no lock,
+// nothing to clean up; guard them with peer credentials.
+func Listen(path string, cfg ListenConfig) (*Listener, error) {
+	if cfg.Mode == 0 {
+		cfg.Mode = DefaultSocketMode
+	}
+	if cfg.WatchPeriod == 0 {
+		cfg.WatchPeriod = DefaultWatchPeriod
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if err := checkPath(path); err != nil {
+		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+	}
+	l := &Listener{path: path, cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
+	l.fd.Store(-1)
+	if strings.HasPrefix(path, "@") {
+		l.abstract = true
+		fd, err := listenFD(path)
+		if err != nil {
+			if errors.Is(err, unix.EADDRINUSE) {
+				err = fmt.Errorf("%w%s", ErrInUse, describePeer(path))
+			}
+			return nil, &OpError{Op: "listen", Addr: path, Err: err}
+		}
+		l.fd.Store(int32(fd))
+		return l, nil
+	}
+	lock, err := acquireLock(path + ".lock")
+	if errors.Is(err, ErrLocked) {
+		if pid := describePeer(path); pid != "" {
+			err = fmt.Errorf("%w%s; not replacing it", ErrInUse, pid)
+		}
+	}
+	if err != nil {
+		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+	}
+	l.lock = lock
+	if err := clearStale(path); err != nil {
+		l.releaseLock()
+		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+	}
+	fd, id, err := bindInPlace(path, cfg)
+	if err != nil {
+		l.releaseLock()
+		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+	}
+	l.fd.Store(int32(fd))
+	l.ino = id
+	if cfg.WatchPeriod > 0 {
+		l.wg.Add(1)
+		go l.watch()
+	}
+	return l, nil
+}
+
+// Addr returns the path or "@name" the Listener was created for.
+func (l *Listener) Addr() string { return l.path }
+
+func checkPath(path string) error {
+	switch {
+	case path == "" || path == "@":
+		return errors.New("empty socket path")
+	case len(path) > MaxPathLen:
+		return fmt.Errorf("%w: %d bytes, the kernel's limit (sun_path) is %d", ErrPathTooLong, len(path), MaxPathLen)
+	case strings.IndexByte(path, 0) >= 0:
+		return errors.New("socket path contains a NUL byte")
+	}
+	return nil
+}
+
+// acquireLock takes an exclusive flock on name, creating the file if
+// needed. An existing file must be a pairvisor lock file.
+func acquireLock(name string) (*os.File, error) {
+	for range 3 {
+		fd, err := unix.Open(name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+		created := err == nil
+		if errors.Is(err, unix.EEXIST) {
+			fd, err = unix.Open(name, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+		}
+		if err != nil {
+			if errors.Is(err, unix.ELOOP) {
+				return nil, fmt.Errorf("%w: lock file %s is a symlink", ErrNotOurs, name)
+			}
+			return nil, fmt.Errorf("lock file %s: %w", name, err)
+		}
+		f := os.NewFile(uintptr(fd), name)
+		if !created {
+			var st unix.Stat_t
+			buf := make([]byte, len(lockMagic))
+			n, _ := f.ReadAt(buf, 0)
+			if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || !bytes.Equal(buf[:n], []byte(lockMagic)) && n > 0 {
+				f.Close()
+				return nil, fmt.Errorf("%w: %s exists and is not a pairvisor lock file", ErrNotOurs, name)
+			}
+		}
+		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("%w (%s)", ErrLocked, name)
+			}
+			return nil, fmt.Errorf("lock %s: %w", name, err)
+		}
+		// The holder before us may have removed the file between our
+		// open and our flock: then we hold a lock nobody else sees.
+		var a, b unix.Stat_t
+		if unix.Fstat(fd, &a) != nil || unix.Lstat(name, &b) != nil || a.Ino != b.Ino || a.Dev != b.Dev {
+			f.Close()
+			continue
+		}
+		f.Truncate(0)
+		f.WriteAt([]byte(lockMagic+strconv.Itoa(os.Getpid())+"\n"), 0)
+		return f, nil
+	}
+	return nil, fmt.Errorf("%w: lock file %s keeps changing", ErrLocked, name)
+}
+
+// clearStale removes a stale socket at path and refuses anything else.
+// The caller holds the path's lock.
+func clearStale(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("checking the path: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%w: it is %s; leaving it alone", ErrNotOurs, describeMode(st.Mode))
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w%s; not replacing it", ErrInUse, peerPID(fd))
+	case errors.Is(err, unix.ECONNREFUSED):
+		if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("removing stale socket: %w", err)
+		}
+		return nil
+	case errors.Is(err, unix.EAGAIN):
+		return fmt.Errorf("%w (its backlog is full); not replacing it", ErrInUse)
+	default:
+		return fmt.Errorf("probing the existing socket: %w", err)
+	}
+}
+
+func describeMode(m uint32) string {
+	switch m & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "a regular file"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFLNK:
+		return "a symlink"
+	case unix.S_IFIFO:
+		return "a fifo"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "a device"
+	}
+	return "not a socket"
+}
+
+// peerPID returns " (pid N)" for the server at the other end of fd.
+func peerPID(fd int) string {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil || cred.Pid == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (pid %d)", cred.Pid)
+}
+
+func describePeer(addr string) string {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(fd)
+	if unix.Connect(fd, &unix.SockaddrUnix{Name: addr}) != nil {
+		return ""
+	}
+	return peerPID(fd)
+}
+
+// listenFD binds and listens on addr as is.
+func listenFD(addr string) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: addr}); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("bind", err)
+	}
+	if err := unix.Listen(fd, DefaultListenBacklog); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("listen", err)
+	}
+	return fd, nil
+}
+
+// bindInPlace binds a socket in a fresh 0700 directory beside path,
+// sets its mode and group there, and renames it to path without
+// replacing anything that appeared meanwhile.
+func bindInPlace(path string, cfg ListenConfig) (int, fileID, error) {
+	dir := filepath.Dir(path)
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	tmpDir := filepath.Join(dir, ".pv"+hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(tmpDir, "s")
+	if len(tmp) > MaxPathLen {
+		return -1, fileID{}, fmt.Errorf("%w: binding needs the temporary name %s (%d bytes, limit %d); use a shorter directory", ErrPathTooLong, tmp, len(tmp), MaxPathLen)
+	}
+	if err := unix.Mkdir(tmpDir, 0o700); err != nil {
+		return -1, fileID{}, fmt.Errorf("creating %s: %w", tmpDir, err)
+	}
+	defer unix.Rmdir(tmpDir)
+	fd, err := listenFD(tmp)
+	if err != nil {
+		return -1, fileID{}, err
+	}
+	fail := func(err error) (int, fileID, error) {
+		unix.Unlink(tmp)
+		unix.Close(fd)
+		return -1, fileID{}, err
+	}
+	if err := unix.Chmod(tmp, uint32(cfg.Mode.Perm())); err != nil {
+		return fail(fmt.Errorf("chmod %o: %w", cfg.Mode.Perm(), err))
+	}
+	if cfg.GID >= 0 && cfg.GID != os.Getegid() && !(cfg.GID == 0 && cfg.Mode == 0) {
+		if err := unix.Lchown(tmp, -1, cfg.GID); err != nil {
+			return fail(fmt.Errorf("chown to group %d: %w", cfg.GID, err))
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(tmp, &st); err != nil {
+		return fail(err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fail(fmt.Errorf("%w: something appeared at the path while binding", ErrNotOurs))
+		}
+		return fail(fmt.Errorf("renaming into place: %w", err))
+	}
+	return fd, fileID{dev: st.Dev, ino: st.Ino}, nil
+}
+
+// watch re-binds the path when its socket file disappears.
+func (l *Listener) watch() {
+	defer l.wg.Done()
+	t := time.NewTicker(l.cfg.WatchPeriod)
+	defer t.Stop()
+	warned := false
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		var st unix.Stat_t
+		err := unix.Lstat(l.path, &st)
+		l.mu.Lock()
+		ours := err == nil && (fileID{dev: st.Dev, ino: st.Ino}) == l.ino
+		l.mu.Unlock()
+		switch {
+		case ours:
+			warned = false
+		case errors.Is(err, unix.ENOENT):
+			l.log.Warn("socket file was removed; binding it again", "path", l.path)
+			fd, id, err := bindInPlace(l.path, l.cfg)
+			if err != nil {
+				l.log.Error("binding the socket path again failed", "path", l.path, "error", err)
+				continue
+			}
+			l.mu.Lock()
+			if l.closed {
+				l.mu.Unlock()
+				unix.Unlink(l.path)
+				unix.Close(fd)
+				return
+			}
+			old := int(l.fd.Load())
+			l.ino = id
+			unix.Shutdown(old, unix.SHUT_RDWR) // wakes Accept
+			l.use.Lock()
+			l.fd.Store(int32(fd))
+			unix.Close(old)
+			l.use.Unlock()
+			l.mu.Unlock()
+		case !warned:
+			warned = true
+			l.log.Warn("socket path now holds something else; leaving it alone", "path", l.path, "error", err)
+		}
+	}
+}
+
+// Accept waits for a connection and returns its fd (close-on-exec,
+// blocking), which the caller owns, with the peer's credentials. It
+// returns an error wrapping [ErrClosed] once the Listener is closed.
+func (l *Listener) Accept() (int, *unix.Ucred, error) {
+	for {
+		l.use.RLock()
+		fd := int(l.fd.Load())
+		if fd < 0 {
+			l.use.RUnlock()
+			return -1, nil, &OpError{Op: "accept", Addr: l.path, Err: ErrClosed}
+		}
+		nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		l.use.RUnlock()
+		if err == nil {
+			cred, err := unix.GetsockoptUcred(nfd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+			if err != nil {
+				unix.Close(nfd)
+				continue
+			}
+			return nfd, cred, nil
+		}
+		switch {
+		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+			continue
+		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE):
+			l.log.Error("out of file descriptors; pausing accept", "error", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		case errors.Is(err, unix.EINVAL):
+			// Shut down: the Listener is closing, or a rebind swaps the
+			// fd (then the next RLock waits for it).
+			continue
+		}
+		return -1, nil, &OpError{Op: "accept", Addr: l.path, Err: os.NewSyscallError("accept4", err)}
+	}
+}
+
+// Close stops accepting, and removes the socket file and the lock file
+// if they are still the ones this Listener created. Connections already
+// accepted are not affected. Close is idempotent and safe to call
+// concurrently with Accept, which then returns [ErrClosed].
+func (l *Listener) Close() error {
+	l.closeOnce.Do(l.close) // concurrent callers wait for the first
+	return nil
+}
+
+func (l *Listener) close() {
+	l.mu.Lock()
+	l.closed = true
+	close(l.stop)
+	l.mu.Unlock()
+	l.wg.Wait() // no rebind can start now
+
+	if !l.abstract {
+		var st unix.Stat_t
+		if unix.Lstat(l.path, &st) == nil && (fileID{dev: st.Dev, ino: st.Ino}) == l.ino {
+			unix.Unlink(l.path)
+		}
+	}
+	fd := int(l.fd.Load())
+	unix.Shutdown(fd, unix.SHUT_RDWR) // wakes Accept
+	l.use.Lock()
+	l.fd.Store(-1)
+	unix.Close(fd)
+	l.use.Unlock()
+	l.releaseLock()
+}
+
+// releaseLock removes the lock file if it is still ours, then unlocks.
+func (l *Listener) releaseLock() {
+	if l.lock == nil {
+		return
+	}
+	var a, b unix.Stat_t
+	if unix.Fstat(int(l.lock.Fd()), &a) == nil && unix.Lstat(l.lock.Name(), &b) == nil && a.Ino == b.Ino && a.Dev == b.Dev {
+		unix.Unlink(l.lock.Name()) // before unlocking: see acquireLock
+	}
+	l.lock.Close()
+	l.lock = nil
+}
