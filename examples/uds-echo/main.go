@@ -1,0 +1,92 @@
+// Command uds-echo is the seed's Unix socket echo server and client
+// (socket_echo_server_uds.py, socket_echo_client_uds.py) in Go.
+//
+//	go run ./examples/uds-echo server ./uds_socket &
+//	go run ./examples/uds-echo client ./uds_socket
+//
+// The server binds with pairvisor's ipc.Listen, which removes a stale
+// socket left by a crash but refuses to steal a live server's socket or
+// to delete a file that is not a socket (the seed unlinks whatever is
+// there), and gives the socket mode 0600 so only its owner may connect.
+// Each connection is served by its own goroutine: a slow client does not
+// hold up the others, as it does in the seed's one-at-a-time loop.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+func main() {
+	if len(os.Args) != 3 || (os.Args[1] != "server" && os.Args[1] != "client") {
+		fmt.Fprintln(os.Stderr, "usage: uds-echo server|client PATH")
+		os.Exit(2)
+	}
+	if os.Args[1] == "server" {
+		server(os.Args[2])
+	} else {
+		client(os.Args[2])
+	}
+}
+
+func server(path string) {
+	l, err := ipc.Listen(path, ipc.ListenConfig{}) // 0600
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() { <-ctx.Done(); l.Close() }() // removes the socket file
+	fmt.Println("starting up on", path)
+	for {
+		fd, cred, err := l.Accept()
+		if err != nil {
+			return // closed
+		}
+		go func() {
+			conn := os.NewFile(uintptr(fd), "client")
+			defer conn.Close()
+			fmt.Printf("connection from pid %d uid %d\n", cred.Pid, cred.Uid)
+			n, _ := io.Copy(conn, conn) // echo until the client closes
+			fmt.Printf("echoed %d bytes to pid %d\n", n, cred.Pid)
+		}()
+	}
+}
+
+func client(path string) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("connecting to", path)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		log.Fatal(err)
+	}
+	sock := os.NewFile(uintptr(fd), path)
+	defer sock.Close()
+
+	message := []byte("This is the message.  It will be repeated.")
+	fmt.Printf("sending %q\n", message)
+	if _, err := sock.Write(message); err != nil {
+		log.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	for received := 0; received < len(message); {
+		n, err := sock.Read(buf)
+		if err != nil {
+			log.Fatal(err)
+		}
+		received += n
+		fmt.Printf("received %q\n", buf[:n])
+	}
+	fmt.Println("closing socket")
+}
