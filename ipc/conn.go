@@ -26,6 +26,10 @@ const (
 	yieldEvery     = 5 * time.Millisecond // see the sysmon note in RESULTS.md
 	alignThreshold = 32 << 10
 	errorWriteWait = 100 * time.Millisecond
+
+	// writeSlice bounds one blocking sendmsg(2) (SO_SNDTIMEO), so that
+	// a writer waiting for a slow peer checks its context this often.
+	writeSlice = 20 * time.Millisecond
 )
 
 // Request is a request passed to a [Handler]. The handler owns Payload.
@@ -193,6 +197,10 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
 	c.iov[0].SetLen(HeaderSize)
+	if err := setSendTimeout(fd, writeSlice); err != nil {
+		unix.Close(fd)
+		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
+	}
 	if cfg.IdleTimeout > 0 {
 		if err := setRecvTimeout(fd, cfg.IdleTimeout); err != nil {
 			unix.Close(fd)
@@ -303,7 +311,7 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 	cl.typ, cl.dst = t, dst
 	c.pmu.Lock()
 	if c.closed {
-		err := c.err
+		err := closeErr(c.err)
 		c.pmu.Unlock()
 		callPool.Put(cl)
 		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
@@ -378,30 +386,31 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 	var deadline time.Time
 	for {
 		n, err := sendmsg(c.fd, &c.msg)
-		if err == nil {
-			left -= n
-			if left == 0 {
+		if n > 0 {
+			if left -= n; left == 0 {
 				break
 			}
 			c.advance(n)
-			continue
 		}
-		if err != unix.EAGAIN {
-			err = os.NewSyscallError("sendmsg", err)
-		} else {
+		if err == nil || err == unix.EAGAIN {
+			// A partial send, or a whole writeSlice (SO_SNDTIMEO) went by
+			// without room in the socket buffer: the peer reads slowly
+			// or not at all. Go on unless the caller's time is up.
 			if deadline.IsZero() {
 				var ok bool
 				if deadline, ok = ctx.Deadline(); !ok && timeout > 0 {
 					deadline = time.Now().Add(timeout)
 				}
 			}
-			err = waitWritable(c.fd, deadline, ctx.Done())
-			if err == nil {
+			if err = writeTimeUp(ctx, deadline); err == nil {
 				continue
 			}
-			if err == errCanceled {
-				err = ctx.Err()
-			}
+		} else {
+			err = os.NewSyscallError("sendmsg", err)
+		}
+		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+			// Shut down by Close or closed by the peer.
+			err = closeErr(err)
 		}
 		if left < HeaderSize+len(p) {
 			// Half a frame is on the wire: the stream is lost.
@@ -410,6 +419,20 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
 	}
 	runtime.KeepAlive(p)
+	return nil
+}
+
+// writeTimeUp reports ctx's error, or os.ErrDeadlineExceeded once the
+// deadline (if any) has passed.
+func writeTimeUp(ctx context.Context, deadline time.Time) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	default:
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return os.ErrDeadlineExceeded
+	}
 	return nil
 }
 
@@ -434,9 +457,20 @@ func (c *Conn) closedErr() error {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	if c.err != nil {
-		return c.err
+		return closeErr(c.err)
 	}
 	return ErrClosed
+}
+
+// closeErr returns the error for a call that failed because the Conn
+// closed for reason err: err itself if it already wraps [ErrClosed],
+// else err wrapped together with ErrClosed, so that callers can test
+// for either.
+func closeErr(err error) error {
+	if errors.Is(err, ErrClosed) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrClosed, err)
 }
 
 // readLoop is the reader goroutine. It owns rbuf, r, w and big, and at
@@ -464,7 +498,7 @@ func (c *Conn) readLoop() {
 	c.pending = nil
 	c.pmu.Unlock()
 	for _, cl := range pending {
-		cl.err = err
+		cl.err = closeErr(err)
 		cl.done <- struct{}{}
 	}
 	c.cancel()
@@ -590,7 +624,7 @@ func (c *Conn) deliver(h Header) error {
 		cl.reply, err = c.readPayload(h, cl.dst)
 	}
 	if err != nil {
-		cl.err = err
+		cl.err = closeErr(err) // the Conn closes on any error here
 	}
 	cl.done <- struct{}{}
 	return err
@@ -629,8 +663,10 @@ func (c *Conn) dispatch(h Header) error {
 	c.handlers.Add(1)
 	go func() {
 		defer c.handlers.Done()
-		defer func() { <-c.sem }()
 		resp, err := c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
+		// Free the slot before the reply goes out: a peer that sends its
+		// next request only after this reply must find a slot free.
+		<-c.sem
 		if err != nil {
 			var re *RemoteError
 			if !errors.As(err, &re) {
@@ -704,6 +740,12 @@ func (c *Conn) read(p []byte) (int, error) {
 		runtime.Gosched()
 	}
 	n, err := readfd(c.fd, p)
+	if err == unix.ECONNRESET {
+		// A unix stream peer that closes with data still unread in its
+		// receive queue (one that crashed or was killed, typically)
+		// makes our read fail with ECONNRESET instead of returning EOF.
+		return 0, io.EOF
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -21,9 +21,10 @@
 // read(2), as a C program would, answers pings and echoes itself
 // without allocating, hands other requests to the [Handler], and passes
 // replies to the goroutines blocked in [Conn.Call]. Writes take a mutex
-// and go out as one sendmsg(2) with MSG_DONTWAIT, falling back to poll(2)
-// until the caller's deadline, so a peer that stops reading cannot block
-// a writer forever. Every fd this package creates is close-on-exec.
+// and go out as one blocking sendmsg(2) whose wait is cut into short
+// slices (SO_SNDTIMEO), between which the writer checks its deadline, so
+// a peer that stops reading cannot block a writer forever. Every fd this
+// package creates is close-on-exec.
 //
 // # Errors
 //

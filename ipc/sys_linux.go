@@ -11,17 +11,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file holds the raw system calls of the hot path. The Conn's fd
-// is in blocking mode: its reader goroutine sits in read(2) like a C
-// program would, which measured faster than the runtime's netpoller
-// (see ../shared/bench/RESULTS.md). Writes use MSG_DONTWAIT so that a
-// peer that stops reading can never block a writer past its deadline.
+// This file holds the raw system calls of the hot path. A Conn's fd is
+// in blocking mode: its reader goroutine sits in read(2) and writers in
+// sendmsg(2) like a C program would, which measured faster than the
+// runtime's netpoller (see ../shared/bench/RESULTS.md). SO_SNDTIMEO
+// bounds each blocking send (writeSlice) so that a writer waiting for a
+// peer that does not read still notices its context ending.
 
-// sendmsg writes the iovecs in msg without blocking and without raising
-// SIGPIPE. It does not allocate.
+// sendmsg writes the iovecs in msg, blocking for at most the socket's
+// SO_SNDTIMEO, without raising SIGPIPE. It returns the bytes written,
+// which may be fewer than asked (then err is nil or EAGAIN). It does not
+// allocate.
 func sendmsg(fd int, msg *unix.Msghdr) (int, error) {
 	for {
-		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_NOSIGNAL)
 		switch e {
 		case 0:
 			return int(n), nil
@@ -77,6 +80,12 @@ func waitWritable(fd int, deadline time.Time, done <-chan struct{}) error {
 }
 
 var errCanceled = errors.New("canceled")
+
+// setSendTimeout bounds each blocking write on fd (SO_SNDTIMEO).
+func setSendTimeout(fd int, d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	return os.NewSyscallError("setsockopt", unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv))
+}
 
 // setRecvTimeout bounds each blocking read on fd (SO_RCVTIMEO).
 func setRecvTimeout(fd int, d time.Duration) error {

@@ -13,7 +13,7 @@ import (
 // skipped: they start afresh anyway. Reload blocks until the rolling
 // restart is done or ctx ends; concurrent calls queue.
 func (s *Supervisor) Reload(ctx context.Context) error {
-	if !s.running.Load() {
+	if s.stopped.Load() {
 		return ErrNotRunning
 	}
 	res := make(chan error, 1)

@@ -27,8 +27,8 @@ var (
 	// the context ends.
 	ErrNoWorker = errors.New("supervisor: no ready worker")
 
-	// ErrNotRunning is returned by calls made before Run or after it
-	// returned.
+	// ErrNotRunning is returned by calls made after Run returned.
+	// (Calls made before Run wait for a worker like any other.)
 	ErrNotRunning = errors.New("supervisor: not running")
 
 	// ErrAlreadyRun is returned by a second call to Run.
@@ -47,7 +47,7 @@ type Supervisor struct {
 	kill      chan struct{} // closed by Kill
 	killOnce  sync.Once
 	ran       atomic.Bool
-	running   atomic.Bool
+	stopped   atomic.Bool // Run has returned
 	startedAt time.Time
 
 	rr      atomic.Uint64
@@ -100,7 +100,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	spawnerDone := make(chan struct{})
 	go s.spawnLoop(spawnerDone)
 
-	s.running.Store(true)
 	s.log.Info("starting", "workers", s.cfg.Workers, "executable", s.cfg.Executable)
 	var wg sync.WaitGroup
 	for _, sl := range s.slots {
@@ -113,7 +112,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); s.reloadLoop(ctx) }()
 	wg.Wait()
-	s.running.Store(false)
+	s.stopped.Store(true)
 	close(s.spawnReqs)
 	<-spawnerDone
 
@@ -418,19 +417,21 @@ func (s *Supervisor) pick() *process {
 func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) ([]byte, error) {
 	retry := t == ipc.TypePing || t == ipc.TypeEcho || t == ipc.TypeStatus
 	for attempt := 0; ; attempt++ {
-		if !s.running.Load() {
+		if s.stopped.Load() {
 			return nil, ErrNotRunning
 		}
-		s.readyMu.Lock()
-		changed := s.readyCh
-		s.readyMu.Unlock()
 		p := s.pick()
 		if p == nil {
-			select {
-			case <-changed:
-				continue
-			case <-ctx.Done():
-				return nil, fmt.Errorf("%w: %w", ErrNoWorker, ctx.Err())
+			s.readyMu.Lock()
+			changed := s.readyCh
+			s.readyMu.Unlock()
+			if p = s.pick(); p == nil { // none became ready meanwhile
+				select {
+				case <-changed:
+					continue
+				case <-ctx.Done():
+					return nil, fmt.Errorf("%w: %w", ErrNoWorker, ctx.Err())
+				}
 			}
 		}
 		reply, err := p.conn.Call(ctx, t, payload, dst)

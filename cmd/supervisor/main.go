@@ -42,6 +42,7 @@ func init() {
 		{"echo", "send MESSAGE (or stdin) through a server's socket and print the echo", echoCmd},
 		{"status", "show a server's pid, uptime and workers", statusCmd},
 		{"reload", "ask a running supervisor for a rolling restart of its workers", reloadCmd},
+		{"bench", "measure ping latency, echo throughput and spawn time", benchCmd},
 		{"version", "print the version", versionCmd},
 	}
 }
