@@ -124,7 +124,7 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 		errR:    errR,
 		exited:  make(chan struct{}),
 	}
-	p.log = s.log.Named("worker."+strconv.Itoa(id)).With("pid", p.pid)
+	p.log = s.log.Named("worker."+strconv.Itoa(id)).With("worker", id, "pid", p.pid)
 	p.relays.Add(2)
 	go func() { defer p.relays.Done(); relay(outR, p.log, "stdout") }()
 	go func() { defer p.relays.Done(); relay(errR, p.log, "stderr") }()

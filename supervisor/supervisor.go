@@ -150,6 +150,7 @@ func (s *Supervisor) Ready() <-chan struct{} { return s.allUp }
 
 // exit is how one incarnation of a worker ended.
 type exit struct {
+	pid     int           // the process that ended; 0 if none started
 	reason  string        // for logs and status
 	failed  bool          // counts as a failure for the restart policy
 	stopped bool          // ended because the supervisor stopped it
@@ -171,7 +172,7 @@ func (s *Supervisor) runSlot(ctx context.Context, cancel context.CancelCauseFunc
 		}
 		restart := s.cfg.Restart == RestartAlways || s.cfg.Restart == RestartOnFailure && e.failed
 		if !restart {
-			s.log.Info("worker ended; not restarting", "worker", sl.id, "reason", e.reason, "policy", s.cfg.Restart.String())
+			s.log.Info("worker ended; not restarting", "worker", sl.id, "pid", e.pid, "reason", e.reason, "policy", s.cfg.Restart.String())
 			sl.set(func(sl *slot) { sl.state, sl.pid = StateExited, 0 })
 			<-ctx.Done()
 			sl.set(func(sl *slot) { sl.state = StateStopped })
@@ -179,7 +180,7 @@ func (s *Supervisor) runSlot(ctx context.Context, cancel context.CancelCauseFunc
 		}
 		if s.crashLoop() {
 			err := fmt.Errorf("%w: more than %d restarts within %v", ErrCrashLoop, s.cfg.MaxRestarts, s.cfg.RestartWindow)
-			s.log.Error("giving up: workers keep failing", "error", err, "worker", sl.id, "last_exit", e.reason)
+			s.log.Error("giving up: workers keep failing", "error", err, "worker", sl.id, "pid", e.pid, "last_exit", e.reason)
 			sl.set(func(sl *slot) { sl.state, sl.pid = StateFailed, 0 })
 			cancel(err)
 			return
@@ -191,7 +192,7 @@ func (s *Supervisor) runSlot(ctx context.Context, cancel context.CancelCauseFunc
 		backoff = min(2*backoff, s.cfg.BackoffMax)
 		next := s.cfg.now().Add(delay)
 		sl.set(func(sl *slot) { sl.state, sl.pid, sl.nextStart = StateBackoff, 0, next })
-		s.log.Info("backing off", "worker", sl.id, "delay", delay, "reason", e.reason)
+		s.log.Info("backing off", "worker", sl.id, "pid", e.pid, "delay", delay, "reason", e.reason)
 		select {
 		case <-ctx.Done():
 			sl.set(func(sl *slot) { sl.state = StateStopped })
@@ -234,6 +235,7 @@ func (s *Supervisor) incarnate(ctx context.Context, sl *slot) exit {
 		return exit{reason: err.Error(), failed: true}
 	}
 	e := s.supervise(ctx, sl, p)
+	e.pid = p.pid
 	sl.set(func(sl *slot) { sl.lastExit = e.reason })
 	return e
 }
@@ -248,7 +250,7 @@ func (s *Supervisor) start(ctx context.Context, sl *slot, replacing bool) (*proc
 	if !replacing {
 		sl.set(func(sl *slot) { sl.pid = p.pid; sl.since = s.cfg.now() })
 	}
-	p.log.Debug("starting")
+	p.log.Info("starting")
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
 	defer cancel()
 	conn, err := ipc.NewConn(hctx, end, ipc.ConnConfig{
@@ -277,7 +279,7 @@ func (s *Supervisor) start(ctx context.Context, sl *slot, replacing bool) (*proc
 func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 	ready := s.cfg.now()
 	uptime := func() time.Duration { return s.cfg.now().Sub(ready) }
-	p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond))
+	p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond), "restarts", sl.status().Restarts)
 	sl.set(func(sl *slot) { sl.state, sl.since = StateReady, ready })
 	sl.cur.Store(p)
 	s.notifyReady()
@@ -350,6 +352,8 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 // once after Kill). It returns once p is reaped.
 func (s *Supervisor) stop(p *process) {
 	half := s.cfg.StopTimeout / 2
+	p.log.Info("stopping", "timeout", s.cfg.StopTimeout)
+	defer func() { p.log.Info("stopped", "reason", p.exitReason()) }()
 	if p.conn != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), half)
 		go func() {
