@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -149,6 +150,9 @@ type call struct {
 	err   error
 	done  chan struct{}
 }
+
+// spinning is set while a caller polls for its reply (see spinWait).
+var spinning atomic.Bool
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
@@ -360,6 +364,12 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 // reader hand the reply over with a plain channel send instead. Callers
 // still park for replies that take longer.
 func spinWait(done <-chan struct{}) bool {
+	// One spinner at a time per process: with many callers waiting, the
+	// processors are better spent on the readers delivering replies.
+	if !spinning.CompareAndSwap(false, true) {
+		return false
+	}
+	defer spinning.Store(false)
 	var start time.Time
 	for i := 0; ; i++ {
 		select {

@@ -397,6 +397,7 @@ func (s *Supervisor) notifyReady() {
 	s.readyCh = make(chan struct{})
 	s.readyMu.Unlock()
 	if int(s.upCount.Add(1)) == len(s.slots) {
+		s.log.Info("all workers ready", "workers", len(s.slots), "elapsed", s.cfg.now().Sub(s.startedAt).Round(time.Microsecond))
 		close(s.allUp)
 	}
 }

@@ -59,7 +59,7 @@ type benchEnv struct {
 var benchSizes = []int{64, 4 << 10, 64 << 10, 1 << 20}
 
 func benchCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("bench", "bench [--pings N] [--echo-seconds D] [--spawns N] [--json]", stderr)
+	fs := newFlagSet("bench", "bench [--pings N] [--echo-seconds D] [--spawns N] [--json]\n       supervisor bench --socket PATH [--clients N] [--size B] [--duration D] [--json]", stderr)
 	var (
 		pings       int
 		warmup      int
@@ -72,8 +72,25 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&echoSeconds, "echo-seconds", time.Second, "timed echo traffic per payload size (64 B, 4 KiB, 64 KiB, 1 MiB)")
 	fs.IntVar(&spawns, "spawns", 100, "spawns measured from start to the first pong")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object (see docs/BENCHMARKS.md)")
+	var (
+		socket  string
+		clients int
+		size    int
+		loadFor time.Duration
+	)
+	fs.StringVar(&socket, "socket", "", "load mode: instead of the above, echo through the server at this socket")
+	fs.IntVar(&clients, "clients", 100, "load mode: concurrent clients, each on its own connection")
+	fs.IntVar(&size, "size", 4096, "load mode: echo payload size in bytes")
+	fs.DurationVar(&loadFor, "duration", 10*time.Second, "load mode: how long to run")
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
+	}
+	if socket != "" {
+		if clients < 1 || size < 0 || size > ipc.MaxPayload || loadFor <= 0 {
+			fmt.Fprintln(stderr, "supervisor bench: --clients and --duration must be positive, --size within 0..16 MiB")
+			return exitUsage
+		}
+		return runLoad(stdout, stderr, socket, clients, size, loadFor, asJSON)
 	}
 	if pings < 1 || warmup < 0 || spawns < 1 || echoSeconds <= 0 {
 		fmt.Fprintln(stderr, "supervisor bench: --pings, --spawns and --echo-seconds must be positive")

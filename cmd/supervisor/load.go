@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// loadResult is the JSON document of `supervisor bench --socket`.
+type loadResult struct {
+	Clients        int     `json:"clients"`
+	Size           int     `json:"size"`
+	Seconds        float64 `json:"seconds"`
+	RoundTrips     int64   `json:"round_trips"`
+	RoundTripsPerS float64 `json:"round_trips_per_s"`
+	MBPerS         float64 `json:"mb_per_s"`
+	Latency        latency `json:"latency"`
+	Failed         int64   `json:"failed"`
+	Corrupted      int64   `json:"corrupted"`
+}
+
+// runLoad connects clients framed clients to socket and has each echo
+// size random bytes back to back for d, checking every echo.
+func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.Duration, asJSON bool) int {
+	var (
+		wg                sync.WaitGroup
+		failed, corrupted atomic.Int64
+		mu                sync.Mutex
+		rtts              []time.Duration
+	)
+	conns := make([]*ipc.Conn, clients)
+	for i := range conns {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := ipc.Dial(ctx, socket, ipc.ConnConfig{Name: "load"})
+		cancel()
+		if err != nil {
+			for _, c := range conns[:i] {
+				c.Close()
+			}
+			fmt.Fprintf(stderr, "supervisor bench: client %d: %s\n", i+1, reason(socket, err))
+			return exitFail
+		}
+		conns[i] = c
+	}
+	start := time.Now()
+	end := start.Add(d)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+			payload, dst := make([]byte, size), make([]byte, size)
+			local := make([]time.Duration, 0, 1024)
+			for time.Now().Before(end) {
+				for i := range payload {
+					payload[i] = byte(rng.Uint32())
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				t0 := time.Now()
+				got, err := c.Echo(ctx, payload, dst)
+				rtt := time.Since(t0)
+				cancel()
+				switch {
+				case err != nil:
+					failed.Add(1)
+					fmt.Fprintln(stderr, "supervisor bench: echo failed:", err)
+					return
+				case !bytes.Equal(got, payload):
+					corrupted.Add(1)
+				default:
+					local = append(local, rtt)
+				}
+			}
+			mu.Lock()
+			rtts = append(rtts, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	res := loadResult{Clients: clients, Size: size, Seconds: el.Seconds(), RoundTrips: int64(len(rtts)), Failed: failed.Load(), Corrupted: corrupted.Load()}
+	if len(rtts) > 0 {
+		res.Latency = summarise(rtts)
+		res.RoundTripsPerS = float64(len(rtts)) / el.Seconds()
+		res.MBPerS = res.RoundTripsPerS * float64(size) / 1e6
+	}
+	if asJSON {
+		out, _ := json.MarshalIndent(res, "", "  ")
+		fmt.Fprintf(stdout, "%s\n", out)
+	} else {
+		fmt.Fprintf(stdout, "%d clients echoing %s through %s for %v\n", clients, sizeName(size), socket, el.Round(time.Millisecond))
+		fmt.Fprintf(stdout, "  %d round trips, %.0f/s, %.1f MB/s\n", res.RoundTrips, res.RoundTripsPerS, res.MBPerS)
+		fmt.Fprintf(stdout, "  latency p50 %.0f µs, p99 %.0f µs, p999 %.0f µs\n", res.Latency.P50US, res.Latency.P99US, res.Latency.P999US)
+		fmt.Fprintf(stdout, "  %d failed, %d corrupted\n", res.Failed, res.Corrupted)
+	}
+	if res.Failed > 0 || res.Corrupted > 0 {
+		return exitFail
+	}
+	return exitOK
+}
