@@ -25,9 +25,10 @@ const (
 // owns the process in it; other goroutines read cur for routing and the
 // fields under mu for status.
 type slot struct {
-	id      int
-	cur     atomic.Pointer[process] // the ready process, or nil
-	replace chan *handover          // rolling restart hand-overs
+	id       int
+	cur      atomic.Pointer[process] // the ready process, or nil
+	replace  chan *handover          // rolling restart hand-overs
+	wasReady bool                    // owned by the slot goroutine
 
 	mu        sync.Mutex
 	state     State

@@ -282,7 +282,7 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 	p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond), "restarts", sl.status().Restarts)
 	sl.set(func(sl *slot) { sl.state, sl.since = StateReady, ready })
 	sl.cur.Store(p)
-	s.notifyReady()
+	s.notifyReady(sl)
 	defer sl.cur.Store(nil)
 
 	tick := time.NewTicker(s.cfg.PingInterval)
@@ -391,11 +391,15 @@ func (s *Supervisor) stop(p *process) {
 	<-p.exited
 }
 
-func (s *Supervisor) notifyReady() {
+func (s *Supervisor) notifyReady(sl *slot) {
 	s.readyMu.Lock()
 	close(s.readyCh)
 	s.readyCh = make(chan struct{})
 	s.readyMu.Unlock()
+	if sl.wasReady {
+		return
+	}
+	sl.wasReady = true
 	if int(s.upCount.Add(1)) == len(s.slots) {
 		s.log.Info("all workers ready", "workers", len(s.slots), "elapsed", s.cfg.now().Sub(s.startedAt).Round(time.Microsecond))
 		close(s.allUp)
