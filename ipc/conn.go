@@ -259,6 +259,13 @@ func (c *Conn) Err() error {
 // closed and every handler has returned. It is idempotent and safe to
 // call from any goroutine except a Handler of this Conn.
 func (c *Conn) Close() error {
+	c.shutdown()
+	<-c.done
+	return nil
+}
+
+// shutdown starts closing the Conn without waiting for it to finish.
+func (c *Conn) shutdown() {
 	c.closeOnce.Do(func() {
 		c.fdmu.Lock()
 		c.closing = true
@@ -267,8 +274,6 @@ func (c *Conn) Close() error {
 		}
 		c.fdmu.Unlock()
 	})
-	<-c.done
-	return nil
 }
 
 // abort closes the connection because of err without waiting.

@@ -148,7 +148,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	s.stopping = true
 	for c := range s.conns {
-		go c.Close()
+		c.shutdown() // its serveConn goroutine waits for the rest
 	}
 	for fd := range s.raws {
 		unix.Shutdown(fd, unix.SHUT_RDWR)

@@ -44,8 +44,8 @@ type Supervisor struct {
 
 	spawnReqs chan spawnRequest
 	reloads   chan chan error
-	kill      chan struct{} // closed by Kill
-	killOnce  sync.Once
+	killCtx   context.Context // cancelled by Kill
+	kill      context.CancelFunc
 	ran       atomic.Bool
 	stopped   atomic.Bool // Run has returned
 	startedAt time.Time
@@ -73,10 +73,10 @@ func New(cfg Config) (*Supervisor, error) {
 		log:       cfg.Logger,
 		spawnReqs: make(chan spawnRequest),
 		reloads:   make(chan chan error),
-		kill:      make(chan struct{}),
 		readyCh:   make(chan struct{}),
 		allUp:     make(chan struct{}),
 	}
+	s.killCtx, s.kill = context.WithCancel(context.Background())
 	for i := range cfg.Workers {
 		s.slots = append(s.slots, &slot{id: i + 1, state: StateStarting, replace: make(chan *handover)})
 	}
@@ -141,7 +141,7 @@ func (s *Supervisor) spawnLoop(done chan<- struct{}) {
 // running get SIGKILL at once. Run still reaps them before returning.
 // It is idempotent; the CLI calls it on a second SIGINT.
 func (s *Supervisor) Kill() {
-	s.killOnce.Do(func() { close(s.kill) })
+	s.kill()
 }
 
 // Ready returns a channel closed once every worker has said hello at
@@ -352,24 +352,18 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 // once after Kill). It returns once p is reaped.
 func (s *Supervisor) stop(p *process) {
 	half := s.cfg.StopTimeout / 2
+	termAt := time.Now().Add(half)
 	p.log.Info("stopping", "timeout", s.cfg.StopTimeout)
 	defer func() { p.log.Info("stopped", "reason", p.exitReason()) }()
 	if p.conn != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), half)
-		go func() {
-			select {
-			case <-s.kill:
-			case <-sctx.Done():
-			}
-			cancel()
-		}()
+		sctx, cancel := context.WithTimeout(s.killCtx, half)
 		if _, err := p.conn.Call(sctx, ipc.TypeShutdown, nil, nil); err != nil {
 			p.log.Debug("shutdown request failed", "error", err)
 		}
 		cancel()
 		p.conn.Close() // EOF tells the worker too
 	}
-	t := time.NewTimer(half)
+	t := time.NewTimer(time.Until(termAt))
 	defer t.Stop()
 	select {
 	case <-p.exited:
@@ -377,7 +371,7 @@ func (s *Supervisor) stop(p *process) {
 	case <-t.C:
 		p.log.Warn("worker did not stop; sending SIGTERM", "timeout", half)
 		p.signalGroup(syscall.SIGTERM)
-	case <-s.kill:
+	case <-s.killCtx.Done():
 	}
 	t.Reset(half)
 	select {
@@ -385,7 +379,7 @@ func (s *Supervisor) stop(p *process) {
 		return
 	case <-t.C:
 		p.log.Warn("worker ignored SIGTERM; sending SIGKILL", "timeout", half)
-	case <-s.kill:
+	case <-s.killCtx.Done():
 	}
 	p.signalGroup(syscall.SIGKILL)
 	<-p.exited
