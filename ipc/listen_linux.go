@@ -56,7 +56,8 @@ type ListenConfig struct {
 	Mode os.FileMode
 	// GID, when not -1, is the group the socket file is given (use it
 	// with a group-accessible Mode such as 0660). Zero means root's
-	// group; set -1 for "keep the default".
+	// group, except when Mode is zero too (as in the zero ListenConfig):
+	// then the caller's group is kept, as with -1.
 	GID int
 	// WatchPeriod is how often the path is checked: a socket file that
 	// was deleted (a tmp cleaner, an operator's rm) is bound again.
@@ -117,6 +118,9 @@ type fileID struct{ dev, ino uint64 }
 // nothing to clean up; guard them with peer credentials.
 func Listen(path string, cfg ListenConfig) (*Listener, error) {
 	if cfg.Mode == 0 {
+		if cfg.GID == 0 {
+			cfg.GID = -1 // the zero ListenConfig keeps the caller's group
+		}
 		cfg.Mode = DefaultSocketMode
 	}
 	if cfg.WatchPeriod == 0 {
@@ -198,6 +202,9 @@ func acquireLock(name string) (*os.File, error) {
 			if errors.Is(err, unix.ELOOP) {
 				return nil, fmt.Errorf("%w: lock file %s is a symlink", ErrNotOurs, name)
 			}
+			if errors.Is(err, unix.EISDIR) || errors.Is(err, unix.ENXIO) {
+				return nil, fmt.Errorf("%w: lock file %s exists and is not a regular file", ErrNotOurs, name)
+			}
 			return nil, fmt.Errorf("lock file %s: %w", name, err)
 		}
 		f := os.NewFile(uintptr(fd), name)
@@ -244,7 +251,9 @@ func clearStale(path string) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("%w: it is %s; leaving it alone", ErrNotOurs, describeMode(st.Mode))
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	// Non-blocking: a connect to a server whose accept queue is full
+	// would otherwise wait for as long as that server is stuck.
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return os.NewSyscallError("socket", err)
 	}
@@ -291,7 +300,7 @@ func peerPID(fd int) string {
 }
 
 func describePeer(addr string) string {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return ""
 	}
@@ -347,7 +356,7 @@ func bindInPlace(path string, cfg ListenConfig) (int, fileID, error) {
 	if err := unix.Chmod(tmp, uint32(cfg.Mode.Perm())); err != nil {
 		return fail(fmt.Errorf("chmod %o: %w", cfg.Mode.Perm(), err))
 	}
-	if cfg.GID >= 0 && cfg.GID != os.Getegid() && !(cfg.GID == 0 && cfg.Mode == 0) {
+	if cfg.GID >= 0 && cfg.GID != os.Getegid() {
 		if err := unix.Lchown(tmp, -1, cfg.GID); err != nil {
 			return fail(fmt.Errorf("chown to group %d: %w", cfg.GID, err))
 		}
@@ -382,35 +391,43 @@ func (l *Listener) watch() {
 		l.mu.Lock()
 		ours := err == nil && (fileID{dev: st.Dev, ino: st.Ino}) == l.ino
 		l.mu.Unlock()
-		switch {
-		case ours:
+		if ours {
 			warned = false
-		case errors.Is(err, unix.ENOENT):
-			l.log.Warn("socket file was removed; binding it again", "path", l.path)
-			fd, id, err := bindInPlace(l.path, l.cfg)
-			if err != nil {
-				l.log.Error("binding the socket path again failed", "path", l.path, "error", err)
-				continue
-			}
-			l.mu.Lock()
-			if l.closed {
-				l.mu.Unlock()
-				unix.Unlink(l.path)
-				unix.Close(fd)
-				return
-			}
-			old := int(l.fd.Load())
-			l.ino = id
-			unix.Shutdown(old, unix.SHUT_RDWR) // wakes Accept
-			l.use.Lock()
-			l.fd.Store(int32(fd))
-			unix.Close(old)
-			l.use.Unlock()
-			l.mu.Unlock()
-		case !warned:
-			warned = true
-			l.log.Warn("socket path now holds something else; leaving it alone", "path", l.path, "error", err)
+			continue
 		}
+		// Gone, or replaced. A stale socket (say, from a server that
+		// started meanwhile and crashed) is reclaimed as at start-up;
+		// a live server's socket or a file that is not a socket is
+		// left alone.
+		if err := clearStale(l.path); err != nil {
+			if !warned {
+				l.log.Warn("socket path now holds something else; leaving it alone", "path", l.path, "error", err)
+			}
+			warned = true
+			continue
+		}
+		l.log.Warn("socket file was removed or replaced; binding it again", "path", l.path)
+		fd, id, err := bindInPlace(l.path, l.cfg)
+		if err != nil {
+			l.log.Error("binding the socket path again failed", "path", l.path, "error", err)
+			continue
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			unix.Unlink(l.path)
+			unix.Close(fd)
+			return
+		}
+		old := int(l.fd.Load())
+		l.ino = id
+		unix.Shutdown(old, unix.SHUT_RDWR) // wakes Accept
+		l.use.Lock()
+		l.fd.Store(int32(fd))
+		unix.Close(old)
+		l.use.Unlock()
+		l.mu.Unlock()
+		warned = false
 	}
 }
 
