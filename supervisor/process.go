@@ -34,8 +34,9 @@ type process struct {
 	outR, errR *os.File
 	relays     sync.WaitGroup
 
-	mu     sync.Mutex // held while signalling the group and while reaping
-	reaped bool
+	mu        sync.Mutex // held while signalling the group and while reaping
+	reaped    bool
+	signalled bool // signalGroup sent a signal before the reaping
 
 	exited chan struct{} // closed once reaped and relays are done
 	state  *os.ProcessState
@@ -174,10 +175,19 @@ func (p *process) signalGroup(sig syscall.Signal) {
 	if p.reaped {
 		return
 	}
+	p.signalled = true
 	if err := unix.Kill(-p.pid, sig); err != nil {
 		// The leader may have moved out of its group; reach it at least.
 		p.cmd.Process.Signal(sig)
 	}
+}
+
+// endedOnItsOwn reports whether the worker exited without a signal
+// from us. Valid after exited.
+func (p *process) endedOnItsOwn() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.signalled
 }
 
 // exitReason describes how the worker ended. Valid after exited.

@@ -19,6 +19,8 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 	res := make(chan error, 1)
 	select {
 	case s.reloads <- res:
+	case <-s.stopping:
+		return ErrNotRunning
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -27,7 +27,8 @@ var (
 	// the context ends.
 	ErrNoWorker = errors.New("supervisor: no ready worker")
 
-	// ErrNotRunning is returned by calls made after Run returned.
+	// ErrNotRunning is returned by calls made after Run returned, and
+	// by calls still waiting for a worker when Run begins to stop.
 	// (Calls made before Run wait for a worker like any other.)
 	ErrNotRunning = errors.New("supervisor: not running")
 
@@ -47,8 +48,9 @@ type Supervisor struct {
 	killCtx   context.Context // cancelled by Kill
 	kill      context.CancelFunc
 	ran       atomic.Bool
-	stopped   atomic.Bool // Run has returned
-	startedAt time.Time
+	stopped   atomic.Bool   // Run has returned
+	stopping  chan struct{} // closed when Run's context ends
+	startedAt atomic.Pointer[time.Time]
 
 	rr      atomic.Uint64
 	readyMu sync.Mutex
@@ -73,6 +75,7 @@ func New(cfg Config) (*Supervisor, error) {
 		log:       cfg.Logger,
 		spawnReqs: make(chan spawnRequest),
 		reloads:   make(chan chan error),
+		stopping:  make(chan struct{}),
 		readyCh:   make(chan struct{}),
 		allUp:     make(chan struct{}),
 	}
@@ -93,7 +96,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if s.ran.Swap(true) {
 		return ErrAlreadyRun
 	}
-	s.startedAt = s.cfg.now()
+	startedAt := s.cfg.now()
+	s.startedAt.Store(&startedAt)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -111,6 +115,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); s.reloadLoop(ctx) }()
+	wg.Add(1)
+	go func() {
+		// No worker becomes ready once ctx ends: release the callers
+		// waiting for one.
+		defer wg.Done()
+		<-ctx.Done()
+		close(s.stopping)
+	}()
 	wg.Wait()
 	s.stopped.Store(true)
 	close(s.spawnReqs)
@@ -297,11 +309,14 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 			return exit{reason: reason, failed: p.failed(), uptime: uptime()}
 		case <-p.conn.Done():
 			// The channel broke but the process lives on: it cannot be
-			// reached any more, so it is stopped.
+			// reached any more, so it is stopped. (Often it is exiting
+			// and closed its end on the way out; stop then just reaps
+			// it, and an exit 0 without our signals is no failure.)
 			p.log.Warn("channel closed while the worker runs; stopping it", "error", p.conn.Err())
 			sl.cur.Store(nil)
 			s.stop(p)
-			return exit{reason: "channel closed: " + p.exitReason(), failed: true, uptime: uptime()}
+			failed := p.failed() || !p.endedOnItsOwn()
+			return exit{reason: "channel closed: " + p.exitReason(), failed: failed, uptime: uptime()}
 		case <-ctx.Done():
 			sl.cur.Store(nil)
 			sl.set(func(sl *slot) { sl.state = StateStopping })
@@ -395,7 +410,7 @@ func (s *Supervisor) notifyReady(sl *slot) {
 	}
 	sl.wasReady = true
 	if int(s.upCount.Add(1)) == len(s.slots) {
-		s.log.Info("all workers ready", "workers", len(s.slots), "elapsed", s.cfg.now().Sub(s.startedAt).Round(time.Microsecond))
+		s.log.Info("all workers ready", "workers", len(s.slots), "elapsed", s.cfg.now().Sub(*s.startedAt.Load()).Round(time.Microsecond))
 		close(s.allUp)
 	}
 }
@@ -432,6 +447,8 @@ func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) 
 				select {
 				case <-changed:
 					continue
+				case <-s.stopping:
+					return nil, ErrNotRunning
 				case <-ctx.Done():
 					return nil, fmt.Errorf("%w: %w", ErrNoWorker, ctx.Err())
 				}
@@ -456,9 +473,10 @@ func (s *Supervisor) Echo(ctx context.Context, payload, dst []byte) ([]byte, err
 
 // Status returns a snapshot of the supervisor and every worker.
 func (s *Supervisor) Status() Status {
-	st := Status{PID: os.Getpid(), StartedAt: s.startedAt}
-	if !s.startedAt.IsZero() {
-		st.UptimeSeconds = s.cfg.now().Sub(s.startedAt).Seconds()
+	st := Status{PID: os.Getpid()}
+	if t := s.startedAt.Load(); t != nil {
+		st.StartedAt = *t
+		st.UptimeSeconds = s.cfg.now().Sub(*t).Seconds()
 	}
 	for _, sl := range s.slots {
 		st.Workers = append(st.Workers, sl.status())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,8 +61,10 @@ func FromEnv() (*Worker, error) {
 	}
 	ppidStr := os.Getenv(ipc.EnvParentPID)
 	level := hclog.LevelFromString(os.Getenv(ipc.EnvLogLevel))
-	for _, k := range []string{ipc.EnvWorker, ipc.EnvParentPID, ipc.EnvFD, ipc.EnvLogLevel} {
-		os.Unsetenv(k)
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "PAIRVISOR_") {
+			os.Unsetenv(k)
+		}
 	}
 	id, err := strconv.Atoi(idStr)
 	if err != nil || id < 1 {
