@@ -169,11 +169,49 @@ func TestNoOrphansWhenSupervisorDies(t *testing.T) {
 // TestWorkersSurviveThreadChurn: the parent-death signal is tied to the
 // thread that forked a worker. Threads that end must not take workers
 // with them: a goroutine that returns while locked to its thread makes
-// the runtime destroy that thread.
+// the runtime destroy that thread. Threads are churned while workers
+// are spawned (at start and in rolling restarts), which kills some of
+// them if they are forked from ordinary threads, and again once they
+// run.
 func TestWorkersSurviveThreadChurn(t *testing.T) {
 	t.Parallel()
+	stop := make(chan struct{})
+	churned := make(chan struct{})
+	go func() {
+		defer close(churned)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			churnThreads(20)
+		}
+	}()
+	defer func() {
+		select {
+		case <-churned:
+		default:
+			close(stop)
+			<-churned
+		}
+	}()
 	r := startSupervisor(t, testConfig(t, "echo", 3))
 	r.waitReady()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 3 {
+		if err := r.s.Reload(ctx); err != nil {
+			t.Fatalf("Reload %d while threads churn: %v", i, err)
+		}
+	}
+	close(stop)
+	<-churned
+	if s := r.s.Stats(); s.Failures != 0 || s.Restarts != 0 {
+		t.Fatalf("workers died while threads churned: %+v; status %+v", s, r.s.Status())
+	}
+
+	// Now churn with every worker running, and check each thread did die.
 	before := pids(r.s.Status())
 	for range 3 {
 		for _, tid := range churnThreads(50) {
@@ -192,8 +230,6 @@ func TestWorkersSurviveThreadChurn(t *testing.T) {
 			}
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	for i := range 9 {
 		if _, err := r.s.Echo(ctx, []byte{byte(i)}, nil); err != nil {
 			t.Fatalf("Echo after the churn: %v", err)
@@ -209,6 +245,9 @@ func TestWorkersSurviveThreadChurn(t *testing.T) {
 		if ws.PID != before[i] || ws.Restarts != 0 || ws.State != StateReady {
 			t.Errorf("worker %d after the churn: %+v, want pid %d, no restart", i+1, ws, before[i])
 		}
+	}
+	if s := r.s.Stats(); s.Failures != 0 {
+		t.Errorf("failures after the churn: %+v", s)
 	}
 	if err := r.stop(); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -415,12 +416,14 @@ func (s *Supervisor) notifyReady(sl *slot) {
 	}
 }
 
-// pick returns a ready worker, round robin, or nil.
-func (s *Supervisor) pick() *process {
+// pick returns a ready worker, round robin, or nil. It passes over
+// workers in skip and those whose channel has closed but whose slot has
+// not noticed yet.
+func (s *Supervisor) pick(skip []*process) *process {
 	n := uint64(len(s.slots))
 	start := s.rr.Add(1)
 	for i := range n {
-		if p := s.slots[(start+i)%n].cur.Load(); p != nil {
+		if p := s.slots[(start+i)%n].cur.Load(); p != nil && p.conn.Err() == nil && !slices.Contains(skip, p) {
 			return p
 		}
 	}
@@ -434,16 +437,17 @@ func (s *Supervisor) pick() *process {
 // another worker, so callers do not see restarts.
 func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) ([]byte, error) {
 	retry := t == ipc.TypePing || t == ipc.TypeEcho || t == ipc.TypeStatus
+	var failed []*process // workers that went away under this call
 	for attempt := 0; ; attempt++ {
 		if s.stopped.Load() {
 			return nil, ErrNotRunning
 		}
-		p := s.pick()
+		p := s.pick(failed)
 		if p == nil {
 			s.readyMu.Lock()
 			changed := s.readyCh
 			s.readyMu.Unlock()
-			if p = s.pick(); p == nil { // none became ready meanwhile
+			if p = s.pick(failed); p == nil { // none became ready meanwhile
 				select {
 				case <-changed:
 					continue
@@ -462,6 +466,7 @@ func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) 
 		if !errors.Is(err, ipc.ErrClosed) && !(errors.As(err, &re) && re.Code == ipc.CodeShutdown) {
 			return reply, err
 		}
+		failed = append(failed, p)
 	}
 }
 

@@ -566,25 +566,31 @@ func TestRestartPolicy(t *testing.T) {
 	})
 }
 
-// TestCallSurvivesWorkerDeath: echoes are retried on another worker
-// when theirs is killed, so callers do not see the restarts.
+// TestCallSurvivesWorkerDeath: echoes are retried on another worker,
+// or wait for the replacement, when theirs is killed, so callers do not
+// see the restarts.
 func TestCallSurvivesWorkerDeath(t *testing.T) {
 	t.Parallel()
-	r := startSupervisor(t, testConfig(t, "echo", 2))
-	r.waitReady()
-	stop := make(chan struct{})
-	h := hammer(r.s, 4, stop)
-	for range 3 {
-		victim := r.s.Status().Workers[0].PID
-		kill(t, victim, syscall.SIGKILL)
-		r.waitStatus("worker 1 restarted", func(st Status) bool {
-			return st.Workers[0].State == StateReady && st.Workers[0].PID != victim
+	for _, n := range []int{1, 2} {
+		t.Run(strconv.Itoa(n)+"-workers", func(t *testing.T) {
+			t.Parallel()
+			r := startSupervisor(t, testConfig(t, "echo", n))
+			r.waitReady()
+			stop := make(chan struct{})
+			h := hammer(r.s, 4, stop)
+			for range 3 {
+				victim := r.s.Status().Workers[0].PID
+				kill(t, victim, syscall.SIGKILL)
+				r.waitStatus("worker 1 restarted", func(st Status) bool {
+					return st.Workers[0].State == StateReady && st.Workers[0].PID != victim
+				})
+			}
+			close(stop)
+			h.check(t)
+			if err := r.stop(); err != nil {
+				t.Fatal(err)
+			}
 		})
-	}
-	close(stop)
-	h.check(t)
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
 	}
 }
 
