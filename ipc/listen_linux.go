@@ -406,7 +406,11 @@ func (l *Listener) watch() {
 			warned = true
 			continue
 		}
-		l.log.Warn("socket file was removed or replaced; binding it again", "path", l.path)
+		if errors.Is(err, unix.ENOENT) {
+			l.log.Warn("socket file was removed; binding it again", "path", l.path)
+		} else {
+			l.log.Warn("socket file was replaced by a stale socket; reclaiming the path", "path", l.path)
+		}
 		fd, id, err := bindInPlace(l.path, l.cfg)
 		if err != nil {
 			l.log.Error("binding the socket path again failed", "path", l.path, "error", err)
