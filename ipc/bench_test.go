@@ -1,0 +1,86 @@
+package ipc_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// The benchmarks run between two processes, as in production: this one
+// and the serve helper, over a socketpair. They measure what
+// ../shared/bench/RESULTS.md measured for the baselines: ping round-trip
+// latency (p50 and p99 from one time.Now pair per round trip, nearest
+// rank) and echo throughput with one request in flight (MB/s is payload
+// bytes one way).
+
+func BenchmarkPing(b *testing.B) {
+	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench"})
+	ctx := context.Background()
+	for range 1000 { // warm up both processes
+		if _, err := c.Ping(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rtt := make([]time.Duration, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range rtt {
+		start := time.Now()
+		if _, err := c.Ping(ctx); err != nil {
+			b.Fatal(err)
+		}
+		rtt[i] = time.Since(start)
+	}
+	b.StopTimer()
+	reportPercentiles(b, rtt)
+}
+
+func BenchmarkEcho(b *testing.B) {
+	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench"})
+	for _, size := range []int{64, 4 << 10, 64 << 10, 1 << 20} {
+		name := fmt.Sprintf("%dB", size)
+		switch {
+		case size >= 1<<20:
+			name = fmt.Sprintf("%dMiB", size>>20)
+		case size >= 1<<10:
+			name = fmt.Sprintf("%dKiB", size>>10)
+		}
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			payload := randBytes(uint64(size), size)
+			dst := make([]byte, size)
+			for range 10 {
+				if _, err := c.Echo(ctx, payload, dst); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				got, err := c.Echo(ctx, payload, dst)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(got) != size {
+					b.Fatalf("echo of %d bytes came back with %d", size, len(got))
+				}
+			}
+		})
+	}
+}
+
+// reportPercentiles reports the median and 99th percentile of d in ns.
+func reportPercentiles(b *testing.B, d []time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	slices.Sort(d)
+	rank := func(p int) time.Duration { return d[(len(d)*p+99)/100-1] }
+	b.ReportMetric(float64(rank(50).Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(rank(99).Nanoseconds()), "p99-ns")
+}

@@ -1,0 +1,471 @@
+package ipc_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// The test binary doubles as the peer process, in the style of os/exec's
+// exec_test.go: a test starts os.Args[0] with helperEnv naming a role and
+// the child end of a socketpair as fd 3, and TestMain runs that role
+// instead of the tests.
+
+// helperEnv names the helper role a child process must play.
+const helperEnv = "PAIRVISOR_IPC_HELPER"
+
+// Bounds on waits for helper processes. They are generous because the
+// suite runs under -race on two cores; a healthy run takes milliseconds.
+const (
+	helperHelloTimeout = 10 * time.Second
+	helperExitTimeout  = 10 * time.Second
+)
+
+// helpers maps a role to its implementation, which returns the exit code.
+// It is filled in init and read-only afterwards.
+var helpers = map[string]func(args ...string) int{}
+
+// helperUsed records the roles a test started. Once every test has run and
+// passed, a registered role that no test used fails the run.
+var helperUsed sync.Map
+
+func registerHelper(role string, f func(args ...string) int) {
+	if helpers[role] != nil {
+		panic("duplicate helper role " + role)
+	}
+	helpers[role] = f
+}
+
+func init() {
+	// Panic, with the creating stack, when a started exec.Cmd is garbage
+	// collected without Wait (exec_test.go does the same).
+	godebug := os.Getenv("GODEBUG")
+	if godebug != "" {
+		godebug += ","
+	}
+	os.Setenv("GODEBUG", godebug+"execwait=2")
+
+	registerHelper("serve", helperServe)
+	registerHelper("mute", helperMute)
+	for _, g := range garbageCases {
+		registerHelper("garbage-"+g.name, func(...string) int { return helperGarbage(g) })
+	}
+}
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(helperEnv); role != "" {
+		f := helpers[role]
+		if f == nil {
+			fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
+			os.Exit(2)
+		}
+		os.Exit(f(os.Args[1:]...))
+	}
+	flag.Parse()
+
+	// Create the runtime's netpoller descriptors (epoll, eventfd) now, so
+	// that their lazy creation by the first pipe a test opens is not
+	// counted as a leak.
+	if r, w, err := os.Pipe(); err == nil {
+		r.Close()
+		w.Close()
+	}
+	fds0, fdErr := openFDs()
+	goroutines0 := runtime.NumGoroutine()
+
+	code := m.Run()
+
+	if code == 0 && flagValue("test.run") == "" && flagValue("test.list") == "" &&
+		flagValue("test.skip") == "" && flagValue("test.fuzzworker") != "true" {
+		for role := range helpers {
+			if _, ok := helperUsed.Load(role); !ok {
+				fmt.Fprintf(os.Stderr, "helper role %q registered but never used\n", role)
+				code = 1
+			}
+		}
+	}
+	if code == 0 {
+		if err := checkLeaks(fds0, fdErr, goroutines0); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	// A couple of GC cycles give the execwait=2 finalizers a chance to
+	// report an exec.Cmd that was started but never waited for.
+	runtime.GC()
+	runtime.GC()
+	os.Exit(code)
+}
+
+func flagValue(name string) string {
+	if f := flag.Lookup(name); f != nil {
+		return f.Value.String()
+	}
+	return ""
+}
+
+// checkLeaks reports descriptors or goroutines left over by the tests. It
+// retries for a bounded time: a Conn's reader, a helper's Wait goroutine
+// or os/exec's copying goroutine may be a few scheduling rounds from
+// exiting when the last test returns.
+func checkLeaks(fds0 []string, fdErr error, goroutines0 int) error {
+	// No collections meanwhile: the finalizer of an unreachable *os.File
+	// would close a leaked descriptor and hide it.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var problems []string
+		if fdErr == nil {
+			fds, err := openFDs()
+			if err != nil {
+				problems = append(problems, err.Error())
+			} else if len(fds) != len(fds0) {
+				problems = append(problems, fmt.Sprintf("%d descriptors open at start, %d now:\n  before: %s\n  after:  %s",
+					len(fds0), len(fds), strings.Join(fds0, " "), strings.Join(fds, " ")))
+			}
+		}
+		if stacks := leakedGoroutines(); len(stacks) > 0 {
+			problems = append(problems, fmt.Sprintf("%d goroutines left by tests (%d running, %d at start):\n\n%s",
+				len(stacks), runtime.NumGoroutine(), goroutines0, strings.Join(stacks, "\n\n")))
+		} else if n := runtime.NumGoroutine(); n > goroutines0 {
+			problems = append(problems, fmt.Sprintf("%d goroutines running, %d at start:\n\n%s", n, goroutines0, allStacks()))
+		}
+		if len(problems) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("leak check failed:\n" + strings.Join(problems, "\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// openFDs lists this process's open descriptors as "fd->target".
+func openFDs() ([]string, error) {
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	dfd := strconv.Itoa(int(d.Fd()))
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	var fds []string
+	for _, n := range names {
+		if n == dfd {
+			continue
+		}
+		target, _ := os.Readlink("/proc/self/fd/" + n)
+		fds = append(fds, n+"->"+target)
+	}
+	return fds, nil
+}
+
+// leakedGoroutines returns the stacks of goroutines, other than the
+// caller's, that run code of this package, its tests or os/exec.
+func leakedGoroutines() []string {
+	var leaked []string
+	for i, g := range strings.Split(allStacks(), "\n\n") {
+		if i == 0 { // the calling goroutine
+			continue
+		}
+		if strings.Contains(g, "pairvisor/pairvisor/ipc") || strings.Contains(g, "os/exec.") {
+			leaked = append(leaked, g)
+		}
+	}
+	return leaked
+}
+
+// allStacks returns the stacks of all goroutines, the caller's first.
+func allStacks() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// helper is a child process playing a role, with our end of its channel.
+type helper struct {
+	role   string
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer // written by os/exec until Wait returns
+	waited bool
+}
+
+// startHelper starts role in a child process. It returns our end of the
+// socketpair whose other end is the child's fd 3; the caller owns it.
+// The child is killed and waited for at cleanup if the test has not
+// waited for it.
+func startHelper(tb testing.TB, role string, args ...string) (*helper, *os.File) {
+	tb.Helper()
+	if helpers[role] == nil {
+		tb.Fatalf("unknown helper role %q", role)
+	}
+	helperUsed.Store(role, true)
+	parent, child, err := ipc.Socketpair()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h := &helper{role: role, stderr: new(bytes.Buffer)}
+	h.cmd = exec.Command(os.Args[0], args...)
+	// A race-enabled binary sleeps a second before exiting unless told
+	// otherwise; helpers exit often.
+	race := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	h.cmd.Env = append(os.Environ(), helperEnv+"="+role, "GORACE="+race)
+	h.cmd.ExtraFiles = []*os.File{child}
+	h.cmd.Stderr = h.stderr
+	err = h.cmd.Start()
+	child.Close() // the child has its copy; ours would hide its EOF
+	if err != nil {
+		parent.Close()
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if !h.waited {
+			h.cmd.Process.Kill()
+			h.wait(tb)
+		}
+	})
+	return h, parent
+}
+
+// dialHelper starts role and establishes a Conn with it. At cleanup the
+// Conn is closed and the helper must exit with status 0 on its own.
+func dialHelper(tb testing.TB, role string, cfg ipc.ConnConfig, args ...string) (*ipc.Conn, *helper) {
+	tb.Helper()
+	h, f := startHelper(tb, role, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), helperHelloTimeout)
+	defer cancel()
+	c, err := ipc.NewConn(ctx, f, cfg)
+	if err != nil {
+		h.cmd.Process.Kill()
+		h.wait(tb)
+		tb.Fatalf("NewConn with helper %s: %v", role, err)
+	}
+	tb.Cleanup(func() {
+		c.Close()
+		if !h.waited {
+			h.exitOK(tb)
+		}
+	})
+	return c, h
+}
+
+// wait waits for the helper to exit, killing it if it has not exited
+// within helperExitTimeout (which fails the test).
+func (h *helper) wait(tb testing.TB) error {
+	tb.Helper()
+	h.waited = true
+	done := make(chan error, 1)
+	go func() { done <- h.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(helperExitTimeout):
+		h.cmd.Process.Kill()
+		err := <-done
+		tb.Errorf("helper %s did not exit within %v; killed (%v); stderr:\n%s", h.role, helperExitTimeout, err, h.stderr)
+		return err
+	}
+}
+
+// exitOK waits for the helper and fails the test unless it exited 0.
+func (h *helper) exitOK(tb testing.TB) {
+	tb.Helper()
+	if err := h.wait(tb); err != nil {
+		tb.Errorf("helper %s: %v; stderr:\n%s", h.role, err, h.stderr)
+	}
+}
+
+// Messages understood by the serve helper's handler. Any other
+// TypeMessage payload is echoed back.
+const (
+	// msgBlock makes the handler tell us "blocked" (a TypeMessage call
+	// back to the parent) and then wait until its Conn closes.
+	msgBlock = "block"
+	// msgBlocked is what a blocked handler sends back.
+	msgBlocked = "blocked"
+	// msgError + "CODE:TEXT" makes the handler return a RemoteError.
+	msgError = "error:"
+	// msgFail + "TEXT" makes the handler return a plain error.
+	msgFail = "fail:"
+)
+
+// helperServe establishes a Conn on fd 3 that answers pings and echoes
+// and runs serveHandler, and exits when the Conn closes: 0 after a clean
+// close, 1 after any other error.
+func helperServe(...string) int {
+	var conn *ipc.Conn
+	ready := make(chan struct{})
+	handler := func(ctx context.Context, req ipc.Request) ([]byte, error) {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return serveHandler(ctx, conn, req)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), helperHelloTimeout)
+	c, err := ipc.NewConn(ctx, os.NewFile(ipc.ChannelFD, "channel"), ipc.ConnConfig{Name: "serve", Handler: handler})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	conn = c
+	close(ready)
+	<-c.Done()
+	if err := c.Err(); !errors.Is(err, ipc.ErrPeerClosed) {
+		fmt.Fprintln(os.Stderr, "serve: connection ended with", err)
+		return 1
+	}
+	return 0
+}
+
+func serveHandler(ctx context.Context, c *ipc.Conn, req ipc.Request) ([]byte, error) {
+	p := string(req.Payload)
+	switch {
+	case req.Type != ipc.TypeMessage:
+		return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: "serve answers messages only"}
+	case p == msgBlock:
+		if _, err := c.Call(ctx, ipc.TypeMessage, []byte(msgBlocked), nil); err != nil {
+			return nil, err
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	case strings.HasPrefix(p, msgError):
+		code, text, _ := strings.Cut(strings.TrimPrefix(p, msgError), ":")
+		n, err := strconv.ParseUint(code, 10, 16)
+		if err != nil {
+			return nil, err
+		}
+		return nil, &ipc.RemoteError{Code: uint16(n), Message: text}
+	case strings.HasPrefix(p, msgFail):
+		return nil, errors.New(strings.TrimPrefix(p, msgFail))
+	}
+	return req.Payload, nil
+}
+
+// helperMute never sends a hello. It reads fd 3 until EOF.
+func helperMute(...string) int {
+	f := os.NewFile(ipc.ChannelFD, "channel")
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		fmt.Fprintln(os.Stderr, "mute:", err)
+		return 1
+	}
+	return 0
+}
+
+// A garbageCase is a malformed byte sequence for the garbage helpers and
+// what the receiving Conn must make of it.
+type garbageCase struct {
+	name  string
+	bytes []byte
+	want  error  // the sentinel the receiving Conn's error wraps
+	code  uint16 // the code of the error frame it sends back; 0 for none
+	// closeWrite makes the helper shut down its sending side after the
+	// garbage; the Conn then sees the stream end.
+	closeWrite bool
+	// afterHello makes the helper send a valid hello before the garbage.
+	afterHello bool
+}
+
+func header(t ipc.Type, flags uint8, length uint32, id uint64) []byte {
+	b := make([]byte, ipc.HeaderSize)
+	ipc.PutHeader(b, ipc.Header{Type: t, Flags: flags, Length: length, ID: id})
+	return b
+}
+
+var garbageCases = []garbageCase{
+	// Instead of a hello.
+	{name: "magic", bytes: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want: ipc.ErrBadMagic, code: ipc.CodeProtocol},
+	{name: "type", bytes: header(9, 0, 0, 7), want: ipc.ErrUnknownType, code: ipc.CodeProtocol},
+	{name: "flags", bytes: header(ipc.TypePing, 0x80, 0, 7), want: ipc.ErrBadFlags, code: ipc.CodeProtocol},
+	{name: "length", bytes: header(ipc.TypeHello, 0, 0xFFFFFFFF, 0), want: ipc.ErrFrameTooLarge, code: ipc.CodeTooLarge},
+	{name: "hello-length", bytes: header(ipc.TypeHello, 0, 1000, 0), want: ipc.ErrBadPayload, code: ipc.CodeProtocol},
+	{name: "not-hello", bytes: header(ipc.TypePing, 0, 0, 7), want: ipc.ErrUnexpected, code: ipc.CodeProtocol},
+	{name: "truncated", bytes: append(header(ipc.TypeHello, 0, 100, 0), make([]byte, 40)...), want: ipc.ErrTruncated, closeWrite: true},
+	{name: "truncated-header", bytes: header(ipc.TypeHello, 0, 100, 0)[:10], want: ipc.ErrTruncated, closeWrite: true},
+
+	// After a valid hello.
+	{name: "after-hello-magic", afterHello: true, bytes: []byte("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"), want: ipc.ErrBadMagic, code: ipc.CodeProtocol},
+	{name: "after-hello-type", afterHello: true, bytes: header(0, 0, 0, 7), want: ipc.ErrUnknownType, code: ipc.CodeProtocol},
+	{name: "after-hello-length", afterHello: true, bytes: header(ipc.TypeEcho, 0, 0xFFFFFFFF, 7), want: ipc.ErrFrameTooLarge, code: ipc.CodeTooLarge},
+	{name: "after-hello-second-hello", afterHello: true, bytes: header(ipc.TypeHello, 0, 0, 7), want: ipc.ErrUnexpected, code: ipc.CodeProtocol},
+	{name: "after-hello-truncated", afterHello: true, bytes: append(header(ipc.TypeEcho, 0, 100, 7), make([]byte, 40)...), want: ipc.ErrTruncated, closeWrite: true},
+}
+
+// helperGarbage writes g's bytes to fd 3, preceded by a valid hello if
+// g.afterHello, and then checks what comes back until EOF: our
+// hello, then the error frame g.code calls for. It exits 1 if anything
+// else arrives.
+func helperGarbage(g garbageCase) int {
+	f := os.NewFile(ipc.ChannelFD, "channel")
+	var out []byte
+	if g.afterHello {
+		hello := ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 1, PID: uint32(os.Getpid()), Name: "garbage"})
+		out = ipc.AppendFrame(out, ipc.Header{Type: ipc.TypeHello}, hello)
+	}
+	out = append(out, g.bytes...)
+	if _, err := f.Write(out); err != nil {
+		fmt.Fprintln(os.Stderr, "garbage: write:", err)
+		return 1
+	}
+	if g.closeWrite {
+		rc, err := f.SyscallConn()
+		if err == nil {
+			rc.Control(func(fd uintptr) { err = syscall.Shutdown(int(fd), syscall.SHUT_WR) })
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "garbage: shutdown:", err)
+			return 1
+		}
+	}
+	var got []string
+	for {
+		h, p, err := ipc.ReadFrame(f, 0)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "garbage: read:", err)
+			return 1
+		}
+		s := h.Type.String()
+		if h.Type == ipc.TypeError {
+			s += ":" + strconv.Itoa(int(ipc.ParseError(p).Code))
+		}
+		got = append(got, s)
+	}
+	want := []string{"hello"}
+	if g.code != 0 {
+		want = append(want, "error:"+strconv.Itoa(int(g.code)))
+	}
+	if !slices.Equal(got, want) {
+		fmt.Fprintf(os.Stderr, "garbage %s: received frames %q, want %q\n", g.name, got, want)
+		return 1
+	}
+	return 0
+}
