@@ -129,8 +129,12 @@ type Conn struct {
 	// Reader state, touched only by the reader goroutine.
 	rbuf      []byte
 	r, w      int
-	big       []byte
+	big       []byte      // large payloads; lent to a background write at times
+	spare     chan []byte // big, given back by the background write
 	lastYield time.Time
+
+	writers sync.WaitGroup // background writes finishing a frame (see finishLater)
+	wsem    chan struct{}  // bounds background writes
 
 	ctx       context.Context // cancelled when the Conn closes
 	cancel    context.CancelFunc
@@ -197,6 +201,8 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		pending:   make(map[uint64]*call),
 		rbuf:      make([]byte, readBufSize),
 		sem:       make(chan struct{}, cfg.MaxConcurrent),
+		wsem:      make(chan struct{}, cfg.MaxConcurrent),
+		spare:     make(chan []byte, 1),
 		helloDone: make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -345,9 +351,14 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 		case <-cl.done:
 		case <-ctx.Done():
 			if !c.unregister(id) && cl.dst != nil {
-				// The reader is filling dst right now.
-				c.abort(&OpError{Op: "read", Addr: c.cfg.Addr, Err: ErrStalled})
-				<-cl.done
+				// The reader is filling dst right now, unless it has just
+				// finished.
+				select {
+				case <-cl.done:
+				default:
+					c.abort(&OpError{Op: "read", Addr: c.cfg.Addr, Err: ErrStalled})
+					<-cl.done
+				}
 				c.putCall(cl)
 			}
 			return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: ctx.Err()}
@@ -405,98 +416,6 @@ func (c *Conn) unregister(id uint64) bool {
 func (c *Conn) putCall(cl *call) {
 	cl.dst, cl.reply, cl.err = nil, nil, nil
 	callPool.Put(cl)
-}
-
-// writeFrame writes one frame atomically with respect to other writers.
-// The wait for a full socket buffer ends when ctx ends or, if ctx has
-// no deadline and timeout is positive, after timeout. A frame left
-// half-written closes the Conn.
-func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, p []byte) error {
-	h.Length = uint32(len(p))
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.wclosed {
-		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
-	}
-	PutHeader(c.whdr[:], h)
-	c.msg.Iov = &c.iov[0]
-	c.iov[0].Base = &c.whdr[0]
-	c.iov[0].SetLen(HeaderSize)
-	c.msg.Iovlen = 1
-	if len(p) > 0 {
-		c.iov[1].Base = unsafe.SliceData(p)
-		c.iov[1].SetLen(len(p))
-		c.msg.Iovlen = 2
-	}
-	left := HeaderSize + len(p)
-	var deadline time.Time
-	for {
-		n, err := sendmsg(c.fd, &c.msg)
-		if n > 0 {
-			if left -= n; left == 0 {
-				break
-			}
-			c.advance(n)
-		}
-		if err == nil || err == unix.EAGAIN {
-			// A partial send, or a whole writeSlice (SO_SNDTIMEO) went by
-			// without room in the socket buffer: the peer reads slowly
-			// or not at all. Go on unless the caller's time is up.
-			if deadline.IsZero() {
-				var ok bool
-				if deadline, ok = ctx.Deadline(); !ok && timeout > 0 {
-					deadline = time.Now().Add(timeout)
-				}
-			}
-			if err = writeTimeUp(ctx, deadline); err == nil {
-				continue
-			}
-		} else {
-			err = os.NewSyscallError("sendmsg", err)
-		}
-		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
-			// Shut down by Close or closed by the peer.
-			err = closeErr(err)
-		}
-		if left < HeaderSize+len(p) {
-			// Half a frame is on the wire: the stream is lost.
-			c.abort(&OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", err)})
-		}
-		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
-	}
-	runtime.KeepAlive(p)
-	return nil
-}
-
-// writeTimeUp reports ctx's error, or os.ErrDeadlineExceeded once the
-// deadline (if any) has passed.
-func writeTimeUp(ctx context.Context, deadline time.Time) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	default:
-	}
-	if !deadline.IsZero() && !time.Now().Before(deadline) {
-		return os.ErrDeadlineExceeded
-	}
-	return nil
-}
-
-// advance drops n written bytes from the front of the iovecs.
-func (c *Conn) advance(n int) {
-	iov := unsafe.Slice(c.msg.Iov, c.msg.Iovlen)
-	for n > 0 && len(iov) > 0 {
-		if l := int(iov[0].Len); n >= l {
-			n -= l
-			iov = iov[1:]
-			continue
-		}
-		iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
-		iov[0].Len -= uint64(n)
-		n = 0
-	}
-	c.msg.Iov = &iov[0]
-	c.msg.Iovlen = uint64(len(iov))
 }
 
 func (c *Conn) closedErr() error {
@@ -558,6 +477,7 @@ func (c *Conn) readLoop() {
 	c.wmu.Unlock()
 
 	c.handlers.Wait()
+	c.writers.Wait()
 	if !errors.Is(err, ErrClosed) {
 		c.log.Debug("connection closed", "addr", c.cfg.Addr, "error", err)
 	}
@@ -677,7 +597,7 @@ func (c *Conn) deliver(h Header) error {
 }
 
 // answerInline answers a ping or an echo from the read buffer, without
-// copying or allocating.
+// copying or allocating (unless the peer is not reading; see reply).
 func (c *Conn) answerInline(h Header, limit uint32) error {
 	if h.Length > limit {
 		return c.protocolErr(h.ID, &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
@@ -686,10 +606,7 @@ func (c *Conn) answerInline(h Header, limit uint32) error {
 	if err != nil {
 		return c.readErr(err)
 	}
-	if err := c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p); err != nil {
-		return err
-	}
-	return nil
+	return c.reply(Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p)
 }
 
 // dispatch runs the Handler for a request in its own goroutine.
@@ -699,12 +616,12 @@ func (c *Conn) dispatch(h Header) error {
 		return err
 	}
 	if c.cfg.Handler == nil {
-		return c.sendError(h.ID, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
+		return c.refuse(h.ID, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
 	}
 	select {
 	case c.sem <- struct{}{}:
 	default:
-		return c.sendError(h.ID, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
+		return c.refuse(h.ID, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
 	}
 	c.handlers.Add(1)
 	go func() {
@@ -730,11 +647,15 @@ func (c *Conn) dispatch(h Header) error {
 	return nil
 }
 
-// sendError writes an error reply. Failing to write it is not an error
-// of the reader: the Conn is then closing anyway.
-func (c *Conn) sendError(id uint64, code uint16, msg string) error {
+// sendError writes an error reply from a handler goroutine. Failing to
+// write it means the Conn is closing anyway.
+func (c *Conn) sendError(id uint64, code uint16, msg string) {
 	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
-	return nil
+}
+
+// refuse answers a request with an error from the reader goroutine.
+func (c *Conn) refuse(id uint64, code uint16, msg string) error {
+	return c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
 }
 
 // protocolErr tells the peer what it did wrong (best effort) and
@@ -744,7 +665,10 @@ func (c *Conn) protocolErr(id uint64, err error) error {
 	if errors.Is(err, ErrFrameTooLarge) {
 		code = CodeTooLarge
 	}
-	c.writeFrame(context.Background(), errorWriteWait, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
+	if c.wmu.TryLock() { // not if a write is stuck: we are closing anyway
+		c.wmu.Unlock()
+		c.writeFrame(context.Background(), errorWriteWait, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
+	}
 	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 }
 
@@ -852,6 +776,12 @@ func (c *Conn) payloadView(n int) ([]byte, error) {
 		p := c.rbuf[c.r : c.r+n]
 		c.r += n
 		return p, nil
+	}
+	if c.big == nil {
+		select {
+		case c.big = <-c.spare: // lent to a background write, now back
+		default:
+		}
 	}
 	if cap(c.big) < n {
 		c.big = make([]byte, n)
