@@ -579,6 +579,10 @@ func TestCallSurvivesWorkerDeath(t *testing.T) {
 			stop := make(chan struct{})
 			h := hammer(r.s, 4, stop)
 			for range 3 {
+				// Let every caller get through first: the retries are
+				// bounded, and one call is not to meet every death.
+				done := h.done.Load()
+				r.waitStatus("echoes flowing", func(Status) bool { return h.done.Load() >= done+8 })
 				victim := r.s.Status().Workers[0].PID
 				kill(t, victim, syscall.SIGKILL)
 				r.waitStatus("worker 1 restarted", func(st Status) bool {
