@@ -16,12 +16,12 @@ import (
 // first byte of a frame to the last. Two rules keep that from blocking
 // anyone for long:
 //
-//   - The reader goroutine never waits to write (reply). If another
-//     writer holds the lock, or the socket buffer fills up, the rest of
-//     its reply is finished by a background goroutine and the reader
-//     goes on reading. Otherwise two peers answering each other's
-//     requests could both stop reading while each waits for the other
-//     to read.
+//   - The reader goroutine never waits long to write (reply). If
+//     another writer holds the lock, or the socket buffer stays full for
+//     two writeSlices, the rest of its reply is finished by a background
+//     goroutine and the reader goes on reading. Otherwise two peers
+//     answering each other's requests could both stop reading while
+//     each waits for the other to read.
 //   - A caller whose context ends in the middle of a frame gets its
 //     error at once, but the frame is finished in the background with
 //     the Conn's WriteTimeout, so one impatient caller does not break
@@ -74,9 +74,9 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 	}
 }
 
-// reply writes a frame from the reader goroutine without ever waiting:
-// what cannot go out at once is finished by finishLater. p may be a view
-// of rbuf or big.
+// reply writes a frame from the reader goroutine, waiting at most two
+// writeSlices: what cannot go out by then is finished by finishLater.
+// p may be a view of rbuf or big.
 func (c *Conn) reply(h Header, p []byte) error {
 	if !c.wmu.TryLock() {
 		// A caller is writing, perhaps waiting for the peer to read,
@@ -89,8 +89,8 @@ func (c *Conn) reply(h Header, p []byte) error {
 		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
 	}
 	left := c.setFrame(h, p)
-	for {
-		n, err := sendmsg(c.fd, &c.msg, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+	for slices := 0; ; slices++ {
+		n, err := sendmsg(c.fd, &c.msg, unix.MSG_NOSIGNAL)
 		if n > 0 {
 			if left -= n; left == 0 {
 				c.wmu.Unlock()
@@ -99,10 +99,12 @@ func (c *Conn) reply(h Header, p []byte) error {
 			}
 			c.advance(n)
 		}
-		if err == nil {
-			continue
-		}
-		if err == unix.EAGAIN {
+		if err == nil || err == unix.EAGAIN {
+			// A peer that reads takes even a large frame within one
+			// blocking send; one that does not has had two writeSlices.
+			if slices == 0 {
+				continue
+			}
 			c.finishLater(p, len(p) > 0 && len(c.big) > 0 && unsafe.SliceData(p) == unsafe.SliceData(c.big))
 			return nil
 		}
