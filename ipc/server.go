@@ -27,6 +27,10 @@ const (
 
 	// handshakeWait bounds a framed client's whole hello.
 	handshakeWait = 5 * time.Second
+
+	// dialRetry is how often Dial retries a connect refused with EAGAIN
+	// (the server's accept queue is full).
+	dialRetry = 10 * time.Millisecond
 )
 
 // ServerConfig configures [Serve]. The zero value serves pings and
@@ -320,7 +324,8 @@ func writeAll(fd int, p []byte, timeout time.Duration) error {
 // connect and the hello. Errors name the cause: the socket does not
 // exist (errors.Is(err, os.ErrNotExist)), permission denied
 // (os.ErrPermission), nobody listening (unix.ECONNREFUSED), or the
-// deadline.
+// deadline. While the server's accept queue is full, Dial keeps trying
+// to connect until ctx ends.
 func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = path
@@ -335,8 +340,26 @@ func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
 	if err != nil {
 		return nil, &OpError{Op: "dial", Addr: path, Err: os.NewSyscallError("socket", err)}
 	}
-	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINPROGRESS) {
+	addr := &unix.SockaddrUnix{Name: path}
+	err = unix.Connect(fd, addr)
+	if errors.Is(err, unix.EAGAIN) {
+		// The server's accept queue is full. A Unix socket's
+		// non-blocking connect does not complete later by itself (the
+		// socket stays unconnected), so try again until there is room
+		// or ctx ends.
+		t := time.NewTimer(dialRetry)
+		for errors.Is(err, unix.EAGAIN) {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-t.C:
+				err = unix.Connect(fd, addr)
+				t.Reset(dialRetry)
+			}
+		}
+		t.Stop()
+	}
+	if errors.Is(err, unix.EINPROGRESS) {
 		deadline, _ := ctx.Deadline()
 		if err = waitWritable(fd, deadline, ctx.Done()); err == nil {
 			var soerr int

@@ -35,8 +35,13 @@ func reason(path string, err error) string {
 		return "not a socket: " + path
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout: " + path + " did not answer in time"
-	case errors.Is(err, ipc.ErrPeerClosed):
-		return "refused: " + path + " closed the connection (peer credentials not allowed?)"
+	case errors.As(err, new(*ipc.RemoteError)):
+		return err.Error() // the server said why
+	case errors.Is(err, ipc.ErrClosed), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.EPIPE):
+		// A server that refuses a peer closes the connection at once,
+		// usually before reading its hello: the client then sees EOF,
+		// a reset or a broken pipe, depending on the timing.
+		return "refused: " + path + " closed the connection (peer credentials not allowed, or too many clients?)"
 	}
 	return err.Error()
 }

@@ -110,13 +110,19 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 // parseFlags parses args; ok is false with the exit status when the
 // command should stop (help or a usage error).
 func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (status int, ok bool) {
+	// Parse would print the usage to stderr for --help too; print it
+	// ourselves, once, to stdout for help and to stderr for errors.
+	usage := fs.Usage
+	fs.Usage = func() {}
 	err := fs.Parse(args)
+	fs.Usage = usage
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)
 		fs.Usage()
 		return exitOK, false
 	}
 	if err != nil {
+		fs.Usage()
 		return exitUsage, false
 	}
 	if fs.NArg() > 0 && fs.Name() != "echo" {

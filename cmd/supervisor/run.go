@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -240,8 +239,11 @@ func (t *traffic) run(ctx context.Context, sup *supervisor.Supervisor, every tim
 		cancel()
 		t.sent.Add(1)
 		switch {
-		case err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled):
-			t.sent.Add(^uint64(0)) // cut short by the stop; not a failure
+		case err != nil && ctx.Err() != nil:
+			// Cut short by the stop: cancelled, or refused by a
+			// supervisor or worker already stopping (ErrNotRunning,
+			// a closed channel). Not a failure.
+			t.sent.Add(^uint64(0))
 			return
 		case err != nil:
 			t.errors.Add(1)
