@@ -133,6 +133,8 @@ type Conn struct {
 	spare     chan []byte // big, given back by the background write
 	lastYield time.Time
 
+	spin atomic.Bool // the last reply came quickly: poll for the next (spinWait)
+
 	writers sync.WaitGroup // background writes finishing a frame (see finishLater)
 	wsem    chan struct{}  // bounds background writes
 
@@ -207,6 +209,7 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		done:      make(chan struct{}),
 	}
 	c.w = copy(c.rbuf, prefix)
+	c.spin.Store(true)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
@@ -346,9 +349,16 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 		}
 		return nil, err
 	}
-	if !spinWait(cl.done) {
+	spin := c.spin.Load()
+	if !spin || !spinWait(cl.done) {
+		var parked time.Time
+		if !spin {
+			parked = time.Now()
+		}
 		select {
 		case <-cl.done:
+			// Spin for the next reply only if this one came quickly.
+			c.spin.Store(!spin && time.Since(parked) < spinFor)
 		case <-ctx.Done():
 			if !c.unregister(id) && cl.dst != nil {
 				// The reader is filling dst right now, unless it has just
@@ -378,7 +388,9 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 // having the reader wake it through the scheduler adds a futex wake-up
 // of another thread to every one. Polling for a short while lets the
 // reader hand the reply over with a plain channel send instead. Callers
-// still park for replies that take longer.
+// still park for replies that take longer, and a Conn whose replies are
+// slow (an idle worker's health ping, a busy handler) stops spinning
+// until a parked call sees a quick reply again (Conn.spin).
 func spinWait(done <-chan struct{}) bool {
 	// One spinner at a time per process: with many callers waiting, the
 	// processors are better spent on the readers delivering replies.
