@@ -44,7 +44,9 @@ type Request struct {
 }
 
 // Handler answers requests that a Conn does not answer itself: message,
-// status, shutdown, reload and, with [ConnConfig.ForwardEcho], echo.
+// status, shutdown, reload and, with [ConnConfig.ForwardEcho], echo. A
+// shutdown request reaches the Handler only after every request that
+// arrived before it has been answered, and later ones are refused.
 // Each call runs in its own goroutine; ctx is cancelled when the Conn
 // closes, and a handler must return soon after. A returned
 // *[RemoteError] is sent as is; any other error is sent as
@@ -134,6 +136,9 @@ type Conn struct {
 	lastYield time.Time
 
 	spin atomic.Bool // the last reply came quickly: poll for the next (spinWait)
+
+	draining bool           // a shutdown request arrived (reader-owned)
+	inflight sync.WaitGroup // handler requests not yet answered
 
 	writers sync.WaitGroup // background writes finishing a frame (see finishLater)
 	wsem    chan struct{}  // bounds background writes
@@ -622,12 +627,37 @@ func (c *Conn) answerInline(h Header, limit uint32) error {
 }
 
 // dispatch runs the Handler for a request in its own goroutine.
+//
+// A shutdown request drains the Conn: requests that arrive after it are
+// refused with CodeShutdown (pings and echoes are still answered), and
+// its own reply goes out only once every request that arrived before it
+// has been answered, after the Handler (if any) has seen it. So a peer
+// that closes when it gets the shutdown reply loses no reply.
 func (c *Conn) dispatch(h Header) error {
 	p, err := c.readPayload(h, nil)
 	if err != nil {
 		return err
 	}
-	if c.cfg.Handler == nil {
+	switch {
+	case c.draining:
+		return c.refuse(h.ID, CodeShutdown, "shutting down")
+	case h.Type == TypeShutdown:
+		c.draining = true
+		c.handlers.Add(1)
+		go func() {
+			defer c.handlers.Done()
+			c.inflight.Wait()
+			var (
+				resp []byte
+				err  error
+			)
+			if c.cfg.Handler != nil {
+				resp, err = c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
+			}
+			c.answer(h, resp, err)
+		}()
+		return nil
+	case c.cfg.Handler == nil:
 		return c.refuse(h.ID, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
 	}
 	select {
@@ -636,27 +666,34 @@ func (c *Conn) dispatch(h Header) error {
 		return c.refuse(h.ID, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
 	}
 	c.handlers.Add(1)
+	c.inflight.Add(1)
 	go func() {
 		defer c.handlers.Done()
+		defer c.inflight.Done() // after the reply is written
 		resp, err := c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
 		// Free the slot before the reply goes out: a peer that sends its
 		// next request only after this reply must find a slot free.
 		<-c.sem
-		if err != nil {
-			var re *RemoteError
-			if !errors.As(err, &re) {
-				re = &RemoteError{Code: CodeInternal, Message: err.Error()}
-			}
-			c.sendError(h.ID, re.Code, re.Message)
-			return
-		}
-		if len(resp) > int(c.cfg.MaxPayload) {
-			c.sendError(h.ID, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
-			return
-		}
-		c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, resp)
+		c.answer(h, resp, err)
 	}()
 	return nil
+}
+
+// answer writes a handler's result as the reply to request h.
+func (c *Conn) answer(h Header, resp []byte, err error) {
+	if err != nil {
+		var re *RemoteError
+		if !errors.As(err, &re) {
+			re = &RemoteError{Code: CodeInternal, Message: err.Error()}
+		}
+		c.sendError(h.ID, re.Code, re.Message)
+		return
+	}
+	if len(resp) > int(c.cfg.MaxPayload) {
+		c.sendError(h.ID, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
+		return
+	}
+	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, resp)
 }
 
 // sendError writes an error reply from a handler goroutine. Failing to

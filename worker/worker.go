@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -107,34 +106,18 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = w.Logger()
 	}
-	var (
-		mu       sync.Mutex
-		stopping bool
-		inflight sync.WaitGroup
-		shutdown = make(chan struct{})
-		once     sync.Once
-	)
+	shutdown := make(chan struct{})
 	handle := func(hctx context.Context, req ipc.Request) ([]byte, error) {
 		switch req.Type {
 		case ipc.TypeMessage:
-			mu.Lock()
-			if stopping {
-				mu.Unlock()
-				return nil, &ipc.RemoteError{Code: ipc.CodeShutdown, Message: "worker is shutting down"}
-			}
-			inflight.Add(1)
-			mu.Unlock()
-			defer inflight.Done()
 			if cfg.Handler == nil {
 				return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: "worker has no message handler"}
 			}
 			return cfg.Handler(hctx, req.Payload)
 		case ipc.TypeShutdown:
-			mu.Lock()
-			stopping = true
-			mu.Unlock()
-			inflight.Wait()
-			once.Do(func() { close(shutdown) })
+			// The Conn calls this once, after answering every earlier
+			// request, and refuses later ones.
+			close(shutdown)
 			return nil, nil
 		default:
 			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served by workers"}
