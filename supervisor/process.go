@@ -138,13 +138,7 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 // number cannot have been reused), reaps it, and lets the output relays
 // drain. It is the only place a worker is reaped.
 func (p *process) wait() {
-	var info unix.Siginfo
-	for {
-		err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	waitExited(p.pid)
 	p.mu.Lock()
 	unix.Kill(-p.pid, unix.SIGKILL)
 	p.cmd.Wait()
@@ -220,4 +214,27 @@ func describeExit(st *os.ProcessState) string {
 // status or a signal.
 func (p *process) failed() bool {
 	return p.state == nil || !p.state.Success()
+}
+
+// waitExited blocks until the child pid has exited, without reaping it.
+// It waits on a pidfd through the runtime's poller, so a worker does
+// not hold an OS thread for its whole life; where pidfds are missing
+// (Linux before 5.10) it falls back to a blocking waitid.
+func waitExited(pid int) {
+	var info unix.Siginfo
+	if fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK); err == nil {
+		f := os.NewFile(uintptr(fd), "pidfd")
+		defer f.Close()
+		if rc, err := f.SyscallConn(); err == nil {
+			err = rc.Read(func(fd uintptr) bool {
+				err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOWAIT, nil)
+				return err != unix.EAGAIN && err != unix.EINTR // EAGAIN: still running
+			})
+			if err == nil {
+				return
+			}
+		}
+	}
+	for unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+	}
 }
