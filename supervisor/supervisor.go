@@ -18,6 +18,10 @@ import (
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
+// exitGrace is how long a worker whose channel closed has to exit on
+// its own before it is stopped.
+const exitGrace = 500 * time.Millisecond
+
 // Sentinel errors.
 var (
 	// ErrCrashLoop is returned by Run when workers restarted more than
@@ -298,23 +302,37 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 	s.notifyReady(sl)
 	defer sl.cur.Store(nil)
 
+	ended := func() exit {
+		sl.cur.Store(nil)
+		p.conn.Close()
+		reason := p.exitReason()
+		if p.failed() {
+			p.log.Warn("worker exited", "reason", reason)
+		} else {
+			p.log.Info("worker exited", "reason", reason)
+		}
+		return exit{reason: reason, failed: p.failed(), uptime: uptime()}
+	}
 	tick := time.NewTicker(s.cfg.PingInterval)
 	defer tick.Stop()
 	misses := 0
 	for {
 		select {
 		case <-p.exited:
-			p.conn.Close()
-			reason := p.exitReason()
-			p.log.Warn("worker exited", "reason", reason)
-			return exit{reason: reason, failed: p.failed(), uptime: uptime()}
+			return ended()
 		case <-p.conn.Done():
-			// The channel broke but the process lives on: it cannot be
-			// reached any more, so it is stopped. (Often it is exiting
-			// and closed its end on the way out; stop then just reaps
-			// it, and an exit 0 without our signals is no failure.)
-			p.log.Warn("channel closed while the worker runs; stopping it", "error", p.conn.Err())
+			// Usually the worker is exiting and closed its end on the
+			// way out. If it lives on, it cannot be reached any more,
+			// so it is stopped.
 			sl.cur.Store(nil)
+			t := time.NewTimer(exitGrace)
+			select {
+			case <-p.exited:
+				t.Stop()
+				return ended()
+			case <-t.C:
+			}
+			p.log.Warn("channel closed while the worker runs; stopping it", "error", p.conn.Err())
 			s.stop(p)
 			failed := p.failed() || !p.endedOnItsOwn()
 			return exit{reason: "channel closed: " + p.exitReason(), failed: failed, uptime: uptime()}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -36,11 +37,28 @@ type Config struct {
 	Logger hclog.Logger
 }
 
+// ErrNotServing is returned by [Worker.Call] before Serve has said hello
+// or after it has returned.
+var ErrNotServing = errors.New("worker: not serving")
+
 // Worker is this process's side of a supervisor's channel.
 type Worker struct {
 	id    int
 	file  *os.File
 	level hclog.Level
+	conn  atomic.Pointer[ipc.Conn] // while Serve runs
+}
+
+// Call sends an application message to the supervisor and returns its
+// reply (the supervisor's Config.Handler answers it). It may be called
+// from any goroutine while Serve runs, handlers included; before and
+// after, it returns [ErrNotServing].
+func (w *Worker) Call(ctx context.Context, msg []byte) ([]byte, error) {
+	c := w.conn.Load()
+	if c == nil {
+		return nil, ErrNotServing
+	}
+	return c.Call(ctx, ipc.TypeMessage, msg, nil)
 }
 
 // FromEnv reports whether this process was started as a worker. When
@@ -131,6 +149,8 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	w.conn.Store(conn)
+	defer w.conn.Store(nil)
 	log.Debug("ready", "version", conn.Version())
 	select {
 	case <-conn.Done():

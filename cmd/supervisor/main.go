@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/worker"
 )
@@ -48,6 +49,11 @@ func init() {
 }
 
 func main() {
+	// Descriptors we inherited without close-on-exec would leak into
+	// every worker and its children; mark them (fd 3 of a worker too,
+	// which FromEnv would do anyway).
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+
 	// A re-executed worker takes this branch before anything else runs.
 	w, err := worker.FromEnv()
 	if err != nil {
