@@ -213,16 +213,6 @@ func pids(st Status) []int {
 	return p
 }
 
-// allReady reports whether every worker is ready.
-func allReady(st Status) bool {
-	for _, w := range st.Workers {
-		if w.State != StateReady || w.PID == 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // waitGone waits until pid has exited (gone, or a zombie of init's).
 func waitGone(t *testing.T, pid int, d time.Duration) {
 	t.Helper()

@@ -63,13 +63,13 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	var (
 		pings       int
 		warmup      int
-		echoSeconds time.Duration
+		echoFor time.Duration
 		spawns      int
 		asJSON      bool
 	)
 	fs.IntVar(&pings, "pings", 100000, "timed ping round trips, over the socketpair and over a path socket each")
 	fs.IntVar(&warmup, "warmup", 5000, "untimed round trips before each measurement")
-	fs.DurationVar(&echoSeconds, "echo-seconds", time.Second, "timed echo traffic per payload size (64 B, 4 KiB, 64 KiB, 1 MiB)")
+	fs.DurationVar(&echoFor, "echo-seconds", time.Second, "timed echo traffic per payload size (64 B, 4 KiB, 64 KiB, 1 MiB)")
 	fs.IntVar(&spawns, "spawns", 100, "spawns measured from start to the first pong")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object (see docs/BENCHMARKS.md)")
 	var (
@@ -92,11 +92,11 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		return runLoad(stdout, stderr, socket, clients, size, loadFor, asJSON)
 	}
-	if pings < 1 || warmup < 0 || spawns < 1 || echoSeconds <= 0 {
+	if pings < 1 || warmup < 0 || spawns < 1 || echoFor <= 0 {
 		fmt.Fprintln(stderr, "supervisor bench: --pings, --spawns and --echo-seconds must be positive")
 		return exitUsage
 	}
-	res, err := runBench(pings, warmup, echoSeconds, spawns)
+	res, err := runBench(pings, warmup, echoFor, spawns)
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor bench:", err)
 		return exitFail
@@ -110,7 +110,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func runBench(pings, warmup int, echoSeconds time.Duration, spawns int) (*benchResult, error) {
+func runBench(pings, warmup int, echoFor time.Duration, spawns int) (*benchResult, error) {
 	res := &benchResult{Env: benchEnv{GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU()}}
 
 	// One worker, spawned the normal way; health pings out of the way.
@@ -138,7 +138,7 @@ func runBench(pings, warmup int, echoSeconds time.Duration, spawns int) (*benchR
 		return nil, fmt.Errorf("ping over a path socket: %w", err)
 	}
 	for _, size := range benchSizes {
-		r, err := benchEcho(ctx, sup, size, echoSeconds)
+		r, err := benchEcho(ctx, sup, size, echoFor)
 		if err != nil {
 			return nil, fmt.Errorf("echo %d B: %w", size, err)
 		}
