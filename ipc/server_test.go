@@ -652,7 +652,8 @@ func TestServerSlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(slowRaw)
+	closeSlowRaw := sync.OnceFunc(func() { unix.Close(slowRaw) })
+	defer closeSlowRaw()
 	n := udsFill(t, slowRaw, bytes.Repeat([]byte("x"), 64<<10))
 	t.Logf("slow raw client wrote %d bytes", n)
 
@@ -661,7 +662,8 @@ func TestServerSlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(slowFramed)
+	closeSlowFramed := sync.OnceFunc(func() { unix.Close(slowFramed) })
+	defer closeSlowFramed()
 	if _, err := unix.Write(slowFramed, udsHelloFrame()); err != nil {
 		t.Fatal(err)
 	}
@@ -706,8 +708,8 @@ func TestServerSlowClient(t *testing.T) {
 	}
 
 	// Closing the slow clients frees their connections.
-	unix.Close(slowRaw)
-	unix.Close(slowFramed)
+	closeSlowRaw()
+	closeSlowFramed()
 	udsPoll(t, "the slow clients' connections to end", func() bool { return s.srv.Stats().Active == 1 }, func() string { return fmt.Sprintf("%+v", s.srv.Stats()) })
 }
 
@@ -961,7 +963,8 @@ func TestServerShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(slow)
+	closeSlow := sync.OnceFunc(func() { unix.Close(slow) })
+	defer closeSlow()
 	udsFill(t, slow, make([]byte, 64<<10))
 	udsPoll(t, "every client to be accepted", func() bool { return srv.Stats().Accepted == 5 }, nil)
 
@@ -998,7 +1001,7 @@ func TestServerShutdown(t *testing.T) {
 	raw.Close()
 	silent.Close()
 	halfHello.Close()
-	unix.Close(slow)
+	closeSlow()
 
 	// Nothing left running or open.
 	deadline := time.Now().Add(udsWait)

@@ -61,11 +61,11 @@ var benchSizes = []int{64, 4 << 10, 64 << 10, 1 << 20}
 func benchCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("bench", "bench [--pings N] [--echo-seconds D] [--spawns N] [--json]\n       supervisor bench --socket PATH [--clients N] [--size B] [--duration D] [--json]", stderr)
 	var (
-		pings       int
-		warmup      int
+		pings   int
+		warmup  int
 		echoFor time.Duration
-		spawns      int
-		asJSON      bool
+		spawns  int
+		asJSON  bool
 	)
 	fs.IntVar(&pings, "pings", 100000, "timed ping round trips, over the socketpair and over a path socket each")
 	fs.IntVar(&warmup, "warmup", 5000, "untimed round trips before each measurement")
