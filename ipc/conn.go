@@ -159,7 +159,8 @@ type call struct {
 	dst   []byte
 	reply []byte
 	err   error
-	done  chan struct{}
+	ready atomic.Bool   // set just before done fires, for spinWait
+	done  chan struct{} // one send per call, by the reader or teardown
 }
 
 // spinning is set while a caller polls for its reply (see spinWait).
@@ -355,7 +356,7 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 		return nil, err
 	}
 	spin := c.spin.Load()
-	if !spin || !spinWait(cl.done) {
+	if !spin || !spinWait(cl) {
 		var parked time.Time
 		if !spin {
 			parked = time.Now()
@@ -396,28 +397,21 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 // still park for replies that take longer, and a Conn whose replies are
 // slow (an idle worker's health ping, a busy handler) stops spinning
 // until a parked call sees a quick reply again (Conn.spin).
-func spinWait(done <-chan struct{}) bool {
+func spinWait(cl *call) bool {
 	// One spinner at a time per process: with many callers waiting, the
 	// processors are better spent on the readers delivering replies.
 	if !spinning.CompareAndSwap(false, true) {
 		return false
 	}
 	defer spinning.Store(false)
-	var start time.Time
-	for i := 0; ; i++ {
-		select {
-		case <-done:
-			return true
-		default:
-		}
-		switch {
-		case i == 0:
-			start = time.Now()
-		case i&15 == 0 && time.Since(start) > spinFor:
+	start := time.Now()
+	for i := 1; !cl.ready.Load(); i++ {
+		if i&63 == 0 && time.Since(start) > spinFor {
 			return false
 		}
-		runtime.Gosched()
 	}
+	<-cl.done // sent right after ready was set
+	return true
 }
 
 // unregister removes a pending call and reports whether it was still
@@ -432,6 +426,7 @@ func (c *Conn) unregister(id uint64) bool {
 
 func (c *Conn) putCall(cl *call) {
 	cl.dst, cl.reply, cl.err = nil, nil, nil
+	cl.ready.Store(false)
 	callPool.Put(cl)
 }
 
@@ -481,6 +476,7 @@ func (c *Conn) readLoop() {
 	c.pmu.Unlock()
 	for _, cl := range pending {
 		cl.err = closeErr(err)
+		cl.ready.Store(true)
 		cl.done <- struct{}{}
 	}
 	c.cancel()
@@ -609,6 +605,7 @@ func (c *Conn) deliver(h Header) error {
 	if err != nil {
 		cl.err = closeErr(err) // the Conn closes on any error here
 	}
+	cl.ready.Store(true)
 	cl.done <- struct{}{}
 	return err
 }
