@@ -4,10 +4,9 @@ package ipc
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -333,16 +332,23 @@ func listenFD(addr string) (int, error) {
 // replacing anything that appeared meanwhile.
 func bindInPlace(path string, cfg ListenConfig) (int, fileID, error) {
 	dir := filepath.Dir(path)
-	var rnd [4]byte
-	rand.Read(rnd[:])
-	tmpDir := filepath.Join(dir, ".pv"+hex.EncodeToString(rnd[:]))
+	var tmpDir string
+	for tries := 0; ; tries++ {
+		// The name needs to be unused, not secret: Mkdir fails on a
+		// name that exists, and then another is tried.
+		tmpDir = filepath.Join(dir, fmt.Sprintf(".pv%08x", rand.Uint32()))
+		if len(tmpDir)+2 > MaxPathLen {
+			return -1, fileID{}, fmt.Errorf("%w: binding needs the temporary name %s/s (%d bytes, limit %d); use a shorter directory", ErrPathTooLong, tmpDir, len(tmpDir)+2, MaxPathLen)
+		}
+		err := unix.Mkdir(tmpDir, 0o700)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EEXIST) || tries == 10 {
+			return -1, fileID{}, fmt.Errorf("creating %s: %w", tmpDir, err)
+		}
+	}
 	tmp := filepath.Join(tmpDir, "s")
-	if len(tmp) > MaxPathLen {
-		return -1, fileID{}, fmt.Errorf("%w: binding needs the temporary name %s (%d bytes, limit %d); use a shorter directory", ErrPathTooLong, tmp, len(tmp), MaxPathLen)
-	}
-	if err := unix.Mkdir(tmpDir, 0o700); err != nil {
-		return -1, fileID{}, fmt.Errorf("creating %s: %w", tmpDir, err)
-	}
 	defer unix.Rmdir(tmpDir)
 	fd, err := listenFD(tmp)
 	if err != nil {
