@@ -280,11 +280,11 @@ func churnThreads(n int) []int {
 	return got
 }
 
-// TestRestartCyclesLeakNothing runs a worker through 200 crash/restart
+// TestRestartCyclesLeakNothing runs a worker through 500 crash/restart
 // cycles and checks that descriptors, goroutines and children are back
 // where they started. It is not parallel: it counts process-wide.
 func TestRestartCyclesLeakNothing(t *testing.T) {
-	const cycles = 200
+	const cycles = 500
 	fds := openFDs()
 	goroutines := runtime.NumGoroutine()
 	kids := len(children())
