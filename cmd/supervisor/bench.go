@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -102,8 +101,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	if asJSON {
-		out, _ := json.MarshalIndent(res, "", "  ")
-		fmt.Fprintf(stdout, "%s\n", out)
+		writeJSON(stdout, res)
 		return exitOK
 	}
 	printBench(stdout, res)

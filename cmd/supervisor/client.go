@@ -186,8 +186,7 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	if asJSON {
-		out, _ := json.MarshalIndent(doc, "", "  ")
-		fmt.Fprintf(stdout, "%s\n", out)
+		writeJSON(stdout, doc)
 		return exitOK
 	}
 	printStatus(stdout, doc)

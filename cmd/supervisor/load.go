@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -94,8 +93,7 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 		res.MBPerS = res.RoundTripsPerS * float64(size) / 1e6
 	}
 	if asJSON {
-		out, _ := json.MarshalIndent(res, "", "  ")
-		fmt.Fprintf(stdout, "%s\n", out)
+		writeJSON(stdout, res)
 	} else {
 		fmt.Fprintf(stdout, "%d clients echoing %s through %s for %v\n", clients, sizeName(size), socket, el.Round(time.Millisecond))
 		fmt.Fprintf(stdout, "  %d round trips, %.0f/s, %.1f MB/s\n", res.RoundTrips, res.RoundTripsPerS, res.MBPerS)

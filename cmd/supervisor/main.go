@@ -4,6 +4,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -163,4 +164,10 @@ func (l *logFlags) logger(stderr io.Writer) (hclog.Logger, error) {
 		Output:     stderr,
 		JSONFormat: l.json,
 	}), nil
+}
+
+// writeJSON prints v as indented JSON, for the --json outputs.
+func writeJSON(w io.Writer, v any) {
+	out, _ := json.MarshalIndent(v, "", "  ")
+	fmt.Fprintf(w, "%s\n", out)
 }
