@@ -94,7 +94,15 @@ type Listener struct {
 	closeOnce sync.Once
 }
 
-type fileID struct{ dev, ino uint64 }
+// fileID identifies a file across renames. Inode numbers are reused at
+// once on some filesystems, so the change time (set by the rename that
+// put our socket in place) is part of it.
+type fileID struct {
+	dev, ino uint64
+	ctime    unix.Timespec
+}
+
+func idOf(st *unix.Stat_t) fileID { return fileID{dev: st.Dev, ino: st.Ino, ctime: st.Ctim} }
 
 // Listen creates a listening socket at path, safely:
 //
@@ -377,7 +385,13 @@ func bindInPlace(path string, cfg ListenConfig) (int, fileID, error) {
 		}
 		return fail(fmt.Errorf("renaming into place: %w", err))
 	}
-	return fd, fileID{dev: st.Dev, ino: st.Ino}, nil
+	var placed unix.Stat_t
+	if err := unix.Lstat(path, &placed); err != nil || placed.Ino != st.Ino || placed.Dev != st.Dev {
+		// Replaced in the instant since the rename: not ours to remove.
+		unix.Close(fd)
+		return -1, fileID{}, fmt.Errorf("%w: the socket was replaced right after binding", ErrNotOurs)
+	}
+	return fd, idOf(&placed), nil
 }
 
 // watch re-binds the path when its socket file disappears.
@@ -395,7 +409,7 @@ func (l *Listener) watch() {
 		var st unix.Stat_t
 		err := unix.Lstat(l.path, &st)
 		l.mu.Lock()
-		ours := err == nil && (fileID{dev: st.Dev, ino: st.Ino}) == l.ino
+		ours := err == nil && idOf(&st) == l.ino
 		l.mu.Unlock()
 		if ours {
 			warned = false
@@ -496,7 +510,7 @@ func (l *Listener) close() {
 
 	if !l.abstract {
 		var st unix.Stat_t
-		if unix.Lstat(l.path, &st) == nil && (fileID{dev: st.Dev, ino: st.Ino}) == l.ino {
+		if unix.Lstat(l.path, &st) == nil && idOf(&st) == l.ino {
 			unix.Unlink(l.path)
 		}
 	}
