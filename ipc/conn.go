@@ -159,8 +159,10 @@ type call struct {
 	dst   []byte
 	reply []byte
 	err   error
-	ready atomic.Bool   // set just before done fires, for spinWait
-	done  chan struct{} // one send per call, by the reader or teardown
+	ready atomic.Bool         // set just before done fires, for spinWait
+	done  chan struct{}       // one send per call, by the reader or teardown
+	probe func(uint64, error) // instead of done, for Probe
+	id    uint64              // for probe
 }
 
 // spinning is set while a caller polls for its reply (see spinWait).
@@ -315,6 +317,54 @@ func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
+// Probe sends a ping and returns without waiting for the pong. done
+// runs on the Conn's reader goroutine with the ping's id and a nil error
+// when the pong arrives, or an error wrapping [ErrClosed] if the Conn
+// closes first; it must return quickly and must not call back into the
+// Conn except for Forget. Probe returns the ping's id. ctx (or, if it
+// has no deadline, the WriteTimeout) bounds only the write. Health
+// checks use it: a goroutine that pings many peers does not have to wake
+// for each pong, and Probe allocates nothing.
+func (c *Conn) Probe(ctx context.Context, done func(id uint64, err error)) (uint64, error) {
+	cl := callPool.Get().(*call)
+	cl.typ, cl.probe = TypePing, done
+	c.pmu.Lock()
+	if c.closed {
+		err := c.err
+		c.pmu.Unlock()
+		c.putCall(cl)
+		return 0, &OpError{Op: "call ping", Addr: c.cfg.Addr, Err: closeErr(err)}
+	}
+	c.nextID++
+	id := c.nextID
+	cl.id = id
+	c.pending[id] = cl
+	c.pmu.Unlock()
+	if err := c.writeFrame(ctx, c.cfg.WriteTimeout, Header{Type: TypePing, ID: id}, nil); err != nil {
+		if c.unregister(id) {
+			c.putCall(cl)
+		}
+		return 0, err
+	}
+	return id, nil
+}
+
+// Forget drops the probe with this id if its pong has not arrived yet,
+// so that its callback never runs, and reports whether it did.
+func (c *Conn) Forget(id uint64) bool {
+	c.pmu.Lock()
+	cl, ok := c.pending[id]
+	ok = ok && cl.probe != nil
+	if ok {
+		delete(c.pending, id)
+	}
+	c.pmu.Unlock()
+	if ok {
+		c.putCall(cl)
+	}
+	return ok
+}
+
 // Echo sends payload and returns what the peer sent back, read into dst
 // when it is large enough (otherwise into a new slice).
 func (c *Conn) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
@@ -425,7 +475,7 @@ func (c *Conn) unregister(id uint64) bool {
 }
 
 func (c *Conn) putCall(cl *call) {
-	cl.dst, cl.reply, cl.err = nil, nil, nil
+	cl.dst, cl.reply, cl.err, cl.probe, cl.id = nil, nil, nil, nil, 0
 	cl.ready.Store(false)
 	callPool.Put(cl)
 }
@@ -476,8 +526,7 @@ func (c *Conn) readLoop() {
 	c.pmu.Unlock()
 	for _, cl := range pending {
 		cl.err = closeErr(err)
-		cl.ready.Store(true)
-		cl.done <- struct{}{}
+		c.finish(cl)
 	}
 	c.cancel()
 
@@ -605,9 +654,21 @@ func (c *Conn) deliver(h Header) error {
 	if err != nil {
 		cl.err = closeErr(err) // the Conn closes on any error here
 	}
+	c.finish(cl)
+	return err
+}
+
+// finish hands a completed call to its waiter: a caller blocked in
+// Call, or a Probe's callback.
+func (c *Conn) finish(cl *call) {
+	if f := cl.probe; f != nil {
+		id, err := cl.id, cl.err
+		c.putCall(cl)
+		f(id, err)
+		return
+	}
 	cl.ready.Store(true)
 	cl.done <- struct{}{}
-	return err
 }
 
 // answerInline answers a ping or an echo from the read buffer, without

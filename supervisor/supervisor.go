@@ -57,6 +57,9 @@ type Supervisor struct {
 	stopping  chan struct{} // closed when Run's context ends
 	startedAt atomic.Pointer[time.Time]
 
+	tickMu sync.Mutex
+	tickCh chan struct{} // closed and replaced at every health tick
+
 	rr      atomic.Uint64
 	readyMu sync.Mutex
 	readyCh chan struct{} // closed and replaced whenever a worker becomes ready
@@ -82,6 +85,7 @@ func New(cfg Config) (*Supervisor, error) {
 		reloads:   make(chan chan error),
 		stopping:  make(chan struct{}),
 		readyCh:   make(chan struct{}),
+		tickCh:    make(chan struct{}),
 		allUp:     make(chan struct{}),
 	}
 	s.killCtx, s.kill = context.WithCancel(context.Background())
@@ -118,8 +122,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.runSlot(ctx, cancel, sl)
 		}()
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); s.reloadLoop(ctx) }()
+	go func() { defer wg.Done(); s.healthLoop(ctx) }()
 	wg.Add(1)
 	go func() {
 		// No worker becomes ready once ctx ends: release the callers
@@ -313,8 +318,8 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 		}
 		return exit{reason: reason, failed: p.failed(), uptime: uptime()}
 	}
-	tick := time.NewTicker(s.cfg.PingInterval)
-	defer tick.Stop()
+	pr := newProber(s, sl, p.conn)
+	tick := s.nextTick()
 	misses := 0
 	for {
 		select {
@@ -344,6 +349,7 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 		case h := <-sl.replace:
 			old := p
 			p, ready, misses = h.p, h.ready, 0
+			pr = newProber(s, sl, p.conn)
 			sl.cur.Store(p)
 			sl.set(func(sl *slot) {
 				sl.pid, sl.since, sl.lastRTT, sl.lastExit = p.pid, ready, 0, "replaced by rolling restart"
@@ -351,22 +357,20 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 			p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond), "replacing_pid", old.pid)
 			s.stop(old)
 			close(h.done)
-		case <-tick.C:
-			pctx, cancel := context.WithTimeout(ctx, s.cfg.PingTimeout)
-			rtt, err := p.conn.Ping(pctx)
-			cancel()
-			s.stats.sent.Add(1)
-			if err == nil {
+		case <-tick:
+			tick = s.nextTick()
+			switch pr.check(ctx) {
+			case pending:
+				continue
+			case answered:
 				misses = 0
-				s.stats.record(rtt)
-				sl.set(func(sl *slot) { sl.lastRTT = rtt })
 				continue
 			}
 			if ctx.Err() != nil {
 				continue
 			}
 			misses++
-			p.log.Warn("ping failed", "error", err, "misses", misses)
+			p.log.Warn("ping missed", "misses", misses, "timeout", s.cfg.PingTimeout)
 			if misses >= s.cfg.PingMisses {
 				reason := fmt.Sprintf("hung: %d pings unanswered", misses)
 				p.log.Error("worker hung; killing it", "reason", reason)
