@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -86,6 +87,12 @@ type ConnConfig struct {
 	// long. Zero means no limit.
 	IdleTimeout time.Duration
 
+	// Poll waits for the socket through the Go runtime's poller instead
+	// of a thread blocked in read(2). It costs some microseconds per
+	// round trip but no OS thread per idle connection: servers use it
+	// for their many clients (ServerConfig.PollAbove).
+	Poll bool
+
 	// Addr names the socket in errors and logs; empty for socketpairs.
 	Addr string
 
@@ -136,6 +143,17 @@ type Conn struct {
 	lastYield time.Time
 
 	spin atomic.Bool // the last reply came quickly: poll for the next (spinWait)
+
+	// Poll mode (ConnConfig.Poll): file owns fd and is registered with
+	// the runtime poller; the reader and writers wait through rc.
+	file    *os.File
+	rc      syscall.RawConn
+	pollFn  func(uintptr) bool // pollRead, bound once
+	rp      []byte             // pollRead's buffer and results
+	rn      int
+	rerr    error
+	writeFn func(uintptr) bool // pollWritable, bound once
+	wwait   bool
 
 	draining bool           // a shutdown request arrived (reader-owned)
 	inflight sync.WaitGroup // handler requests not yet answered
@@ -222,19 +240,13 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
 	c.iov[0].SetLen(HeaderSize)
-	if err := setSendTimeout(fd, writeSlice); err != nil {
-		unix.Close(fd)
+	if err := c.setup(); err != nil {
+		c.closeFD()
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
-	}
-	if cfg.IdleTimeout > 0 {
-		if err := setRecvTimeout(fd, cfg.IdleTimeout); err != nil {
-			unix.Close(fd)
-			return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
-		}
 	}
 	hello := AppendHello(make([]byte, 0, 64), Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion, PID: uint32(os.Getpid()), Name: cfg.Name})
 	if err := c.writeFrame(ctx, 0, Header{Type: TypeHello}, hello); err != nil {
-		unix.Close(fd)
+		c.closeFD()
 		return nil, err
 	}
 	go c.readLoop()
@@ -247,6 +259,66 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		c.Close()
 		return nil, &OpError{Op: "hello", Addr: cfg.Addr, Err: fmt.Errorf("no hello from peer: %w", ctx.Err())}
 	}
+}
+
+// setup prepares the fd for its mode: timeouts on the socket for a
+// blocking fd; non-blocking and registered with the poller otherwise.
+func (c *Conn) setup() error {
+	if !c.cfg.Poll {
+		if err := setSendTimeout(c.fd, writeSlice); err != nil {
+			return err
+		}
+		if c.cfg.IdleTimeout > 0 {
+			return setRecvTimeout(c.fd, c.cfg.IdleTimeout)
+		}
+		return nil
+	}
+	if err := unix.SetNonblock(c.fd, true); err != nil {
+		return os.NewSyscallError("fcntl", err)
+	}
+	c.file = os.NewFile(uintptr(c.fd), "pairvisor-conn")
+	rc, err := c.file.SyscallConn()
+	if err != nil {
+		return err
+	}
+	c.rc = rc
+	c.pollFn, c.writeFn = c.pollRead, c.pollWritable
+	return nil
+}
+
+// closeFD closes the fd, through the poller's file in poll mode.
+func (c *Conn) closeFD() {
+	if c.file != nil {
+		c.file.Close()
+		return
+	}
+	unix.Close(c.fd)
+}
+
+// pollRead is the RawConn.Read callback: one read(2) into c.rp.
+func (c *Conn) pollRead(fd uintptr) bool {
+	c.rn, c.rerr = readfd(int(fd), c.rp)
+	return c.rerr != unix.EAGAIN
+}
+
+// pollWritable is a RawConn.Write callback that waits once for the fd
+// to become writable.
+func (c *Conn) pollWritable(uintptr) bool {
+	c.wwait = !c.wwait
+	return !c.wwait
+}
+
+// waitWrite waits for room in the socket buffer after a send that
+// returned early. A blocking fd has already waited a writeSlice in the
+// kernel (SO_SNDTIMEO); a polled one waits here, for at most a
+// writeSlice, through the poller. Called with wmu held.
+func (c *Conn) waitWrite() {
+	if c.file == nil {
+		return
+	}
+	c.file.SetWriteDeadline(time.Now().Add(writeSlice))
+	c.wwait = false
+	c.rc.Write(c.writeFn)
 }
 
 // Peer returns the hello the peer sent.
@@ -533,7 +605,7 @@ func (c *Conn) readLoop() {
 	c.wmu.Lock()
 	c.fdmu.Lock()
 	c.wclosed = true
-	unix.Close(c.fd)
+	c.closeFD()
 	c.fd = -1
 	c.fdmu.Unlock()
 	c.wmu.Unlock()
@@ -816,7 +888,24 @@ func (c *Conn) read(p []byte) (int, error) {
 		c.lastYield = now
 		runtime.Gosched()
 	}
-	n, err := readfd(c.fd, p)
+	var (
+		n   int
+		err error
+	)
+	if c.file == nil {
+		n, err = readfd(c.fd, p)
+	} else {
+		if c.cfg.IdleTimeout > 0 {
+			c.file.SetReadDeadline(time.Now().Add(c.cfg.IdleTimeout))
+		}
+		c.rp = p
+		if err = c.rc.Read(c.pollFn); err == nil {
+			n, err = c.rn, c.rerr
+		} else if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = unix.EAGAIN // as SO_RCVTIMEO reports it: idle
+		}
+		c.rp = nil
+	}
 	if err == unix.ECONNRESET {
 		// A unix stream peer that closes with data still unread in its
 		// receive queue (one that crashed or was killed, typically)

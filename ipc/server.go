@@ -19,6 +19,7 @@ import (
 const (
 	DefaultMaxConns    = 1024
 	DefaultIdleTimeout = 5 * time.Minute
+	DefaultPollAbove   = 16
 
 	// helloWait bounds how long a connection that began with the frame
 	// magic may take to send the rest of its hello header before it is
@@ -51,6 +52,13 @@ type ServerConfig struct {
 	IdleTimeout time.Duration
 	// MaxPayload bounds framed clients' frames (default [MaxPayload]).
 	MaxPayload uint32
+
+	// PollAbove: framed clients that connect while more than this many
+	// connections are open are served through the runtime's poller
+	// (ConnConfig.Poll) rather than a thread each, so that a thousand
+	// clients do not mean a thousand threads. Default 16; -1 polls
+	// always.
+	PollAbove int
 
 	// AllowUIDs and AllowGIDs, when either is non-empty, restrict the
 	// clients served, beyond the socket file's mode: a peer is served if
@@ -99,6 +107,9 @@ func NewServer(l *Listener, cfg ServerConfig) *Server {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.PollAbove == 0 {
+		cfg.PollAbove = DefaultPollAbove
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -199,6 +210,7 @@ func (s *Server) serveConn(ctx context.Context, fd int, cred *unix.Ucred) {
 		ForwardEcho: s.cfg.ForwardEcho,
 		MaxPayload:  s.cfg.MaxPayload,
 		IdleTimeout: s.cfg.IdleTimeout,
+		Poll:        s.active.Load() > int64(s.cfg.PollAbove),
 		Addr:        s.l.Addr(),
 		Logger:      log,
 	}, prefix)

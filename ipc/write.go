@@ -60,6 +60,7 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 				}
 			}
 			if err = writeTimeUp(ctx, deadline); err == nil {
+				c.waitWrite()
 				continue
 			}
 			if left < HeaderSize+len(p) {
@@ -103,6 +104,7 @@ func (c *Conn) reply(h Header, p []byte) error {
 			// A peer that reads takes even a large frame within one
 			// blocking send; one that does not has had two writeSlices.
 			if slices == 0 {
+				c.waitWrite()
 				continue
 			}
 			c.finishLater(p, len(p) > 0 && len(c.big) > 0 && unsafe.SliceData(p) == unsafe.SliceData(c.big))
@@ -189,6 +191,7 @@ func (c *Conn) finishLater(p []byte, lend bool) {
 			}
 			if err == nil || err == unix.EAGAIN {
 				if time.Now().Before(deadline) {
+					c.waitWrite()
 					continue
 				}
 				err = os.ErrDeadlineExceeded

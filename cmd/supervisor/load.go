@@ -38,7 +38,7 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 	conns := make([]*ipc.Conn, clients)
 	for i := range conns {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := ipc.Dial(ctx, socket, ipc.ConnConfig{Name: "load"})
+		c, err := ipc.Dial(ctx, socket, ipc.ConnConfig{Name: "load", Poll: clients > ipc.DefaultPollAbove})
 		cancel()
 		if err != nil {
 			for _, c := range conns[:i] {
