@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -170,8 +171,10 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, sup *supervisor
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	quit := make(chan struct{})
 	done := make(chan struct{})
+	var reloads sync.WaitGroup // rolling restarts end when ctx does
 	go func() {
 		defer close(done)
+		defer reloads.Wait()
 		stopping := false
 		for {
 			select {
@@ -181,7 +184,13 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, sup *supervisor
 				switch {
 				case sig == syscall.SIGHUP:
 					log.Info("SIGHUP: rolling restart")
-					go sup.Reload(ctx)
+					reloads.Add(1)
+					go func() {
+						defer reloads.Done()
+						if err := sup.Reload(ctx); err != nil && ctx.Err() == nil {
+							log.Error("rolling restart failed", "error", err)
+						}
+					}()
 				case !stopping:
 					stopping = true
 					log.Info("stopping; signal again to kill at once", "signal", sig.String())
