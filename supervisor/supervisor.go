@@ -22,6 +22,10 @@ import (
 // its own before it is stopped.
 const exitGrace = 500 * time.Millisecond
 
+// pollAbove: supervisors of more workers than this wait for their
+// channels through the runtime poller (ipc.ConnConfig.Poll).
+const pollAbove = 16
+
 // Sentinel errors.
 var (
 	// ErrCrashLoop is returned by Run when workers restarted more than
@@ -279,6 +283,9 @@ func (s *Supervisor) start(ctx context.Context, sl *slot, replacing bool) (*proc
 		Name:    "supervisor",
 		Handler: s.cfg.Handler,
 		Logger:  p.log,
+		// Past a few workers, a thread blocked in read(2) per channel
+		// costs more in wake-ups than it saves in latency.
+		Poll: len(s.slots) > pollAbove,
 	})
 	if err != nil {
 		p.signalGroup(syscall.SIGKILL)
