@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -33,35 +34,9 @@ import (
 // It is generous for -race on two cores; exceeding it means a hang.
 const udsWait = 10 * time.Second
 
-// udsDir returns a fresh, short directory for socket paths (t.TempDir
-// names can exceed sun_path's 108 bytes). It is removed at cleanup.
-func udsDir(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.MkdirTemp("", "pv")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-// udsRequireTool returns the path of an external program, skipping the
-// test when it is missing unless PAIRVISOR_REQUIRE_TOOLS=1.
-func udsRequireTool(tb testing.TB, name string) string {
-	tb.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("PAIRVISOR_REQUIRE_TOOLS") == "1" {
-			tb.Fatalf("%s is required (PAIRVISOR_REQUIRE_TOOLS=1) but missing: %v", name, err)
-		}
-		tb.Skipf("%s not installed: %v", name, err)
-	}
-	return p
-}
-
-// udsToolForOthers is udsRequireTool for a program that a test runs as
-// another user: it picks the first one in $PATH that every user may run
-// (a shim under /root, such as pyenv's, does not qualify).
+// udsToolForOthers is testutil.RequireTool for a program that a test
+// runs as another user: it picks the first one in $PATH that every user
+// may run (a shim under /root, such as pyenv's, does not qualify).
 func udsToolForOthers(tb testing.TB, name string) string {
 	tb.Helper()
 	worldOK := func(p string) bool {
@@ -93,20 +68,7 @@ func udsToolForOthers(tb testing.TB, name string) string {
 
 // udsLog is a goroutine-safe buffer for hclog output.
 type udsLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *udsLog) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *udsLog) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	testutil.Buffer
 }
 
 // waitFor polls until the log contains all of want, or fails the test.
@@ -131,17 +93,7 @@ func udsLogger(b *udsLog) hclog.Logger {
 // the test after udsWait. detail, if not nil, adds to the failure.
 func udsPoll(tb testing.TB, what string, cond func() bool, detail func() string) {
 	tb.Helper()
-	deadline := time.Now().Add(udsWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			msg := ""
-			if detail != nil {
-				msg = "\n" + detail()
-			}
-			tb.Fatalf("timed out after %v waiting for %s%s", udsWait, what, msg)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Poll(tb, udsWait, 5*time.Millisecond, what, cond, detail)
 }
 
 // udsListen calls Listen and closes the Listener at cleanup.
@@ -359,7 +311,7 @@ func udsGone(tb testing.TB, paths ...string) {
 
 func TestListenFresh(t *testing.T) {
 	t.Parallel()
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
 	l := udsListen(t, path, ipc.ListenConfig{})
 	if l.Addr() != path {
@@ -403,7 +355,7 @@ func TestListenStale(t *testing.T) {
 	for _, lockFile := range []string{"", "pairvisor-lock 999999\n", "pairvisor-lock "} {
 		t.Run(fmt.Sprintf("lock=%q", lockFile), func(t *testing.T) {
 			t.Parallel()
-			dir := udsDir(t)
+			dir := testutil.ShortDir(t, "pv")
 			path := filepath.Join(dir, "s")
 			udsStale(t, path)
 			if lockFile != "" { // a crashed server's lock file, no longer locked
@@ -429,7 +381,7 @@ func TestListenLiveServer(t *testing.T) {
 		// A live pairvisor listener: the second Listen finds the lock
 		// held and names the live server's pid.
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		l := udsListen(t, path, ipc.ListenConfig{})
 		before := udsSockStat(t, path)
@@ -452,8 +404,8 @@ func TestListenLiveServer(t *testing.T) {
 	t.Run("foreign-process", func(t *testing.T) {
 		// A live server in another process, without a lock file.
 		t.Parallel()
-		py := udsRequireTool(t, "python3")
-		dir := udsDir(t)
+		py := testutil.RequireTool(t, "python3")
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		cmd := exec.Command(py, "-c", `
 import socket, sys
@@ -528,7 +480,7 @@ sys.stdin.read()
 		// A live but stuck server whose accept queue is full: a
 		// connect to it would block, so Listen must not block on it.
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -636,7 +588,7 @@ func TestListenNotOurs(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			dir := udsDir(t)
+			dir := testutil.ShortDir(t, "pv")
 			path := filepath.Join(dir, "s")
 			tc.make(t, path)
 			before := udsSnapshot(t, path)
@@ -707,7 +659,7 @@ func TestListenForeignLock(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			dir := udsDir(t)
+			dir := testutil.ShortDir(t, "pv")
 			path := filepath.Join(dir, "s")
 			lock := path + ".lock"
 			tc.make(t, lock)
@@ -734,7 +686,7 @@ func TestListenRace(t *testing.T) {
 	t.Parallel()
 	const racers = 20
 	for round, stale := range []bool{false, true, false, true} {
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		if stale {
 			udsStale(t, path)
@@ -781,7 +733,7 @@ func TestListenRace(t *testing.T) {
 
 func TestListenPathTooLong(t *testing.T) {
 	t.Parallel()
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	// A directory name that brings the socket path to exactly n bytes.
 	pathOfLen := func(n int, name string) string {
 		sub := strings.Repeat("d", n-len(dir)-2-len(name))
@@ -867,7 +819,7 @@ func TestListenMode(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("%04o", tc.mode), func(t *testing.T) {
 			t.Parallel()
-			dir := udsDir(t)
+			dir := testutil.ShortDir(t, "pv")
 			path := filepath.Join(dir, "s")
 			ifd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 			if err != nil {
@@ -905,7 +857,7 @@ func TestListenGID(t *testing.T) {
 	t.Parallel()
 	t.Run("default", func(t *testing.T) {
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		for i, cfg := range []ipc.ListenConfig{{}, {GID: -1}, {Mode: 0o660, GID: -1}} {
 			path := filepath.Join(dir, strconv.Itoa(i))
 			udsListen(t, path, cfg)
@@ -931,7 +883,7 @@ func TestListenGID(t *testing.T) {
 		if gid < 0 {
 			t.Skip("not root and in no supplementary group: no other group to give the socket to")
 		}
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		l := udsListen(t, path, ipc.ListenConfig{Mode: 0o660, GID: gid})
 		st := udsSockStat(t, path)
@@ -961,7 +913,7 @@ func TestListenUnprivileged(t *testing.T) {
 		t.Fatal("still root in the re-executed test")
 	}
 	t.Parallel()
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -997,7 +949,7 @@ func TestListenUnprivileged(t *testing.T) {
 }
 
 func udsUnprivilegedChecks(t *testing.T) {
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
 	l := udsListen(t, path, ipc.ListenConfig{})
 	st := udsSockStat(t, path)
@@ -1059,7 +1011,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 	}
 	t.Run("stale-socket-unwatched", func(t *testing.T) {
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: -1})
 		theirs := replace(t, path, false)
@@ -1071,7 +1023,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 	})
 	t.Run("live-socket", func(t *testing.T) {
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		var logs udsLog
 		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
@@ -1092,7 +1044,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		// The watcher treats a stale replacement like a stale socket at
 		// start-up: it binds the path again.
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		var logs udsLog
 		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
@@ -1111,7 +1063,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 	})
 	t.Run("lock", func(t *testing.T) {
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: -1})
 		lock := path + ".lock"
@@ -1130,7 +1082,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 	})
 	t.Run("concurrent-close", func(t *testing.T) {
 		t.Parallel()
-		dir := udsDir(t)
+		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		l := udsListen(t, path, ipc.ListenConfig{})
 		accepted := make(chan error, 1)
@@ -1160,7 +1112,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 
 func TestListenRebind(t *testing.T) {
 	t.Parallel()
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
 	var logs udsLog
 	cfg := ipc.ListenConfig{Mode: 0o640, GID: -1, WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)}
@@ -1223,7 +1175,7 @@ func TestListenRebind(t *testing.T) {
 
 func TestListenAbstract(t *testing.T) {
 	t.Parallel()
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	name := fmt.Sprintf("@pairvisor-test-%d-%s", os.Getpid(), filepath.Base(dir))
 	l := udsListen(t, name, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond})
 	if l.Addr() != name {

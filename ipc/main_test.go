@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -144,7 +145,7 @@ func checkLeaks(fds0 []string, fdErr error, goroutines0 int) error {
 			problems = append(problems, fmt.Sprintf("%d goroutines left by tests (%d running, %d at start):\n\n%s",
 				len(stacks), runtime.NumGoroutine(), goroutines0, strings.Join(stacks, "\n\n")))
 		} else if n := runtime.NumGoroutine(); n > goroutines0 {
-			problems = append(problems, fmt.Sprintf("%d goroutines running, %d at start:\n\n%s", n, goroutines0, allStacks()))
+			problems = append(problems, fmt.Sprintf("%d goroutines running, %d at start:\n\n%s", n, goroutines0, testutil.Stacks()))
 		}
 		if len(problems) == 0 {
 			return nil
@@ -158,23 +159,13 @@ func checkLeaks(fds0 []string, fdErr error, goroutines0 int) error {
 
 // openFDs lists this process's open descriptors as "fd->target".
 func openFDs() ([]string, error) {
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	dfd := strconv.Itoa(int(d.Fd()))
-	names, err := d.Readdirnames(-1)
+	open, err := testutil.OpenFDs()
 	if err != nil {
 		return nil, err
 	}
 	var fds []string
-	for _, n := range names {
-		if n == dfd {
-			continue
-		}
-		target, _ := os.Readlink("/proc/self/fd/" + n)
-		fds = append(fds, n+"->"+target)
+	for _, fd := range open {
+		fds = append(fds, fd.String())
 	}
 	return fds, nil
 }
@@ -183,7 +174,7 @@ func openFDs() ([]string, error) {
 // caller's, that run code of this package, its tests or os/exec.
 func leakedGoroutines() []string {
 	var leaked []string
-	for i, g := range strings.Split(allStacks(), "\n\n") {
+	for i, g := range strings.Split(testutil.Stacks(), "\n\n") {
 		if i == 0 { // the calling goroutine
 			continue
 		}
@@ -192,18 +183,6 @@ func leakedGoroutines() []string {
 		}
 	}
 	return leaked
-}
-
-// allStacks returns the stacks of all goroutines, the caller's first.
-func allStacks() string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return string(buf[:n])
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 }
 
 // helper is a child process playing a role, with our end of its channel.

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -49,7 +49,7 @@ type udsServer struct {
 func udsServe(tb testing.TB, path string, lcfg ipc.ListenConfig, scfg ipc.ServerConfig) *udsServer {
 	tb.Helper()
 	if path == "" {
-		path = filepath.Join(udsDir(tb), "s")
+		path = filepath.Join(testutil.ShortDir(tb, "pv"), "s")
 	}
 	s := &udsServer{path: path, dir: filepath.Dir(path), logs: new(udsLog), done: make(chan error, 1)}
 	if lcfg.Logger == nil {
@@ -234,22 +234,13 @@ func udsReadFrames(c net.Conn) ([]string, error) {
 // udsFDs lists this process's open descriptors.
 func udsFDs(tb testing.TB) []string {
 	tb.Helper()
-	d, err := os.Open("/proc/self/fd")
+	open, err := testutil.OpenFDs()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	self := strconv.Itoa(int(d.Fd()))
 	var fds []string
-	for _, n := range names {
-		if n != self {
-			target, _ := os.Readlink("/proc/self/fd/" + n)
-			fds = append(fds, n+"->"+target)
-		}
+	for _, fd := range open {
+		fds = append(fds, fd.String())
 	}
 	return fds
 }
@@ -257,17 +248,8 @@ func udsFDs(tb testing.TB) []string {
 // udsIPCGoroutines returns the stacks of goroutines running the ipc
 // package's server, listener or connection code.
 func udsIPCGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 	var found []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
+	for _, g := range strings.Split(testutil.Stacks(), "\n\n") {
 		if strings.Contains(g, "ipc.(*Server)") || strings.Contains(g, "ipc.(*Conn)") || strings.Contains(g, "ipc.(*Listener)") {
 			found = append(found, g)
 		}
@@ -858,7 +840,7 @@ print("served" if got == msg else "closed", flush=True)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			dir := udsDir(t)
+			dir := testutil.ShortDir(t, "pv")
 			if err := os.Chmod(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -917,7 +899,7 @@ print("served" if got == msg else "closed", flush=True)
 // goroutines.
 func TestServerShutdown(t *testing.T) {
 	fds0 := udsFDs(t)
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
 	var logs udsLog
 	l, err := ipc.Listen(path, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
@@ -1023,7 +1005,7 @@ func TestServerShutdown(t *testing.T) {
 
 func TestDialErrors(t *testing.T) {
 	t.Parallel()
-	dir := udsDir(t)
+	dir := testutil.ShortDir(t, "pv")
 	file := filepath.Join(dir, "file")
 	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/pairvisor/pairvisor/internal/testutil"
 )
 
 // TestHungWorkerIsReplaced: a worker that stops answering pings is
@@ -150,7 +152,7 @@ func TestNoOrphansWhenSupervisorDies(t *testing.T) {
 		t.Fatalf("helper reported pids %v, want 2", wpids)
 	}
 	for _, pid := range wpids {
-		if p, ok := readProc(pid); !ok || p.ppid != cmd.Process.Pid || !alive(pid) {
+		if p, ok := testutil.ReadProc(pid); !ok || p.PPID != cmd.Process.Pid || !alive(pid) {
 			t.Fatalf("pid %d is not a live worker of the helper %d: %+v", pid, cmd.Process.Pid, p)
 		}
 	}
@@ -287,7 +289,7 @@ func TestRestartCyclesLeakNothing(t *testing.T) {
 	const cycles = 500
 	fds := openFDs()
 	goroutines := runtime.NumGoroutine()
-	kids := len(children())
+	kids := len(testutil.Children())
 
 	cfg := testConfig(t, "crash-after-hello", 2)
 	cfg.BackoffMin, cfg.BackoffMax = time.Millisecond, time.Millisecond
@@ -314,7 +316,7 @@ func TestRestartCyclesLeakNothing(t *testing.T) {
 	for {
 		leakedFDs := newFDs(fds)
 		g := runtime.NumGoroutine()
-		k := len(children())
+		k := len(testutil.Children())
 		if len(leakedFDs) == 0 && g <= goroutines && k <= kids {
 			break
 		}

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/pairvisor/pairvisor/internal/testutil"
 )
 
 // Bounds for the waits in these tests. They are generous: a worker is
@@ -27,20 +28,7 @@ const (
 
 // syncBuffer is a bytes.Buffer safe for concurrent use, for log output.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	testutil.Buffer
 }
 
 // records parses the hclog JSON lines written so far.
@@ -219,7 +207,7 @@ func waitGone(t *testing.T, pid int, d time.Duration) {
 	deadline := time.Now().Add(d)
 	for alive(pid) {
 		if time.Now().After(deadline) {
-			p, _ := readProc(pid)
+			p, _ := testutil.ReadProc(pid)
 			t.Fatalf("pid %d still running %v after it should have died: %+v", pid, d, p)
 		}
 		time.Sleep(5 * time.Millisecond) // polling /proc
@@ -230,7 +218,7 @@ func waitGone(t *testing.T, pid int, d time.Duration) {
 // reaped child leaves nothing behind in /proc, a zombie would.
 func checkReaped(t *testing.T, pid int) {
 	t.Helper()
-	if p, ok := readProc(pid); ok && p.ppid == os.Getpid() {
+	if p, ok := testutil.ReadProc(pid); ok && p.PPID == os.Getpid() {
 		t.Errorf("worker pid %d not reaped: %+v", pid, p)
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +20,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/worker"
+
+	"github.com/pairvisor/pairvisor/internal/testutil"
 )
 
 // The test binary is also every worker: Config.Executable defaults to
@@ -383,16 +383,12 @@ func writeFileAtomic(name string, data []byte) error {
 // openFDs returns this process's descriptors and what they refer to.
 func openFDs() map[string]string {
 	fds := make(map[string]string)
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return fds
-	}
-	for _, e := range ents {
-		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
-		if err != nil {
-			continue // the directory's own fd, closed by now
+	open, _ := testutil.OpenFDs()
+	for _, fd := range open {
+		if fd.Target == "" {
+			continue // closed by now
 		}
-		fds[e.Name()] = target
+		fds[fd.Num] = fd.Target
 	}
 	return fds
 }
@@ -412,16 +408,7 @@ func newFDs(before map[string]string) []string {
 // moduleGoroutines returns the stacks of goroutines, other than the
 // caller's, that run or were started by code of this module.
 func moduleGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	gs := strings.Split(string(buf), "\n\n")
+	gs := strings.Split(testutil.Stacks(), "\n\n")
 	var found []string
 	for _, g := range gs[1:] { // gs[0] is the caller
 		if strings.Contains(g, "github.com/pairvisor/pairvisor/") {
@@ -431,54 +418,11 @@ func moduleGoroutines() []string {
 	return found
 }
 
-// procInfo is what /proc/<pid>/stat says about a process.
-type procInfo struct {
-	pid, ppid, pgid int
-	comm, state     string
-}
-
-func readProc(pid int) (procInfo, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return procInfo{}, false
-	}
-	open, close := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 0 || close < open {
-		return procInfo{}, false
-	}
-	f := strings.Fields(string(b[close+1:]))
-	if len(f) < 3 {
-		return procInfo{}, false
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	pgid, _ := strconv.Atoi(f[2])
-	return procInfo{pid: pid, comm: string(b[open+1 : close]), state: f[0], ppid: ppid, pgid: pgid}, true
-}
-
 // alive reports whether pid is a process that has not exited. A zombie
 // has exited: an orphan's zombie waits for init, not for us.
 func alive(pid int) bool {
-	p, ok := readProc(pid)
-	return ok && p.state != "Z" && p.state != "X"
-}
-
-// children returns this process's children, zombies included.
-func children() []procInfo {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var kids []procInfo
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if p, ok := readProc(pid); ok && p.ppid == os.Getpid() {
-			kids = append(kids, p)
-		}
-	}
-	return kids
+	p, ok := testutil.ReadProc(pid)
+	return ok && p.State != "Z" && p.State != "X"
 }
 
 // checkLeaks reports descriptors, goroutines and child processes left
@@ -493,7 +437,7 @@ func checkLeaks(before map[string]string) error {
 		if gs := moduleGoroutines(); len(gs) > 0 {
 			problems = append(problems, fmt.Sprintf("%d leaked goroutines:\n%s", len(gs), strings.Join(gs, "\n\n")))
 		}
-		if kids := children(); len(kids) > 0 {
+		if kids := testutil.Children(); len(kids) > 0 {
 			problems = append(problems, fmt.Sprintf("child processes left (zombies included): %+v", kids))
 		}
 		if len(problems) == 0 {

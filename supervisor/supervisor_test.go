@@ -19,6 +19,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/ipc"
+
+	"github.com/pairvisor/pairvisor/internal/testutil"
 )
 
 func TestNewDefaults(t *testing.T) {
@@ -188,7 +190,7 @@ func TestEchoAndStatus(t *testing.T) {
 			t.Errorf("pid %d shared by two workers", ws.PID)
 		}
 		seen[ws.PID] = true
-		if p, ok := readProc(ws.PID); !ok || p.ppid != os.Getpid() || p.pgid != ws.PID {
+		if p, ok := testutil.ReadProc(ws.PID); !ok || p.PPID != os.Getpid() || p.PGID != ws.PID {
 			t.Errorf("worker %d (pid %d) is not our child leading its own group: %+v", ws.ID, ws.PID, p)
 		}
 	}
@@ -427,7 +429,7 @@ func TestStopKillsGrandchildren(t *testing.T) {
 			r.waitReady()
 			wpid := r.s.Status().Workers[0].PID
 			gc := readPIDFile(t, file, 1)[0]
-			if p, ok := readProc(gc); !ok || p.comm != "sleep" || p.ppid != wpid || p.pgid != wpid || !alive(gc) {
+			if p, ok := testutil.ReadProc(gc); !ok || p.Comm != "sleep" || p.PPID != wpid || p.PGID != wpid || !alive(gc) {
 				t.Fatalf("grandchild %d: %+v, want a live sleep, child of worker %d in its group", gc, p, wpid)
 			}
 			switch how {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -154,21 +155,9 @@ func countFDs() int {
 
 // children returns the pids of this process's children, zombies too.
 func children() []int {
-	ents, _ := os.ReadDir("/proc")
 	var kids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
-			kids = append(kids, pid)
-		}
+	for _, p := range testutil.Children() {
+		kids = append(kids, p.PID)
 	}
 	return kids
 }

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
@@ -186,7 +187,7 @@ func rawEcho(t *testing.T, p []byte, dir string, tool string, args ...string) {
 	cmd := exec.Command(tool, args...)
 	cmd.Dir = dir
 	cmd.Stdin = bytes.NewReader(p)
-	var stdout, stderr cliBuf
+	var stdout, stderr testutil.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -306,7 +307,7 @@ func TestServe(t *testing.T) {
 		})
 		t.Run("seed-python-client", func(t *testing.T) {
 			t.Parallel()
-			py := requireTool(t, "python3")
+			py := testutil.RequireTool(t, "python3")
 			// testdata holds the seed's client unmodified; check it
 			// against the seed when the seed is at hand.
 			client, err := filepath.Abs(filepath.Join("testdata", "socket_echo_client_uds.py"))
@@ -336,13 +337,13 @@ func TestServe(t *testing.T) {
 		})
 		t.Run("socat", func(t *testing.T) {
 			t.Parallel()
-			socat := requireTool(t, "socat")
+			socat := testutil.RequireTool(t, "socat")
 			p := append([]byte("hello socat\n"), randomBytes(32<<10)...)
 			rawEcho(t, p, "", socat, "-", "UNIX-CONNECT:"+sock)
 		})
 		t.Run("nc", func(t *testing.T) {
 			t.Parallel()
-			nc := requireTool(t, "nc")
+			nc := testutil.RequireTool(t, "nc")
 			p := append([]byte("hello nc\n"), randomBytes(32<<10)...)
 			rawEcho(t, p, "", nc, "-U", "-N", sock)
 		})
@@ -714,7 +715,7 @@ func TestRunSocket(t *testing.T) {
 	})
 
 	t.Run("raw-client", func(t *testing.T) {
-		socat := requireTool(t, "socat")
+		socat := testutil.RequireTool(t, "socat")
 		rawEcho(t, append([]byte("raw through run\n"), randomBytes(16<<10)...), "", socat, "-", "UNIX-CONNECT:"+sock)
 	})
 

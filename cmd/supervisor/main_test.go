@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,13 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 	"github.com/pairvisor/pairvisor/worker"
 )
@@ -83,27 +81,9 @@ func checkNoChildren() error {
 
 // children lists our child processes as "pid (comm) state".
 func children() []string {
-	ents, _ := os.ReadDir("/proc")
-	me := strconv.Itoa(os.Getpid())
 	var kids []string
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...; comm may contain spaces.
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) >= 2 && f[1] == me {
-			kids = append(kids, s[:i+1]+" "+f[0])
-		}
+	for _, p := range testutil.Children() {
+		kids = append(kids, fmt.Sprintf("%d (%s) %s", p.PID, p.Comm, p.State))
 	}
 	return kids
 }
@@ -114,24 +94,6 @@ const (
 	cliWait = 30 * time.Second // a CLI process to finish
 	cliPoll = 20 * time.Second // a condition polled for
 )
-
-// cliBuf is a goroutine-safe buffer for a running process's output.
-type cliBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *cliBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *cliBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // cliOpts are the optional settings of cliRun.
 type cliOpts struct {
@@ -174,7 +136,7 @@ func cliRun(tb testing.TB, o cliOpts, args ...string) cliResult {
 	tb.Helper()
 	cmd := cliCommand(o, args...)
 	cmd.Stdin = o.stdin
-	var stdout, stderr cliBuf
+	var stdout, stderr testutil.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	timeout := o.timeout
 	if timeout == 0 {
@@ -216,7 +178,7 @@ func cliWant(tb testing.TB, code int, o cliOpts, args ...string) cliResult {
 type cliProc struct {
 	args           []string
 	cmd            *exec.Cmd
-	stdout, stderr cliBuf
+	stdout, stderr testutil.Buffer
 	done           chan struct{}
 	err            error // Wait's result, set before done is closed
 }
@@ -301,43 +263,14 @@ func (p *cliProc) waitSocket(tb testing.TB, path string) {
 // poll calls cond until it is true, failing the test after cliPoll.
 func poll(tb testing.TB, what string, cond func() bool, detail func() string) {
 	tb.Helper()
-	deadline := time.Now().Add(cliPoll)
-	for !cond() {
-		if time.Now().After(deadline) {
-			msg := ""
-			if detail != nil {
-				msg = "\n" + detail()
-			}
-			tb.Fatalf("timed out after %v waiting for %s%s", cliPoll, what, msg)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(tb, cliPoll, 10*time.Millisecond, what, cond, detail)
 }
 
 // tempDir returns a short fresh directory (socket paths must fit in
 // sun_path's 108 bytes), removed at cleanup.
 func tempDir(tb testing.TB) string {
 	tb.Helper()
-	dir, err := os.MkdirTemp("", "pvc")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-// requireTool returns the path of an external program, skipping the
-// test when it is missing unless PAIRVISOR_REQUIRE_TOOLS=1.
-func requireTool(tb testing.TB, name string) string {
-	tb.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("PAIRVISOR_REQUIRE_TOOLS") == "1" {
-			tb.Fatalf("%s is required (PAIRVISOR_REQUIRE_TOOLS=1) but missing: %v", name, err)
-		}
-		tb.Skipf("%s not installed: %v", name, err)
-	}
-	return p
+	return testutil.ShortDir(tb, "pvc")
 }
 
 // requireRoot skips a test that runs a process as another user.
