@@ -1,3 +1,5 @@
+//go:build linux
+
 package ipc
 
 // The supervisor↔worker contract: how a supervisor hands a worker its

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command supervisor runs pairvisor: a supervisor that spawns worker
 // processes over socketpairs and health-checks them, and the clients
 // that talk to it. Run "supervisor --help" for the commands.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command uds-echo is the seed's Unix socket echo server and client
 // (socket_echo_server_uds.py, socket_echo_client_uds.py) in Go.
 //
