@@ -256,7 +256,11 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	case <-c.helloDone:
 		return c, nil
 	case <-c.done:
-		return nil, c.err
+		var oe *OpError
+		if errors.As(c.err, &oe) {
+			return nil, c.err
+		}
+		return nil, &OpError{Op: "hello", Addr: cfg.Addr, Err: c.err}
 	case <-ctx.Done():
 		c.Close()
 		return nil, &OpError{Op: "hello", Addr: cfg.Addr, Err: fmt.Errorf("no hello from peer: %w", ctx.Err())}
