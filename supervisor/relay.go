@@ -26,14 +26,14 @@ const maxLine = 64 << 10
 // never fails: the protocol lives on fd 3, so nothing here can
 // disturb it.
 func relay(r io.Reader, log hclog.Logger, stream string) {
-	br := bufio.NewReaderSize(r, maxLine)
+	br := bufio.NewReaderSize(r, maxLine+1) // a line of maxLine bytes and its newline fit
 	truncated := false
 	for {
 		line, err := br.ReadSlice('\n')
 		switch {
 		case err == bufio.ErrBufferFull:
 			if !truncated {
-				logLine(log, stream, line, true)
+				logLine(log, stream, line[:maxLine], true)
 			}
 			truncated = true
 			continue

@@ -80,6 +80,7 @@ func TestRelayLines(t *testing.T) {
 			{"info", strings.Repeat("b", maxLine), "r", map[string]any{"stream": "stderr", "truncated": true}},
 		}},
 		{name: "just under the limit", in: long[1:] + "\n", want: []rec{{"info", long[1:], "r", stderr}}},
+		{name: "exactly the limit", in: long + "\n", want: []rec{{"info", long, "r", stderr}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
