@@ -23,8 +23,17 @@
 // replies to the goroutines blocked in [Conn.Call]. Writes take a mutex
 // and go out as one blocking sendmsg(2) whose wait is cut into short
 // slices (SO_SNDTIMEO), between which the writer checks its deadline, so
-// a peer that stops reading cannot block a writer forever. Every fd this
-// package creates is close-on-exec.
+// a peer that stops reading cannot block a writer forever. With
+// [ConnConfig].Poll the Conn waits through the Go runtime's poller
+// instead: slower per round trip, but without an OS thread per idle
+// connection; servers switch to it past [ServerConfig].PollAbove
+// clients. Every fd this package creates is close-on-exec.
+//
+// # Health probes
+//
+// [Conn.Probe] sends a ping whose pong runs a callback on the reader
+// goroutine, so a supervisor can health-check many workers from one
+// tick without a goroutine waking for each pong.
 //
 // # Errors
 //
