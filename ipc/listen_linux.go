@@ -306,6 +306,35 @@ func peerPID(fd int) string {
 	return fmt.Sprintf(" (pid %d)", cred.Pid)
 }
 
+// ours reports whether st, the file now at the path, is the socket this
+// Listener placed there. Usually that is a matter of its identity
+// (device, inode, change time). If only the change time moved, an
+// operator's chmod or chown may have touched our socket, or a new file
+// may have been given our inode number after ours was removed: it is
+// ours if it is a socket and the process listening behind it is this
+// one.
+func (l *Listener) ours(st *unix.Stat_t) bool {
+	l.mu.Lock()
+	want := l.ino
+	l.mu.Unlock()
+	id := idOf(st)
+	if id == want {
+		return true
+	}
+	if id.dev != want.dev || id.ino != want.ino || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return false
+	}
+	if describePeer(l.path) != fmt.Sprintf(" (pid %d)", os.Getpid()) {
+		return false
+	}
+	l.mu.Lock()
+	if l.ino == want {
+		l.ino = id
+	}
+	l.mu.Unlock()
+	return true
+}
+
 func describePeer(addr string) string {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
@@ -408,10 +437,7 @@ func (l *Listener) watch() {
 		}
 		var st unix.Stat_t
 		err := unix.Lstat(l.path, &st)
-		l.mu.Lock()
-		ours := err == nil && idOf(&st) == l.ino
-		l.mu.Unlock()
-		if ours {
+		if err == nil && l.ours(&st) {
 			warned = false
 			continue
 		}
@@ -510,7 +536,7 @@ func (l *Listener) close() {
 
 	if !l.abstract {
 		var st unix.Stat_t
-		if unix.Lstat(l.path, &st) == nil && idOf(&st) == l.ino {
+		if unix.Lstat(l.path, &st) == nil && l.ours(&st) {
 			unix.Unlink(l.path)
 		}
 	}
