@@ -29,7 +29,6 @@ const (
 	readBufSize    = 16 << 10
 	yieldEvery     = 5 * time.Millisecond // see the sysmon note in RESULTS.md
 	alignThreshold = 32 << 10
-	errorWriteWait = 100 * time.Millisecond
 
 	// spinFor bounds how long a caller polls for its reply before it
 	// parks; see spinWait.
@@ -850,10 +849,7 @@ func (c *Conn) protocolErr(id uint64, err error) error {
 	if errors.Is(err, ErrFrameTooLarge) {
 		code = CodeTooLarge
 	}
-	if c.wmu.TryLock() { // not if a write is stuck: we are closing anyway
-		c.wmu.Unlock()
-		c.writeFrame(context.Background(), errorWriteWait, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
-	}
+	c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
 	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 }
 

@@ -18,13 +18,13 @@ import (
 // bounds each blocking send (writeSlice) so that a writer waiting for a
 // peer that does not read still notices its context ending.
 
-// sendmsg writes the iovecs in msg with flags (MSG_NOSIGNAL, and
-// MSG_DONTWAIT not to block at all; otherwise it blocks for at most the
-// socket's SO_SNDTIMEO). It returns the bytes written, which may be
-// fewer than asked (then err is nil or EAGAIN). It does not allocate.
-func sendmsg(fd int, msg *unix.Msghdr, flags int) (int, error) {
+// sendmsg writes the iovecs in msg without raising SIGPIPE. On a
+// blocking fd it waits at most the socket's SO_SNDTIMEO; on a polled
+// (non-blocking) one not at all. It returns the bytes written, which may
+// be fewer than asked (then err is nil or EAGAIN). It does not allocate.
+func sendmsg(fd int, msg *unix.Msghdr) (int, error) {
 	for {
-		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), uintptr(flags))
+		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_NOSIGNAL)
 		switch e {
 		case 0:
 			return int(n), nil

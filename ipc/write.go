@@ -42,7 +42,7 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 	left := c.setFrame(h, p)
 	var deadline time.Time
 	for {
-		n, err := sendmsg(c.fd, &c.msg, unix.MSG_NOSIGNAL)
+		n, err := sendmsg(c.fd, &c.msg)
 		if n > 0 {
 			if left -= n; left == 0 {
 				c.wmu.Unlock()
@@ -93,7 +93,7 @@ func (c *Conn) reply(h Header, p []byte) error {
 	}
 	left := c.setFrame(h, p)
 	for slices := 0; ; slices++ {
-		n, err := sendmsg(c.fd, &c.msg, unix.MSG_NOSIGNAL)
+		n, err := sendmsg(c.fd, &c.msg)
 		if n > 0 {
 			if left -= n; left == 0 {
 				c.wmu.Unlock()
@@ -187,7 +187,7 @@ func (c *Conn) finishLater(p []byte, lend bool) {
 		defer c.writers.Done()
 		deadline := time.Now().Add(c.cfg.WriteTimeout)
 		for {
-			n, err := sendmsg(c.fd, &c.msg, unix.MSG_NOSIGNAL)
+			n, err := sendmsg(c.fd, &c.msg)
 			if n > 0 && c.advance(n) {
 				break
 			}
