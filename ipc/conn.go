@@ -99,6 +99,11 @@ type ConnConfig struct {
 
 	// Logger receives protocol errors at debug level. Nil discards.
 	Logger hclog.Logger
+
+	// TrustUIDs are the uids, besides root and the caller's effective
+	// uid, that [Dial] accepts as the server's (SO_PEERCRED). Dial to a
+	// server of any other uid fails with [ErrUntrustedPeer].
+	TrustUIDs []uint32
 }
 
 // Conn is one end of a framed pairvisor connection. It multiplexes any

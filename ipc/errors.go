@@ -51,6 +51,12 @@ var (
 
 	// ErrNotSocket reports a path or descriptor that is not a socket.
 	ErrNotSocket = errors.New("ipc: not a socket")
+
+	// ErrUntrustedPeer reports a server that [Dial] reached but does not
+	// trust: it runs as neither root, nor the caller's effective uid,
+	// nor one of [ConnConfig].TrustUIDs. Dial sends it nothing; the
+	// error names the server's uid and pid.
+	ErrUntrustedPeer = errors.New("ipc: server runs as an untrusted user")
 )
 
 // FrameError describes a malformed or unexpected frame. The Conn that

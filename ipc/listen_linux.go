@@ -154,6 +154,11 @@ func Listen(path string, cfg ListenConfig) (*Listener, error) {
 		return l, nil
 	}
 	lock, err := acquireLock(path + ".lock")
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		if derr := checkDir(filepath.Dir(path)); derr != nil {
+			err = derr
+		}
+	}
 	if errors.Is(err, ErrLocked) {
 		if pid := describePeer(path); pid != "" {
 			err = fmt.Errorf("%w%s; not replacing it", ErrInUse, pid)
@@ -183,6 +188,36 @@ func Listen(path string, cfg ListenConfig) (*Listener, error) {
 
 // Addr returns the path or "@name" the Listener was created for.
 func (l *Listener) Addr() string { return l.path }
+
+// dirError reports a socket path whose directory is missing or is not
+// a directory.
+type dirError struct {
+	dir string
+	err error // unix.ENOENT or unix.ENOTDIR
+}
+
+func (e *dirError) Error() string {
+	if e.err == unix.ENOTDIR {
+		return "socket directory " + e.dir + " is not a directory"
+	}
+	return "socket directory " + e.dir + " does not exist"
+}
+
+func (e *dirError) Unwrap() error { return e.err }
+
+// checkDir explains a lock file that cannot be created: its directory
+// is missing or is not a directory. It returns nil if dir is fine.
+func checkDir(dir string) error {
+	var st unix.Stat_t
+	err := unix.Stat(dir, &st)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return &dirError{dir: dir, err: unix.ENOENT}
+	case errors.Is(err, unix.ENOTDIR), err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return &dirError{dir: dir, err: unix.ENOTDIR}
+	}
+	return nil
+}
 
 func checkPath(path string) error {
 	switch {
@@ -268,7 +303,7 @@ func clearStale(path string) error {
 	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
 	switch {
 	case err == nil:
-		return fmt.Errorf("%w%s; not replacing it", ErrInUse, peerPID(fd))
+		return fmt.Errorf("%w%s; not replacing it", ErrInUse, describeFD(fd))
 	case errors.Is(err, unix.ECONNREFUSED):
 		if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("removing stale socket: %w", err)
@@ -297,13 +332,14 @@ func describeMode(m uint32) string {
 	return "not a socket"
 }
 
-// peerPID returns " (pid N)" for the server at the other end of fd.
-func peerPID(fd int) string {
-	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil || cred.Pid == 0 {
+// describeFD returns " (uid U, pid P)" for the server at the other end
+// of fd, or "" if the kernel does not say.
+func describeFD(fd int) string {
+	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
 		return ""
 	}
-	return fmt.Sprintf(" (pid %d)", cred.Pid)
+	return describeCred(uc)
 }
 
 // ours reports whether st, the file now at the path, is the socket this
@@ -324,7 +360,7 @@ func (l *Listener) ours(st *unix.Stat_t) bool {
 	if id.dev != want.dev || id.ino != want.ino || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return false
 	}
-	if describePeer(l.path) != fmt.Sprintf(" (pid %d)", os.Getpid()) {
+	if uc := peerAt(l.path); uc == nil || uc.Pid != int32(os.Getpid()) {
 		return false
 	}
 	l.mu.Lock()
@@ -335,16 +371,31 @@ func (l *Listener) ours(st *unix.Stat_t) bool {
 	return true
 }
 
+// describePeer returns " (uid U, pid P)" for the server listening at
+// addr, or "" if there is none or it cannot be reached.
 func describePeer(addr string) string {
+	if uc := peerAt(addr); uc != nil {
+		return describeCred(uc)
+	}
+	return ""
+}
+
+// peerAt connects to addr and returns the listening process's
+// credentials, or nil.
+func peerAt(addr string) *unix.Ucred {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
-		return ""
+		return nil
 	}
 	defer unix.Close(fd)
 	if unix.Connect(fd, &unix.SockaddrUnix{Name: addr}) != nil {
-		return ""
+		return nil
 	}
-	return peerPID(fd)
+	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return nil
+	}
+	return uc
 }
 
 // listenFD binds and listens on addr as is.
@@ -485,6 +536,11 @@ func (l *Listener) watch() {
 // blocking), which the caller owns, with the peer's credentials. It
 // returns an error wrapping [ErrClosed] once the Listener is closed.
 func (l *Listener) Accept() (int, *unix.Ucred, error) {
+	return l.accept(unix.SOCK_CLOEXEC)
+}
+
+// accept is Accept with accept4(2)'s flags.
+func (l *Listener) accept(flags int) (int, *unix.Ucred, error) {
 	for {
 		l.use.RLock()
 		fd := int(l.fd.Load())
@@ -492,7 +548,7 @@ func (l *Listener) Accept() (int, *unix.Ucred, error) {
 			l.use.RUnlock()
 			return -1, nil, &OpError{Op: "accept", Addr: l.path, Err: ErrClosed}
 		}
-		nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		nfd, _, err := unix.Accept4(fd, flags)
 		l.use.RUnlock()
 		if err == nil {
 			cred, err := unix.GetsockoptUcred(nfd, unix.SOL_SOCKET, unix.SO_PEERCRED)

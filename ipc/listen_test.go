@@ -1232,3 +1232,39 @@ func TestListenAbstract(t *testing.T) {
 	l3 := udsListen(t, name, ipc.ListenConfig{})
 	l3.Close()
 }
+
+// TestListenMissingDir checks that Listen names the socket's directory
+// when it does not exist or is not a directory (it used to blame the
+// lock file).
+func TestListenMissingDir(t *testing.T) {
+	t.Parallel()
+	dir := testutil.ShortDir(t, "pv")
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, dir string
+		want      error
+		says      string
+	}{
+		{"missing", filepath.Join(dir, "nope"), os.ErrNotExist, "does not exist"},
+		{"not-a-directory", file, unix.ENOTDIR, "is not a directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(tc.dir, "pv.sock")
+			l, err := ipc.Listen(path, ipc.ListenConfig{})
+			if err == nil {
+				l.Close()
+				t.Fatal("Listen succeeded")
+			}
+			if !errors.Is(err, tc.want) {
+				t.Errorf("Listen: %v, want %v", err, tc.want)
+			}
+			msg := err.Error()
+			if want := "socket directory " + tc.dir + " " + tc.says; !strings.Contains(msg, want) || strings.Contains(msg, "lock file") {
+				t.Errorf("Listen error %q, want it to say %q (and not blame the lock file)", msg, want)
+			}
+		})
+	}
+}

@@ -236,6 +236,7 @@ const (
 	CodeShutdown    uint16 = 6 // the peer is shutting down
 	CodeVersion     uint16 = 7 // no common protocol version
 	CodeProtocol    uint16 = 8 // protocol violation; the sender closes after this frame
+	CodeDenied      uint16 = 9 // the peer may not make this request (a control request from a user without the right)
 )
 
 // AppendError appends an error payload: a little-endian uint16 code

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,13 +41,27 @@ type ServerConfig struct {
 	// Name is sent in the server's hello (default "supervisor").
 	Name string
 	// Handler answers framed clients' status, message, shutdown and
-	// reload requests, and echo requests when ForwardEcho is set.
+	// reload requests, and echo requests when ForwardEcho is set. The
+	// requests that change state (message, shutdown, reload) reach it
+	// only from peers allowed to send them: see ControlUIDs.
 	Handler     Handler
 	ForwardEcho bool
 
-	// MaxConns bounds concurrent connections (default 1024); more are
-	// closed at once and logged.
+	// MaxConns bounds concurrent connections (default 1024). It is
+	// lowered, with a warning, to [MaxConnsLimit] when the open-file
+	// limit cannot hold that many. When the table is full, a newcomer
+	// takes the slot of the raw or unclassified connection that has
+	// been quiet longest and has nothing unread (a client that connected
+	// and sent nothing, typically); if there is none it is closed at
+	// once and logged. The last 8 slots (at most a quarter of
+	// MaxConns) are kept for the server's own uid and root.
 	MaxConns int
+	// MaxConnsPerUID bounds the connections of any one uid other than
+	// the server's own and root's; a newcomer over it takes the slot of
+	// that uid's quietest raw or unclassified connection, or is closed.
+	// Zero means a quarter of MaxConns (256 by default); negative means
+	// no bound.
+	MaxConnsPerUID int
 	// IdleTimeout closes a connection that sends nothing for this long
 	// (default 5m).
 	IdleTimeout time.Duration
@@ -59,15 +72,29 @@ type ServerConfig struct {
 	// connections are open are served through the runtime's poller
 	// (ConnConfig.Poll) rather than a thread each, so that a thousand
 	// clients do not mean a thousand threads. Default 16; -1 polls
-	// always.
+	// always. Raw and unclassified clients are always served through
+	// the poller.
 	PollAbove int
 
-	// AllowUIDs and AllowGIDs, when either is non-empty, restrict the
-	// clients served, beyond the socket file's mode: a peer is served if
-	// its uid is listed, its gid is listed, or it runs as our own uid.
-	// Refused peers are logged with their credentials and closed.
+	// AllowUIDs and AllowGIDs restrict the clients served beyond the
+	// socket file's mode: when either is non-empty, a peer is served if
+	// its uid is listed, its primary or a supplementary group is listed
+	// (or it may send control requests), or it runs as our own uid or
+	// root. An abstract socket ("@name") has no file mode to guard it,
+	// so with both lists empty it serves only our own uid and root.
+	// Refused peers are logged with their credentials (a few lines a
+	// second at most) and closed.
 	AllowUIDs []uint32
 	AllowGIDs []uint32
+
+	// ControlUIDs and ControlGIDs name the peers, besides our own uid
+	// and root, that may send requests that change state (message,
+	// reload, shutdown); a group matches a peer's primary or
+	// supplementary group. Anyone else served gets [CodeDenied] for
+	// them, logged; ping, echo and status are open to every peer served.
+	// Being listed here also lets a peer connect, as AllowUIDs does.
+	ControlUIDs []uint32
+	ControlGIDs []uint32
 
 	// Logger receives connection events. Nil discards them.
 	Logger hclog.Logger
@@ -80,22 +107,32 @@ type ServerStats struct {
 	Refused  int64 `json:"refused"`
 	Framed   int64 `json:"framed"`
 	Raw      int64 `json:"raw"`
+	Evicted  int64 `json:"evicted"` // quiet connections closed to make room for a newcomer
+	Denied   int64 `json:"denied"`  // control requests refused with CodeDenied
 }
 
 // Server serves connections accepted from a [Listener]: framed clients
 // speak the protocol, anything else is echoed byte for byte.
 type Server struct {
-	cfg ServerConfig
-	log hclog.Logger
-	l   *Listener
+	cfg        ServerConfig
+	log        hclog.Logger
+	l          *Listener
+	euid       uint32
+	reserve    int  // slots of MaxConns kept for the privileged
+	wantGroups bool // a group list needs peers' supplementary groups
 
 	mu       sync.Mutex
 	stopping bool // set once Serve winds down; nothing registers after
-	conns    map[*Conn]struct{}
-	raws     map[int]struct{} // raw clients' fds, shut down on stop
+	slots    map[*connSlot]struct{}
+	uids     map[uint32]*uidConns
+	n        int // connections in the table
 	wg       sync.WaitGroup
 
-	active, accepted, refused, framed, raw atomic.Int64
+	seq atomic.Uint64 // activity clock of the eviction order
+
+	refusedLog, fullLog, uidFullLog, evictLog, deniedLog *throttle
+
+	active, accepted, refused, framed, raw, evicted, denied atomic.Int64
 }
 
 // NewServer returns a Server for l. It takes ownership of l: Serve
@@ -116,24 +153,49 @@ func NewServer(l *Listener, cfg ServerConfig) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, l: l, conns: make(map[*Conn]struct{}), raws: make(map[int]struct{})}
+	if limit := MaxConnsLimit(); cfg.MaxConns > limit {
+		cfg.Logger.Warn("max_conns lowered to fit the open-file limit (RLIMIT_NOFILE)", "max_conns", cfg.MaxConns, "lowered_to", limit, "nofile", nofile())
+		cfg.MaxConns = limit
+	}
+	if cfg.MaxConnsPerUID == 0 {
+		cfg.MaxConnsPerUID = max(1, cfg.MaxConns/4)
+	}
+	log := cfg.Logger
+	return &Server{
+		cfg:        cfg,
+		log:        log,
+		l:          l,
+		euid:       uint32(os.Geteuid()),
+		reserve:    min(reservedConns, cfg.MaxConns/4),
+		wantGroups: len(cfg.AllowGIDs) > 0 || len(cfg.ControlGIDs) > 0,
+		slots:      make(map[*connSlot]struct{}),
+		uids:       make(map[uint32]*uidConns),
+		refusedLog: newThrottle(log, hclog.Warn, "refused peer"),
+		fullLog:    newThrottle(log, hclog.Warn, "too many connections; closing new one"),
+		uidFullLog: newThrottle(log, hclog.Warn, "too many connections from one uid; closing new one"),
+		evictLog:   newThrottle(log, hclog.Debug, "closed a quiet connection to make room"),
+		deniedLog:  newThrottle(log, hclog.Warn, "denied control request"),
+	}
 }
 
 // Stats returns the server's connection counters.
 func (s *Server) Stats() ServerStats {
-	return ServerStats{Active: s.active.Load(), Accepted: s.accepted.Load(), Refused: s.refused.Load(), Framed: s.framed.Load(), Raw: s.raw.Load()}
+	return ServerStats{Active: s.active.Load(), Accepted: s.accepted.Load(), Refused: s.refused.Load(),
+		Framed: s.framed.Load(), Raw: s.raw.Load(), Evicted: s.evicted.Load(), Denied: s.denied.Load()}
 }
 
 // Serve accepts and serves connections until ctx ends, then closes the
 // listener (removing its socket file), closes every connection and
 // returns once every goroutine it started has ended. Each connection is
-// served by its own goroutine, so a slow client only slows itself.
+// served by its own goroutine, so a slow client only slows itself; raw
+// and unclassified clients wait in the runtime's poller, not in a
+// thread each.
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.l.Close() })
 	defer stop()
 	var err error
 	for {
-		fd, cred, aerr := s.l.Accept()
+		fd, cred, aerr := s.l.accept(unix.SOCK_CLOEXEC | unix.SOCK_NONBLOCK)
 		if aerr != nil {
 			if !errors.Is(aerr, ErrClosed) {
 				err = aerr
@@ -141,145 +203,115 @@ func (s *Server) Serve(ctx context.Context) error {
 			break
 		}
 		s.accepted.Add(1)
-		if !s.allowed(cred) {
-			s.refused.Add(1)
-			s.log.Warn("refused peer", "uid", cred.Uid, "gid", cred.Gid, "pid", cred.Pid)
-			unix.Close(fd)
+		sl := s.admit(fd, cred)
+		if sl == nil {
 			continue
 		}
-		if s.active.Load() >= int64(s.cfg.MaxConns) {
-			s.refused.Add(1)
-			s.log.Warn("too many connections; closing new one", "max_conns", s.cfg.MaxConns, "pid", cred.Pid)
-			unix.Close(fd)
-			continue
-		}
-		s.active.Add(1)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.active.Add(-1)
-			s.serveConn(ctx, fd, cred)
+			s.serveConn(ctx, sl)
 		}()
 	}
 	s.l.Close()
 	s.mu.Lock()
 	s.stopping = true
-	for c := range s.conns {
-		c.shutdown() // its serveConn goroutine waits for the rest
-	}
-	for fd := range s.raws {
-		unix.Shutdown(fd, unix.SHUT_RDWR)
+	for sl := range s.slots {
+		if sl.conn != nil {
+			sl.conn.shutdown() // its serveConn goroutine waits for the rest
+		} else if sl.elem != nil {
+			sl.kick() // raw or unclassified
+		}
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	for _, t := range []*throttle{s.refusedLog, s.fullLog, s.uidFullLog, s.evictLog, s.deniedLog} {
+		t.stop()
+	}
 	return err
 }
 
-func (s *Server) allowed(c *unix.Ucred) bool {
-	if len(s.cfg.AllowUIDs) == 0 && len(s.cfg.AllowGIDs) == 0 {
-		return true
-	}
-	return c.Uid == uint32(os.Geteuid()) || slices.Contains(s.cfg.AllowUIDs, c.Uid) || slices.Contains(s.cfg.AllowGIDs, c.Gid)
-}
-
-// serveConn owns fd: it classifies the client by its first bytes and
+// serveConn owns sl: it classifies the client by its first bytes and
 // serves it as framed or raw until it goes away.
-func (s *Server) serveConn(ctx context.Context, fd int, cred *unix.Ucred) {
-	log := s.log.With("pid", cred.Pid, "uid", cred.Uid)
-	if !s.track(fd) {
-		unix.Close(fd)
-		return
-	}
-	prefix, framed, err := s.classify(fd)
+func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
+	log := s.log.With("pid", sl.cred.pid, "uid", sl.cred.uid)
+	prefix, framed, err := s.classify(sl)
 	if err != nil || !framed {
 		if err == nil {
 			s.raw.Add(1)
-			err = s.serveRaw(fd, prefix)
+			err = s.serveRaw(sl, prefix)
 		}
-		s.untrack(fd)
-		unix.Close(fd)
+		s.release(sl)
+		sl.f.Close()
 		if err != nil && !errors.Is(err, io.EOF) {
 			log.Debug("raw client ended", "error", err)
 		}
 		return
 	}
-	s.untrack(fd)
+	poll := s.active.Load() > int64(s.cfg.PollAbove)
+	fd, err := s.handoff(sl, poll)
+	if err != nil {
+		s.release(sl)
+		if !errors.Is(err, ErrClosed) {
+			log.Debug("framed client lost", "error", err)
+		}
+		return
+	}
 	s.framed.Add(1)
+	handler := s.cfg.Handler
+	if !sl.ctl {
+		handler = s.guard(sl.cred)
+	}
 	hctx, cancel := context.WithTimeout(ctx, handshakeWait)
 	c, err := newConn(hctx, fd, ConnConfig{
 		Name:        s.cfg.Name,
-		Handler:     s.cfg.Handler,
+		Handler:     handler,
 		ForwardEcho: s.cfg.ForwardEcho,
 		MaxPayload:  s.cfg.MaxPayload,
 		IdleTimeout: s.cfg.IdleTimeout,
-		Poll:        s.active.Load() > int64(s.cfg.PollAbove),
+		Poll:        poll,
 		Addr:        s.l.Addr(),
 		Logger:      log,
 	}, prefix)
 	cancel()
 	if err != nil {
+		s.release(sl)
 		log.Debug("framed client failed its hello", "error", err)
 		return
 	}
 	s.mu.Lock()
 	stopping := s.stopping
-	s.conns[c] = struct{}{}
+	sl.conn = c
 	s.mu.Unlock()
 	if stopping {
 		c.Close()
 	}
 	<-c.Done()
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
+	s.release(sl)
 	if err := c.Err(); err != nil && !errors.Is(err, ErrClosed) {
 		log.Warn("dropped client", "error", err)
 	}
 }
 
-// track registers a raw or unclassified fd for shutdown on stop; it
-// reports false when the server is already stopping.
-func (s *Server) track(fd int) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
-		return false
-	}
-	s.raws[fd] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(fd int) {
-	s.mu.Lock()
-	delete(s.raws, fd)
-	s.mu.Unlock()
-}
-
 // classify reads the client's first bytes. A first byte other than
 // Magic0 means a raw client, decided at once. After Magic0 it waits (up
 // to helloWait) for a whole header and checks that it is a hello.
-func (s *Server) classify(fd int) ([]byte, bool, error) {
-	if err := setRecvTimeout(fd, s.cfg.IdleTimeout); err != nil {
-		return nil, false, err
-	}
-	buf := make([]byte, HeaderSize, readBufSize)
-	n, err := readfd(fd, buf)
+func (s *Server) classify(sl *connSlot) ([]byte, bool, error) {
+	sl.f.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+	buf := make([]byte, HeaderSize)
+	n, err := sl.f.Read(buf)
 	if err != nil {
 		return nil, false, err
 	}
-	if n == 0 {
-		return nil, false, io.EOF
-	}
+	s.touch(sl)
 	if buf[0] != Magic0 {
 		return buf[:n], false, nil
 	}
 	if n < HeaderSize {
-		if err := setRecvTimeout(fd, helloWait); err != nil {
-			return nil, false, err
-		}
+		sl.f.SetReadDeadline(time.Now().Add(helloWait))
 		for n < HeaderSize {
-			k, err := readfd(fd, buf[n:])
-			if err != nil || k == 0 {
+			k, err := sl.f.Read(buf[n:])
+			if err != nil {
 				break // too slow or gone: raw
 			}
 			n += k
@@ -290,53 +322,106 @@ func (s *Server) classify(fd int) ([]byte, bool, error) {
 	return buf[:n], framed, nil
 }
 
+// rawBufs holds raw clients' read buffers. An idle raw client holds
+// none: it waits in the poller and takes a buffer only for the read
+// that follows.
+var rawBufs = sync.Pool{New: func() any { b := make([]byte, rawBufSize); return &b }}
+
+const rawBufSize = 32 << 10
+
 // serveRaw echoes everything the client sends, starting with first,
 // until it closes, errs or idles out.
-func (s *Server) serveRaw(fd int, first []byte) error {
-	if err := setRecvTimeout(fd, s.cfg.IdleTimeout); err != nil {
+func (s *Server) serveRaw(sl *connSlot, first []byte) error {
+	sl.readFn, sl.writeFn = sl.rawRead, sl.rawWrite
+	if err := sl.write(first, s.cfg.IdleTimeout); err != nil {
 		return err
 	}
-	buf := make([]byte, 0, 32<<10)
-	buf = append(buf, first...)
 	for {
-		if err := writeAll(fd, buf, s.cfg.IdleTimeout); err != nil {
-			return err
+		sl.f.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		sl.rbuf, sl.rn, sl.rerr = nil, 0, nil
+		err := sl.rc.Read(sl.readFn)
+		buf, n := sl.rbuf, sl.rn
+		sl.rbuf = nil
+		if err == nil {
+			err = sl.rerr
 		}
-		n, err := readfd(fd, buf[:cap(buf)])
+		if err == nil && n > 0 {
+			s.touch(sl)
+			err = sl.write((*buf)[:n], s.cfg.IdleTimeout)
+		}
+		if buf != nil {
+			rawBufs.Put(buf)
+		}
 		if err != nil {
+			if errors.Is(err, unix.ECONNRESET) {
+				return io.EOF // the client closed with our echo unread
+			}
 			return err
 		}
 		if n == 0 {
 			return nil
 		}
-		buf = buf[:n]
 	}
 }
 
-// writeAll writes p to fd, waiting up to timeout whenever the socket
-// buffer is full.
-func writeAll(fd int, p []byte, timeout time.Duration) error {
-	for len(p) > 0 {
-		n, err := unix.SendmsgN(fd, p, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		switch {
-		case err == nil:
-			p = p[n:]
-		case errors.Is(err, unix.EINTR):
-		case errors.Is(err, unix.EAGAIN):
-			if err := waitWritable(fd, time.Now().Add(timeout), nil); err != nil {
-				return err
-			}
+// rawRead is serveRaw's RawConn.Read callback: one read(2) into a
+// pooled buffer, given back if there is nothing to read yet.
+func (sl *connSlot) rawRead(fd uintptr) bool {
+	buf := rawBufs.Get().(*[]byte)
+	n, err := readfd(int(fd), *buf)
+	if err == unix.EAGAIN {
+		rawBufs.Put(buf)
+		return false
+	}
+	sl.rbuf, sl.rn = buf, n
+	if err != nil {
+		sl.rerr = os.NewSyscallError("read", err)
+	}
+	return true
+}
+
+// write writes p to the raw client, waiting for room in the socket
+// buffer through the poller for up to timeout.
+func (sl *connSlot) write(p []byte, timeout time.Duration) error {
+	if len(p) == 0 {
+		return nil
+	}
+	sl.f.SetWriteDeadline(time.Now().Add(timeout))
+	sl.wp, sl.werr = p, nil
+	err := sl.rc.Write(sl.writeFn)
+	sl.wp = nil
+	if err == nil {
+		err = sl.werr
+	}
+	return err
+}
+
+// rawWrite is write's RawConn.Write callback.
+func (sl *connSlot) rawWrite(fd uintptr) bool {
+	for len(sl.wp) > 0 {
+		n, err := unix.SendmsgN(int(fd), sl.wp, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		switch err {
+		case nil:
+			sl.wp = sl.wp[n:]
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
 		default:
-			return os.NewSyscallError("sendmsg", err)
+			sl.werr = os.NewSyscallError("sendmsg", err)
+			return true
 		}
 	}
-	return nil
+	return true
 }
 
 // Dial connects to the server at path (or "@name"), exchanges hellos
 // and returns the Conn, which the caller must Close. ctx bounds the
-// connect and the hello. Errors name the cause: the socket does not
-// exist (errors.Is(err, os.ErrNotExist)), permission denied
+// connect and the hello. Before it sends anything, Dial checks who the
+// server is (SO_PEERCRED): root, the caller's effective uid, or one of
+// cfg.TrustUIDs; anyone else (another user who bound the name first)
+// fails with [ErrUntrustedPeer], naming the server's uid and pid.
+// Other errors name the cause: the socket does not exist
+// (errors.Is(err, os.ErrNotExist)), permission denied
 // (os.ErrPermission), nobody listening (unix.ECONNREFUSED), or the
 // deadline. While the server's accept queue is full, Dial keeps trying
 // to connect until ctx ends.
@@ -384,12 +469,17 @@ func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
 			err = ctx.Err()
 		}
 	}
-	if err == nil {
-		err = unix.SetNonblock(fd, false)
-	}
 	if err != nil {
 		unix.Close(fd)
 		return nil, &OpError{Op: "dial", Addr: path, Err: fmt.Errorf("connect: %w", err)}
+	}
+	if err := checkServerCred(fd, cfg.TrustUIDs); err != nil {
+		unix.Close(fd)
+		return nil, &OpError{Op: "dial", Addr: path, Err: err}
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, &OpError{Op: "dial", Addr: path, Err: os.NewSyscallError("fcntl", err)}
 	}
 	return newConn(ctx, fd, cfg, nil)
 }
