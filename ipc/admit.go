@@ -24,12 +24,13 @@ import (
 // Raw and not-yet-classified connections are evictable: when a new
 // client finds the table full (or its uid's share used up), the one
 // that has been quiet longest makes room, provided nothing it sent is
-// still unread in its receive queue. So clients that connect and send
-// nothing cannot keep out one that talks: a framed client's hello is in
-// its receive queue from the moment it connects until the server reads
-// it, and then the connection is framed and no longer evictable. The
-// decision rests on the kernel's queue, not on a clock, so it holds
-// however fast the flood comes.
+// still unread in its receive queue (unless it is a raw client that
+// does not read its echo, so that the server cannot read on). So
+// clients that connect and send nothing cannot keep out one that talks:
+// a framed client's hello is in its receive queue from the moment it
+// connects until the server reads it, and then the connection is framed
+// and no longer evictable. The decision rests on the kernel's queue,
+// not on a clock, so it holds however fast the flood comes.
 
 const (
 	// reservedConns slots of MaxConns (at most a quarter of it) are
@@ -91,6 +92,8 @@ type connSlot struct {
 
 	// stamp is Server.seq at the connection's last sign of life.
 	stamp atomic.Uint64
+	// stalled is set while a raw echo waits for the client to read.
+	stalled atomic.Bool
 
 	// serveRaw's state, shared with its RawConn callbacks.
 	rbuf            *[]byte
@@ -237,9 +240,10 @@ func (s *Server) room(sl *connSlot) (victim *connSlot, refuse string) {
 }
 
 // idlest returns the evictable connection, among those of the uids ok
-// accepts, that has been quiet longest and has nothing unread; nil if
-// there is none, or if evictScan candidates in a row had bytes unread.
-// Called with mu held.
+// accepts, that has been quiet longest and has nothing unread (or does
+// not read its echo, so that we cannot read on); nil if there is none,
+// or if evictScan candidates in a row had bytes unread. Called with mu
+// held.
 //
 // Each uid's idle list is kept in the order of its connections' last
 // activity lazily: a connection active since it was queued is moved to
@@ -263,7 +267,7 @@ func (s *Server) idlest(ok func(uid uint32) bool) *connSlot {
 		}
 		if st := best.stamp.Load(); st != best.queued {
 			moved++
-		} else if checked++; best.unread() {
+		} else if checked++; best.unread() && !best.stalled.Load() {
 			s.touch(best) // it has spoken; we just have not listened yet
 		} else {
 			return best

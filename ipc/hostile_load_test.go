@@ -418,3 +418,38 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 		t.Errorf("the server ran out of descriptors; stderr:\n%s", stderr)
 	}
 }
+
+// TestHostileSlowReadersSameUID fills the table with raw clients of our
+// own uid that send and never read their echo, so that the server is
+// stuck writing to each with more of their bytes unread: a framed
+// client still gets in.
+func TestHostileSlowReadersSameUID(t *testing.T) {
+	t.Parallel()
+	const maxConns = 8
+	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{MaxConns: maxConns})
+	chunk := udsRandom(64 << 10)
+	for _, fd := range hostileIdle(t, s.path, maxConns) {
+		udsFill(t, fd, chunk)
+	}
+	udsPoll(t, "the slow readers to be served", func() bool { return s.srv.Stats().Raw == maxConns }, nil)
+	const attempts = 10
+	var errs []string
+	for range attempts {
+		ctx := udsCtx(t, udsWait)
+		c, err := ipc.Dial(ctx, s.path, ipc.ConnConfig{Name: "legit"})
+		if err == nil {
+			_, err = c.Ping(ctx)
+			c.Close()
+			if err == nil {
+				break
+			}
+		}
+		errs = append(errs, err.Error())
+	}
+	if len(errs) == attempts {
+		t.Fatalf("%d Dial+Ping attempts with the table full of slow readers failed: %q; stats %+v", attempts, errs, s.srv.Stats())
+	}
+	if st := s.srv.Stats(); st.Evicted == 0 {
+		t.Errorf("stats %+v, want a slow reader evicted", st)
+	}
+}

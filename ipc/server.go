@@ -390,6 +390,7 @@ func (sl *connSlot) write(p []byte, timeout time.Duration) error {
 	sl.wp, sl.werr = p, nil
 	err := sl.rc.Write(sl.writeFn)
 	sl.wp = nil
+	sl.stalled.Store(false)
 	if err == nil {
 		err = sl.werr
 	}
@@ -405,6 +406,7 @@ func (sl *connSlot) rawWrite(fd uintptr) bool {
 			sl.wp = sl.wp[n:]
 		case unix.EINTR:
 		case unix.EAGAIN:
+			sl.stalled.Store(true) // evictable: see idlest
 			return false
 		default:
 			sl.werr = os.NewSyscallError("sendmsg", err)
