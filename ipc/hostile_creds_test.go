@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
@@ -382,6 +384,7 @@ func TestHostileDialUntrusted(t *testing.T) {
 		c.Close()
 		t.Errorf("Dial to a server run by uid %d succeeded", hostileNobody)
 	} else {
+		t.Logf("Dial: %v", err)
 		if !errors.Is(err, ipc.ErrUntrustedPeer) {
 			t.Errorf("Dial: %v, want ErrUntrustedPeer", err)
 		}
@@ -432,6 +435,7 @@ func TestHostileListenAbstractHeld(t *testing.T) {
 		t.Errorf("Listen: %v, want ErrInUse", err)
 	}
 	msg := err.Error()
+	t.Logf("Listen: %v", err)
 	for _, want := range []string{name, fmt.Sprintf("uid %d", hostileNobody), fmt.Sprintf("pid %d", srv.cmd.Process.Pid)} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("Listen error %q does not say %q", msg, want)
@@ -459,13 +463,20 @@ func TestHostileRefusedFlood(t *testing.T) {
 		t.Fatalf("flood: %q", got)
 	}
 	udsPoll(t, "every flood connection to be refused", func() bool { return s.srv.Stats().Refused == n }, func() string { return fmt.Sprintf("%+v", s.srv.Stats()) })
-	elapsed := time.Since(start)
+	hostileLogBounded(t, s.logs, "refused peer", n, start)
+}
+
+// hostileLogBounded checks that the log accounts for n events of the
+// kind msg (lines plus the counts of summary lines), and that it spent
+// at most 5 lines and one summary per second since start on them.
+func hostileLogBounded(t *testing.T, logs *udsLog, msg string, n int, start time.Time) {
+	t.Helper()
 	countRe := regexp.MustCompile(`count=(\d+)`)
 	var lines, summaries, suppressed int
 	tally := func() bool {
 		lines, summaries, suppressed = 0, 0, 0
-		for _, l := range strings.Split(s.logs.String(), "\n") {
-			if !strings.Contains(l, "refused peer") {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if !strings.Contains(l, msg+":") {
 				continue
 			}
 			if m := countRe.FindStringSubmatch(l); m != nil && strings.Contains(l, "suppressed") {
@@ -479,14 +490,38 @@ func TestHostileRefusedFlood(t *testing.T) {
 		return lines+suppressed == n
 	}
 	// The last summary is written once its second has passed.
-	udsPoll(t, "the log to account for every refused peer", tally, func() string {
-		return fmt.Sprintf("%d lines + %d suppressed (in %d summaries) != %d refused", lines, suppressed, summaries, n)
+	udsPoll(t, "the log to account for every "+msg, tally, func() string {
+		return fmt.Sprintf("%d lines + %d suppressed (in %d summaries) != %d events", lines, suppressed, summaries, n)
 	})
-	elapsed = time.Since(start)
+	elapsed := time.Since(start)
 	// A few lines per second, and one summary per second at most.
 	seconds := int(elapsed/time.Second) + 2
-	t.Logf("%d refused peers in %v: %d lines, %d summaries", n, elapsed.Round(time.Millisecond), lines, summaries)
+	t.Logf("%d × %q in %v: %d lines, %d summaries", n, msg, elapsed.Round(time.Millisecond), lines, summaries)
 	if lines > 5*seconds || summaries > seconds {
-		t.Errorf("%d refused peers in %v logged %d lines and %d summaries; want at most %d and %d", n, elapsed, lines, summaries, 5*seconds, seconds)
+		t.Errorf("%d × %q in %v: %d lines and %d summaries; want at most %d and %d", n, msg, elapsed, lines, summaries, 5*seconds, seconds)
 	}
+}
+
+// TestHostileFullFlood checks the same for a flood of clients that find
+// the table full of framed clients, which are never evicted.
+func TestHostileFullFlood(t *testing.T) {
+	t.Parallel()
+	const (
+		maxConns = 4
+		n        = 1000
+	)
+	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{MaxConns: maxConns})
+	for range maxConns {
+		udsDial(t, s.path)
+	}
+	start := time.Now()
+	for i := range n {
+		fd, err := udsConnect(s.path)
+		if err != nil {
+			t.Fatalf("connect %d: %v", i, err)
+		}
+		unix.Close(fd)
+	}
+	udsPoll(t, "every flood connection to be refused", func() bool { return s.srv.Stats().Refused == n }, func() string { return fmt.Sprintf("%+v", s.srv.Stats()) })
+	hostileLogBounded(t, s.logs, "too many connections; closing new one", n, start)
 }
