@@ -86,16 +86,28 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
 	}
+	var err error
 	if socket != "" {
-		if clients < 1 || size < 0 || size > ipc.MaxPayload || loadFor <= 0 {
-			fmt.Fprintln(stderr, "supervisor bench: --clients and --duration must be positive, --size within 0..16 MiB")
-			return exitUsage
-		}
-		return runLoad(stdout, stderr, socket, clients, size, loadFor, asJSON)
+		limit := fdLimit()
+		err = firstError(
+			between("clients", clients, 1, max(limit-fdReserve, 1), fmt.Sprintf("RLIMIT_NOFILE is %d, one descriptor per client", limit)),
+			between("size", size, 0, ipc.MaxPayload, "the largest message is 16 MiB"),
+			positive("duration", loadFor),
+		)
+	} else {
+		err = firstError(
+			atLeast("pings", pings, 1),
+			atLeast("warmup", warmup, 0),
+			positive("echo-seconds", echoFor),
+			atLeast("spawns", spawns, 1),
+		)
 	}
-	if pings < 1 || warmup < 0 || spawns < 1 || echoFor <= 0 {
-		fmt.Fprintln(stderr, "supervisor bench: --pings, --spawns and --echo-seconds must be positive")
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor bench:", err)
 		return exitUsage
+	}
+	if socket != "" {
+		return runLoad(stdout, stderr, socket, clients, size, loadFor, asJSON)
 	}
 	res, err := runBench(pings, warmup, echoFor, spawns)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 // reason turns a client error into the one-line reason scripts see.
 func reason(path string, err error) string {
+	var remote *ipc.RemoteError
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return "no such socket: " + path
@@ -37,8 +39,8 @@ func reason(path string, err error) string {
 		return "not a socket: " + path
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout: " + path + " did not answer in time"
-	case errors.As(err, new(*ipc.RemoteError)):
-		return err.Error() // the server said why
+	case errors.As(err, &remote):
+		return path + ": " + remote.Message // the server said why
 	case errors.Is(err, ipc.ErrClosed), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.EPIPE):
 		// A server that refuses a peer closes the connection at once,
 		// usually before reading its hello: the client then sees EOF,
@@ -59,7 +61,15 @@ func (f *clientFlags) register(fs interface {
 	DurationVar(*time.Duration, string, time.Duration, string)
 }, timeout time.Duration) {
 	fs.StringVar(&f.socket, "socket", "", "socket path of the server, or @name (required)")
-	fs.DurationVar(&f.timeout, "timeout", timeout, "give up after this long")
+	fs.DurationVar(&f.timeout, "timeout", timeout, "give up after this long (positive)")
+}
+
+// check validates the flags; its errors are usage errors.
+func (f *clientFlags) check() error {
+	if f.socket == "" {
+		return errors.New("--socket is required")
+	}
+	return positive("timeout", f.timeout)
 }
 
 func (f *clientFlags) dial(ctx context.Context) (*ipc.Conn, error) {
@@ -74,13 +84,13 @@ func pingCmd(args []string, stdout, stderr io.Writer) int {
 		interval time.Duration
 	)
 	cf.register(fs, time.Second)
-	fs.IntVar(&count, "count", 1, "number of pings")
-	fs.DurationVar(&interval, "interval", time.Second, "time between pings")
+	fs.IntVar(&count, "count", 1, "number of pings (at least 1)")
+	fs.DurationVar(&interval, "interval", time.Second, "time between pings (0: none)")
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
 	}
-	if cf.socket == "" || count < 1 || cf.timeout <= 0 {
-		fmt.Fprintln(stderr, "supervisor ping: --socket is required, --count and --timeout must be positive")
+	if err := firstError(cf.check(), atLeast("count", count, 1), zeroOrPositive("interval", interval, "no pause")); err != nil {
+		fmt.Fprintln(stderr, "supervisor ping:", err)
 		return exitUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
@@ -115,23 +125,25 @@ func echoCmd(args []string, stdout, stderr io.Writer) int {
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
 	}
-	if cf.socket == "" {
-		fmt.Fprintln(stderr, "supervisor echo: --socket is required")
+	if err := cf.check(); err != nil {
+		fmt.Fprintln(stderr, "supervisor echo:", err)
 		return exitUsage
 	}
 	var msg []byte
 	if fs.NArg() > 0 {
 		msg = []byte(strings.Join(fs.Args(), " ") + "\n")
 	} else {
+		// Read one byte more than a message can hold, to tell a full
+		// message from a larger one without reading the rest.
 		var err error
 		if msg, err = io.ReadAll(io.LimitReader(os.Stdin, ipc.MaxPayload+1)); err != nil {
 			fmt.Fprintln(stderr, "supervisor echo: reading stdin:", err)
 			return exitFail
 		}
-		if len(msg) > ipc.MaxPayload {
-			fmt.Fprintf(stderr, "supervisor echo: stdin is over the %d-byte frame limit\n", ipc.MaxPayload)
-			return exitFail
-		}
+	}
+	if len(msg) > ipc.MaxPayload {
+		fmt.Fprintf(stderr, "supervisor echo: the message is larger than %d MiB (%d bytes), the most one echo carries\n", ipc.MaxPayload>>20, ipc.MaxPayload)
+		return exitFail
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
 	defer cancel()
@@ -165,8 +177,8 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
 	}
-	if cf.socket == "" {
-		fmt.Fprintln(stderr, "supervisor status: --socket is required")
+	if err := cf.check(); err != nil {
+		fmt.Fprintln(stderr, "supervisor status:", err)
 		return exitUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
@@ -228,8 +240,8 @@ func reloadCmd(args []string, stdout, stderr io.Writer) int {
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
 	}
-	if cf.socket == "" {
-		fmt.Fprintln(stderr, "supervisor reload: --socket is required")
+	if err := cf.check(); err != nil {
+		fmt.Fprintln(stderr, "supervisor reload:", err)
 		return exitUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
@@ -250,17 +262,26 @@ func reloadCmd(args []string, stdout, stderr io.Writer) int {
 
 // frontDoor answers framed clients of `run --socket`: echoes and
 // messages go to the workers, status and reload to the supervisor.
+// With no worker ready, echoes and messages are refused at once (an
+// unavailable error that says so) rather than left to wait for one
+// until the client gives up.
 func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.Handler {
+	rd := &readiness{sup: sup}
 	return func(ctx context.Context, req ipc.Request) ([]byte, error) {
 		var (
 			out []byte
 			err error
 		)
 		switch req.Type {
-		case ipc.TypeEcho:
-			out, err = sup.Echo(ctx, req.Payload, nil)
-		case ipc.TypeMessage:
-			out, err = sup.Call(ctx, ipc.TypeMessage, req.Payload, nil)
+		case ipc.TypeEcho, ipc.TypeMessage:
+			if why, none := rd.none(); none {
+				return nil, &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: why}
+			}
+			if req.Type == ipc.TypeEcho {
+				out, err = sup.Echo(ctx, req.Payload, nil)
+			} else {
+				out, err = sup.Call(ctx, ipc.TypeMessage, req.Payload, nil)
+			}
 		case ipc.TypeReload:
 			err = sup.Reload(ctx)
 		case ipc.TypeStatus:
@@ -273,4 +294,41 @@ func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.
 		}
 		return out, err
 	}
+}
+
+// readinessTTL is how long the front door trusts that some worker is
+// ready before it looks again.
+const readinessTTL = 50 * time.Millisecond
+
+// readiness tells the front door whether any worker is ready. A
+// positive answer is kept for readinessTTL, so the request path costs
+// an atomic load and a clock read, not a Status (which allocates and
+// takes every slot's lock); a negative one is always checked afresh.
+type readiness struct {
+	sup     *supervisor.Supervisor
+	checked atomic.Int64 // time.Now().UnixNano() when some worker was last seen ready
+}
+
+// none reports whether no worker is ready, and then why.
+func (r *readiness) none() (string, bool) {
+	if time.Now().UnixNano()-r.checked.Load() < int64(readinessTTL) {
+		return "", false
+	}
+	st := r.sup.Status()
+	counts := map[supervisor.State]int{}
+	for _, w := range st.Workers {
+		if w.State == supervisor.StateReady {
+			r.checked.Store(time.Now().UnixNano())
+			return "", false
+		}
+		counts[w.State]++
+	}
+	var parts []string
+	for _, s := range []supervisor.State{supervisor.StateStarting, supervisor.StateBackoff, supervisor.StateHung,
+		supervisor.StateStopping, supervisor.StateExited, supervisor.StateFailed, supervisor.StateStopped} {
+		if counts[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
+		}
+	}
+	return fmt.Sprintf("no ready worker (of %d: %s)", len(st.Workers), strings.Join(parts, ", ")), true
 }

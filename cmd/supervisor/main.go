@@ -101,6 +101,10 @@ func usage(w io.Writer) {
 }
 
 func versionCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("version", "version", stderr)
+	if st, ok := parseFlags(fs, args, stdout); !ok {
+		return st
+	}
 	fmt.Fprintf(stdout, "supervisor %s (protocol %d)\n", version, protocolVersion)
 	return exitOK
 }
@@ -110,8 +114,13 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: supervisor %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "Usage: supervisor %s\n", synopsis)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintf(fs.Output(), "\nFlags:\n")
+			fs.PrintDefaults()
+		}
 	}
 	return fs
 }

@@ -37,26 +37,46 @@ type supervisorFlags struct {
 }
 
 func (f *supervisorFlags) register(fs *flag.FlagSet) {
-	fs.IntVar(&f.workers, "workers", 2, "number of workers to run")
-	fs.DurationVar(&f.pingInterval, "ping-interval", supervisor.DefaultPingInterval, "time between health pings to each worker")
-	fs.DurationVar(&f.pingTimeout, "ping-timeout", supervisor.DefaultPingTimeout, "time a worker has to answer a ping")
-	fs.IntVar(&f.pingMisses, "ping-misses", supervisor.DefaultPingMisses, "consecutive unanswered pings that declare a worker hung (it is then killed and restarted)")
-	fs.DurationVar(&f.startTimeout, "start-timeout", supervisor.DefaultStartTimeout, "time a new worker has to say hello before it is killed")
-	fs.DurationVar(&f.stopTimeout, "stop-timeout", supervisor.DefaultStopTimeout, "graceful stop: shutdown message, SIGTERM at half this, SIGKILL at the end")
+	fs.IntVar(&f.workers, "workers", 2, "number of workers to run, at most what RLIMIT_NOFILE allows")
+	fs.DurationVar(&f.pingInterval, "ping-interval", supervisor.DefaultPingInterval, "time between health pings to each worker (positive)")
+	fs.DurationVar(&f.pingTimeout, "ping-timeout", supervisor.DefaultPingTimeout, "time a worker has to answer a ping (positive)")
+	fs.IntVar(&f.pingMisses, "ping-misses", supervisor.DefaultPingMisses, "consecutive unanswered pings that declare a worker hung (it is then killed and restarted; at least 1)")
+	fs.DurationVar(&f.startTimeout, "start-timeout", supervisor.DefaultStartTimeout, "time a new worker has to say hello before it is killed (positive)")
+	fs.DurationVar(&f.stopTimeout, "stop-timeout", supervisor.DefaultStopTimeout, "graceful stop: shutdown message, SIGTERM at half this, SIGKILL at the end (positive)")
 	fs.StringVar(&f.restart, "restart", "on-failure", "restart policy: always, on-failure or never")
-	fs.DurationVar(&f.healthyAfter, "healthy-after", supervisor.DefaultHealthyAfter, "time a worker must stay ready for its restart backoff to reset")
+	fs.DurationVar(&f.healthyAfter, "healthy-after", supervisor.DefaultHealthyAfter, "time a worker must stay ready for its restart backoff to reset (positive)")
 	fs.IntVar(&f.maxRestarts, "max-restarts", 0, "give up and exit 1 after more than this many restarts within --restart-window (0: no limit)")
-	fs.DurationVar(&f.restartWindow, "restart-window", supervisor.DefaultRestartWindow, "window for --max-restarts")
+	fs.DurationVar(&f.restartWindow, "restart-window", supervisor.DefaultRestartWindow, "window for --max-restarts (positive)")
 }
 
-func (f *supervisorFlags) config(log hclog.Logger) (supervisor.Config, error) {
-	policy, err := supervisor.ParseRestartPolicy(f.restart)
-	if err != nil {
-		return supervisor.Config{}, err
+// check validates the flags; its errors are usage errors.
+func (f *supervisorFlags) check() error {
+	if _, err := supervisor.ParseRestartPolicy(f.restart); err != nil {
+		return fmt.Errorf("--restart must be always, on-failure or never, got %q", f.restart)
 	}
-	if f.workers < 1 {
-		return supervisor.Config{}, fmt.Errorf("--workers must be at least 1, got %d", f.workers)
+	limit := fdLimit()
+	maxWorkers := max((limit-fdReserve)/fdsPerWorker, 1)
+	if err := between("workers", f.workers, 1, maxWorkers,
+		fmt.Sprintf("RLIMIT_NOFILE is %d, and each worker holds up to %d descriptors", limit, fdsPerWorker)); err != nil {
+		return err
 	}
+	if f.maxRestarts < 0 {
+		return fmt.Errorf("--max-restarts must be 0 (no limit) or positive, got %d", f.maxRestarts)
+	}
+	return firstError(
+		positive("ping-interval", f.pingInterval),
+		positive("ping-timeout", f.pingTimeout),
+		atLeast("ping-misses", f.pingMisses, 1),
+		positive("start-timeout", f.startTimeout),
+		positive("stop-timeout", f.stopTimeout),
+		positive("healthy-after", f.healthyAfter),
+		positive("restart-window", f.restartWindow),
+	)
+}
+
+// config returns the supervisor.Config of flags that passed check.
+func (f *supervisorFlags) config(log hclog.Logger) supervisor.Config {
+	policy, _ := supervisor.ParseRestartPolicy(f.restart)
 	return supervisor.Config{
 		Workers:       f.workers,
 		PingInterval:  f.pingInterval,
@@ -69,8 +89,12 @@ func (f *supervisorFlags) config(log hclog.Logger) (supervisor.Config, error) {
 		MaxRestarts:   f.maxRestarts,
 		RestartWindow: f.restartWindow,
 		Logger:        log,
-	}, nil
+	}
 }
+
+// killAfterStop bounds how long a stop may take beyond --stop-timeout
+// before the CLI kills whatever is left.
+const killAfterStop = 5 * time.Second
 
 func runCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("run", "run [--workers N] [--duration D] [--socket PATH] [flags]", stderr)
@@ -85,26 +109,31 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	sf.register(fs)
 	lf.register(fs)
 	lsf.register(fs, false)
-	fs.DurationVar(&duration, "duration", 0, "stop by itself after this long and print a summary (0: run until SIGINT/SIGTERM)")
+	fs.DurationVar(&duration, "duration", 0, "stop by itself after this long and print a summary; exit 1 if any echo or worker failed (0: run until SIGINT/SIGTERM)")
 	fs.DurationVar(&echoInterval, "echo-interval", 50*time.Millisecond, "time between echo requests sent to the workers (0: no echo traffic)")
-	fs.IntVar(&echoMax, "echo-max", 64<<10, "largest echo payload in bytes; sizes are drawn between 0 and this")
+	fs.IntVar(&echoMax, "echo-max", 64<<10, "largest echo payload in bytes, 0 to 16 MiB; sizes are drawn between 0 and this")
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
+	}
+	err := firstError(
+		sf.check(),
+		zeroOrPositive("duration", duration, "none: run until SIGINT or SIGTERM"),
+		zeroOrPositive("echo-interval", echoInterval, "no echo traffic"),
+		between("echo-max", echoMax, 0, ipc.MaxPayload, "the largest message is 16 MiB"),
+	)
+	if err == nil {
+		err = lsf.check(fs, fdReserve+sf.workers*fdsPerWorker)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "supervisor run:", err)
+		return exitUsage
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor run:", err)
 		return exitUsage
 	}
-	cfg, err := sf.config(log)
-	if err != nil {
-		fmt.Fprintln(stderr, "supervisor run:", err)
-		return exitUsage
-	}
-	if echoMax < 0 {
-		fmt.Fprintln(stderr, "supervisor run: --echo-max must not be negative")
-		return exitUsage
-	}
+	cfg := sf.config(log)
 	sup, err := supervisor.New(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor run:", err)
@@ -133,8 +162,12 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	}
 
 	start := time.Now()
-	var tr traffic
-	done := make(chan struct{}, 2)
+	var (
+		tr       traffic
+		serveErr error
+	)
+	done := make(chan struct{}, 3)
+	runDone := make(chan struct{})
 	go func() {
 		defer func() { done <- struct{}{} }()
 		tr.run(ctx, sup, echoInterval, echoMax, log)
@@ -143,18 +176,45 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		defer func() { done <- struct{}{} }()
 		if srv != nil {
 			log.Info("serving", "socket", lsf.socket)
-			if err := srv.Serve(ctx); err != nil {
-				log.Error("socket server failed", "error", err)
+			if serveErr = srv.Serve(ctx); serveErr != nil {
+				log.Error("socket server failed", "error", serveErr)
 			}
 		}
 	}()
+	go func() {
+		// However the stop goes, the run ends: what is still running
+		// killAfterStop past the stop timeout is killed.
+		defer func() { done <- struct{}{} }()
+		select {
+		case <-runDone:
+			return
+		case <-ctx.Done():
+		}
+		select {
+		case <-runDone:
+		case <-time.After(cfg.StopTimeout + killAfterStop):
+			log.Warn("the stop is taking too long; killing the workers", "stop_timeout", cfg.StopTimeout)
+			sup.Kill()
+		}
+	}()
 	runErr := sup.Run(ctx)
+	close(runDone)
 	cancel()
 	<-done
 	<-done
+	<-done
 
+	// The exit status. A run with --duration is a test: it fails if
+	// anything failed. A run without is a service, and a clean stop by
+	// SIGINT or SIGTERM is a success whatever workers did during its
+	// life (their failures are in the log and in status). Both fail on
+	// a crash loop, a failed socket server, or an echo that came back
+	// different.
 	st := sup.Stats()
-	ok := runErr == nil && st.Failures == 0 && tr.mismatches.Load() == 0 && tr.errors.Load() == 0
+	ok := runErr == nil && serveErr == nil && tr.mismatches.Load() == 0
+	if duration > 0 {
+		ok = ok && st.Failures == 0 && tr.errors.Load() == 0
+	}
 	printSummary(stdout, time.Since(start), cfg.Workers, st, &tr, ok)
 	if runErr != nil {
 		fmt.Fprintln(stderr, "supervisor run:", runErr)

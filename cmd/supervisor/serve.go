@@ -41,6 +41,10 @@ func serveCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "supervisor serve: --socket is required")
 		return exitUsage
 	}
+	if err := lf.check(fs, fdReserve); err != nil {
+		fmt.Fprintln(stderr, "supervisor serve:", err)
+		return exitUsage
+	}
 	log, err := lgf.logger(stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor serve:", err)

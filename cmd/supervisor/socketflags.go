@@ -18,6 +18,8 @@ import (
 )
 
 // listenFlags are the flags of the commands that listen on a socket.
+// (Flags for further server options belong here too: register them in
+// register, resolve and check them in check, pass them on in listen.)
 type listenFlags struct {
 	socket      string
 	mode        string
@@ -26,6 +28,12 @@ type listenFlags struct {
 	allowGIDs   idList
 	maxConns    int
 	idleTimeout time.Duration
+
+	// Set by check.
+	fileMode   os.FileMode
+	gid        int
+	uids, gids []uint32
+	connsNote  string // why maxConns is lower than its default, if it is
 }
 
 func (f *listenFlags) register(fs *flag.FlagSet, required bool) {
@@ -34,43 +42,74 @@ func (f *listenFlags) register(fs *flag.FlagSet, required bool) {
 		help += " (optional: also serve ping, echo, status and reload there)"
 	}
 	fs.StringVar(&f.socket, "socket", "", help)
-	fs.StringVar(&f.mode, "mode", "0600", "socket file permissions, octal")
+	fs.StringVar(&f.mode, "mode", "0600", "socket file permissions, octal, 0001 to 0777")
 	fs.StringVar(&f.group, "group", "", "give the socket file to this group (name or gid); use with --mode 0660")
 	fs.Var(&f.allowUIDs, "allow-uid", "serve only peers with this uid (name or number; repeatable; our own uid is always served)")
 	fs.Var(&f.allowGIDs, "allow-gid", "serve also peers with this gid (name or number; repeatable)")
-	fs.IntVar(&f.maxConns, "max-conns", ipc.DefaultMaxConns, "most concurrent client connections")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", ipc.DefaultIdleTimeout, "close client connections idle for this long")
+	fs.IntVar(&f.maxConns, "max-conns", ipc.DefaultMaxConns, "most concurrent client connections, at most what RLIMIT_NOFILE leaves")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", ipc.DefaultIdleTimeout, "close client connections idle for this long (positive)")
+}
+
+// check validates the flags and resolves the names in them; its errors
+// are usage errors. fdsInUse is how many descriptors the command needs
+// besides its clients': --max-conns must fit in RLIMIT_NOFILE with
+// them. A --max-conns left at its default is lowered to fit instead,
+// and connsNote says so.
+func (f *listenFlags) check(fs *flag.FlagSet, fdsInUse int) error {
+	mode, err := strconv.ParseUint(f.mode, 8, 32)
+	if err != nil || mode > 0o777 || mode == 0 {
+		return fmt.Errorf("--mode must be an octal permission from 0001 to 0777 (like 0600 or 0660), got %q", f.mode)
+	}
+	f.fileMode = os.FileMode(mode)
+	if f.socket != "" && f.socket[0] != '@' && len(f.socket) > ipc.MaxPathLen {
+		return fmt.Errorf("--socket must be a path of at most %d bytes (the kernel's sun_path), got %d bytes", ipc.MaxPathLen, len(f.socket))
+	}
+	f.gid = -1
+	if f.group != "" {
+		if f.gid, err = lookupID("/etc/group", f.group); err != nil {
+			return fmt.Errorf("--group must be a group name or gid: %w", err)
+		}
+	}
+	if f.uids, err = f.allowUIDs.resolve("/etc/passwd"); err != nil {
+		return fmt.Errorf("--allow-uid must be a user name or uid: %w", err)
+	}
+	if f.gids, err = f.allowGIDs.resolve("/etc/group"); err != nil {
+		return fmt.Errorf("--allow-gid must be a group name or gid: %w", err)
+	}
+	if err := positive("idle-timeout", f.idleTimeout); err != nil {
+		return err
+	}
+	if err := atLeast("max-conns", f.maxConns, 1); err != nil || f.socket == "" {
+		return err
+	}
+	limit := fdLimit()
+	room := limit - fdsInUse
+	why := fmt.Sprintf("RLIMIT_NOFILE is %d, and %d descriptors are needed besides the clients'", limit, fdsInUse)
+	if room < 1 {
+		return fmt.Errorf("no descriptor is left for the clients of --socket: %s; lower --workers or raise the limit", why)
+	}
+	if !isSet(fs, "max-conns") && f.maxConns > room {
+		f.connsNote = fmt.Sprintf("--max-conns lowered from %d to %d: %s", f.maxConns, room, why)
+		f.maxConns = room
+	}
+	return between("max-conns", f.maxConns, 1, room, why)
 }
 
 // listen creates the listener and the server config the flags describe.
+// The flags must have passed check.
 func (f *listenFlags) listen(log hclog.Logger) (*ipc.Listener, ipc.ServerConfig, error) {
-	mode, err := strconv.ParseUint(f.mode, 8, 32)
-	if err != nil || mode > 0o777 || mode == 0 {
-		return nil, ipc.ServerConfig{}, fmt.Errorf("--mode %q is not an octal permission like 0600", f.mode)
+	if f.connsNote != "" {
+		log.Warn(f.connsNote)
 	}
-	gid := -1
-	if f.group != "" {
-		if gid, err = lookupID("/etc/group", f.group); err != nil {
-			return nil, ipc.ServerConfig{}, fmt.Errorf("--group: %w", err)
-		}
-	}
-	uids, err := f.allowUIDs.resolve("/etc/passwd")
-	if err != nil {
-		return nil, ipc.ServerConfig{}, fmt.Errorf("--allow-uid: %w", err)
-	}
-	gids, err := f.allowGIDs.resolve("/etc/group")
-	if err != nil {
-		return nil, ipc.ServerConfig{}, fmt.Errorf("--allow-gid: %w", err)
-	}
-	l, err := ipc.Listen(f.socket, ipc.ListenConfig{Mode: os.FileMode(mode), GID: gid, Logger: log})
+	l, err := ipc.Listen(f.socket, ipc.ListenConfig{Mode: f.fileMode, GID: f.gid, Logger: log})
 	if err != nil {
 		return nil, ipc.ServerConfig{}, err
 	}
 	return l, ipc.ServerConfig{
 		MaxConns:    f.maxConns,
 		IdleTimeout: f.idleTimeout,
-		AllowUIDs:   uids,
-		AllowGIDs:   gids,
+		AllowUIDs:   f.uids,
+		AllowGIDs:   f.gids,
 		Logger:      log,
 	}, nil
 }
