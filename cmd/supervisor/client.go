@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -37,6 +38,10 @@ func reason(path string, err error) string {
 		return "connection refused: " + path + " (no server is listening)"
 	case errors.Is(err, unix.ENOTSOCK), errors.Is(err, unix.ENOTDIR):
 		return "not a socket: " + path
+	case errors.Is(err, ipc.ErrUntrustedPeer):
+		// The error names the server's uid and pid: somebody else may
+		// have bound the name first.
+		return "untrusted server: " + path + ": " + err.Error() + " (pass --trust-uid if it is expected)"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout: " + path + " did not answer in time"
 	case errors.As(err, &remote):
@@ -52,16 +57,16 @@ func reason(path string, err error) string {
 
 // clientFlags are the flags of the commands that talk to a socket.
 type clientFlags struct {
-	socket  string
-	timeout time.Duration
+	socket   string
+	timeout  time.Duration
+	trust    idList
+	trustIDs []uint32 // set by check
 }
 
-func (f *clientFlags) register(fs interface {
-	StringVar(*string, string, string, string)
-	DurationVar(*time.Duration, string, time.Duration, string)
-}, timeout time.Duration) {
+func (f *clientFlags) register(fs *flag.FlagSet, timeout time.Duration) {
 	fs.StringVar(&f.socket, "socket", "", "socket path of the server, or @name (required)")
 	fs.DurationVar(&f.timeout, "timeout", timeout, "give up after this long (positive)")
+	fs.Var(&f.trust, "trust-uid", "also trust a server running as this user (name or uid; repeatable; root and your own uid always are)")
 }
 
 // check validates the flags; its errors are usage errors.
@@ -69,11 +74,17 @@ func (f *clientFlags) check() error {
 	if f.socket == "" {
 		return errors.New("--socket is required")
 	}
+	var err error
+	if f.trustIDs, err = f.trust.resolve("/etc/passwd"); err != nil {
+		return fmt.Errorf("--trust-uid must be a user name or uid: %w", err)
+	}
 	return positive("timeout", f.timeout)
 }
 
+// dial connects to the server, checking that it runs as root, as us, or
+// as a --trust-uid.
 func (f *clientFlags) dial(ctx context.Context) (*ipc.Conn, error) {
-	return ipc.Dial(ctx, f.socket, ipc.ConnConfig{Name: "supervisor-cli"})
+	return ipc.Dial(ctx, f.socket, ipc.ConnConfig{Name: "supervisor-cli", TrustUIDs: f.trustIDs})
 }
 
 func pingCmd(args []string, stdout, stderr io.Writer) int {

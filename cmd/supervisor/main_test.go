@@ -189,8 +189,14 @@ type cliProc struct {
 // it is still running.
 func cliStart(tb testing.TB, args ...string) *cliProc {
 	tb.Helper()
+	return cliStartOpts(tb, cliOpts{}, args...)
+}
+
+// cliStartOpts is cliStart with options (another user, another binary).
+func cliStartOpts(tb testing.TB, o cliOpts, args ...string) *cliProc {
+	tb.Helper()
 	p := &cliProc{args: args, done: make(chan struct{})}
-	p.cmd = cliCommand(cliOpts{}, args...)
+	p.cmd = cliCommand(o, args...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		tb.Fatalf("starting %q: %v", args, err)
@@ -251,7 +257,7 @@ func (p *cliProc) waitSocket(tb testing.TB, path string) {
 		if p.exited() {
 			tb.Fatalf("supervisor %q exited (%v) before its socket was ready\n%s", p.args, p.err, p.output())
 		}
-		if c, err := ipc.Dial(tb.Context(), path, ipc.ConnConfig{}); err == nil {
+		if c, err := ipc.Dial(tb.Context(), path, ipc.ConnConfig{TrustUIDs: []uint32{nobody.Uid}}); err == nil {
 			c.Close()
 			return
 		}

@@ -26,6 +26,8 @@ type listenFlags struct {
 	group       string
 	allowUIDs   idList
 	allowGIDs   idList
+	controlUIDs idList
+	controlGIDs idList
 	maxConns    int
 	idleTimeout time.Duration
 
@@ -33,6 +35,8 @@ type listenFlags struct {
 	fileMode   os.FileMode
 	gid        int
 	uids, gids []uint32
+	ctlUIDs    []uint32
+	ctlGIDs    []uint32
 	connsNote  string // why maxConns is lower than its default, if it is
 }
 
@@ -46,6 +50,8 @@ func (f *listenFlags) register(fs *flag.FlagSet, required bool) {
 	fs.StringVar(&f.group, "group", "", "give the socket file to this group (name or gid); use with --mode 0660")
 	fs.Var(&f.allowUIDs, "allow-uid", "serve only peers with this uid (name or number; repeatable; our own uid is always served)")
 	fs.Var(&f.allowGIDs, "allow-gid", "serve also peers with this gid (name or number; repeatable)")
+	fs.Var(&f.controlUIDs, "allow-control-uid", "let peers with this uid also reload, shut down and send messages (name or number; repeatable; our own uid and root always may)")
+	fs.Var(&f.controlGIDs, "allow-control-gid", "let peers in this group (primary or supplementary) also reload, shut down and send messages (repeatable)")
 	fs.IntVar(&f.maxConns, "max-conns", ipc.DefaultMaxConns, "most concurrent client connections, at most what RLIMIT_NOFILE leaves")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", ipc.DefaultIdleTimeout, "close client connections idle for this long (positive)")
 }
@@ -76,6 +82,12 @@ func (f *listenFlags) check(fs *flag.FlagSet, fdsInUse int) error {
 	if f.gids, err = f.allowGIDs.resolve("/etc/group"); err != nil {
 		return fmt.Errorf("--allow-gid must be a group name or gid: %w", err)
 	}
+	if f.ctlUIDs, err = f.controlUIDs.resolve("/etc/passwd"); err != nil {
+		return fmt.Errorf("--allow-control-uid must be a user name or uid: %w", err)
+	}
+	if f.ctlGIDs, err = f.controlGIDs.resolve("/etc/group"); err != nil {
+		return fmt.Errorf("--allow-control-gid must be a group name or gid: %w", err)
+	}
 	if err := positive("idle-timeout", f.idleTimeout); err != nil {
 		return err
 	}
@@ -83,8 +95,10 @@ func (f *listenFlags) check(fs *flag.FlagSet, fdsInUse int) error {
 		return err
 	}
 	limit := fdLimit()
-	room := limit - fdsInUse
-	why := fmt.Sprintf("RLIMIT_NOFILE is %d, and %d descriptors are needed besides the clients'", limit, fdsInUse)
+	// The server keeps some descriptors for the rest of the process
+	// (ipc.MaxConnsLimit); the workers need theirs too.
+	room := min(limit-fdsInUse, ipc.MaxConnsLimit())
+	why := fmt.Sprintf("RLIMIT_NOFILE is %d, %d descriptors are needed besides the clients', and the server keeps %d for the rest of the process", limit, fdsInUse, limit-ipc.MaxConnsLimit())
 	if room < 1 {
 		return fmt.Errorf("no descriptor is left for the clients of --socket: %s; lower --workers or raise the limit", why)
 	}
@@ -110,6 +124,8 @@ func (f *listenFlags) listen(log hclog.Logger) (*ipc.Listener, ipc.ServerConfig,
 		IdleTimeout: f.idleTimeout,
 		AllowUIDs:   f.uids,
 		AllowGIDs:   f.gids,
+		ControlUIDs: f.ctlUIDs,
+		ControlGIDs: f.ctlGIDs,
 		Logger:      log,
 	}, nil
 }
