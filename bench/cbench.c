@@ -3,7 +3,7 @@
  *
  * It measures the physical limit of this machine for what pairvisor does
  * between a supervisor and its workers, the same way as the reference
- * measurements in RESULTS.md: fork + socketpair(AF_UNIX, SOCK_STREAM),
+ * measurements in docs/BASELINES.md: fork + socketpair(AF_UNIX, SOCK_STREAM),
  * blocking read/write, a monotonic clock, nearest-rank percentiles and
  * page-aligned message buffers.
  *

@@ -64,7 +64,7 @@ is_count "$CBENCH_SPAWNS" && ((CBENCH_SPAWNS >= 1)) || die_usage "CBENCH_SPAWNS 
 	die_usage "CBENCH_SECONDS must be a positive decimal number of seconds, got '$CBENCH_SECONDS'"
 
 # go-plugin takes 100-200 us a call, so it gets a tenth of the pings (as in
-# shared/bench/RESULTS.md: 20k + 2k warm-up against C's 200k + 10k).
+# docs/BASELINES.md: 20k + 2k warm-up against C's 200k + 10k).
 export PLUGIN_PINGS=${PLUGIN_PINGS:-$((CBENCH_PINGS / 10 > 0 ? CBENCH_PINGS / 10 : 1))}
 export PLUGIN_WARM=${PLUGIN_WARM:-$((CBENCH_WARM / 5))}
 export PLUGIN_SPAWNS=${PLUGIN_SPAWNS:-$((CBENCH_SPAWNS / 4 > 0 ? CBENCH_SPAWNS / 4 : 1))}

@@ -14,7 +14,7 @@ import (
 
 // The benchmarks run between two processes, as in production: this one
 // and the serve helper, over a socketpair. They measure what
-// ../shared/bench/RESULTS.md measured for the baselines: ping round-trip
+// docs/BASELINES.md measured for the baselines: ping round-trip
 // latency (p50 and p99 from one time.Now pair per round trip, nearest
 // rank) and echo throughput with one request in flight (MB/s is payload
 // bytes one way).

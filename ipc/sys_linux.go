@@ -14,7 +14,7 @@ import (
 // This file holds the raw system calls of the hot path. A Conn's fd is
 // in blocking mode: its reader goroutine sits in read(2) and writers in
 // sendmsg(2) like a C program would, which measured faster than the
-// runtime's netpoller (see ../shared/bench/RESULTS.md). SO_SNDTIMEO
+// runtime's netpoller (docs/BASELINES.md). SO_SNDTIMEO
 // bounds each blocking send (writeSlice) so that a writer waiting for a
 // peer that does not read still notices its context ending.
 

@@ -1,7 +1,7 @@
 // Command pluginbench measures hashicorp/go-plugin, the library a Go user
 // would otherwise pick for a supervisor talking to a worker process, the
 // same way as the go-plugin rows of the reference measurements
-// (shared/bench/RESULTS.md) and in the output style of bench/cbench.c.
+// (docs/BASELINES.md) and in the output style of bench/cbench.c.
 //
 // The binary is both sides: started with "plugin netrpc" or "plugin grpc"
 // (as go-plugin's client does, with the handshake cookie in the environment)
