@@ -109,4 +109,3 @@ func readReport(t *testing.T, c *child) report {
 	}
 	return rep
 }
-
