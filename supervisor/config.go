@@ -118,7 +118,14 @@ type Config struct {
 	// now and after are the clock; tests may replace them.
 	now   func() time.Time
 	after func(time.Duration) <-chan time.Time
+	// stopGrace is how long a worker ended by a stop signal the
+	// supervisor did not send waits for Run's context to end before it
+	// counts as a failure (stopSignalGrace); tests may change it.
+	stopGrace time.Duration
 }
+
+// stopSignalGrace: see Supervisor.awaitStop.
+const stopSignalGrace = time.Second
 
 // withDefaults returns a copy of c with every zero field set.
 func (c Config) withDefaults() (Config, error) {
@@ -164,6 +171,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.after == nil {
 		c.after = time.After
+	}
+	if c.stopGrace <= 0 {
+		c.stopGrace = stopSignalGrace
 	}
 	return c, nil
 }
