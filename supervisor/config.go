@@ -103,6 +103,9 @@ type Config struct {
 	HealthyAfter time.Duration
 	// MaxRestarts restarts within RestartWindow (default 1m) make Run
 	// stop every worker and return [ErrCrashLoop]. Zero means no limit.
+	// Only worker failures count: not an attempt that the supervisor's
+	// own shortage of descriptors or memory defeated, nor an exit that
+	// is part of a stop.
 	MaxRestarts   int
 	RestartWindow time.Duration
 

@@ -89,6 +89,13 @@ type Supervisor struct {
 }
 
 // New returns a Supervisor for cfg. It starts nothing until Run.
+//
+// Workers inherit exactly fds 0–2 and the channel on fd 3, whatever the
+// program holds: before each fork, Run marks every other descriptor of
+// the process from 3 up close-on-exec (see the package doc), so one the
+// program inherited or opened without close-on-exec stays out of
+// workers and their children (and, from then on, out of any child the
+// program starts without naming it in exec.Cmd.ExtraFiles).
 func New(cfg Config) (*Supervisor, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -116,8 +123,12 @@ func New(cfg Config) (*Supervisor, error) {
 // them all gracefully (shutdown message, SIGTERM, SIGKILL; see
 // Config.StopTimeout). It returns only once every worker is reaped and
 // every goroutine it started has ended: nil after a stop through ctx,
-// an error wrapping [ErrCrashLoop] when the restart limit was hit. Run
-// may be called once.
+// however many workers failed or were restarted before it, and an
+// error wrapping [ErrCrashLoop] when the restart limit was hit. Run may
+// be called once.
+//
+// While it runs, the process is a child subreaper and Run kills and
+// reaps the orphans it adopts (see "Orphans" in the package doc).
 func (s *Supervisor) Run(ctx context.Context) error {
 	if s.ran.Swap(true) {
 		return ErrAlreadyRun
