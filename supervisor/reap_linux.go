@@ -392,6 +392,7 @@ func (sw *sweeper) sweep() int {
 		case c.state == 'Z':
 			if sw.reap(c) {
 				n++
+				sw.wake() // its children are ours now
 			}
 		case c.pgid == ownGroup || owned[c.pgid] || sw.isWorker(c.pgid):
 			// A background job of a live child's group, or not from a
