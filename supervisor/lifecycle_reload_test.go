@@ -46,6 +46,7 @@ func TestReloadStormCoalesces(t *testing.T) {
 	}
 	cfg := testConfig(t, "gated-hello", 1)
 	cfg.Env = append(cfg.Env, envFile+"="+gate)
+	cfg.StartTimeout = time.Hour // the gate decides; every wait below has its own deadline
 	r := startSupervisor(t, cfg)
 	r.waitReady()
 	runs := func() int { return len(r.logs.find("rolling restart")) }

@@ -492,13 +492,16 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) (e exi
 	s.notifyReady(sl)
 	defer sl.cur.Store(nil)
 
+	// An exit once the stop began, or by a stop signal that came with
+	// it, is part of the stop, whatever its status.
+	partOfStop := func() bool {
+		return ctx.Err() != nil || p.endedOnItsOwn() && stopSignalled(p.state) && s.awaitStop(ctx, p.log, p.exitReason())
+	}
 	ended := func() exit {
 		sl.cur.Store(nil)
 		p.conn.Close()
 		reason := p.exitReason()
-		// An exit once the stop began, or by a stop signal that came
-		// with it, is part of the stop, whatever its status.
-		if ctx.Err() != nil || p.endedOnItsOwn() && stopSignalled(p.state) && s.awaitStop(ctx, p.log, reason) {
+		if partOfStop() {
 			p.log.Info("worker exited as the supervisor stopped", "reason", reason)
 			return exit{reason: "stopped: " + reason, stopped: true, uptime: uptime()}
 		}
@@ -530,6 +533,9 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) (e exi
 			}
 			p.log.Warn("channel closed while the worker runs; stopping it", "error", p.conn.Err())
 			s.stop(p)
+			if partOfStop() {
+				return exit{reason: "stopped: " + p.exitReason(), stopped: true, uptime: uptime()}
+			}
 			failed := p.failed() || !p.endedOnItsOwn()
 			return exit{reason: "channel closed: " + p.exitReason(), failed: failed, uptime: uptime()}
 		case <-ctx.Done():
