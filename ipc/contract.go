@@ -11,7 +11,9 @@ const (
 	EnvWorker = "PAIRVISOR_WORKER"
 
 	// EnvParentPID holds the supervisor's pid. A worker whose parent is
-	// someone else inherited the variables by mistake and refuses to run.
+	// someone else, or whose fd 3 is not a socket created by that parent
+	// (SO_PEERCRED of a socketpair names the process that created it),
+	// inherited the variables by mistake and refuses to run.
 	EnvParentPID = "PAIRVISOR_PARENT_PID"
 
 	// EnvFD holds the channel's descriptor number, always "3" (the
@@ -22,6 +24,8 @@ const (
 	// "off") so a worker does not emit lines the supervisor would drop.
 	EnvLogLevel = "PAIRVISOR_LOG_LEVEL"
 
-	// ChannelFD is the channel's descriptor number in the worker.
+	// ChannelFD is the channel's descriptor number in the worker. It is
+	// the only descriptor above 2 a worker inherits: the supervisor
+	// marks every other one close-on-exec before it forks.
 	ChannelFD = 3
 )

@@ -103,6 +103,9 @@ type Config struct {
 	HealthyAfter time.Duration
 	// MaxRestarts restarts within RestartWindow (default 1m) make Run
 	// stop every worker and return [ErrCrashLoop]. Zero means no limit.
+	// Only worker failures count: not an attempt that the supervisor's
+	// own shortage of descriptors or memory defeated, nor an exit that
+	// is part of a stop.
 	MaxRestarts   int
 	RestartWindow time.Duration
 
@@ -118,7 +121,14 @@ type Config struct {
 	// now and after are the clock; tests may replace them.
 	now   func() time.Time
 	after func(time.Duration) <-chan time.Time
+	// stopGrace is how long a worker ended by a stop signal the
+	// supervisor did not send waits for Run's context to end before it
+	// counts as a failure (stopSignalGrace); tests may change it.
+	stopGrace time.Duration
 }
+
+// stopSignalGrace: see Supervisor.awaitStop.
+const stopSignalGrace = time.Second
 
 // withDefaults returns a copy of c with every zero field set.
 func (c Config) withDefaults() (Config, error) {
@@ -164,6 +174,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.after == nil {
 		c.after = time.After
+	}
+	if c.stopGrace <= 0 {
+		c.stopGrace = stopSignalGrace
 	}
 	return c, nil
 }

@@ -15,6 +15,24 @@
 // exits. A worker also exits on EOF on its channel, so none outlives
 // the supervisor, even one killed with SIGKILL.
 //
+// A worker inherits exactly stdin (/dev/null), stdout and stderr (pipes
+// to the supervisor) and the channel on fd 3, whatever else the program
+// holds: right before each fork, the spawn thread marks every
+// descriptor from 3 up close-on-exec (close_range(2), or a walk of
+// /proc/self/fd on kernels before 5.11). A descriptor the program
+// inherited or opened without close-on-exec is therefore close-on-exec
+// from the first spawn on, for every child the program starts; pass
+// descriptors to other children through exec.Cmd.ExtraFiles, which is
+// unaffected.
+//
+// If the supervisor cannot start a worker for want of its own
+// resources (socketpair, pipe, fork or exec failing with EMFILE,
+// ENFILE, EAGAIN, ENOMEM or ENOBUFS), that is no failure of the worker:
+// the attempt is retried with backoff (BackoffMin, doubling, at most a
+// second), counted in [Stats].SpawnFailures, never in Failures,
+// Restarts or toward MaxRestarts, and logged at most once every ten
+// seconds. Run keeps serving with the workers it has.
+//
 // A ready worker is pinged every PingInterval; PingMisses failures in a
 // row declare it hung, and it is killed with SIGKILL (which also ends a
 // stopped process). Workers that end are restarted under the
@@ -24,11 +42,50 @@
 // [ErrCrashLoop].
 //
 // Stopping (ctx cancelled) sends each worker a shutdown message, then
-// SIGTERM to its process group at half of StopTimeout, then SIGKILL;
-// [Supervisor.Kill] skips the wait. Workers are signalled through their
-// os.Process or, for the group, only while the unreaped leader pins the
+// SIGTERM at half of StopTimeout, then SIGKILL; [Supervisor.Kill] skips
+// the wait. The signals go to the worker's process group and to every
+// descendant of the worker outside it (found by walking /proc from the
+// worker down), each through a pidfd checked against the process's
+// start time, and to the group only while the unreaped leader pins the
 // group id, so a reused pid is never hit. Run returns once every worker
 // is reaped and every goroutine it started has ended.
+//
+// A worker that dies of SIGTERM or SIGINT (or exits 143 or 130) that
+// the supervisor did not send is given a second for Run's context to
+// end: systemd's default KillMode, a terminal's Ctrl-C and a kill of
+// the process group signal the workers and the supervisor at once. If
+// the context ends, the exit is part of the stop, like every exit after
+// the context ended: not a failure, not restarted, and Run returns nil.
+// Otherwise it is a failure like any other.
+//
+// # Orphans
+//
+// While Run runs, the process is a child subreaper
+// (PR_SET_CHILD_SUBREAPER; the first Run in the process sets it, the
+// last one clears it unless the program had set it before), so a
+// worker's descendant whose parent dies is re-parented to the
+// supervisor instead of init, even one that called setsid. Such an
+// adopted orphan
+//   - is left running while it is still in the process group of a live
+//     worker (a background job of a shell the worker ran), and killed
+//     with that group when the worker ends;
+//   - is otherwise killed with SIGKILL, with its own descendants and
+//     group, as soon as the supervisor finds it, even while its worker
+//     lives: one that left its worker's group and lost its parent (a
+//     daemon's double fork) can no longer be told apart from any other
+//     orphan, so it is treated as escaped;
+//   - is reaped once dead.
+//
+// The supervisor looks for orphans every second and whenever a worker
+// or an orphan it killed is reaped, never with wait(-1): it tells
+// adopted processes from the program's own children by the pidfd that
+// os/exec holds for every child it started until Wait. Children the
+// program starts without os/exec (syscall.ForkExec, cgo) hold none and
+// must not run beside a supervisor. Orphans in the program's own
+// process group (not from workers, which lead their own groups) are
+// only reaped. When Run returns, no orphan it could kill is left alive.
+// This needs Linux 5.4 (pidfd fdinfo); without it orphans go to init as
+// before, and Run logs a warning.
 //
 // # Output
 //
@@ -42,5 +99,6 @@
 // [Supervisor.Call] and [Supervisor.Echo] send a request to a ready
 // worker, round robin, retrying idempotent requests on another worker
 // when theirs goes away; [Supervisor.Reload] replaces workers one at a
-// time without failing a request.
+// time without failing a request. Reloads requested while one runs are
+// coalesced into one more run after it.
 package supervisor

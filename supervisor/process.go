@@ -3,6 +3,7 @@
 package supervisor
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -37,11 +38,42 @@ type process struct {
 	relays     sync.WaitGroup
 
 	mu        sync.Mutex // held while signalling the group and while reaping
-	reaped    bool
-	signalled bool // signalGroup sent a signal before the reaping
+	done      bool       // reaped
+	signalled bool       // signalGroup sent a signal before the reaping
 
 	exited chan struct{} // closed once reaped and relays are done
 	state  *os.ProcessState
+	reaped func() // called by wait right after the reaping
+
+	// probes is where this process's prober records each pong's round
+	// trip (its lastRTT). Status shows it only while the process is its
+	// slot's ready one, so an ended worker shows no RTT and a successor
+	// never shows its predecessor's.
+	probes *slot
+}
+
+// ownSpawnError reports that the supervisor could not start a worker
+// for want of its own resources (descriptors, memory, processes): no
+// fault of the worker, so it is retried and never counts as a failure.
+type ownSpawnError struct{ err error }
+
+func (e *ownSpawnError) Error() string { return e.err.Error() }
+func (e *ownSpawnError) Unwrap() error { return e.err }
+
+// resourceErrnos are the errors of fork, exec and descriptor creation
+// that mean the supervisor itself is short of something.
+var resourceErrnos = []syscall.Errno{unix.EMFILE, unix.ENFILE, unix.EAGAIN, unix.ENOMEM, unix.ENOBUFS}
+
+// ownFault reports whether err, from starting a process, is the
+// supervisor's own shortage rather than the worker's problem (a missing
+// or broken executable).
+func ownFault(err error) bool {
+	for _, e := range resourceErrnos {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // spawnRequest asks the spawner thread to start cmd.
@@ -74,16 +106,23 @@ func workerEnv(id int, level hclog.Level, extra []string) []string {
 // owns; everything else (the child's end, the pipes' write ends) is
 // closed here, right after Start, so EOF on the channel and on the
 // pipes means the worker is gone. On error nothing is left open.
+//
+// A failure to create the channel or the pipes, or a fork or exec that
+// fails for want of descriptors, memory or processes, is returned as an
+// *ownSpawnError: the supervisor's shortage, not the worker's fault.
 func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
+	own := func(err error) error {
+		return &ownSpawnError{fmt.Errorf("supervisor: starting worker %d: %w", id, err)}
+	}
 	parentEnd, childEnd, err := ipc.Socketpair()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, own(err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		parentEnd.Close()
 		childEnd.Close()
-		return nil, nil, err
+		return nil, nil, own(err)
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
@@ -91,7 +130,7 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 		childEnd.Close()
 		outR.Close()
 		outW.Close()
-		return nil, nil, err
+		return nil, nil, own(err)
 	}
 	cmd := &exec.Cmd{
 		Path:       s.cfg.Executable,
@@ -116,16 +155,24 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 		parentEnd.Close()
 		outR.Close()
 		errR.Close()
+		var own *ownSpawnError
+		if errors.As(err, &own) || ownFault(err) {
+			return nil, nil, &ownSpawnError{fmt.Errorf("supervisor: starting worker %d: %w", id, err)}
+		}
 		return nil, nil, fmt.Errorf("supervisor: starting worker %d: %w", id, err)
 	}
+	pid := cmd.Process.Pid
+	s.sweeper.addWorker(pid)
 	p := &process{
 		id:      id,
-		pid:     cmd.Process.Pid,
+		pid:     pid,
 		cmd:     cmd,
 		started: s.cfg.now(),
 		outR:    outR,
 		errR:    errR,
 		exited:  make(chan struct{}),
+		reaped:  func() { s.sweeper.workerReaped(pid) },
+		probes:  &slot{id: id},
 	}
 	p.log = s.log.Named("worker."+strconv.Itoa(id)).With("worker", id, "pid", p.pid)
 	p.relays.Add(2)
@@ -145,8 +192,9 @@ func (p *process) wait() {
 	unix.Kill(-p.pid, unix.SIGKILL)
 	p.cmd.Wait()
 	p.state = p.cmd.ProcessState
-	p.reaped = true
+	p.done = true
 	p.mu.Unlock()
+	p.reaped() // its children, re-parented to us, are the sweeper's now
 
 	drained := make(chan struct{})
 	go func() { p.relays.Wait(); close(drained) }()
@@ -162,16 +210,25 @@ func (p *process) wait() {
 	close(p.exited)
 }
 
-// signalGroup sends sig to the worker's process group. It is a no-op
-// once the worker is reaped: only an unreaped leader guarantees the
-// group id still names this worker's group.
+// signalGroup sends sig to the worker's process group and to every
+// descendant of the worker outside it (one that called setsid or
+// setpgid), found by walking /proc from the worker down before the
+// group is signalled. It is a no-op once the worker is reaped: only an
+// unreaped leader guarantees the group id still names this worker's
+// group. Descendants are signalled through pidfds checked against their
+// start time, so a reused pid is never hit.
 func (p *process) signalGroup(sig syscall.Signal) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.reaped {
+	if p.done {
 		return
 	}
 	p.signalled = true
+	for _, d := range descendants(p.pid) {
+		if d.pgid != p.pid {
+			signalExact(d, sig)
+		}
+	}
 	if err := unix.Kill(-p.pid, sig); err != nil {
 		// The leader may have moved out of its group; reach it at least.
 		p.cmd.Process.Signal(sig)

@@ -12,19 +12,29 @@ import (
 // worker, waits for its hello and a pong, routes requests to it, and
 // only then stops the old one, so callers of [Supervisor.Call] see no
 // failed request. Slots that are not ready (starting, backing off) are
-// skipped: they start afresh anyway. Reload blocks until the rolling
-// restart is done or ctx ends; concurrent calls queue.
+// skipped: they start afresh anyway.
+//
+// Reloads are coalesced: requests made while a rolling restart runs
+// share the one run that starts after it, so a storm of them costs at
+// most two. Reload returns the result of the first run that started
+// after it was called, once that run is done, or ctx's error if ctx ends
+// first (the run happens anyway). It returns [ErrNotRunning] after Run
+// began to stop. It is safe to call from any goroutine.
 func (s *Supervisor) Reload(ctx context.Context) error {
 	if s.stopped.Load() {
 		return ErrNotRunning
 	}
 	res := make(chan error, 1)
-	select {
-	case s.reloads <- res:
-	case <-s.stopping:
+	s.reloadMu.Lock()
+	if s.reloadClosed {
+		s.reloadMu.Unlock()
 		return ErrNotRunning
-	case <-ctx.Done():
-		return ctx.Err()
+	}
+	s.reloadPending = append(s.reloadPending, res)
+	s.reloadMu.Unlock()
+	select {
+	case s.reloadKick <- struct{}{}:
+	default: // a kick is pending already
 	}
 	select {
 	case err := <-res:
@@ -34,20 +44,43 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 	}
 }
 
-// reloadLoop serves Reload requests, one at a time, until ctx ends.
+// reloadLoop runs rolling restarts for the pending Reload calls until
+// ctx ends, then answers those still waiting with ErrNotRunning. Each
+// run serves every request made before it started.
 func (s *Supervisor) reloadLoop(ctx context.Context) {
+	defer func() {
+		s.reloadMu.Lock()
+		pending := s.reloadPending
+		s.reloadPending, s.reloadClosed = nil, true
+		s.reloadMu.Unlock()
+		for _, res := range pending {
+			res <- ErrNotRunning
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case res := <-s.reloads:
-			s.log.Info("rolling restart")
-			err := s.rollingRestart(ctx)
-			if err != nil {
-				s.log.Error("rolling restart failed", "error", err)
-			} else {
-				s.log.Info("rolling restart done")
-			}
+		case <-s.reloadKick:
+		}
+		s.reloadMu.Lock()
+		batch := s.reloadPending
+		s.reloadPending = nil
+		s.reloadMu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		s.log.Info("rolling restart", "requests", len(batch))
+		err := s.rollingRestart(ctx)
+		if err != nil {
+			s.log.Error("rolling restart failed", "error", err)
+		} else {
+			s.log.Info("rolling restart done")
+		}
+		if ctx.Err() != nil {
+			err = ErrNotRunning
+		}
+		for _, res := range batch {
 			res <- err
 		}
 	}

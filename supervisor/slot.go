@@ -32,13 +32,19 @@ type slot struct {
 	replace  chan *handover          // rolling restart hand-overs
 	wasReady bool                    // owned by the slot goroutine
 
+	// Attempts to start a worker that the supervisor's own shortage
+	// defeated since the last start, and the next retry step. Owned by
+	// the slot goroutine.
+	spawnFailures int
+	spawnRetry    time.Duration
+
 	mu        sync.Mutex
 	state     State
 	pid       int
 	since     time.Time
 	restarts  int
 	lastExit  string
-	lastRTT   time.Duration
+	lastRTT   time.Duration // only in a process's probes record (see process.probes)
 	nextStart time.Time
 }
 
@@ -77,6 +83,14 @@ type Status struct {
 }
 
 func (sl *slot) status() WorkerStatus {
+	// The RTT is the ready process's own: none for a slot whose worker
+	// is starting, stopping or gone.
+	var rtt time.Duration
+	if p := sl.cur.Load(); p != nil {
+		p.probes.mu.Lock()
+		rtt = p.probes.lastRTT
+		p.probes.mu.Unlock()
+	}
 	sl.mu.Lock()
 	defer sl.mu.Unlock()
 	ws := WorkerStatus{
@@ -85,7 +99,7 @@ func (sl *slot) status() WorkerStatus {
 		State:         sl.state,
 		Since:         sl.since,
 		Restarts:      sl.restarts,
-		LastPingRTTUS: float64(sl.lastRTT.Nanoseconds()) / 1e3,
+		LastPingRTTUS: float64(rtt.Nanoseconds()) / 1e3,
 		LastExit:      sl.lastExit,
 	}
 	if sl.state == StateBackoff && !sl.nextStart.IsZero() {

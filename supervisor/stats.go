@@ -17,6 +17,11 @@ type Stats struct {
 	RTTP99        time.Duration
 	Restarts      uint64 // workers started again after ending
 	Failures      uint64 // worker ends that counted as failures
+	// SpawnFailures counts attempts to start a worker that failed for
+	// want of the supervisor's own resources (descriptors, memory,
+	// processes). They are retried and count neither as Failures nor
+	// as Restarts, nor toward Config.MaxRestarts.
+	SpawnFailures uint64
 }
 
 // Histogram buckets grow by 2 %, from 1 µs to about 100 s.
@@ -27,7 +32,7 @@ const (
 )
 
 type stats struct {
-	sent, restarts, failures atomic.Uint64
+	sent, restarts, failures, spawnFailures atomic.Uint64
 
 	mu       sync.Mutex
 	answered uint64
@@ -71,5 +76,6 @@ func (s *stats) snapshot() Stats {
 		RTTP99:        s.quantile(0.99),
 		Restarts:      s.restarts.Load(),
 		Failures:      s.failures.Load(),
+		SpawnFailures: s.spawnFailures.Load(),
 	}
 }

@@ -55,7 +55,13 @@ type Supervisor struct {
 	slots []*slot
 
 	spawnReqs chan spawnRequest
-	reloads   chan chan error
+	sweeper   *sweeper
+
+	reloadMu      sync.Mutex
+	reloadPending []chan error  // Reload callers waiting for a run to start
+	reloadClosed  bool          // the reload loop has ended
+	reloadKick    chan struct{} // a request is pending
+
 	killCtx   context.Context // cancelled by Kill
 	kill      context.CancelFunc
 	ran       atomic.Bool
@@ -75,24 +81,36 @@ type Supervisor struct {
 	limiterMu sync.Mutex
 	restartAt []time.Time
 
+	spawnLogMu         sync.Mutex
+	spawnLogAt         time.Time // when a spawn failure was last logged
+	spawnLogSuppressed int       // failures not logged since
+
 	stats stats
 }
 
 // New returns a Supervisor for cfg. It starts nothing until Run.
+//
+// Workers inherit exactly fds 0–2 and the channel on fd 3, whatever the
+// program holds: before each fork, Run marks every other descriptor of
+// the process from 3 up close-on-exec (see the package doc), so one the
+// program inherited or opened without close-on-exec stays out of
+// workers and their children (and, from then on, out of any child the
+// program starts without naming it in exec.Cmd.ExtraFiles).
 func New(cfg Config) (*Supervisor, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	s := &Supervisor{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		spawnReqs: make(chan spawnRequest),
-		reloads:   make(chan chan error),
-		stopping:  make(chan struct{}),
-		readyCh:   make(chan struct{}),
-		tickCh:    make(chan struct{}),
-		allUp:     make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		spawnReqs:  make(chan spawnRequest),
+		sweeper:    newSweeper(cfg.Logger),
+		reloadKick: make(chan struct{}, 1),
+		stopping:   make(chan struct{}),
+		readyCh:    make(chan struct{}),
+		tickCh:     make(chan struct{}),
+		allUp:      make(chan struct{}),
 	}
 	s.killCtx, s.kill = context.WithCancel(context.Background())
 	for i := range cfg.Workers {
@@ -105,8 +123,12 @@ func New(cfg Config) (*Supervisor, error) {
 // them all gracefully (shutdown message, SIGTERM, SIGKILL; see
 // Config.StopTimeout). It returns only once every worker is reaped and
 // every goroutine it started has ended: nil after a stop through ctx,
-// an error wrapping [ErrCrashLoop] when the restart limit was hit. Run
-// may be called once.
+// however many workers failed or were restarted before it, and an
+// error wrapping [ErrCrashLoop] when the restart limit was hit. Run may
+// be called once.
+//
+// While it runs, the process is a child subreaper and Run kills and
+// reaps the orphans it adopts (see "Orphans" in the package doc).
 func (s *Supervisor) Run(ctx context.Context) error {
 	if s.ran.Swap(true) {
 		return ErrAlreadyRun
@@ -118,6 +140,19 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 	spawnerDone := make(chan struct{})
 	go s.spawnLoop(spawnerDone)
+
+	// Become a child subreaper, so a worker's descendant that leaves
+	// its tree is re-parented to us rather than to init.
+	sweepStop, sweepDone := make(chan struct{}), make(chan struct{})
+	adopting := false
+	if err := orphanSupport(); err != nil {
+		s.log.Warn("cannot adopt workers' orphaned descendants on this system", "error", err)
+	} else if err := acquireSubreaper(); err != nil {
+		s.log.Warn("cannot become a child subreaper", "error", err)
+	} else {
+		adopting = true
+		go func() { defer close(sweepDone); s.sweeper.run(sweepStop) }()
+	}
 
 	s.log.Info("starting", "workers", s.cfg.Workers, "executable", s.cfg.Executable)
 	var wg sync.WaitGroup
@@ -143,6 +178,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.stopped.Store(true)
 	close(s.spawnReqs)
 	<-spawnerDone
+	if adopting {
+		// Sweep the last orphans while they still come to us (their
+		// children too), stop adopting (if no other Run goes on), and
+		// sweep what came meanwhile: no orphan is left alive.
+		close(sweepStop)
+		<-sweepDone
+		releaseSubreaper()
+		s.sweeper.drain()
+	}
 
 	if err := context.Cause(ctx); errors.Is(err, ErrCrashLoop) {
 		return err
@@ -160,7 +204,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 func (s *Supervisor) spawnLoop(done chan<- struct{}) {
 	defer close(done)
 	runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	useRange := true
 	for req := range s.spawnReqs {
+		// A worker inherits exactly 0–2 and fd 3, whatever else the
+		// program holds without close-on-exec.
+		if err := markInheritedCloexec(&useRange); err != nil {
+			req.err <- &ownSpawnError{fmt.Errorf("marking descriptors close-on-exec: %w", err)}
+			continue
+		}
 		req.err <- req.cmd.Start()
 	}
 }
@@ -178,11 +229,12 @@ func (s *Supervisor) Ready() <-chan struct{} { return s.allUp }
 
 // exit is how one incarnation of a worker ended.
 type exit struct {
-	pid     int           // the process that ended; 0 if none started
-	reason  string        // for logs and status
-	failed  bool          // counts as a failure for the restart policy
-	stopped bool          // ended because the supervisor stopped it
-	uptime  time.Duration // time it spent ready
+	pid      int           // the process that ended; 0 if none started
+	reason   string        // for logs and status
+	failed   bool          // counts as a failure for the restart policy
+	stopped  bool          // ended because the supervisor stopped it
+	ownSpawn error         // not started: the supervisor's own shortage
+	uptime   time.Duration // time it spent ready
 }
 
 // runSlot keeps one worker slot filled until ctx ends, restarting under
@@ -192,8 +244,17 @@ func (s *Supervisor) runSlot(ctx context.Context, cancel context.CancelCauseFunc
 	for {
 		e := s.incarnate(ctx, sl)
 		if e.stopped || ctx.Err() != nil {
-			sl.set(func(sl *slot) { sl.state, sl.pid = StateStopped, 0 })
+			sl.set(func(sl *slot) { sl.state, sl.pid, sl.nextStart = StateStopped, 0, time.Time{} })
 			return
+		}
+		if e.ownSpawn != nil {
+			// The supervisor could not start the worker: neither a
+			// failure of the worker nor a restart of it. Try again.
+			if !s.retrySpawn(ctx, sl, e.ownSpawn) {
+				sl.set(func(sl *slot) { sl.state, sl.nextStart = StateStopped, time.Time{} })
+				return
+			}
+			continue
 		}
 		if e.failed {
 			s.stats.failures.Add(1)
@@ -232,6 +293,54 @@ func (s *Supervisor) runSlot(ctx context.Context, cancel context.CancelCauseFunc
 	}
 }
 
+// spawnRetryMax caps the delay between attempts to start a worker that
+// the supervisor's own shortage prevented (or BackoffMax, if lower).
+const spawnRetryMax = time.Second
+
+// spawnLogEvery bounds the log lines about such attempts: one per
+// failed attempt at most, and at most one per spawnLogEvery for the
+// whole supervisor, which counts those it left out.
+const spawnLogEvery = 10 * time.Second
+
+// retrySpawn waits before the next attempt to start sl's worker after
+// err, a shortage of the supervisor's own (descriptors, memory,
+// processes), with jittered exponential backoff from BackoffMin up to
+// spawnRetryMax. It returns false if ctx ended first.
+func (s *Supervisor) retrySpawn(ctx context.Context, sl *slot, err error) bool {
+	s.stats.spawnFailures.Add(1)
+	sl.spawnFailures++
+	step := max(sl.spawnRetry, s.cfg.BackoffMin)
+	sl.spawnRetry = min(2*step, max(min(s.cfg.BackoffMax, spawnRetryMax), s.cfg.BackoffMin))
+	delay := step/2 + rand.N(step/2+1)
+	s.logSpawnFailure(sl.id, err, delay)
+	next := s.cfg.now().Add(delay)
+	sl.set(func(sl *slot) { sl.state, sl.pid, sl.nextStart = StateBackoff, 0, next })
+	select {
+	case <-ctx.Done():
+		return false
+	case <-s.cfg.after(delay):
+		sl.set(func(sl *slot) { sl.nextStart = time.Time{} })
+		return true
+	}
+}
+
+// logSpawnFailure logs a shortage that kept the supervisor from starting
+// worker id, unless another was logged within spawnLogEvery.
+func (s *Supervisor) logSpawnFailure(id int, err error, retry time.Duration) {
+	s.spawnLogMu.Lock()
+	now := s.cfg.now()
+	if !s.spawnLogAt.IsZero() && now.Sub(s.spawnLogAt) < spawnLogEvery {
+		s.spawnLogSuppressed++
+		s.spawnLogMu.Unlock()
+		return
+	}
+	left := s.spawnLogSuppressed
+	s.spawnLogAt, s.spawnLogSuppressed = now, 0
+	s.spawnLogMu.Unlock()
+	s.log.Error("cannot start a worker: the supervisor is short of resources; retrying",
+		"worker", id, "error", err, "retry_in", retry, "not_logged_since_last", left)
+}
+
 // crashLoop records a restart and reports whether the limit is passed.
 func (s *Supervisor) crashLoop() bool {
 	if s.cfg.MaxRestarts <= 0 {
@@ -255,17 +364,81 @@ func (s *Supervisor) incarnate(ctx context.Context, sl *slot) exit {
 	sl.set(func(sl *slot) { sl.state = StateStarting })
 	p, err := s.start(ctx, sl, false)
 	if err != nil {
-		if ctx.Err() != nil {
+		var own *ownSpawnError
+		var early *exitedEarly
+		switch {
+		case ctx.Err() != nil:
 			return exit{reason: "stopped while starting", stopped: true}
+		case errors.As(err, &own):
+			return exit{reason: err.Error(), ownSpawn: err}
+		case errors.As(err, &early) && stopSignalled(early.state) &&
+			s.awaitStop(ctx, s.log.With("worker", sl.id, "pid", early.pid), early.Error()):
+			reason := "stopped: " + describeExit(early.state) + " before its hello"
+			sl.set(func(sl *slot) { sl.lastExit = reason })
+			return exit{pid: early.pid, reason: reason, stopped: true}
 		}
 		s.log.Error("worker failed to start", "worker", sl.id, "error", err)
 		sl.set(func(sl *slot) { sl.lastExit = err.Error() })
 		return exit{reason: err.Error(), failed: true}
 	}
+	if sl.spawnFailures > 0 {
+		p.log.Info("worker started after the supervisor's own shortage", "failed_attempts", sl.spawnFailures)
+		sl.spawnFailures, sl.spawnRetry = 0, 0
+	}
 	e := s.supervise(ctx, sl, p)
-	e.pid = p.pid
 	sl.set(func(sl *slot) { sl.lastExit = e.reason })
 	return e
+}
+
+// exitedEarly reports a worker that ended before its hello.
+type exitedEarly struct {
+	pid   int
+	state *os.ProcessState
+	msg   string
+}
+
+func (e *exitedEarly) Error() string { return e.msg }
+
+// stopSignalled reports whether st says a stop signal ended the
+// process: killed by SIGTERM or SIGINT, or exited with 128 plus one of
+// them, as shells and many programs do on those signals.
+func stopSignalled(st *os.ProcessState) bool {
+	if st == nil {
+		return false
+	}
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	if !ok {
+		return false
+	}
+	switch {
+	case ws.Signaled():
+		return ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGINT
+	case ws.Exited():
+		return ws.ExitStatus() == 128+int(syscall.SIGTERM) || ws.ExitStatus() == 128+int(syscall.SIGINT)
+	}
+	return false
+}
+
+// awaitStop decides whether a worker ended by a stop signal that the
+// supervisor did not send went down with the supervisor's own stop:
+// systemd (KillMode=control-group), a terminal's Ctrl-C and a kill of
+// the process group signal every process at once, and the worker may
+// die before ctx ends. It reports true if ctx ends within the grace
+// period (stopSignalGrace); false means someone stopped the worker
+// alone, which is then a failure like any other.
+func (s *Supervisor) awaitStop(ctx context.Context, log hclog.Logger, reason string) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	log.Debug("worker ended by a stop signal; waiting to see whether the supervisor stops too", "reason", reason, "grace", s.cfg.stopGrace)
+	t := time.NewTimer(s.cfg.stopGrace)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // start spawns a worker and waits for its hello. On error the process,
@@ -298,7 +471,7 @@ func (s *Supervisor) start(ctx context.Context, sl *slot, replacing bool) (*proc
 		case hctx.Err() != nil:
 			return nil, fmt.Errorf("worker %d (pid %d) sent no hello within %v: killed", sl.id, p.pid, s.cfg.StartTimeout)
 		default:
-			return nil, fmt.Errorf("worker %d (pid %d) %s before its hello", sl.id, p.pid, p.exitReason())
+			return nil, &exitedEarly{pid: p.pid, state: p.state, msg: fmt.Sprintf("worker %d (pid %d) %s before its hello", sl.id, p.pid, p.exitReason())}
 		}
 	}
 	p.conn = conn
@@ -306,8 +479,11 @@ func (s *Supervisor) start(ctx context.Context, sl *slot, replacing bool) (*proc
 }
 
 // supervise health-checks a ready worker until it ends, is declared
-// hung, or ctx ends (then it is stopped gracefully).
-func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
+// hung, or ctx ends (then it is stopped gracefully). The exit names the
+// process in the slot at the end, a rolling restart's replacement if
+// there was one.
+func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) (e exit) {
+	defer func() { e.pid = p.pid }()
 	ready := s.cfg.now()
 	uptime := func() time.Duration { return s.cfg.now().Sub(ready) }
 	p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond), "restarts", sl.status().Restarts)
@@ -316,10 +492,19 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 	s.notifyReady(sl)
 	defer sl.cur.Store(nil)
 
+	// An exit once the stop began, or by a stop signal that came with
+	// it, is part of the stop, whatever its status.
+	partOfStop := func() bool {
+		return ctx.Err() != nil || p.endedOnItsOwn() && stopSignalled(p.state) && s.awaitStop(ctx, p.log, p.exitReason())
+	}
 	ended := func() exit {
 		sl.cur.Store(nil)
 		p.conn.Close()
 		reason := p.exitReason()
+		if partOfStop() {
+			p.log.Info("worker exited as the supervisor stopped", "reason", reason)
+			return exit{reason: "stopped: " + reason, stopped: true, uptime: uptime()}
+		}
 		if p.failed() {
 			p.log.Warn("worker exited", "reason", reason)
 		} else {
@@ -327,7 +512,7 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 		}
 		return exit{reason: reason, failed: p.failed(), uptime: uptime()}
 	}
-	pr := newProber(s, sl, p.conn)
+	pr := newProber(s, p.probes, p.conn)
 	tick := s.nextTick()
 	misses := 0
 	for {
@@ -348,6 +533,9 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 			}
 			p.log.Warn("channel closed while the worker runs; stopping it", "error", p.conn.Err())
 			s.stop(p)
+			if partOfStop() {
+				return exit{reason: "stopped: " + p.exitReason(), stopped: true, uptime: uptime()}
+			}
 			failed := p.failed() || !p.endedOnItsOwn()
 			return exit{reason: "channel closed: " + p.exitReason(), failed: failed, uptime: uptime()}
 		case <-ctx.Done():
@@ -358,10 +546,10 @@ func (s *Supervisor) supervise(ctx context.Context, sl *slot, p *process) exit {
 		case h := <-sl.replace:
 			old := p
 			p, ready, misses = h.p, h.ready, 0
-			pr = newProber(s, sl, p.conn)
+			pr = newProber(s, p.probes, p.conn)
 			sl.cur.Store(p)
 			sl.set(func(sl *slot) {
-				sl.pid, sl.since, sl.lastRTT, sl.lastExit = p.pid, ready, 0, "replaced by rolling restart"
+				sl.pid, sl.since, sl.lastExit = p.pid, ready, "replaced by rolling restart"
 			})
 			p.log.Info("ready", "startup", ready.Sub(p.started).Round(time.Microsecond), "replacing_pid", old.pid)
 			s.stop(old)

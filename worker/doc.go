@@ -10,7 +10,7 @@
 //
 //	func main() {
 //		w, err := worker.FromEnv()
-//		if err != nil {
+//		if err != nil && !errors.Is(err, worker.ErrNotWorker) {
 //			log.Fatal(err)
 //		}
 //		if w != nil {
@@ -23,9 +23,14 @@
 //		// ... the supervisor role ...
 //	}
 //
-// FromEnv removes the variables and marks fd 3 close-on-exec, so the
-// worker's own children never think they are workers and never inherit
-// the channel. [Worker.Serve] sends the hello that tells the supervisor
+// FromEnv removes the variables, so the worker's own children never
+// think they are workers; fd 3 is close-on-exec from the package's init
+// on, so they never inherit the channel either. Before serving, FromEnv
+// checks that the parent is the supervisor PAIRVISOR_PARENT_PID names
+// and that fd 3 is a socket that supervisor created (its SO_PEERCRED
+// pid): a process that merely inherited the variables and a socket
+// gets an error wrapping [ErrNotWorker] and should carry on in its
+// other role. [Worker.Serve] sends the hello that tells the supervisor
 // the worker is ready, answers pings and echoes, runs the handler for
 // application messages, and returns when the supervisor closes its end
 // or asks for a shutdown. A worker must not outlive its channel: when

@@ -18,9 +18,28 @@ import (
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
+// ErrNotWorker reports that the environment marks this process as a
+// worker but a supervisor did not start it: the PAIRVISOR_ variables
+// (and perhaps fd 3) were inherited from elsewhere. Every refusal of
+// [FromEnv] wraps it; a program that has another role should go on in
+// that role.
+var ErrNotWorker = errors.New("worker: not started by a supervisor")
+
 // ErrNotSocket reports that the inherited channel descriptor is not a
-// socket, so the process was not started by a pairvisor supervisor.
+// socket, so the process was not started by a pairvisor supervisor. An
+// error wrapping it also wraps [ErrNotWorker].
 var ErrNotSocket = errors.New("worker: inherited channel is not a socket")
+
+// init marks the channel close-on-exec as soon as the package is
+// initialised, before main and before the init functions of packages
+// that import this one, so no child of the worker can inherit it even
+// if one is started before FromEnv. It is one fcntl, and only in a
+// process that the environment calls a worker.
+func init() {
+	if _, ok := os.LookupEnv(ipc.EnvWorker); ok {
+		unix.CloseOnExec(ipc.ChannelFD)
+	}
+}
 
 // shutdownLinger bounds how long Serve waits, after acknowledging a
 // shutdown request, for the supervisor to close its end.
@@ -65,12 +84,23 @@ func (w *Worker) Call(ctx context.Context, msg []byte) ([]byte, error) {
 
 // FromEnv reports whether this process was started as a worker. When
 // it was not (no PAIRVISOR_WORKER in the environment), FromEnv returns
-// nil, nil and changes nothing. When it was, FromEnv removes every
-// PAIRVISOR_ variable from the environment and marks fd 3 close-on-exec,
-// so children of the worker neither think they are workers nor inherit
-// the channel, and returns the Worker, which owns fd 3 until Serve
-// returns. A marked process whose parent is not the supervisor named in
-// the environment, or whose fd 3 is not a socket, gets an error.
+// nil, nil and changes nothing. Otherwise it removes every PAIRVISOR_
+// variable from the environment (fd 3 is close-on-exec already: the
+// package's init marks it), so children of the worker neither think
+// they are workers nor inherit the channel, and checks that a
+// supervisor really started this process:
+//
+//   - PAIRVISOR_WORKER is a worker id (a number from 1);
+//   - the parent process is the one PAIRVISOR_PARENT_PID names;
+//   - fd 3 is a socket whose peer credentials (SO_PEERCRED) name that
+//     same parent: a socketpair's are those of the process that created
+//     it, so a socket inherited from anyone else does not pass.
+//
+// When every check passes it returns the Worker, which owns fd 3 until
+// Serve returns. When one fails it returns nil and an error wrapping
+// [ErrNotWorker] (and [ErrNotSocket] when fd 3 is no socket): the
+// variables were inherited by mistake, and the program should carry on
+// in its other role, leaving fd 3 alone.
 //
 // Call FromEnv early in main, before anything else can fork.
 func FromEnv() (*Worker, error) {
@@ -85,17 +115,25 @@ func FromEnv() (*Worker, error) {
 			os.Unsetenv(k)
 		}
 	}
+	unix.CloseOnExec(ipc.ChannelFD) // in case the variable was set after init
 	id, err := strconv.Atoi(idStr)
 	if err != nil || id < 1 {
-		return nil, fmt.Errorf("worker: %s=%q is not a worker id", ipc.EnvWorker, idStr)
+		return nil, fmt.Errorf("%w: %s=%q is not a worker id", ErrNotWorker, ipc.EnvWorker, idStr)
 	}
-	if ppid, err := strconv.Atoi(ppidStr); err != nil || ppid != os.Getppid() {
-		return nil, fmt.Errorf("worker: %s=%q but the parent is pid %d: environment inherited from elsewhere", ipc.EnvParentPID, ppidStr, os.Getppid())
+	ppid := os.Getppid()
+	if want, err := strconv.Atoi(ppidStr); err != nil || want != ppid {
+		return nil, fmt.Errorf("%w: %s=%q but the parent is pid %d: environment inherited from elsewhere", ErrNotWorker, ipc.EnvParentPID, ppidStr, ppid)
 	}
-	unix.CloseOnExec(ipc.ChannelFD)
 	var st unix.Stat_t
 	if err := unix.Fstat(ipc.ChannelFD, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return nil, fmt.Errorf("%w (fd %d)", ErrNotSocket, ipc.ChannelFD)
+		return nil, fmt.Errorf("%w: %w (fd %d)", ErrNotWorker, ErrNotSocket, ipc.ChannelFD)
+	}
+	cred, err := unix.GetsockoptUcred(ipc.ChannelFD, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading the peer of fd %d: %w", ErrNotWorker, ipc.ChannelFD, os.NewSyscallError("getsockopt", err))
+	}
+	if int(cred.Pid) != ppid {
+		return nil, fmt.Errorf("%w: fd %d's peer is pid %d, not the parent %d: socket inherited from elsewhere", ErrNotWorker, ipc.ChannelFD, cred.Pid, ppid)
 	}
 	if level == hclog.NoLevel {
 		level = hclog.Info

@@ -38,6 +38,8 @@ type report struct {
 	Nil       bool     `json:"nil"`        // FromEnv returned a nil Worker
 	Err       string   `json:"err"`        // its error, if any
 	NotSocket bool     `json:"not_socket"` // the error wraps ErrNotSocket
+	NotWorker bool     `json:"not_worker"` // the error wraps ErrNotWorker
+	PPID      int      `json:"ppid"`       // the child's parent
 	ID        int      `json:"id"`
 	Level     string   `json:"level"`
 	Env       []string `json:"env"`     // PAIRVISOR_ variables left afterwards
@@ -52,7 +54,9 @@ var roles = map[string]func() int{
 		if err != nil {
 			rep.Err = err.Error()
 			rep.NotSocket = errors.Is(err, ErrNotSocket)
+			rep.NotWorker = errors.Is(err, ErrNotWorker)
 		}
+		rep.PPID = os.Getppid()
 		if w != nil {
 			rep.ID = w.ID()
 			rep.Level = w.Logger().GetLevel().String()
@@ -185,6 +189,13 @@ type child struct {
 // reaps the child at the end of the test.
 func startChild(t *testing.T, role string, fd3 *os.File, extra ...string) *child {
 	t.Helper()
+	return startChildVia(t, nil, role, fd3, extra...)
+}
+
+// startChildVia is startChild with the child started through wrapper:
+// the command line wrapper followed by this binary's path.
+func startChildVia(t *testing.T, wrapper []string, role string, fd3 *os.File, extra ...string) *child {
+	t.Helper()
 	if roles[role] == nil {
 		t.Fatalf("unknown role %q", role)
 	}
@@ -193,7 +204,8 @@ func startChild(t *testing.T, role string, fd3 *os.File, extra ...string) *child
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe)
+	argv := append(append([]string(nil), wrapper...), exe)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), envRole+"="+role)
 	cmd.Env = append(cmd.Env, extra...)
 	if fd3 != nil {
@@ -317,8 +329,8 @@ func TestFromEnvRefuses(t *testing.T) {
 			t.Setenv(ipc.EnvParentPID, c.ppid)
 			t.Setenv("PAIRVISOR_OTHER", "x")
 			w, err := FromEnv()
-			if w != nil || err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("FromEnv = %v, %v; want an error about the %s", w, err, c.want)
+			if w != nil || err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, ErrNotWorker) {
+				t.Fatalf("FromEnv = %v, %v; want an error wrapping ErrNotWorker about the %s", w, err, c.want)
 			}
 			for _, kv := range os.Environ() {
 				if strings.HasPrefix(kv, "PAIRVISOR_") {
@@ -350,8 +362,8 @@ func TestFromEnvNotSocket(t *testing.T) {
 	}
 	defer f.Close()
 	rep := runReport(t, f, contract("1")...)
-	if !rep.Nil || !rep.NotSocket {
-		t.Errorf("FromEnv with a regular file as fd 3: %+v, want nil and ErrNotSocket", rep)
+	if !rep.Nil || !rep.NotSocket || !rep.NotWorker {
+		t.Errorf("FromEnv with a regular file as fd 3: %+v, want nil and ErrNotSocket wrapped with ErrNotWorker", rep)
 	}
 }
 
