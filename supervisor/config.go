@@ -114,8 +114,12 @@ type Config struct {
 	Handler ipc.Handler
 
 	// Logger receives the supervisor's log lines and, under
-	// "worker.N", each worker's stderr and stdout. Nil discards
-	// everything.
+	// "worker.N", each worker's stderr and stdout: a worker's hclog
+	// JSON fields under keys prefixed "w.", every string it wrote
+	// quoted if it holds control characters, and at most about 1,000
+	// lines and 1 MiB a second per worker (bursts of 10,000 lines and
+	// 4 MiB); the excess is dropped and counted in a warning. Nil
+	// discards everything.
 	Logger hclog.Logger
 
 	// now and after are the clock; tests may replace them.

@@ -176,8 +176,9 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 	}
 	p.log = s.log.Named("worker."+strconv.Itoa(id)).With("worker", id, "pid", p.pid)
 	p.relays.Add(2)
-	go func() { defer p.relays.Done(); relay(outR, p.log, "stdout") }()
-	go func() { defer p.relays.Done(); relay(errR, p.log, "stderr") }()
+	lim := newOutputLimit(time.Now) // one budget for both streams of a worker
+	go func() { defer p.relays.Done(); relayTo(outR, p.log, "stdout", lim) }()
+	go func() { defer p.relays.Done(); relayTo(errR, p.log, "stderr", lim) }()
 	go p.wait()
 	return p, parentEnd, nil
 }

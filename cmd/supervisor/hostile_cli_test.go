@@ -4,11 +4,15 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pairvisor/pairvisor/internal/testutil"
+	"github.com/pairvisor/pairvisor/ipc"
 )
 
 // Another local user against `run --socket`: it may ping a socket whose
@@ -80,5 +84,40 @@ func TestClientUntrustedServer(t *testing.T) {
 	cliWant(t, exitOK, cliOpts{}, "ping", "--socket", sock, "--trust-uid", "nobody")
 	if code := srv.stop(t, syscall.SIGTERM); code != exitOK {
 		t.Errorf("serve exited %d\n%s", code, srv.output())
+	}
+}
+
+// A process that inherits a worker's environment and a socket on fd 3
+// that is not its parent's channel (a worker's child that kept them, a
+// shell script passing them on) is the command line, not a worker.
+func TestStrayWorkerEnvIsIgnored(t *testing.T) {
+	t.Parallel()
+	ours, theirs, err := ipc.Socketpair() // created by us, not by the CLI's parent
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ours.Close()
+	// sh is the CLI's parent and names itself, so only fd 3's peer
+	// credentials give the stray away; "; exit" keeps sh from exec'ing.
+	cmd := cliCommand(cliOpts{exe: "/bin/sh"}, "-c", ipc.EnvParentPID+`=$$ "$0" "$@"; exit $?`, testBinary(), "version")
+	cmd.Env = append(cmd.Env, ipc.EnvWorker+"=1", ipc.EnvFD+"=3")
+	cmd.ExtraFiles = []*os.File{theirs}
+	var stdout, stderr testutil.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil || !strings.Contains(stdout.String(), "supervisor") || !strings.Contains(stderr.String(), "not a worker") {
+			t.Errorf("want the version and a warning, exit 0; got %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+		}
+	case <-time.After(cliWait):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("the CLI took the stray environment for a worker's and served fd 3\nstderr: %s", stderr.String())
 	}
 }

@@ -60,8 +60,14 @@ func main() {
 	// A re-executed worker takes this branch before anything else runs.
 	w, err := worker.FromEnv()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "supervisor:", err)
-		os.Exit(exitFail)
+		if !errors.Is(err, worker.ErrNotWorker) {
+			fmt.Fprintln(os.Stderr, "supervisor:", err)
+			os.Exit(exitFail)
+		}
+		// Variables inherited by mistake (our parent is not the
+		// supervisor they name, or fd 3 is not its channel): we are the
+		// command line, not a worker. FromEnv has removed them.
+		fmt.Fprintln(os.Stderr, "supervisor: warning: not a worker, ignoring the PAIRVISOR_ environment:", err)
 	}
 	if w != nil {
 		os.Exit(workerMain(w))

@@ -57,8 +57,11 @@ func testBinary() string {
 func cliMain() int {
 	w, err := worker.FromEnv()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "supervisor:", err)
-		return exitFail
+		if !errors.Is(err, worker.ErrNotWorker) {
+			fmt.Fprintln(os.Stderr, "supervisor:", err)
+			return exitFail
+		}
+		fmt.Fprintln(os.Stderr, "supervisor: warning: not a worker, ignoring the PAIRVISOR_ environment:", err)
 	}
 	if w != nil {
 		return workerMain(w)
