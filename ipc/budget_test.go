@@ -229,3 +229,27 @@ func TestSharedBudget(t *testing.T) {
 		})
 	}
 }
+
+// TestReceived: Received counts every byte read from the peer, the
+// hello included, and grows in the middle of a large frame, before the
+// frame is complete.
+func TestReceived(t *testing.T) {
+	t.Parallel()
+	c, raw := rawPeer(t, ipc.ConnConfig{})
+	want := uint64(ipc.HeaderSize + len(rawHello(1, 1)))
+	if got := c.Received(); got != want {
+		t.Fatalf("Received after the hello = %d, want %d", got, want)
+	}
+	// A reply to no call: the Conn reads and skips it.
+	frame := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 99}, make([]byte, 1<<20))
+	for _, part := range [][]byte{frame[:len(frame)/2], frame[len(frame)/2:]} {
+		writeRaw(t, raw, part)
+		want += uint64(len(part))
+		testutil.Poll(t, waitTimeout, time.Millisecond, fmt.Sprintf("Received to reach %d", want),
+			func() bool { return c.Received() == want },
+			func() string { return fmt.Sprintf("Received = %d", c.Received()) })
+	}
+	if err := c.Err(); err != nil {
+		t.Fatalf("Conn closed: %v", err)
+	}
+}
