@@ -83,9 +83,10 @@ type ConnConfig struct {
 	// means [MaxPayload]; larger values are lowered to it.
 	MaxPayload uint32
 
-	// MaxConcurrent bounds the handler goroutines running at once;
-	// requests over the bound get [CodeUnavailable]. Zero means
-	// [DefaultMaxConcurrent].
+	// MaxConcurrent bounds the requests handed to the Handler and not
+	// yet answered (a request keeps its slot until its reply's turn to
+	// be written comes); requests over the bound get [CodeUnavailable].
+	// Zero means [DefaultMaxConcurrent].
 	MaxConcurrent int
 
 	// WriteTimeout bounds replies written by the Conn itself (pongs,
@@ -468,7 +469,8 @@ func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 // written. ctx (or, if it has no deadline, the WriteTimeout) bounds only
 // the write, its wait behind other frames included. Health
 // checks use it: a goroutine that pings many peers does not have to wake
-// for each pong, and Probe allocates nothing.
+// for each pong, and Probe allocates nothing (unless it must wait behind
+// other frames with the WriteTimeout as its bound).
 func (c *Conn) Probe(ctx context.Context, done func(id uint64, err error)) (uint64, error) {
 	cl := callPool.Get().(*call)
 	cl.typ, cl.probe = TypePing, done
