@@ -23,6 +23,15 @@ import (
 const (
 	DefaultMaxConcurrent = 64
 	DefaultWriteTimeout  = 10 * time.Second
+
+	// DefaultMaxBuffered is room for one request of [MaxPayload] bytes
+	// handed to a Handler together with its reply of the same size
+	// (2 × 16 MiB, the most one forwarded echo can need), plus 64 KiB
+	// for the pongs and error replies that may wait beside them. Less
+	// would refuse a valid request forever; more only lets one peer
+	// queue more unread replies, which is what the bound is there to
+	// stop. See [ConnConfig.MaxBuffered].
+	DefaultMaxBuffered = 2*MaxPayload + 64<<10
 )
 
 const (
@@ -74,15 +83,41 @@ type ConnConfig struct {
 	// means [MaxPayload]; larger values are lowered to it.
 	MaxPayload uint32
 
-	// MaxConcurrent bounds the handler goroutines running at once;
-	// requests over the bound get [CodeUnavailable]. Zero means
-	// [DefaultMaxConcurrent].
+	// MaxConcurrent bounds the requests handed to the Handler and not
+	// yet answered (a request keeps its slot until its reply's turn to
+	// be written comes); requests over the bound get [CodeUnavailable].
+	// Zero means [DefaultMaxConcurrent].
 	MaxConcurrent int
 
 	// WriteTimeout bounds replies written by the Conn itself (pongs,
-	// echoes, handler results) when the peer does not read. Zero means
-	// [DefaultWriteTimeout].
+	// echoes, handler results) when the peer does not read: a reply not
+	// written within WriteTimeout of being ready, waiting for other
+	// frames included, closes the Conn with an error wrapping
+	// [ErrStalled]. Zero means [DefaultWriteTimeout].
 	WriteTimeout time.Duration
+
+	// MaxBuffered bounds the bytes the Conn holds on its peer's behalf:
+	// request payloads handed to the Handler until their reply is
+	// written, replies waiting to be written (from the Handler, echoes,
+	// pongs, error replies) and the copies made of them. Frames count
+	// with their header. When the bound is reached the Conn stops
+	// reading, so the peer's sends block (back-pressure) until replies
+	// go out; if none does for WriteTimeout, the peer is not reading
+	// its replies and the Conn closes with an error wrapping
+	// [ErrStalled]. A request larger than the bound is taken in only
+	// when nothing else is held. A Handler's reply is counted when the
+	// Handler returns, without waiting: until then the request's echo
+	// counts as its reply's size, another request's as a header. Zero
+	// means [DefaultMaxBuffered].
+	MaxBuffered int64
+
+	// Budget, if not nil, is a bound on the bytes held (as for
+	// MaxBuffered) by all the Conns sharing it, on top of each Conn's
+	// own. A request that finds no room in it within a short wait is
+	// skipped unread and answered with [CodeUnavailable], so that one
+	// Conn never waits long for others' peers. Nil means no shared
+	// bound.
+	Budget *Budget
 
 	// IdleTimeout closes the Conn when nothing at all arrives for this
 	// long. Zero means no limit.
@@ -123,8 +158,11 @@ type Conn struct {
 	peer Hello
 	ver  uint16
 
-	// Write side: one frame at a time, from preallocated iovecs.
-	wmu     sync.Mutex
+	// Write side: one frame at a time, from preallocated iovecs. wlock
+	// (capacity 1) is the write lock: holding it means having sent into
+	// it. Unlike a sync.Mutex it queues waiters in order and lets them
+	// give up at a deadline (lockW).
+	wlock   chan struct{}
 	wclosed bool
 	whdr    [HeaderSize]byte
 	iov     [2]unix.Iovec
@@ -149,6 +187,18 @@ type Conn struct {
 	lastYield time.Time
 
 	spin atomic.Bool // the last reply came quickly: poll for the next (spinWait)
+
+	received atomic.Uint64 // bytes read from the peer (Received)
+
+	// Bytes held on the peer's behalf (ConnConfig.MaxBuffered; see
+	// budget.go). Only the reader waits for room.
+	held     atomic.Int64
+	peak     atomic.Int64  // the most held at once
+	leftover int64         // held at teardown, given back then (tests)
+	roomWait atomic.Bool   // the reader waits in waitRoom
+	room     chan struct{} // capacity 1: bytes were released meanwhile
+	kill     chan struct{} // closed when the Conn starts closing
+	killOnce sync.Once
 
 	// Poll mode (ConnConfig.Poll): file owns fd and is registered with
 	// the runtime poller; the reader and writers wait through rc.
@@ -224,6 +274,9 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
+	if cfg.MaxBuffered <= 0 {
+		cfg.MaxBuffered = DefaultMaxBuffered
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -237,10 +290,14 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		sem:       make(chan struct{}, cfg.MaxConcurrent),
 		wsem:      make(chan struct{}, cfg.MaxConcurrent),
 		spare:     make(chan []byte, 1),
+		wlock:     make(chan struct{}, 1),
+		room:      make(chan struct{}, 1),
+		kill:      make(chan struct{}),
 		helloDone: make(chan struct{}),
 		done:      make(chan struct{}),
 	}
 	c.w = copy(c.rbuf, prefix)
+	c.received.Store(uint64(c.w))
 	c.spin.Store(true)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.msg.Iov = &c.iov[0]
@@ -321,7 +378,7 @@ func (c *Conn) pollWritable(uintptr) bool {
 // waitWrite waits for room in the socket buffer after a send that
 // returned early. A blocking fd has already waited a writeSlice in the
 // kernel (SO_SNDTIMEO); a polled one waits here, for at most a
-// writeSlice, through the poller. Called with wmu held.
+// writeSlice, through the poller. Called with the write lock held.
 func (c *Conn) waitWrite() {
 	if c.file == nil {
 		return
@@ -336,6 +393,14 @@ func (c *Conn) Peer() Hello { return c.peer }
 
 // Version returns the negotiated protocol version.
 func (c *Conn) Version() uint16 { return c.ver }
+
+// Received returns the number of bytes read from the peer so far, the
+// hello included. It grows as bytes arrive, in the middle of a large
+// frame too, so a peer that is busy sending can be told from a silent
+// one without a round trip: a health check whose ping waits behind
+// megabytes of replies sees them arrive. It costs one atomic load and is
+// safe to call at any time, also after the Conn has closed.
+func (c *Conn) Received() uint64 { return c.received.Load() }
 
 // Done returns a channel that is closed once the Conn has closed, its fd
 // is released and every handler has returned.
@@ -366,6 +431,7 @@ func (c *Conn) Close() error {
 // shutdown starts closing the Conn without waiting for it to finish.
 func (c *Conn) shutdown() {
 	c.closeOnce.Do(func() {
+		c.killOnce.Do(func() { close(c.kill) })
 		c.fdmu.Lock()
 		c.closing = true
 		if c.fd >= 0 {
@@ -382,6 +448,7 @@ func (c *Conn) abort(err error) {
 		c.err = err
 	}
 	c.pmu.Unlock()
+	c.killOnce.Do(func() { close(c.kill) })
 	c.fdmu.Lock()
 	if c.fd >= 0 {
 		unix.Shutdown(c.fd, unix.SHUT_RDWR)
@@ -403,10 +470,12 @@ func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 // runs on the Conn's reader goroutine with the ping's id and a nil error
 // when the pong arrives, or an error wrapping [ErrClosed] if the Conn
 // closes first; it must return quickly and must not call back into the
-// Conn except for Forget. Probe returns the ping's id. ctx (or, if it
-// has no deadline, the WriteTimeout) bounds only the write. Health
+// Conn except for Forget. Probe returns the ping's id once the ping is
+// written. ctx (or, if it has no deadline, the WriteTimeout) bounds only
+// the write, its wait behind other frames included. Health
 // checks use it: a goroutine that pings many peers does not have to wake
-// for each pong, and Probe allocates nothing.
+// for each pong, and Probe allocates nothing (unless it must wait behind
+// other frames with the WriteTimeout as its bound).
 func (c *Conn) Probe(ctx context.Context, done func(id uint64, err error)) (uint64, error) {
 	cl := callPool.Get().(*call)
 	cl.typ, cl.probe = TypePing, done
@@ -612,16 +681,17 @@ func (c *Conn) readLoop() {
 	}
 	c.cancel()
 
-	c.wmu.Lock()
+	c.wlock <- struct{}{}
 	c.fdmu.Lock()
 	c.wclosed = true
 	c.closeFD()
 	c.fd = -1
 	c.fdmu.Unlock()
-	c.wmu.Unlock()
+	<-c.wlock
 
 	c.handlers.Wait()
 	c.writers.Wait()
+	c.giveBack()
 	if !errors.Is(err, ErrClosed) {
 		c.log.Debug("connection closed", "addr", c.cfg.Addr, "error", err)
 	}
@@ -755,15 +825,27 @@ func (c *Conn) finish(cl *call) {
 
 // answerInline answers a ping or an echo from the read buffer, without
 // copying or allocating (unless the peer is not reading; see reply).
+// The reply is held (budget.go) from before its payload is read until
+// it is written. An echo that finds no room in the shared Budget is
+// skipped and refused; a pong is too small to be refused.
 func (c *Conn) answerInline(h Header, limit uint32) error {
 	if h.Length > limit {
 		return c.protocolErr(h.ID, &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
 	}
+	n := frameCost(int(h.Length))
+	ok, err := c.admit(n, h.Type != TypePing)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return c.refuseUnread(h, CodeUnavailable, errNoBudget)
+	}
 	p, err := c.payloadView(int(h.Length))
 	if err != nil {
+		c.release(n)
 		return c.readErr(err)
 	}
-	return c.reply(Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p)
+	return c.reply(Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p, n)
 }
 
 // dispatch runs the Handler for a request in its own goroutine.
@@ -773,15 +855,29 @@ func (c *Conn) answerInline(h Header, limit uint32) error {
 // its own reply goes out only once every request that arrived before it
 // has been answered, after the Handler (if any) has seen it. So a peer
 // that closes when it gets the shutdown reply loses no reply.
+//
+// Refused requests are skipped unread. A request handed to the Handler
+// is held (budget.go) with room for its reply from before its payload
+// is read until the reply is written, and keeps its handler slot until
+// the reply's turn to be written comes.
 func (c *Conn) dispatch(h Header) error {
-	p, err := c.readPayload(h, nil)
-	if err != nil {
-		return err
-	}
 	switch {
 	case c.draining:
-		return c.refuse(h.ID, CodeShutdown, "shutting down")
+		return c.refuseUnread(h, CodeShutdown, "shutting down")
 	case h.Type == TypeShutdown:
+		n, hint := requestCost(h)
+		ok, err := c.admit(n, true)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return c.refuseUnread(h, CodeUnavailable, errNoBudget)
+		}
+		p, err := c.readPayload(h, nil)
+		if err != nil {
+			c.release(n)
+			return err
+		}
 		c.draining = true
 		c.handlers.Add(1)
 		go func() {
@@ -794,16 +890,31 @@ func (c *Conn) dispatch(h Header) error {
 			if c.cfg.Handler != nil {
 				resp, err = c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
 			}
-			c.answer(h, resp, err)
+			c.answer(h, resp, err, n, hint, false)
 		}()
 		return nil
 	case c.cfg.Handler == nil:
-		return c.refuse(h.ID, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
+		return c.refuseUnread(h, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
 	}
 	select {
 	case c.sem <- struct{}{}:
 	default:
-		return c.refuse(h.ID, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
+		return c.refuseUnread(h, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
+	}
+	n, hint := requestCost(h)
+	ok, err := c.admit(n, true)
+	if !ok || err != nil {
+		<-c.sem
+		if err != nil {
+			return err
+		}
+		return c.refuseUnread(h, CodeUnavailable, errNoBudget)
+	}
+	p, err := c.readPayload(h, nil)
+	if err != nil {
+		<-c.sem
+		c.release(n)
+		return err
 	}
 	c.handlers.Add(1)
 	c.inflight.Add(1)
@@ -811,40 +922,66 @@ func (c *Conn) dispatch(h Header) error {
 		defer c.handlers.Done()
 		defer c.inflight.Done() // after the reply is written
 		resp, err := c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
-		// Free the slot before the reply goes out: a peer that sends its
-		// next request only after this reply must find a slot free.
-		<-c.sem
-		c.answer(h, resp, err)
+		c.answer(h, resp, err, n, hint, true)
 	}()
 	return nil
 }
 
-// answer writes a handler's result as the reply to request h.
-func (c *Conn) answer(h Header, resp []byte, err error) {
+// answer writes a handler's result as the reply to request h. n bytes
+// are held for the request, hint of them for its reply; the difference
+// to the real reply is settled first, and everything is released once
+// the reply is written (or the Conn closes). With slot set, the handler
+// slot is given back as soon as the reply's turn to be written comes:
+// a peer that sends its next request only after this reply must find a
+// slot free, while replies waiting their turn keep theirs, so that at
+// most MaxConcurrent of them wait.
+func (c *Conn) answer(h Header, resp []byte, err error, n, hint int64, slot bool) {
+	deadline := time.Now().Add(c.cfg.WriteTimeout)
+	rh := Header{Type: h.Type, Flags: FlagReply, ID: h.ID}
 	if err != nil {
 		var re *RemoteError
 		if !errors.As(err, &re) {
 			re = &RemoteError{Code: CodeInternal, Message: err.Error()}
 		}
-		c.sendError(h.ID, re.Code, re.Message)
-		return
+		rh.Type, resp = TypeError, AppendError(nil, re.Code, re.Message)
+	} else if len(resp) > int(c.cfg.MaxPayload) {
+		rh.Type, resp = TypeError, AppendError(nil, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
 	}
-	if len(resp) > int(c.cfg.MaxPayload) {
-		c.sendError(h.ID, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
-		return
+	if d := frameCost(len(resp)) - hint; d > 0 {
+		c.force(d)
+		n += d
+	} else if d < 0 {
+		c.release(-d)
+		n += d
 	}
-	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, resp)
+	c.writeReply(rh, resp, n, deadline, slot)
 }
 
-// sendError writes an error reply from a handler goroutine. Failing to
-// write it means the Conn is closing anyway.
+// sendError writes an error reply from a goroutine that may wait for
+// the write lock. Failing to write it means the Conn is closing anyway.
 func (c *Conn) sendError(id uint64, code uint16, msg string) {
 	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
 }
 
+// refuseUnread skips request h's payload without reading it into
+// memory and answers it with an error, from the reader goroutine.
+func (c *Conn) refuseUnread(h Header, code uint16, msg string) error {
+	if err := c.discard(int(h.Length)); err != nil {
+		return err
+	}
+	return c.refuse(h.ID, code, msg)
+}
+
 // refuse answers a request with an error from the reader goroutine.
+// The error reply is held like any other (it is small: it waits for
+// room in the Conn's bound but not in a shared Budget).
 func (c *Conn) refuse(id uint64, code uint16, msg string) error {
-	return c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
+	p := AppendError(nil, code, msg)
+	n := frameCost(len(p))
+	if _, err := c.admit(n, false); err != nil {
+		return err
+	}
+	return c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
 }
 
 // protocolErr tells the peer what it did wrong (best effort) and
@@ -854,7 +991,11 @@ func (c *Conn) protocolErr(id uint64, err error) error {
 	if errors.Is(err, ErrFrameTooLarge) {
 		code = CodeTooLarge
 	}
-	c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, err.Error()))
+	// The Conn closes right after: the reply is held without waiting.
+	p := AppendError(nil, code, err.Error())
+	n := frameCost(len(p))
+	c.force(n)
+	c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
 	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 }
 
@@ -925,6 +1066,7 @@ func (c *Conn) read(p []byte) (int, error) {
 	if n == 0 {
 		return 0, io.EOF
 	}
+	c.received.Add(uint64(n))
 	return n, nil
 }
 

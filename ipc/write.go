@@ -8,15 +8,16 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// Writing. Frames are never interleaved: a writer holds wmu from the
-// first byte of a frame to the last. Two rules keep that from blocking
-// anyone for long:
+// Writing. Frames are never interleaved: a writer holds the write lock
+// (wlock) from the first byte of a frame to the last. Three rules keep
+// that from blocking anyone for long:
 //
 //   - The reader goroutine never waits long to write (reply). If
 //     another writer holds the lock, or the socket buffer stays full for
@@ -28,15 +29,64 @@ import (
 //     error at once, but the frame is finished in the background with
 //     the Conn's WriteTimeout, so one impatient caller does not break
 //     the stream for everybody (finishLater).
+//   - Every reply must be written within WriteTimeout of being ready,
+//     its wait for the lock included; one that is not closes the Conn
+//     with ErrStalled (the peer is not reading its replies), which also
+//     ends the wait of everything queued behind it. Replies are held
+//     (budget.go) until written, and the reader stops reading when the
+//     Conn holds too much, so what waits is bounded too.
+//
+// The lock is a channel of capacity 1 rather than a sync.Mutex: it
+// hands itself to waiters in the order they came, so a reply queued
+// behind callers is not starved, and a waiter can give up at its
+// deadline.
 
-// writeFrame writes one frame for a caller or a handler goroutine. The
-// wait for room in the socket buffer ends when ctx ends or, if ctx has
-// no deadline and timeout is positive, after timeout. It does not
-// allocate unless it has to leave the frame to finishLater.
+// tryLockW takes the write lock if it is free.
+func (c *Conn) tryLockW() bool {
+	select {
+	case c.wlock <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// lockW takes the write lock, waiting at most until ctx ends or, if ctx
+// has no deadline and timeout is positive, for timeout. It allocates
+// only when it must wait with a timeout.
+func (c *Conn) lockW(ctx context.Context, timeout time.Duration) error {
+	if c.tryLockW() {
+		return nil
+	}
+	var expired <-chan time.Time
+	if _, ok := ctx.Deadline(); !ok && timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case c.wlock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-expired:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func (c *Conn) unlockW() { <-c.wlock }
+
+// writeFrame writes one frame for a caller. The waits for the write
+// lock and for room in the socket buffer end when ctx ends or, if ctx
+// has no deadline and timeout is positive, after timeout (each). It
+// does not allocate unless it has to wait for the lock with a timeout
+// or leave the frame to finishLater.
 func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, p []byte) error {
-	c.wmu.Lock()
+	if err := c.lockW(ctx, timeout); err != nil {
+		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
+	}
 	if c.wclosed {
-		c.wmu.Unlock()
+		c.unlockW()
 		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
 	}
 	left := c.setFrame(h, p)
@@ -45,7 +95,7 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 		n, err := sendmsg(c.fd, &c.msg)
 		if n > 0 {
 			if left -= n; left == 0 {
-				c.wmu.Unlock()
+				c.unlockW()
 				runtime.KeepAlive(p)
 				return nil
 			}
@@ -66,41 +116,95 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 				continue
 			}
 			if left < HeaderSize+len(p) {
-				c.finishLater(p, false) // keeps wmu
+				c.finishLater(p, false, 0) // keeps the lock
 				return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
 			}
 		} else {
 			err = c.sendErr(err, left < HeaderSize+len(p), h)
 		}
-		c.wmu.Unlock()
+		c.unlockW()
 		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
 	}
 }
 
+// writeReply writes a reply from a goroutine other than the reader (a
+// handler's result, or a reply the reader left to replyLater) and then
+// releases the n bytes held for it. The reply must be written by
+// deadline, the wait for the write lock included; if it is not, the
+// Conn is closed with ErrStalled. With slot set, a handler slot is
+// given back once the lock is taken (see answer).
+func (c *Conn) writeReply(h Header, p []byte, n int64, deadline time.Time, slot bool) {
+	defer c.release(n)
+	err := c.lockW(context.Background(), max(time.Until(deadline), 1)) // > 0: a deadline
+	if slot {
+		<-c.sem
+	}
+	if err != nil {
+		c.stalled(h, "waiting for earlier frames")
+		return
+	}
+	defer c.unlockW()
+	if c.wclosed {
+		return
+	}
+	left := c.setFrame(h, p)
+	for {
+		k, err := sendmsg(c.fd, &c.msg)
+		if k > 0 {
+			if left -= k; left == 0 {
+				runtime.KeepAlive(p)
+				return
+			}
+			c.advance(k)
+		}
+		if err == nil || err == unix.EAGAIN {
+			if time.Now().Before(deadline) {
+				c.waitWrite()
+				continue
+			}
+			c.stalled(h, "")
+			return
+		}
+		c.sendErr(err, left < HeaderSize+len(p), h)
+		return
+	}
+}
+
+// stalled closes the Conn because a reply of type h could not be
+// written within WriteTimeout.
+func (c *Conn) stalled(h Header, while string) {
+	if while != "" {
+		while = ", " + while
+	}
+	c.abort(&OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading its replies: a reply was not written within %v%s", ErrStalled, c.cfg.WriteTimeout, while)})
+}
+
 // reply writes a frame from the reader goroutine, waiting at most two
 // writeSlices: what cannot go out by then is finished by finishLater.
-// p may be a view of rbuf or big.
-func (c *Conn) reply(h Header, p []byte) error {
-	if !c.wmu.TryLock() {
+// p may be a view of rbuf or big. The n bytes held for the reply are
+// released once it is written, or has failed to be.
+func (c *Conn) reply(h Header, p []byte, n int64) error {
+	if !c.tryLockW() {
 		// A caller is writing, perhaps waiting for the peer to read,
 		// which the peer may only do once it has our reply.
-		c.replyLater(h, p)
-		return nil
+		return c.replyLater(h, p, n)
 	}
 	if c.wclosed {
-		c.wmu.Unlock()
+		c.unlockW()
+		c.release(n)
 		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
 	}
 	left := c.setFrame(h, p)
 	for slices := 0; ; slices++ {
-		n, err := sendmsg(c.fd, &c.msg)
-		if n > 0 {
-			if left -= n; left == 0 {
-				c.wmu.Unlock()
+		k, err := sendmsg(c.fd, &c.msg)
+		if k > 0 {
+			if left -= k; left == 0 {
+				c.unlockW()
+				c.release(n)
 				runtime.KeepAlive(p)
 				return nil
 			}
-			c.advance(n)
+			c.advance(k)
 		}
 		if err == nil || err == unix.EAGAIN {
 			// A peer that reads takes even a large frame within one
@@ -109,31 +213,56 @@ func (c *Conn) reply(h Header, p []byte) error {
 				c.waitWrite()
 				continue
 			}
-			c.finishLater(p, len(p) > 0 && len(c.big) > 0 && unsafe.SliceData(p) == unsafe.SliceData(c.big))
+			c.finishLater(p, len(p) > 0 && len(c.big) > 0 && unsafe.SliceData(p) == unsafe.SliceData(c.big), n)
 			return nil
 		}
 		err = c.sendErr(err, left < HeaderSize+len(p), h)
-		c.wmu.Unlock()
+		c.unlockW()
+		c.release(n)
 		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
 	}
 }
 
 // replyLater writes a copy of a reply from a background goroutine, once
-// wmu is free. At most MaxConcurrent wait at once; past that the reader
-// waits too, which pushes back on the peer.
-func (c *Conn) replyLater(h Header, p []byte) {
+// the write lock is free, and releases the n bytes held for it then.
+// At most MaxConcurrent wait at once; past that the reader waits too,
+// which pushes back on the peer, but for no longer than WriteTimeout:
+// then the Conn is closed with ErrStalled.
+func (c *Conn) replyLater(h Header, p []byte, n int64) error {
+	deadline := time.Now().Add(c.cfg.WriteTimeout)
+	select {
+	case c.wsem <- struct{}{}:
+	default:
+		t := time.NewTimer(c.cfg.WriteTimeout)
+		select {
+		case c.wsem <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			c.release(n)
+			c.stalled(h, "with "+strconv.Itoa(cap(c.wsem))+" replies queued")
+			return c.closedErrOp(h)
+		case <-c.kill:
+			t.Stop()
+			c.release(n)
+			return c.closedErrOp(h)
+		}
+	}
 	p = append([]byte(nil), p...)
-	c.wsem <- struct{}{}
 	c.writers.Add(1)
 	go func() {
 		defer c.writers.Done()
 		defer func() { <-c.wsem }()
-		c.writeFrame(context.Background(), c.cfg.WriteTimeout, h, p)
+		c.writeReply(h, p, n, deadline, false)
 	}()
+	return nil
+}
+
+func (c *Conn) closedErrOp(h Header) error {
+	return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
 }
 
 // setFrame points the iovecs at h and p and returns the frame's size.
-// The caller holds wmu.
+// The caller holds the write lock.
 func (c *Conn) setFrame(h Header, p []byte) int {
 	h.Length = uint32(len(p))
 	PutHeader(c.whdr[:], h)
@@ -162,13 +291,14 @@ func (c *Conn) sendErr(err error, partial bool, h Header) error {
 	return err
 }
 
-// finishLater hands the rest of the frame described by c.msg, and wmu
-// with it, to a background goroutine, which writes it within the
-// Conn's WriteTimeout (or closes the Conn) and then unlocks wmu. The
+// finishLater hands the rest of the frame described by c.msg, and the
+// write lock with it, to a background goroutine, which writes it within
+// the Conn's WriteTimeout (or closes the Conn with ErrStalled), unlocks
+// and releases the held bytes, if any (n: the frame is a reply). The
 // unsent part of p is copied first unless lend is set, in which case p
 // is c.big, lent to the goroutine and given back through c.spare.
-// Called with wmu held, so at most one runs at a time.
-func (c *Conn) finishLater(p []byte, lend bool) {
+// Called with the lock held, so at most one runs at a time.
+func (c *Conn) finishLater(p []byte, lend bool, n int64) {
 	iov := unsafe.Slice(c.msg.Iov, c.msg.Iovlen)
 	if last := &iov[len(iov)-1]; len(p) > 0 && int(last.Len) <= len(p) {
 		rest := p[len(p)-int(last.Len):]
@@ -196,13 +326,15 @@ func (c *Conn) finishLater(p []byte, lend bool) {
 					c.waitWrite()
 					continue
 				}
-				err = os.ErrDeadlineExceeded
+				c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading: a frame was left incomplete for %v", ErrStalled, c.cfg.WriteTimeout)})
+				break
 			}
-			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", err)})
+			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", os.NewSyscallError("sendmsg", err))})
 			break
 		}
 		runtime.KeepAlive(p)
-		c.wmu.Unlock()
+		c.unlockW()
+		c.release(n)
 		if lend {
 			select {
 			case c.spare <- p[:cap(p)][:0]:
