@@ -36,7 +36,7 @@ const (
 
 const (
 	readBufSize    = 16 << 10
-	yieldEvery     = 5 * time.Millisecond // see the sysmon note in RESULTS.md
+	yieldEvery     = 5 * time.Millisecond // see read, and the yielding row in docs/BASELINES.md
 	alignThreshold = 32 << 10
 
 	// spinFor bounds how long a caller polls for its reply before it

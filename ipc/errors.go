@@ -45,9 +45,11 @@ var (
 	// ErrVersion reports that the peers share no protocol version.
 	ErrVersion = errors.New("ipc: no common protocol version")
 
-	// ErrStalled reports a peer that stopped sending in the middle of a
-	// reply whose caller had already given up; the Conn is closed.
-	ErrStalled = errors.New("ipc: peer stalled inside a frame")
+	// ErrStalled reports a peer that holds the Conn up: it does not read
+	// the replies we owe it (nothing written or released for
+	// WriteTimeout), or it stopped sending in the middle of a reply
+	// whose caller had already given up. The Conn is closed.
+	ErrStalled = errors.New("ipc: peer stalled")
 
 	// ErrNotSocket reports a path or descriptor that is not a socket.
 	ErrNotSocket = errors.New("ipc: not a socket")

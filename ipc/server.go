@@ -18,9 +18,13 @@ import (
 
 // Defaults for [ServerConfig].
 const (
-	DefaultMaxConns    = 1024
-	DefaultIdleTimeout = 5 * time.Minute
-	DefaultPollAbove   = 16
+	DefaultMaxConns = 1024
+
+	// DefaultServerBuffered bounds what all a server's clients may hold
+	// (ServerConfig.MaxBuffered): eight times one client's bound.
+	DefaultServerBuffered = 8 * DefaultMaxBuffered
+	DefaultIdleTimeout    = 5 * time.Minute
+	DefaultPollAbove      = 16
 
 	// helloWait bounds how long a connection that began with the frame
 	// magic may take to send the rest of its hello header before it is
@@ -65,6 +69,14 @@ type ServerConfig struct {
 	// IdleTimeout closes a connection that sends nothing for this long
 	// (default 5m).
 	IdleTimeout time.Duration
+	// MaxBuffered bounds the bytes all framed clients together may
+	// hold in the server's memory: requests being answered and replies
+	// not yet read (default [DefaultServerBuffered]). Each client also
+	// holds at most [DefaultMaxBuffered] (see [ConnConfig].MaxBuffered);
+	// a request that finds no room in the total is answered with
+	// [CodeUnavailable] unread, and the client may try again (see
+	// [Budget]).
+	MaxBuffered int64
 	// MaxPayload bounds framed clients' frames (default [MaxPayload]).
 	MaxPayload uint32
 
@@ -118,8 +130,9 @@ type Server struct {
 	log        hclog.Logger
 	l          *Listener
 	euid       uint32
-	reserve    int  // slots of MaxConns kept for the privileged
-	wantGroups bool // a group list needs peers' supplementary groups
+	budget     *Budget // shared by every framed client's Conn
+	reserve    int     // slots of MaxConns kept for the privileged
+	wantGroups bool    // a group list needs peers' supplementary groups
 
 	mu       sync.Mutex
 	stopping bool // set once Serve winds down; nothing registers after
@@ -157,6 +170,9 @@ func NewServer(l *Listener, cfg ServerConfig) *Server {
 		cfg.Logger.Warn("max_conns lowered to fit the open-file limit (RLIMIT_NOFILE)", "max_conns", cfg.MaxConns, "lowered_to", limit, "nofile", nofile())
 		cfg.MaxConns = limit
 	}
+	if cfg.MaxBuffered <= 0 {
+		cfg.MaxBuffered = DefaultServerBuffered
+	}
 	if cfg.MaxConnsPerUID == 0 {
 		cfg.MaxConnsPerUID = max(1, cfg.MaxConns/4)
 	}
@@ -166,6 +182,7 @@ func NewServer(l *Listener, cfg ServerConfig) *Server {
 		log:        log,
 		l:          l,
 		euid:       uint32(os.Geteuid()),
+		budget:     NewBudget(cfg.MaxBuffered),
 		reserve:    min(reservedConns, cfg.MaxConns/4),
 		wantGroups: len(cfg.AllowGIDs) > 0 || len(cfg.ControlGIDs) > 0,
 		slots:      make(map[*connSlot]struct{}),
@@ -269,6 +286,7 @@ func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
 		ForwardEcho: s.cfg.ForwardEcho,
 		MaxPayload:  s.cfg.MaxPayload,
 		IdleTimeout: s.cfg.IdleTimeout,
+		Budget:      s.budget,
 		Poll:        poll,
 		Addr:        s.l.Addr(),
 		Logger:      log,

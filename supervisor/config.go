@@ -77,7 +77,10 @@ type Config struct {
 
 	// PingInterval is the time between health pings (default 1s).
 	PingInterval time.Duration
-	// PingTimeout bounds each ping (default 1s).
+	// PingTimeout bounds each ping from the moment it is written
+	// (default 1s). A ping unanswered by then is a miss only if nothing
+	// at all arrived from the worker meanwhile: a worker busy sending
+	// (a pong queued behind large replies) is making progress, not hung.
 	PingTimeout time.Duration
 	// PingMisses consecutive failed pings declare a worker hung; it is
 	// then killed and restarted under the policy (default 3).
