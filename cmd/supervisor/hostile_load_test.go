@@ -1,0 +1,160 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// Heavy load through `run --socket`: 300 clients echoing 1 MiB each
+// while one more client sends 1 MiB echoes and never reads its
+// replies. Every echo comes back byte for byte, no worker is taken for
+// hung (tight health settings and --max-restarts 1, so one false
+// verdict would end the run), the greedy client is cut off, and the
+// supervisor's memory stays bounded.
+func TestRunHeavyLoad(t *testing.T) {
+	t.Parallel()
+	const (
+		clients = 300
+		size    = 1 << 20
+	)
+	sock := filepath.Join(tempDir(t), "s")
+	srv := cliStart(t, "run", "--workers", "3", "--echo-interval", "0", "--socket", sock,
+		"--ping-interval", "100ms", "--ping-timeout", "200ms", "--ping-misses", "2", "--max-restarts", "1")
+	srv.waitSocket(t, sock)
+	before := readyWorkers(t, sock, 3)
+	rss0 := rssKiB(t, srv.pid())
+
+	// The greedy client: hello, then 1 MiB echo requests, never a read.
+	greedy, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer greedy.Close()
+	greedyDone := make(chan int64, 1)
+	go func() {
+		frame := make([]byte, ipc.HeaderSize, ipc.HeaderSize+64)
+		frame = ipc.AppendHello(frame, ipc.Hello{MinVersion: ipc.MinProtocolVersion, MaxVersion: ipc.ProtocolVersion, Name: "greedy"})
+		ipc.PutHeader(frame, ipc.Header{Type: ipc.TypeHello, Length: uint32(len(frame) - ipc.HeaderSize)})
+		req := make([]byte, ipc.HeaderSize+size)
+		var sent int64
+		if _, err := greedy.Write(frame); err != nil {
+			greedyDone <- sent
+			return
+		}
+		for id := uint64(1); ; id++ {
+			ipc.PutHeader(req, ipc.Header{Type: ipc.TypeEcho, ID: id, Length: size})
+			n, err := greedy.Write(req)
+			sent += int64(n)
+			if err != nil { // the server cut us off
+				greedyDone <- sent
+				return
+			}
+		}
+	}()
+
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Int64
+		busy   atomic.Int64 // "server busy" answers, retried
+		first  atomic.Value
+	)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				c, err := ipc.Dial(ctx, sock, ipc.ConnConfig{Name: "load", Poll: true})
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				payload := make([]byte, size)
+				r := rand.NewChaCha8([32]byte{byte(i), byte(i >> 8)})
+				r.Read(payload)
+				for { // a busy server may ask us to come back (CodeUnavailable)
+					reply, err := c.Echo(ctx, payload, nil)
+					if re := (*ipc.RemoteError)(nil); errors.As(err, &re) && re.Code == ipc.CodeUnavailable {
+						busy.Add(1)
+						time.Sleep(10 * time.Millisecond) // back off, as a client should
+						continue
+					}
+					if err != nil {
+						return err
+					}
+					if !bytes.Equal(reply, payload) {
+						return fmt.Errorf("client %d: the echo came back different", i)
+					}
+					return nil
+				}
+			}()
+			if err != nil {
+				failed.Add(1)
+				first.CompareAndSwap(nil, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of %d clients failed; first: %v\n%s", n, clients, first.Load(), srv.output())
+	}
+
+	t.Logf("%d clients × 1 MiB echoed, %d \"server busy\" answers retried", clients, busy.Load())
+	select {
+	case sent := <-greedyDone:
+		t.Logf("the client that never read was cut off after sending %d MiB", sent>>20)
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the client that never reads its replies was not cut off\n%s", srv.output())
+	}
+	if grew := rssKiB(t, srv.pid()) - rss0; grew > 1<<20 {
+		t.Errorf("the supervisor grew by %d MiB under load", grew>>10)
+	}
+	after := readyWorkers(t, sock, 3)
+	_, doc := statusJSON(t, sock)
+	for _, w := range doc.Workers {
+		if w.Restarts != 0 {
+			t.Errorf("worker %d restarted %d times under load (pids %v → %v)\n%s", w.ID, w.Restarts, before, after, srv.output())
+		}
+	}
+	if code := srv.stop(t, syscall.SIGTERM); code != exitOK {
+		t.Errorf("run exited %d\n%s", code, srv.output())
+	}
+}
+
+// rssKiB returns a process's resident set size.
+func rssKiB(tb testing.TB, pid int) int64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return n
+		}
+	}
+	tb.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}
