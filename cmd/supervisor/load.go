@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,6 +15,10 @@ import (
 
 	"github.com/pairvisor/pairvisor/ipc"
 )
+
+// busyBackoff is how long a load client waits after a "server busy"
+// answer before it tries again.
+const busyBackoff = 10 * time.Millisecond
 
 // loadResult is the JSON document of `supervisor bench --socket`.
 type loadResult struct {
@@ -25,6 +30,7 @@ type loadResult struct {
 	MBPerS         float64 `json:"mb_per_s"`
 	Latency        latency `json:"latency"`
 	Failed         int64   `json:"failed"`
+	Busy           int64   `json:"busy"` // answered "server busy" (retried after a pause)
 	Corrupted      int64   `json:"corrupted"`
 }
 
@@ -34,6 +40,7 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 	var (
 		wg                sync.WaitGroup
 		failed, corrupted atomic.Int64
+		busy              atomic.Int64 // "server busy" answers, retried
 		mu                sync.Mutex
 		rtts              []time.Duration
 	)
@@ -70,7 +77,13 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 				got, err := c.Echo(ctx, payload, dst)
 				rtt := time.Since(t0)
 				cancel()
+				var re *ipc.RemoteError
 				switch {
+				case errors.As(err, &re) && re.Code == ipc.CodeUnavailable:
+					// The server is at its memory bound: back off and
+					// try again, as a well-behaved client does.
+					busy.Add(1)
+					time.Sleep(busyBackoff)
 				case err != nil:
 					failed.Add(1)
 					fmt.Fprintln(stderr, "supervisor bench: echo failed:", err)
@@ -88,7 +101,7 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 	}
 	wg.Wait()
 	el := time.Since(start)
-	res := loadResult{Clients: clients, Size: size, Seconds: el.Seconds(), RoundTrips: int64(len(rtts)), Failed: failed.Load(), Corrupted: corrupted.Load()}
+	res := loadResult{Clients: clients, Size: size, Seconds: el.Seconds(), RoundTrips: int64(len(rtts)), Failed: failed.Load(), Corrupted: corrupted.Load(), Busy: busy.Load()}
 	if len(rtts) > 0 {
 		res.Latency = summarise(rtts)
 		res.RoundTripsPerS = float64(len(rtts)) / el.Seconds()
@@ -100,7 +113,7 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 		fmt.Fprintf(stdout, "%d clients echoing %s through %s for %v\n", clients, sizeName(size), socket, el.Round(time.Millisecond))
 		fmt.Fprintf(stdout, "  %d round trips, %.0f/s, %.1f MB/s\n", res.RoundTrips, res.RoundTripsPerS, res.MBPerS)
 		fmt.Fprintf(stdout, "  latency p50 %.0f µs, p99 %.0f µs, p999 %.0f µs\n", res.Latency.P50US, res.Latency.P99US, res.Latency.P999US)
-		fmt.Fprintf(stdout, "  %d failed, %d corrupted\n", res.Failed, res.Corrupted)
+		fmt.Fprintf(stdout, "  %d failed, %d corrupted, %d busy (retried)\n", res.Failed, res.Corrupted, res.Busy)
 	}
 	if res.Failed > 0 || res.Corrupted > 0 {
 		return exitFail
