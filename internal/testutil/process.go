@@ -118,6 +118,15 @@ func (p *Process) Wait(tb testing.TB, timeout time.Duration) error {
 	return p.err
 }
 
+// WaitOK is Wait that also fails the test, without stopping it, unless
+// the process exited with status 0.
+func (p *Process) WaitOK(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	if err := p.Wait(tb, timeout); err != nil {
+		tb.Errorf("process %d %q: %v\n%s", p.PID(), p.Cmd.Args, err, p.Output())
+	}
+}
+
 // Stop sends sig and waits up to timeout for the process to exit, as
 // Wait does, and returns its exit status. A process that has exited
 // already is not an error.
