@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,12 +33,9 @@ func TestRunHeavyLoad(t *testing.T) {
 		clients = 300
 		size    = 1 << 20
 	)
-	sock := filepath.Join(tempDir(t), "s")
-	srv := cliStart(t, "run", "--workers", "3", "--echo-interval", "0", "--socket", sock,
+	srv, sock, before := startRun(t, 3, "--echo-interval", "0",
 		"--ping-interval", "100ms", "--ping-timeout", "200ms", "--ping-misses", "2", "--max-restarts", "1")
-	srv.waitSocket(t, sock)
-	before := readyWorkers(t, sock, 3)
-	rss0 := rssKiB(t, srv.pid())
+	rss0 := rssKiB(t, srv.PID())
 
 	// The greedy client: hello, then 1 MiB echo requests, never a read.
 	greedy, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
@@ -114,7 +110,7 @@ func TestRunHeavyLoad(t *testing.T) {
 	}
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d of %d clients failed; first: %v\n%s", n, clients, first.Load(), srv.output())
+		t.Fatalf("%d of %d clients failed; first: %v\n%s", n, clients, first.Load(), srv.Output())
 	}
 
 	t.Logf("%d clients × 1 MiB echoed, %d \"server busy\" answers retried", clients, busy.Load())
@@ -122,20 +118,20 @@ func TestRunHeavyLoad(t *testing.T) {
 	case sent := <-greedyDone:
 		t.Logf("the client that never read was cut off after sending %d MiB", sent>>20)
 	case <-time.After(2 * time.Minute):
-		t.Fatalf("the client that never reads its replies was not cut off\n%s", srv.output())
+		t.Fatalf("the client that never reads its replies was not cut off\n%s", srv.Output())
 	}
-	if grew := rssKiB(t, srv.pid()) - rss0; grew > 1<<20 {
+	if grew := rssKiB(t, srv.PID()) - rss0; grew > 1<<20 {
 		t.Errorf("the supervisor grew by %d MiB under load", grew>>10)
 	}
 	after := readyWorkers(t, sock, 3)
 	_, doc := statusJSON(t, sock)
 	for _, w := range doc.Workers {
 		if w.Restarts != 0 {
-			t.Errorf("worker %d restarted %d times under load (pids %v → %v)\n%s", w.ID, w.Restarts, before, after, srv.output())
+			t.Errorf("worker %d restarted %d times under load (pids %v → %v)\n%s", w.ID, w.Restarts, before, after, srv.Output())
 		}
 	}
 	if code := srv.stop(t, syscall.SIGTERM); code != exitOK {
-		t.Errorf("run exited %d\n%s", code, srv.output())
+		t.Errorf("run exited %d\n%s", code, srv.Output())
 	}
 }
 
