@@ -91,13 +91,8 @@ func TestServeShutdown(t *testing.T) {
 	if _, err := conn.Call(ctx, ipc.TypeShutdown, nil, nil); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
-	select {
-	case err := <-slow:
-		if err != nil {
-			t.Errorf("the message in progress at the shutdown: %v", err)
-		}
-	case <-time.After(childWait):
-		t.Fatal("no reply to the message in progress")
+	if err := testutil.Receive(t, slow, childWait, "the reply to the message in progress"); err != nil {
+		t.Errorf("the message in progress at the shutdown: %v", err)
 	}
 	// New messages are refused once the shutdown is under way; pings
 	// are still answered.

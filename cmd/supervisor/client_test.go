@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -108,17 +109,7 @@ func TestPingFailures(t *testing.T) {
 		// A stuck server whose accept queue is full.
 		t.Parallel()
 		sock := filepath.Join(dir, "full")
-		lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(lfd)
-		if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: sock}); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Listen(lfd, 0); err != nil {
-			t.Fatal(err)
-		}
+		testutil.StuckListener(t, sock)
 		cfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 		if err != nil {
 			t.Fatal(err)

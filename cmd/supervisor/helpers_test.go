@@ -262,24 +262,7 @@ func otherUser(tb testing.TB) (dir, exe string) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-	src, err := os.Open(testutil.Executable())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer src.Close()
-	exe = filepath.Join(dir, "supervisor")
-	dst, err := os.OpenFile(exe, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	_, err = io.Copy(dst, src)
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return dir, exe
+	return dir, testutil.CopyExecutable(tb, dir, "supervisor")
 }
 
 // abstractName returns an abstract socket name no other test or run

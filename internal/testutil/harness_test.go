@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // These tests run on the harness they test: TestMain is Main, and the
@@ -243,5 +246,45 @@ func TestProcessWaitTimeout(t *testing.T) {
 	}
 	if code := p.Stop(t, syscall.SIGTERM, wait); code != -1 {
 		t.Errorf("Stop of a process that has exited: status %d, want its -1", code)
+	}
+}
+
+func TestReceive(t *testing.T) {
+	ch := make(chan int, 1)
+	ch <- 7
+	if v := Receive(t, ch, wait, "a value"); v != 7 {
+		t.Errorf("Receive = %d, want 7", v)
+	}
+	f := runFake(t, func(tb testing.TB) { Receive(tb, ch, 10*time.Millisecond, "nothing") }) // none is sent
+	if f.fatal != "timed out after 10ms waiting for nothing" {
+		t.Errorf("Receive from a silent channel: failure %q", f.fatal)
+	}
+}
+
+func TestCopyExecutable(t *testing.T) {
+	exe := CopyExecutable(t, ShortDir(t, "tu"), "copy")
+	cmd := harness.Command(t, "args", "from", "copy")
+	cmd.Path, cmd.Args[0] = exe, exe
+	p := StartProcess(t, cmd)
+	p.Wait(t, wait)
+	if st, err := os.Stat(exe); err != nil || st.Mode().Perm() != 0o755 || p.ExitCode() != 7 || p.Stdout.String() != "from|copy\n" {
+		t.Errorf("the copy (%v, %v) ran with exit %d, want a 0755 file that plays roles\n%s", st.Mode(), err, p.ExitCode(), p.Output())
+	}
+}
+
+func TestStuckListener(t *testing.T) {
+	path := filepath.Join(ShortDir(t, "tu"), "s")
+	StuckListener(t, path)
+	var errs []error
+	for range 3 {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		errs = append(errs, unix.Connect(fd, &unix.SockaddrUnix{Name: path}))
+	}
+	if errs[0] != nil || errs[2] != unix.EAGAIN {
+		t.Errorf("connects to a stuck listener: %v, want the first queued and the last refused with EAGAIN", errs)
 	}
 }

@@ -83,6 +83,21 @@ func Poll(tb testing.TB, timeout, interval time.Duration, what string, cond func
 	}
 }
 
+// Receive waits up to timeout for a value from ch and returns it,
+// failing the test with a message naming what it waited for if none
+// comes.
+func Receive[T any](tb testing.TB, ch <-chan T, timeout time.Duration, what string) T {
+	tb.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(timeout):
+		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+		var zero T
+		return zero
+	}
+}
+
 // RequireTool returns the path of an external program, skipping the
 // test when it is missing unless PAIRVISOR_REQUIRE_TOOLS=1, in which
 // case the test fails.
