@@ -109,15 +109,7 @@ func TestPingFailures(t *testing.T) {
 		// A stuck server whose accept queue is full.
 		t.Parallel()
 		sock := filepath.Join(dir, "full")
-		testutil.StuckListener(t, sock)
-		cfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(cfd)
-		if err := unix.Connect(cfd, &unix.SockaddrUnix{Name: sock}); err != nil {
-			t.Fatal(err)
-		}
+		testutil.FullListener(t, sock)
 		r := cliWant(t, exitFail, cliOpts{}, "ping", "--socket", sock, "--timeout", "500ms")
 		if !strings.Contains(r.stderr, "timeout: "+sock) {
 			t.Errorf("want a timeout:\n%s", r)

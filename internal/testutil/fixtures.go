@@ -37,23 +37,35 @@ func CopyExecutable(tb testing.TB, dir, name string) string {
 	return path
 }
 
-// StuckListener binds a Unix stream socket at path and listens on it
-// with a backlog of 0, and never accepts: a server that hangs. Once one
-// connection waits in its queue, further connects block (or fail with
-// EAGAIN when non-blocking). It returns the listening descriptor, which
-// it closes at the end of the test.
-func StuckListener(tb testing.TB, path string) int {
+// FullListener binds a Unix stream socket at path, listens on it with a
+// backlog of 0, fills that backlog with one connection of its own, and
+// never accepts: a hung server whose accept queue is full. Further
+// connects block, or fail with EAGAIN when non-blocking. It returns the
+// listening descriptor; both descriptors are closed at the end of the
+// test.
+func FullListener(tb testing.TB, path string) int {
 	tb.Helper()
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	lfd := socket(tb, 0)
+	if err := unix.Bind(lfd, &unix.SockaddrUnix{Name: path}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 0); err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Connect(socket(tb, unix.SOCK_NONBLOCK), &unix.SockaddrUnix{Name: path}); err != nil {
+		tb.Fatal(err)
+	}
+	return lfd
+}
+
+// socket returns a close-on-exec Unix stream socket with flags, closed
+// at the end of the test.
+func socket(tb testing.TB, flags int) int {
+	tb.Helper()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|flags, 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		tb.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		tb.Fatal(err)
-	}
 	return fd
 }
