@@ -147,7 +147,7 @@ func (h *Harness) Main(m *testing.M) {
 		os.Exit(f(os.Args[1:]...))
 	}
 	flag.Parse()
-	before := takeSnapshot()
+	before := TakeSnapshot()
 	code := m.Run()
 	code = h.after(os.Stderr, code, before, runFlags{
 		filtered: flagValue("test.run") != "" || flagValue("test.skip") != "" || flagValue("test.list") != "" ||
@@ -185,7 +185,7 @@ type runFlags struct {
 
 // after makes the checks that follow a run that ended with code,
 // reporting failures to w, and returns the run's exit status.
-func (h *Harness) after(w io.Writer, code int, before snapshot, fl runFlags) int {
+func (h *Harness) after(w io.Writer, code int, before Snapshot, fl runFlags) int {
 	if code != 0 {
 		return code
 	}
@@ -197,7 +197,7 @@ func (h *Harness) after(w io.Writer, code int, before snapshot, fl runFlags) int
 	}
 	// The fuzzing engine keeps goroutines of its own (os/signal's loop)
 	// running after the tests: no goroutine count to compare then.
-	if err := checkLeaks(before, h.cfg.LeakWait, !fl.fuzzing); err != nil {
+	if err := before.check(h.cfg.LeakWait, !fl.fuzzing); err != nil {
 		fmt.Fprintln(w, "FAIL: leak check after all tests:", err)
 		return 1
 	}

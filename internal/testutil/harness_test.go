@@ -139,7 +139,7 @@ func TestUnusedRoleFailsTheRun(t *testing.T) {
 		h.Register(r, func(...string) int { return 0 })
 	}
 	h.Use(t, "used")
-	before := takeSnapshot()
+	before := TakeSnapshot()
 	var out Buffer
 	if code := h.after(&out, 0, before, runFlags{}); code != 1 || !strings.Contains(out.String(), "used by no test: unused-a, unused-b\n") {
 		t.Errorf("full run with unused roles: exit %d, output %q; want 1 naming both", code, out.String())
@@ -154,9 +154,9 @@ func TestUnusedRoleFailsTheRun(t *testing.T) {
 
 func TestLeakChecks(t *testing.T) {
 	const short = 50 * time.Millisecond // the leak is there until undone: no race with it
-	check := func(t *testing.T, before snapshot, goroutines bool, want string) {
+	check := func(t *testing.T, before Snapshot, goroutines bool, want string) {
 		t.Helper()
-		err := checkLeaks(before, short, goroutines)
+		err := before.check(short, goroutines)
 		if want == "" && err != nil {
 			t.Errorf("leak check: %v, want none", err)
 		}
@@ -166,7 +166,7 @@ func TestLeakChecks(t *testing.T) {
 	}
 
 	t.Run("descriptor opened", func(t *testing.T) {
-		before := takeSnapshot()
+		before := TakeSnapshot()
 		f, err := os.Open("/dev/null")
 		if err != nil {
 			t.Fatal(err)
@@ -180,13 +180,13 @@ func TestLeakChecks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		before := takeSnapshot()
+		before := TakeSnapshot()
 		fd := f.Fd()
 		f.Close()
 		check(t, before, true, fmt.Sprintf("-%d->/dev/null", fd))
 	})
 	t.Run("goroutine", func(t *testing.T) {
-		before := takeSnapshot()
+		before := TakeSnapshot()
 		release, done := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(done)
@@ -199,12 +199,13 @@ func TestLeakChecks(t *testing.T) {
 		check(t, before, true, "")
 	})
 	t.Run("child and zombie", func(t *testing.T) {
-		before := takeSnapshot()
+		before := TakeSnapshot()
 		pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", "exit 0"}, &syscall.ProcAttr{Env: os.Environ()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		check(t, before, true, fmt.Sprintf("child processes left (zombies included): %d (sh)", pid))
+		check(t, TakeSnapshot(), true, "") // there at the snapshot: not a leak of what came after
 		var ws syscall.WaitStatus
 		if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
 			t.Fatal(err)

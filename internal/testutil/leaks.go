@@ -18,30 +18,49 @@ import (
 // "github.com/pairvisor/pairvisor/", derived from this package's own.
 var modulePath = strings.TrimSuffix(reflect.TypeFor[FD]().PkgPath(), "internal/testutil")
 
-// snapshot is what a process holds before its tests run.
-type snapshot struct {
+// A Snapshot is what this process holds at one moment: its descriptors,
+// goroutines and child processes. [Snapshot.Check] reports what was
+// added since. [Harness.Main] takes one before the tests and checks it
+// after them; a test that is not parallel may do the same around the
+// code it runs.
+type Snapshot struct {
 	fds        map[string]string // descriptor number → target
 	fdErr      error             // reading them failed: no descriptor check
 	goroutines int               // how many were running
 	goids      map[string]bool   // the ids of those running
+	kids       map[int]bool      // the pids of child processes
 }
 
-// takeSnapshot records this process's descriptors and goroutine count.
-// It first lets the runtime create its poller's descriptors (epoll,
-// eventfd), so that the first pipe a test opens does not count their
-// lazy creation as a leak.
-func takeSnapshot() snapshot {
+// TakeSnapshot records this process's descriptors, goroutines and
+// child processes. It first lets the runtime create its poller's
+// descriptors (epoll, eventfd), so that the first pipe a test opens
+// does not count their lazy creation as a leak.
+func TakeSnapshot() Snapshot {
 	if r, w, err := os.Pipe(); err == nil {
 		r.Close()
 		w.Close()
 	}
 	fds, err := fdMap()
-	s := snapshot{fds: fds, fdErr: err, goroutines: runtime.NumGoroutine(), goids: make(map[string]bool)}
+	s := Snapshot{fds: fds, fdErr: err, goroutines: runtime.NumGoroutine(), goids: make(map[string]bool), kids: make(map[int]bool)}
 	for _, g := range strings.Split(Stacks(), "\n\n") {
 		s.goids[goid(g)] = true
 	}
+	for _, p := range Children() {
+		s.kids[p.PID] = true
+	}
 	return s
 }
+
+// Check reports, in one error, what this process holds now and did not
+// hold at s: descriptors opened, closed or pointing elsewhere;
+// goroutines of this module's code (tests included) or of os/exec, or
+// more goroutines than at s; child processes, zombies included. It
+// polls for up to wait, since a reader goroutine or a child being
+// reaped may be a few scheduling rounds from gone when the code under
+// test returns, and returns nil once nothing is left. Garbage
+// collection is off meanwhile: the finalizer of an unreachable *os.File
+// would close a leaked descriptor and hide it.
+func (s Snapshot) Check(wait time.Duration) error { return s.check(wait, true) }
 
 // goid returns the id of the goroutine whose stack runtime.Stack wrote
 // as g ("goroutine 7 [running]:\n...").
@@ -68,19 +87,12 @@ func fdMap() (map[string]string, error) {
 	return fds, nil
 }
 
-// checkLeaks reports what the tests left behind since before:
-// descriptors opened, closed or pointed elsewhere; goroutines (when
-// goroutines is set) of this module's code or of os/exec, or more
-// goroutines than at the start; child processes, zombies included. It
-// polls for up to wait, since a reader goroutine or a reaped child may
-// be a few scheduling rounds from gone when the last test returns.
-// Garbage collection is off meanwhile: the finalizer of an unreachable
-// *os.File would close a leaked descriptor and hide it.
-func checkLeaks(before snapshot, wait time.Duration, goroutines bool) error {
+// check is Check, without the goroutine part unless goroutines is set.
+func (s Snapshot) check(wait time.Duration, goroutines bool) error {
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	deadline := time.Now().Add(wait)
 	for {
-		problems := leaks(before, goroutines)
+		problems := s.leaks(goroutines)
 		if len(problems) == 0 {
 			return nil
 		}
@@ -92,7 +104,7 @@ func checkLeaks(before snapshot, wait time.Duration, goroutines bool) error {
 }
 
 // leaks returns one line (or paragraph) per kind of leftover.
-func leaks(before snapshot, goroutines bool) []string {
+func (before Snapshot) leaks(goroutines bool) []string {
 	var problems []string
 	if before.fdErr == nil {
 		if diff, err := fdDiff(before.fds); err != nil {
@@ -109,12 +121,14 @@ func leaks(before snapshot, goroutines bool) []string {
 			problems = append(problems, fmt.Sprintf("%d goroutines running, %d at the start:\n\n%s", n, before.goroutines, Stacks()))
 		}
 	}
-	if kids := Children(); len(kids) > 0 {
-		var s []string
-		for _, p := range kids {
-			s = append(s, fmt.Sprintf("%d (%s) state %s", p.PID, p.Comm, p.State))
+	var kids []string
+	for _, p := range Children() {
+		if !before.kids[p.PID] {
+			kids = append(kids, fmt.Sprintf("%d (%s) state %s", p.PID, p.Comm, p.State))
 		}
-		problems = append(problems, "child processes left (zombies included): "+strings.Join(s, "; "))
+	}
+	if len(kids) > 0 {
+		problems = append(problems, "child processes left (zombies included): "+strings.Join(kids, "; "))
 	}
 	return problems
 }
