@@ -33,11 +33,10 @@ const (
 
 // cliOpts are the optional settings of a CLI process.
 type cliOpts struct {
-	stdin   io.Reader
-	dir     string
-	exe     string              // default: this test binary
-	cred    *syscall.Credential // run as another user
-	timeout time.Duration       // default cliWait (cliRun only)
+	stdin io.Reader
+	dir   string
+	exe   string              // default: this test binary
+	cred  *syscall.Credential // run as another user
 }
 
 type cliResult struct {
@@ -68,13 +67,9 @@ func cliCommand(tb testing.TB, o cliOpts, args ...string) *exec.Cmd {
 // cliRun runs the CLI with args to completion and returns what it did.
 func cliRun(tb testing.TB, o cliOpts, args ...string) cliResult {
 	tb.Helper()
-	timeout := o.timeout
-	if timeout == 0 {
-		timeout = cliWait
-	}
 	start := time.Now()
 	p := testutil.StartProcess(tb, cliCommand(tb, o, args...))
-	err := p.Wait(tb, timeout)
+	err := p.Wait(tb, cliWait)
 	r := cliResult{code: p.ExitCode(), stdout: p.Stdout.String(), stderr: p.Stderr.String(), elapsed: time.Since(start)}
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {

@@ -68,8 +68,8 @@ type HarnessConfig struct {
 //
 //	func TestMain(m *testing.M) { harness.Main(m) }
 //
-// Register must be called before Main; Use, Command and the other
-// methods are safe for concurrent use by parallel tests.
+// Use, Command and the other methods are safe for concurrent use by
+// parallel tests.
 type Harness struct {
 	cfg   HarnessConfig
 	roles map[string]func(args ...string) int
@@ -86,8 +86,8 @@ func NewHarness(cfg HarnessConfig) *Harness {
 
 // Register adds a role: f runs in a process whose RoleEnv names it,
 // with the process's arguments (os.Args[1:]), and returns its exit
-// status. It panics if the role is registered already or if it is
-// called after Main started, as a mistake in the test code.
+// status. Call it from init, before Main. It panics if the role is
+// registered already, as a mistake in the test code.
 func (h *Harness) Register(role string, f func(args ...string) int) {
 	if role == "" || f == nil {
 		panic("testutil: Register needs a role name and a function")
