@@ -34,7 +34,6 @@ const (
 // cliOpts are the optional settings of a CLI process.
 type cliOpts struct {
 	stdin io.Reader
-	dir   string
 	exe   string              // default: this test binary
 	cred  *syscall.Credential // run as another user
 }
@@ -56,7 +55,6 @@ func cliCommand(tb testing.TB, o cliOpts, args ...string) *exec.Cmd {
 	if o.exe != "" {
 		cmd.Path, cmd.Args[0] = o.exe, o.exe
 	}
-	cmd.Dir = o.dir
 	cmd.Stdin = o.stdin
 	if o.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.cred}
