@@ -39,7 +39,7 @@ func TestShutdownAnswersEarlierMessages(t *testing.T) {
 			}
 		}
 		parent.Close()
-		c.wait(t, childWait)
+		c.Wait(t, childWait)
 	}
 	if refused > 0 {
 		t.Fatalf("a message sent before the shutdown was refused in %d of 30 runs", refused)
@@ -61,7 +61,7 @@ func TestShutdownReplyComesLast(t *testing.T) {
 			go func() { defer wg.Done(); _, err := conn.Call(ctx, ipc.TypeMessage, []byte("slow"), nil); errs <- err }()
 		}
 		for i := 0; i < 20; i++ {
-			c.line(t)
+			c.Line(t, childWait)
 		}
 		conn.Call(ctx, ipc.TypeShutdown, nil, nil)
 		conn.Close()
@@ -73,7 +73,7 @@ func TestShutdownReplyComesLast(t *testing.T) {
 			}
 		}
 		cancel()
-		c.wait(t, childWait)
+		c.Wait(t, childWait)
 	}
 	if lost > 0 {
 		t.Fatalf("%d of 200 replies to messages in progress were lost to the shutdown", lost)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,19 +24,13 @@ func TestRunServiceExit(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			t.Parallel()
-			sock := filepath.Join(tempDir(t), "s")
-			run := cliStart(t, "run", "--workers", "2", "--socket", sock, "--echo-interval", "5ms", "--ping-interval", "100ms")
-			run.waitSocket(t, sock)
-			pids := readyWorkers(t, sock, 2)
-			syscall.Kill(pids[0], syscall.SIGKILL)
-			poll(t, "the killed worker's replacement", func() bool {
-				return !slices.Contains(readyWorkers(t, sock, 2), pids[0])
-			}, run.output)
+			run, sock, pids := startRun(t, 2, "--echo-interval", "5ms", "--ping-interval", "100ms")
+			run.replaceWorker(t, sock, 2, pids[0])
 			if code := run.stop(t, sig); code != exitOK {
-				t.Errorf("run exited %d after %v with a restarted worker, want 0\n%s", code, sig, run.output())
+				t.Errorf("run exited %d after %v with a restarted worker, want 0\n%s", code, sig, run.Output())
 			}
-			if !strings.Contains(run.stdout.String(), "failures 1)") || !strings.Contains(run.stdout.String(), "  result     ok\n") {
-				t.Errorf("summary should count the failure and say ok:\n%s", run.output())
+			if !strings.Contains(run.Stdout.String(), "failures 1)") || !strings.Contains(run.Stdout.String(), "  result     ok\n") {
+				t.Errorf("summary should count the failure and say ok:\n%s", run.Output())
 			}
 		})
 	}
@@ -47,19 +40,13 @@ func TestRunServiceExit(t *testing.T) {
 // that failed makes it exit 1, even when a signal ends it early.
 func TestRunDurationStrict(t *testing.T) {
 	t.Parallel()
-	sock := filepath.Join(tempDir(t), "s")
-	run := cliStart(t, "run", "--workers", "2", "--socket", sock, "--duration", "1h", "--echo-interval", "5ms")
-	run.waitSocket(t, sock)
-	pids := readyWorkers(t, sock, 2)
-	syscall.Kill(pids[1], syscall.SIGKILL)
-	poll(t, "the killed worker's replacement", func() bool {
-		return !slices.Contains(readyWorkers(t, sock, 2), pids[1])
-	}, run.output)
+	run, sock, pids := startRun(t, 2, "--duration", "1h", "--echo-interval", "5ms")
+	run.replaceWorker(t, sock, 2, pids[1])
 	if code := run.stop(t, syscall.SIGTERM); code != exitFail {
-		t.Errorf("run --duration exited %d with a failed worker, want 1\n%s", code, run.output())
+		t.Errorf("run --duration exited %d with a failed worker, want 1\n%s", code, run.Output())
 	}
-	if !strings.Contains(run.stdout.String(), "  result     FAILED\n") {
-		t.Errorf("summary should say FAILED:\n%s", run.output())
+	if !strings.Contains(run.Stdout.String(), "  result     FAILED\n") {
+		t.Errorf("summary should say FAILED:\n%s", run.Output())
 	}
 }
 
@@ -71,15 +58,12 @@ func TestRunSIGTERMWithWorkers(t *testing.T) {
 	for i := range 10 {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			t.Parallel()
-			sock := filepath.Join(tempDir(t), "s")
-			run := cliStart(t, "run", "--workers", "3", "--socket", sock, "--echo-interval", "1ms", "--ping-interval", "50ms")
-			run.waitSocket(t, sock)
-			pids := readyWorkers(t, sock, 3)
-			for _, pid := range append(pids, run.pid()) {
+			run, _, pids := startRun(t, 3, "--echo-interval", "1ms", "--ping-interval", "50ms")
+			for _, pid := range append(pids, run.PID()) {
 				syscall.Kill(pid, syscall.SIGTERM)
 			}
 			if code := run.stop(t, syscall.SIGTERM); code != exitOK {
-				t.Errorf("run exited %d after SIGTERM to it and its workers, want 0\n%s", code, run.output())
+				t.Errorf("run exited %d after SIGTERM to it and its workers, want 0\n%s", code, run.Output())
 			}
 			for _, pid := range pids {
 				if !processGone(pid) {
@@ -103,7 +87,7 @@ func TestFrontDoorNoWorker(t *testing.T) {
 	poll(t, "the worker to be gone", func() bool {
 		_, doc := statusJSON(t, sock)
 		return doc.Workers[0].State == "exited"
-	}, run.output)
+	}, run.Output)
 
 	r := cliWant(t, exitFail, cliOpts{}, "echo", "--socket", sock, "--timeout", "1h", "hello")
 	if want := sock + ": no ready worker (of 1: 1 exited)"; !strings.Contains(r.stderr, want) {
@@ -123,7 +107,7 @@ func TestFrontDoorNoWorker(t *testing.T) {
 	// The supervisor itself still answers.
 	cliWant(t, exitOK, cliOpts{}, "ping", "--socket", sock)
 	if code := run.stop(t, syscall.SIGTERM); code != exitOK {
-		t.Errorf("run exited %d, want 0\n%s", code, run.output())
+		t.Errorf("run exited %d, want 0\n%s", code, run.Output())
 	}
 }
 

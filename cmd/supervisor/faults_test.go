@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -23,10 +22,7 @@ import (
 // while SIGHUP replaces every worker see no failed request.
 func TestRunSIGHUPUnderTraffic(t *testing.T) {
 	t.Parallel()
-	sock := filepath.Join(tempDir(t), "s")
-	run := cliStart(t, "run", "--workers", "3", "--socket", sock, "--echo-interval", "0", "--ping-interval", "100ms")
-	run.waitSocket(t, sock)
-	before := readyWorkers(t, sock, 3)
+	run, sock, before := startRun(t, 3, "--echo-interval", "0", "--ping-interval", "100ms")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var (
@@ -74,8 +70,8 @@ func TestRunSIGHUPUnderTraffic(t *testing.T) {
 			}
 		}()
 	}
-	poll(t, "traffic to flow", func() bool { return ok.Load() > 50 }, func() string { return run.output() })
-	if err := run.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	poll(t, "traffic to flow", func() bool { return ok.Load() > 50 }, func() string { return run.Output() })
+	if err := run.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	var after []int
@@ -87,9 +83,9 @@ func TestRunSIGHUPUnderTraffic(t *testing.T) {
 			}
 		}
 		return true
-	}, func() string { return fmt.Sprintf("before %v, now %v\n%s", before, after, run.output()) })
+	}, func() string { return fmt.Sprintf("before %v, now %v\n%s", before, after, run.Output()) })
 	mark := ok.Load()
-	poll(t, "traffic after the restart", func() bool { return ok.Load() > mark+50 }, func() string { return run.output() })
+	poll(t, "traffic after the restart", func() bool { return ok.Load() > mark+50 }, func() string { return run.Output() })
 	cancel()
 	wg.Wait()
 	close(failures)
@@ -100,7 +96,7 @@ func TestRunSIGHUPUnderTraffic(t *testing.T) {
 		t.Fatalf("%d of %d requests failed during the rolling restart", bad.Load(), bad.Load()+ok.Load())
 	}
 	if code := run.stop(t, syscall.SIGTERM); code != exitOK {
-		t.Errorf("run exited %d, want 0\n%s", code, run.output())
+		t.Errorf("run exited %d, want 0\n%s", code, run.Output())
 	}
 	t.Logf("%d echoes through the front door, none failed; workers %v replaced by %v", ok.Load(), before, after)
 }
@@ -109,37 +105,35 @@ func TestRunSIGHUPUnderTraffic(t *testing.T) {
 // window stop everything, log one line saying why and exit 1.
 func TestRunCrashLoopExits1(t *testing.T) {
 	t.Parallel()
-	sock := filepath.Join(tempDir(t), "s")
-	run := cliStart(t, "run", "--workers", "1", "--socket", sock, "--echo-interval", "0",
+	run, sock, _ := startRun(t, 1, "--echo-interval", "0",
 		"--max-restarts", "2", "--restart-window", "1m", "--log-level", "warn")
-	run.waitSocket(t, sock)
 	var killed []int
 	for range 3 {
 		var pid int
 		poll(t, "a new worker", func() bool {
-			if run.exited() {
+			if run.Exited() {
 				return true
 			}
 			pids := readyWorkers(t, sock, 1)
 			pid = pids[0]
 			return !slices.Contains(killed, pid)
-		}, run.output)
-		if run.exited() {
+		}, run.Output)
+		if run.Exited() {
 			break
 		}
 		syscall.Kill(pid, syscall.SIGKILL)
 		killed = append(killed, pid)
 	}
 	select {
-	case <-run.done:
+	case <-run.Done():
 	case <-time.After(cliWait):
-		t.Fatalf("run did not give up after 3 crashes\n%s", run.output())
+		t.Fatalf("run did not give up after 3 crashes\n%s", run.Output())
 	}
-	if code := run.cmd.ProcessState.ExitCode(); code != exitFail {
-		t.Errorf("run exited %d after a crash loop, want 1\n%s", code, run.output())
+	if code := run.ExitCode(); code != exitFail {
+		t.Errorf("run exited %d after a crash loop, want 1\n%s", code, run.Output())
 	}
-	if n := strings.Count(run.stderr.String(), "giving up"); n != 1 || !strings.Contains(run.stderr.String(), "more than 2 restarts within 1m0s") {
-		t.Errorf("want one line giving up with the reason, got %d\n%s", n, run.output())
+	if n := strings.Count(run.Stderr.String(), "giving up"); n != 1 || !strings.Contains(run.Stderr.String(), "more than 2 restarts within 1m0s") {
+		t.Errorf("want one line giving up with the reason, got %d\n%s", n, run.Output())
 	}
 	if !gone(sock) {
 		t.Error("socket left behind after the crash loop")
@@ -156,10 +150,7 @@ func TestRunCrashLoopExits1(t *testing.T) {
 // once instead of after --stop-timeout.
 func TestRunSecondSignalKills(t *testing.T) {
 	t.Parallel()
-	sock := filepath.Join(tempDir(t), "s")
-	run := cliStart(t, "run", "--workers", "2", "--socket", sock, "--echo-interval", "0", "--stop-timeout", "1m", "--ping-misses", "1000")
-	run.waitSocket(t, sock)
-	pids := readyWorkers(t, sock, 2)
+	run, _, pids := startRun(t, 2, "--echo-interval", "0", "--stop-timeout", "1m", "--ping-misses", "1000")
 	for _, pid := range pids {
 		syscall.Kill(pid, syscall.SIGSTOP)
 	}
@@ -168,15 +159,15 @@ func TestRunSecondSignalKills(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
 	}()
-	run.cmd.Process.Signal(syscall.SIGINT)
-	poll(t, "the stop to begin", func() bool { return strings.Contains(run.stderr.String(), "signal again to kill") }, run.output)
+	run.Cmd.Process.Signal(syscall.SIGINT)
+	poll(t, "the stop to begin", func() bool { return strings.Contains(run.Stderr.String(), "signal again to kill") }, run.Output)
 	start := time.Now()
 	code := run.stop(t, syscall.SIGINT)
 	if el := time.Since(start); el > 10*time.Second {
 		t.Errorf("second SIGINT took %v to end the run (stop timeout 1m)", el)
 	}
 	if code != exitOK {
-		t.Errorf("run exited %d, want 0\n%s", code, run.output())
+		t.Errorf("run exited %d, want 0\n%s", code, run.Output())
 	}
 	for _, pid := range pids {
 		if !processGone(pid) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/pairvisor/pairvisor/internal/testutil"
 )
 
 // TestFlagValues: every invalid flag value of every command is a usage
@@ -96,7 +98,7 @@ func TestFlagValues(t *testing.T) {
 // ulimited returns the options and arguments that run the CLI with
 // args under RLIMIT_NOFILE n (soft and hard).
 func ulimited(n int, args ...string) (cliOpts, []string) {
-	return cliOpts{exe: "/bin/sh"}, append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, n), testBinary()}, args...)
+	return cliOpts{exe: "/bin/sh"}, append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, n), testutil.Executable()}, args...)
 }
 
 // TestFDLimit: --workers and --max-conns are checked against
@@ -129,27 +131,15 @@ func TestFDLimit(t *testing.T) {
 
 	// The most workers allowed all start, and the run stops cleanly.
 	o, args = ulimited(limit, "run", "--workers", fmt.Sprint(maxWorkers), "--echo-interval", "5ms")
-	cmd := cliCommand(o, args...)
-	p := &cliProc{args: args, cmd: cmd, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = &p.stdout, &p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		if !p.exited() {
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	poll(t, "every worker to be ready", func() bool { return strings.Contains(p.stderr.String(), "all workers ready") || p.exited() }, p.output)
+	p := cliStartOpts(t, o, args...)
+	poll(t, "every worker to be ready", func() bool { return strings.Contains(p.Stderr.String(), "all workers ready") || p.Exited() }, p.Output)
 	if code := p.stop(t, syscall.SIGTERM); code != exitOK {
-		t.Errorf("run of %d workers under RLIMIT_NOFILE %d exited %d\n%s", maxWorkers, limit, code, p.output())
+		t.Errorf("run of %d workers under RLIMIT_NOFILE %d exited %d\n%s", maxWorkers, limit, code, p.Output())
 	}
-	if regexp.MustCompile(`too many open files|EMFILE`).MatchString(p.stderr.String()) {
-		t.Errorf("ran out of descriptors:\n%s", p.output())
+	if regexp.MustCompile(`too many open files|EMFILE`).MatchString(p.Stderr.String()) {
+		t.Errorf("ran out of descriptors:\n%s", p.Output())
 	}
-	if !strings.Contains(p.stdout.String(), fmt.Sprintf("workers    %d (restarts 0, failures 0)", maxWorkers)) {
-		t.Errorf("summary:\n%s", p.output())
+	if !strings.Contains(p.Stdout.String(), fmt.Sprintf("workers    %d (restarts 0, failures 0)", maxWorkers)) {
+		t.Errorf("summary:\n%s", p.Output())
 	}
 }

@@ -3,13 +3,11 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
@@ -20,10 +18,8 @@ import (
 // and it is not served at all on an abstract socket without allow-lists.
 func TestRunControlOtherUser(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
-	dir := worldDir(t)
-	exe := exeForOthers(t, dir)
-	abstract := fmt.Sprintf("@pv-ctl-%d-%d", syscall.Getpid(), time.Now().UnixNano())
+	dir, exe := otherUser(t)
+	abstract := abstractName("ctl")
 	for _, tc := range []struct {
 		name         string
 		socket       string
@@ -57,7 +53,7 @@ func TestRunControlOtherUser(t *testing.T) {
 			}
 			cliWant(t, exitOK, cliOpts{}, "reload", "--socket", tc.socket) // our own uid may
 			if code := srv.stop(t, syscall.SIGTERM); code != exitOK {
-				t.Errorf("run exited %d\n%s", code, srv.output())
+				t.Errorf("run exited %d\n%s", code, srv.Output())
 			}
 		})
 	}
@@ -67,10 +63,8 @@ func TestRunControlOtherUser(t *testing.T) {
 // bound the name first) unless told to.
 func TestClientUntrustedServer(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
-	dir := worldDir(t)
-	exe := exeForOthers(t, dir)
-	sock := fmt.Sprintf("@pv-squat-%d-%d", syscall.Getpid(), time.Now().UnixNano())
+	_, exe := otherUser(t)
+	sock := abstractName("squat")
 	srv := cliStartOpts(t, cliOpts{exe: exe, cred: nobody}, "serve", "--socket", sock)
 	srv.waitSocket(t, sock)
 
@@ -83,7 +77,7 @@ func TestClientUntrustedServer(t *testing.T) {
 	cliWant(t, exitOK, cliOpts{}, "ping", "--socket", sock, "--trust-uid", "65534")
 	cliWant(t, exitOK, cliOpts{}, "ping", "--socket", sock, "--trust-uid", "nobody")
 	if code := srv.stop(t, syscall.SIGTERM); code != exitOK {
-		t.Errorf("serve exited %d\n%s", code, srv.output())
+		t.Errorf("serve exited %d\n%s", code, srv.Output())
 	}
 }
 
@@ -99,25 +93,14 @@ func TestStrayWorkerEnvIsIgnored(t *testing.T) {
 	defer ours.Close()
 	// sh is the CLI's parent and names itself, so only fd 3's peer
 	// credentials give the stray away; "; exit" keeps sh from exec'ing.
-	cmd := cliCommand(cliOpts{exe: "/bin/sh"}, "-c", ipc.EnvParentPID+`=$$ "$0" "$@"; exit $?`, testBinary(), "version")
+	cmd := cliCommand(t, cliOpts{exe: "/bin/sh"}, "-c", ipc.EnvParentPID+`=$$ "$0" "$@"; exit $?`, testutil.Executable(), "version")
 	cmd.Env = append(cmd.Env, ipc.EnvWorker+"=1", ipc.EnvFD+"=3")
 	cmd.ExtraFiles = []*os.File{theirs}
-	var stdout, stderr testutil.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := testutil.StartProcess(t, cmd)
 	theirs.Close()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil || !strings.Contains(stdout.String(), "supervisor") || !strings.Contains(stderr.String(), "not a worker") {
-			t.Errorf("want the version and a warning, exit 0; got %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
-		}
-	case <-time.After(cliWait):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("the CLI took the stray environment for a worker's and served fd 3\nstderr: %s", stderr.String())
+	// A CLI that took the environment for a worker's would serve fd 3
+	// until its peer closed it, and be killed.
+	if err := p.Wait(t, cliWait); err != nil || !strings.Contains(p.Stdout.String(), "supervisor") || !strings.Contains(p.Stderr.String(), "not a worker") {
+		t.Errorf("want the version and a warning, exit 0; got %v\n%s", err, p.Output())
 	}
 }

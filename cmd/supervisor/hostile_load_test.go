@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,12 +33,9 @@ func TestRunHeavyLoad(t *testing.T) {
 		clients = 300
 		size    = 1 << 20
 	)
-	sock := filepath.Join(tempDir(t), "s")
-	srv := cliStart(t, "run", "--workers", "3", "--echo-interval", "0", "--socket", sock,
+	srv, sock, before := startRun(t, 3, "--echo-interval", "0",
 		"--ping-interval", "100ms", "--ping-timeout", "200ms", "--ping-misses", "2", "--max-restarts", "1")
-	srv.waitSocket(t, sock)
-	before := readyWorkers(t, sock, 3)
-	rss0 := rssKiB(t, srv.pid())
+	rss0 := rssKiB(t, srv.PID())
 
 	// The greedy client: 1 MiB echo requests, never a read.
 	greedyDone := startGreedy(t, sock, size)
@@ -89,7 +85,7 @@ func TestRunHeavyLoad(t *testing.T) {
 	}
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d of %d clients failed; first: %v\n%s", n, clients, first.Load(), srv.output())
+		t.Fatalf("%d of %d clients failed; first: %v\n%s", n, clients, first.Load(), srv.Output())
 	}
 
 	t.Logf("%d clients × 1 MiB echoed, %d \"server busy\" answers retried", clients, busy.Load())
@@ -97,18 +93,18 @@ func TestRunHeavyLoad(t *testing.T) {
 	case sent := <-greedyDone:
 		t.Logf("the client that never read was cut off after sending %d MiB", sent>>20)
 	case <-time.After(2 * time.Minute):
-		t.Fatalf("the client that never reads its replies was not cut off\n%s", srv.output())
+		t.Fatalf("the client that never reads its replies was not cut off\n%s", srv.Output())
 	}
-	t.Logf("the supervisor's RSS grew by %d MiB (a -race build; see TestRunClientNeverReads for the bound)", (rssKiB(t, srv.pid())-rss0)>>10)
+	t.Logf("the supervisor's RSS grew by %d MiB (a -race build; see TestRunClientNeverReads for the bound)", (rssKiB(t, srv.PID())-rss0)>>10)
 	after := readyWorkers(t, sock, 3)
 	_, doc := statusJSON(t, sock)
 	for _, w := range doc.Workers {
 		if w.Restarts != 0 {
-			t.Errorf("worker %d restarted %d times under load (pids %v → %v)\n%s", w.ID, w.Restarts, before, after, srv.output())
+			t.Errorf("worker %d restarted %d times under load (pids %v → %v)\n%s", w.ID, w.Restarts, before, after, srv.Output())
 		}
 	}
 	if code := srv.stop(t, syscall.SIGTERM); code != exitOK {
-		t.Errorf("run exited %d\n%s", code, srv.output())
+		t.Errorf("run exited %d\n%s", code, srv.Output())
 	}
 }
 
@@ -137,11 +133,8 @@ func rssKiB(tb testing.TB, pid int) int64 {
 // bound (before: 1.3 GiB in 4 s, the connection never closed).
 func TestRunClientNeverReads(t *testing.T) {
 	t.Parallel()
-	sock := filepath.Join(tempDir(t), "s")
-	srv := cliStart(t, "run", "--workers", "1", "--echo-interval", "0", "--socket", sock)
-	srv.waitSocket(t, sock)
-	readyWorkers(t, sock, 1)
-	rss0 := rssKiB(t, srv.pid())
+	srv, sock, _ := startRun(t, 1, "--echo-interval", "0")
+	rss0 := rssKiB(t, srv.PID())
 	var peak int64
 	done := startGreedy(t, sock, 1<<20)
 	deadline := time.After(2 * time.Minute)
@@ -151,10 +144,10 @@ func TestRunClientNeverReads(t *testing.T) {
 			t.Logf("cut off after sending %d MiB", sent>>20)
 			cut = true
 		case <-deadline:
-			t.Fatalf("the client that never reads its replies was not cut off\n%s", srv.output())
+			t.Fatalf("the client that never reads its replies was not cut off\n%s", srv.Output())
 		case <-time.After(50 * time.Millisecond): // sample the memory meanwhile
 		}
-		peak = max(peak, rssKiB(t, srv.pid())-rss0)
+		peak = max(peak, rssKiB(t, srv.PID())-rss0)
 	}
 	// One Conn may hold 32 MiB for its peer; the -race runtime adds its
 	// shadow memory and the GC its slack on top.
@@ -163,7 +156,7 @@ func TestRunClientNeverReads(t *testing.T) {
 	}
 	t.Logf("RSS grew by at most %d MiB", peak>>10)
 	if code := srv.stop(t, syscall.SIGTERM); code != exitOK {
-		t.Errorf("run exited %d\n%s", code, srv.output())
+		t.Errorf("run exited %d\n%s", code, srv.Output())
 	}
 }
 

@@ -31,14 +31,19 @@ func ShortDir(tb testing.TB, prefix string) string {
 // Buffer is a bytes.Buffer that is safe for concurrent use, for log
 // output and a process's output. The zero value is ready to use.
 type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	wrote chan struct{} // closed by the next Write; nil until asked for
 }
 
 // Write appends p to the buffer.
 func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.wrote != nil {
+		close(b.wrote)
+		b.wrote = nil
+	}
 	return b.buf.Write(p)
 }
 
@@ -47,6 +52,17 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// next returns everything written so far and a channel that the next
+// Write closes.
+func (b *Buffer) next() (string, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.wrote == nil {
+		b.wrote = make(chan struct{})
+	}
+	return b.buf.String(), b.wrote
 }
 
 // Poll calls cond every interval until it is true, failing the test
@@ -64,6 +80,21 @@ func Poll(tb testing.TB, timeout, interval time.Duration, what string, cond func
 			tb.Fatalf("timed out after %v waiting for %s%s", timeout, what, msg)
 		}
 		time.Sleep(interval)
+	}
+}
+
+// Receive waits up to timeout for a value from ch and returns it,
+// failing the test with a message naming what it waited for if none
+// comes.
+func Receive[T any](tb testing.TB, ch <-chan T, timeout time.Duration, what string) T {
+	tb.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(timeout):
+		tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+		var zero T
+		return zero
 	}
 }
 
