@@ -134,7 +134,7 @@ type Config struct {
 	stopGrace time.Duration
 }
 
-// stopSignalGrace: see Supervisor.awaitStop.
+// stopSignalGrace: see Supervisor.curEnded.
 const stopSignalGrace = time.Second
 
 // withDefaults returns a copy of c with every zero field set.
