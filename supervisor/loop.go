@@ -15,7 +15,7 @@ package supervisor
 //     rolling restart in progress and the Reload calls queued for the
 //     next one, the spawn-failure log limiter, readiness (Ready) and
 //     the stop order. Nothing else reads or writes those fields. It
-//     reads the time only through Config's clock (now, after), arming
+//     reads the time only through Config's clock (now, at), arming
 //     one timer for its earliest deadline.
 //   - One tender per process (Supervisor.tend) runs the process's
 //     blocking steps, in order: spawner.start, the hello, a rolling
@@ -214,14 +214,14 @@ func (s *Supervisor) loop(ctx context.Context) {
 	var wake <-chan time.Time
 	var armed time.Time
 	for {
-		now := s.fireDue()
+		s.fireDue()
 		if s.stopping && len(s.procs) == 0 {
 			break
 		}
 		if next := s.earliest(); !next.Equal(armed) {
 			armed, wake = next, nil
 			if !next.IsZero() {
-				wake = s.cfg.after(next.Sub(now))
+				wake = s.cfg.at(next)
 			}
 		}
 		s.publish()
@@ -269,9 +269,8 @@ func (s *Supervisor) handle(ev any) {
 	}
 }
 
-// fireDue runs every step whose deadline has come and returns the time
-// it judged by.
-func (s *Supervisor) fireDue() time.Time {
+// fireDue runs every step whose deadline has come.
+func (s *Supervisor) fireDue() {
 	now := s.now()
 	for fired := true; fired; {
 		fired = false
@@ -308,7 +307,6 @@ func (s *Supervisor) fireDue() time.Time {
 			}
 		}
 	}
-	return now
 }
 
 // earliest returns the next deadline, zero if there is none.
@@ -684,7 +682,8 @@ func (s *Supervisor) curEnded(p *proc, st ExitReason) {
 	if !r.Stopped && (p.verdict.Kind == ExitNone || p.verdict.Kind == ExitChannelClosed) &&
 		st.stopSignalled() && (!p.everReady || !p.signalled) {
 		p.log.Debug("worker ended by a stop signal; waiting to see whether the supervisor stops too", "reason", r, "grace", s.cfg.stopGrace)
-		sl.grace = &pendingEnd{p: p, reason: r, uptime: uptime, until: s.now().Add(s.cfg.stopGrace)}
+		st.BeforeHello = r.BeforeHello
+		sl.grace = &pendingEnd{p: p, reason: r, status: st, uptime: uptime, until: s.now().Add(s.cfg.stopGrace)}
 		return
 	}
 	s.slotEnded(sl, p.pid, r, failed, uptime)
@@ -778,6 +777,8 @@ func (s *Supervisor) crashLoop() bool {
 
 // tick judges every ready worker's health probe and sends the next.
 func (s *Supervisor) tick(now time.Time) {
+	s.counts.ticks++
+	s.dirty = true
 	for _, sl := range s.slots {
 		p := sl.cur
 		if p == nil || p.phase != phReady {
@@ -814,6 +815,8 @@ func (s *Supervisor) probed(p *proc, id uint64, err error) {
 		return
 	}
 	p.probe.written(s.now(), id, p.conn)
+	s.counts.probesWritten++
+	s.dirty = true
 }
 
 // missed counts a missed ping of p and kills p as hung after
@@ -843,7 +846,7 @@ func (s *Supervisor) beginStop() {
 	for _, sl := range s.slots {
 		if g := sl.grace; g != nil {
 			sl.grace = nil
-			r := g.reason
+			r := g.status
 			r.Stopped = true
 			g.p.log.Info("worker exited as the supervisor stopped", "reason", r)
 			sl.exit, sl.pid = r, 0

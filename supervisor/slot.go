@@ -77,7 +77,8 @@ type slot struct {
 // Config.stopGrace to see whether it was part of a stop.
 type pendingEnd struct {
 	p      *proc
-	reason ExitReason
+	reason ExitReason // if it was no stop
+	status ExitReason // the process's own status: the reason if it was
 	uptime time.Duration
 	until  time.Time
 }
@@ -112,7 +113,11 @@ type snapshot struct {
 	changed       chan struct{}
 }
 
-// counts are the loop's counters, published in each snapshot.
+// counts are the loop's counters, published in each snapshot. The
+// last two are not in Stats: they let tests on the fake clock see that
+// the loop has run a health tick and taken a probe's write into
+// account.
 type counts struct {
 	restarts, failures, spawnFailures uint64
+	ticks, probesWritten              uint64
 }
