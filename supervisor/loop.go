@@ -798,6 +798,7 @@ func (s *Supervisor) tick(now time.Time) {
 		if next && p.phase == phReady {
 			p.probe.writing = true
 			p.ops <- op{kind: opProbe, pr: p.probe}
+			s.counts.probesAsked++
 		}
 	}
 }
@@ -807,6 +808,8 @@ func (s *Supervisor) probed(p *proc, id uint64, err error) {
 	if p.probe == nil {
 		return
 	}
+	s.counts.probesDone++
+	s.dirty = true
 	if err != nil {
 		p.probe.writing, p.probe.cur = false, 0
 		if p.phase == phReady {
@@ -815,8 +818,6 @@ func (s *Supervisor) probed(p *proc, id uint64, err error) {
 		return
 	}
 	p.probe.written(s.now(), id, p.conn)
-	s.counts.probesWritten++
-	s.dirty = true
 }
 
 // missed counts a missed ping of p and kills p as hung after

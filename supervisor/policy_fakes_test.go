@@ -457,9 +457,9 @@ type policyRun struct {
 }
 
 // startPolicy runs a supervisor for cfg on a fake spawner and clock,
-// after setup (if any) has configured the spawner. Intervals left zero
-// are an hour, so that nothing happens that the test did not ask for.
-func startPolicy(t *testing.T, cfg Config, setup ...func(*fakeSpawner)) *policyRun {
+// after setup (if any) has configured the two. Intervals left zero are
+// an hour, so that nothing happens that the test did not ask for.
+func startPolicy(t *testing.T, cfg Config, setup ...func(*Supervisor, *fakeSpawner)) *policyRun {
 	t.Helper()
 	clk := newFakeClock()
 	logs := &syncBuffer{}
@@ -479,7 +479,7 @@ func startPolicy(t *testing.T, cfg Config, setup ...func(*fakeSpawner)) *policyR
 	}
 	sp := newFakeSpawner(clk)
 	for _, f := range setup {
-		f(sp)
+		f(s, sp)
 	}
 	s.sp = sp
 	ctx, cancel := context.WithCancel(context.Background())

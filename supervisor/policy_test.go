@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -193,14 +194,20 @@ func TestPolicyCrashLoop(t *testing.T) {
 func TestPolicyHang(t *testing.T) {
 	t.Parallel()
 	cfg := Config{PingInterval: time.Second, PingTimeout: time.Second, PingMisses: 3, BackoffMin: time.Second, BackoffMax: time.Second}
-	// tick moves the clock to the k-th health tick and waits until the
-	// loop has run it and taken written probes into account.
+	// tick moves the clock to the k-th health tick, waits until the
+	// loop has run it and no probe it asked for is still being written,
+	// and checks that written probes have been, in all.
 	tick := func(r *policyRun, k int, written uint64) {
 		t.Helper()
 		r.clk.set(r.t0.Add(time.Duration(k) * time.Second))
-		r.awaitSnap(fmt.Sprintf("tick %d with %d probes written", k, written), func(sn *snapshot) bool {
-			return sn.counts.ticks == uint64(k) && sn.counts.probesWritten == written
+		var done uint64
+		r.awaitSnap(fmt.Sprintf("tick %d and its probe written", k), func(sn *snapshot) bool {
+			done = sn.counts.probesDone
+			return sn.counts.ticks == uint64(k) && sn.counts.probesAsked == done
 		})
+		if done != written {
+			t.Fatalf("after tick %d: %d probes written, want %d", k, done, written)
+		}
 	}
 	t.Run("silent", func(t *testing.T) {
 		t.Parallel()
@@ -313,17 +320,42 @@ func TestPolicyNoHello(t *testing.T) {
 }
 
 // TestPolicyRollingRestart: Reload replaces one worker at a time; the
-// new one is routed before the old one is asked to stop, and the next
-// slot's replacement starts only once the old one is reaped.
+// new one is routed before the old one is unrouted or asked to stop (a
+// slot is never without a routed worker), and the next slot's
+// replacement starts only once the old one is reaped.
 func TestPolicyRollingRestart(t *testing.T) {
 	t.Parallel()
-	r := startPolicy(t, Config{Workers: 2})
+	// history records, in order, every change of a slot's routed
+	// channel (on the loop) and every shutdown request (on a tender).
+	type event struct {
+		slot     int
+		routed   channel // a routing change, if not shutdown
+		shutdown bool
+	}
+	var mu sync.Mutex
+	var history []event
+	last := map[int]channel{}
+	r := startPolicy(t, Config{Workers: 2}, func(s *Supervisor, _ *fakeSpawner) {
+		s.routed = func(rt *routes) {
+			mu.Lock()
+			defer mu.Unlock()
+			for i, c := range rt.conns {
+				if last[i] != c {
+					last[i] = c
+					history = append(history, event{slot: i, routed: c})
+				}
+			}
+		}
+	})
 	old := r.ready(2)
 	slices.SortFunc(old, func(a, b *fakeProc) int { return a.id - b.id })
-	var routedAtShutdown [2]channel
 	for i, fp := range old {
 		// Set before Reload; read by the old worker's tender.
-		fp.conn.onShutdown = func() { routedAtShutdown[i] = r.s.routes.Load().conns[i] }
+		fp.conn.onShutdown = func() {
+			mu.Lock()
+			history = append(history, event{slot: i, shutdown: true})
+			mu.Unlock()
+		}
 	}
 	res := make(chan error, 1)
 	go func() { res <- r.s.Reload(context.Background()) }()
@@ -336,17 +368,11 @@ func TestPolicyRollingRestart(t *testing.T) {
 		if i > 0 && slices.Contains(repl[i].alive, old[i-1].pd) {
 			t.Errorf("worker %d's replacement started before worker %d's old process was reaped", i+1, i)
 		}
-		if len(old[i].conn.shutdowns) != 0 || r.s.routes.Load().conns[i] != old[i].conn {
-			t.Errorf("worker %d's old process was asked to stop, or unrouted, before its replacement said hello", i+1)
-		}
 		repl[i].sayHello()
 		select {
 		case <-old[i].conn.shutdowns:
 		case <-time.After(policyWait):
 			t.Fatalf("worker %d's old process was not asked to stop", i+1)
-		}
-		if routedAtShutdown[i] != repl[i].conn {
-			t.Errorf("worker %d: when its old process was asked to stop, %v was routed, not the replacement", i+1, routedAtShutdown[i])
 		}
 	}
 	select {
@@ -367,6 +393,28 @@ func TestPolicyRollingRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.sp.none(t)
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range old {
+		var got []string
+		for _, e := range history {
+			switch {
+			case e.slot != i:
+			case e.shutdown:
+				got = append(got, "shutdown")
+			case e.routed == channel(old[i].conn):
+				got = append(got, "old")
+			case e.routed == channel(repl[i].conn):
+				got = append(got, "new")
+			case e.routed == nil:
+				got = append(got, "none")
+			}
+		}
+		// Then "none" once the supervisor stops.
+		if want := []string{"old", "new", "shutdown"}; len(got) < 3 || !slices.Equal(got[:3], want) {
+			t.Errorf("worker %d: routing and shutdown in the order %q, want %q first", i+1, got, want)
+		}
+	}
 }
 
 // TestPolicyReloadCoalesces: Reload calls made during a rolling restart
@@ -537,7 +585,7 @@ func TestPolicySpawnFailures(t *testing.T) {
 			return nil
 		}
 		r := startPolicy(t, Config{MaxRestarts: 1, RestartWindow: time.Hour, BackoffMin: 100 * time.Millisecond, BackoffMax: 10 * time.Second},
-			func(sp *fakeSpawner) { sp.fail = short })
+			func(_ *Supervisor, sp *fakeSpawner) { sp.fail = short })
 		r.ready(1)[0].exit(exit1)
 		ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
 		r.clk.set(*ws.NextStart)
@@ -571,7 +619,7 @@ func TestPolicySpawnFailures(t *testing.T) {
 		t.Parallel()
 		bad := errors.New("fake: exec format error")
 		r := startPolicy(t, Config{BackoffMin: time.Second, BackoffMax: time.Second},
-			func(sp *fakeSpawner) {
+			func(_ *Supervisor, sp *fakeSpawner) {
 				sp.fail = func(id, attempt int) error {
 					if attempt == 1 {
 						return bad

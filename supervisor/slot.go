@@ -114,10 +114,10 @@ type snapshot struct {
 }
 
 // counts are the loop's counters, published in each snapshot. The
-// last two are not in Stats: they let tests on the fake clock see that
-// the loop has run a health tick and taken a probe's write into
-// account.
+// last three are not in Stats: they let tests on the fake clock see
+// that the loop has run a health tick and that no probe it asked for
+// is still being written.
 type counts struct {
 	restarts, failures, spawnFailures uint64
-	ticks, probesWritten              uint64
+	ticks, probesAsked, probesDone    uint64
 }

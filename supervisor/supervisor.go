@@ -39,6 +39,7 @@ type Supervisor struct {
 	ran      atomic.Bool
 	tenders  sync.WaitGroup
 	stats    stats
+	routed   func(*routes) // if set (by tests, before Run), sees every routing table published
 
 	// The loop's own (loop.go, reload.go).
 	slots              []*slot
@@ -146,6 +147,9 @@ type routes struct {
 // setRoutes publishes rt and wakes the callers waiting on the old one.
 func (s *Supervisor) setRoutes(rt *routes) {
 	rt.changed = make(chan struct{})
+	if s.routed != nil {
+		s.routed(rt)
+	}
 	if old := s.routes.Swap(rt); old != nil {
 		close(old.changed)
 	}
