@@ -58,9 +58,13 @@ package supervisor
 //     before it (tests on the fake clock advance it only after seeing
 //     a snapshot). Reload's answer goes back on its own buffered
 //     channel.
-//   - reader → loop: the prober's atomics (answered id, round trip),
-//     read by the loop at each health tick; stats (the histogram) is
-//     its own lock, shared with Stats.
+//   - tender and reader → loop: the prober's atomics (when the probe
+//     was sent, written by the tender; the answered id and round trip,
+//     by the reader), read by the loop at each health tick.
+//   - tender and reader → Stats: stats, an atomic count of the pings
+//     sent (by the tenders) and the round-trip histogram under its own
+//     lock (by the readers); the loop's counters reach Stats through
+//     the snapshot.
 
 import (
 	"context"
@@ -152,6 +156,7 @@ type proc struct {
 type op struct {
 	kind opKind
 	ctx  context.Context // opStop: bounds the shutdown request
+	log  hclog.Logger    // opStop: the process's
 	pr   *prober         // opProbe: the process's prober
 }
 
@@ -416,8 +421,10 @@ func (s *Supervisor) tend(p *proc) {
 				}
 				s.send(evProbed{p, id, err})
 			case opStop:
-				c.Call(o.ctx, ipc.TypeShutdown, nil, nil) // its failure shows in the exit; EOF tells the worker too
-				c.Close()
+				if _, err := c.Call(o.ctx, ipc.TypeShutdown, nil, nil); err != nil {
+					o.log.Debug("shutdown request failed", "error", err)
+				}
+				c.Close() // EOF tells the worker too
 			case opClose:
 				c.Close()
 			}
@@ -582,7 +589,7 @@ func (s *Supervisor) stopProc(p *proc) {
 	var ctx context.Context
 	ctx, p.stopEnd = context.WithCancel(p.ctx)
 	if p.conn != nil && !p.connDone && !p.closeSent {
-		p.ops <- op{kind: opStop, ctx: ctx}
+		p.ops <- op{kind: opStop, ctx: ctx, log: p.log}
 	}
 	if s.killed {
 		s.killNow(p)
