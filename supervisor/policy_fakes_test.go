@@ -306,6 +306,16 @@ func (fp *fakeProc) signalled(tb testing.TB) sigRec {
 	}
 }
 
+// wantSignal waits for the next signal and checks it is sig, sent at
+// at on the fake clock (at any time if at is zero).
+func (fp *fakeProc) wantSignal(tb testing.TB, sig syscall.Signal, at time.Time) {
+	tb.Helper()
+	got := fp.signalled(tb)
+	if got.sig != sig || !at.IsZero() && !got.at.Equal(at) {
+		tb.Errorf("worker %d (pid %d) got %v at %v, want %v at %v", fp.id, fp.pd, got.sig, got.at, sig, at)
+	}
+}
+
 // noSignal fails if the process received a signal not yet taken.
 func (fp *fakeProc) noSignal(tb testing.TB) {
 	tb.Helper()
@@ -573,6 +583,36 @@ func (r *policyRun) ready(n int) []*fakeProc {
 		return true
 	})
 	return fps
+}
+
+// backoff waits until worker 1 backs off and returns its status.
+func (r *policyRun) backoff() WorkerStatus {
+	r.t.Helper()
+	return slotOf(r.await("worker 1 backing off", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+}
+
+// awaitReady waits until worker 1 is ready.
+func (r *policyRun) awaitReady() {
+	r.t.Helper()
+	r.await("worker 1 ready", func(st Status) bool { return slotOf(st, 1).State == StateReady })
+}
+
+// finishWith checks that the worker ends counted as failures are
+// failures, then finishes.
+func (r *policyRun) finishWith(failures uint64) {
+	r.t.Helper()
+	if s := r.s.Stats(); s.Failures != failures {
+		r.t.Errorf("%d failures, want %d; stats %+v", s.Failures, failures, s)
+	}
+	r.finish()
+}
+
+// finish stops Run and fails the test unless it returns nil.
+func (r *policyRun) finish() {
+	r.t.Helper()
+	if err := r.stop(); err != nil {
+		r.t.Fatalf("Run: %v", err)
+	}
 }
 
 // wait waits for Run to return and returns its result.

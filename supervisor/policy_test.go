@@ -124,21 +124,19 @@ func TestPolicyBackoff(t *testing.T) {
 	}
 	// Ready, but not for long enough: no reset.
 	fp.sayHello()
-	r.await("ready", func(st Status) bool { return slotOf(st, 1).State == StateReady })
+	r.awaitReady()
 	r.clk.advance(healthy - time.Millisecond)
 	fp.exit(exit1)
 	fp = backoff(800 * time.Millisecond)
 	// Ready for HealthyAfter: the backoff starts over.
 	fp.sayHello()
-	r.await("ready", func(st Status) bool { return slotOf(st, 1).State == StateReady })
+	r.awaitReady()
 	r.clk.advance(healthy)
 	fp.exit(exit1)
 	fp = backoff(100 * time.Millisecond)
 	fp.exit(exit1)
 	backoff(200 * time.Millisecond)
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
+	r.finish()
 }
 
 // TestPolicyCrashLoop: more than MaxRestarts restarts within
@@ -209,22 +207,26 @@ func TestPolicyHang(t *testing.T) {
 			t.Fatalf("after tick %d: %d probes written, want %d", k, done, written)
 		}
 	}
-	t.Run("silent", func(t *testing.T) {
-		t.Parallel()
-		r := startPolicy(t, cfg)
+	// mute starts a worker that answers no probe and waits until it is
+	// ready.
+	mute := func(r *policyRun) *fakeProc {
 		fp := r.sp.next(t)
 		fp.conn.autoPong.Store(false)
 		fp.sayHello()
-		r.await("ready", func(st Status) bool { return slotOf(st, 1).State == StateReady })
+		r.awaitReady()
+		return fp
+	}
+	t.Run("silent", func(t *testing.T) {
+		t.Parallel()
+		r := startPolicy(t, cfg)
+		fp := mute(r)
 		for k := 1; k <= 3; k++ {
 			tick(r, k, uint64(k)) // tick 1 sends probe 1; ticks 2 and 3 miss one and send the next
 		}
 		fp.noSignal(t)
 		r.clk.set(r.t0.Add(4 * time.Second)) // the third miss
-		if sig := fp.signalled(t); sig.sig != syscall.SIGKILL || !sig.at.Equal(r.t0.Add(4*time.Second)) {
-			t.Errorf("got %v at %v, want SIGKILL at +4s", sig.sig, sig.at.Sub(r.t0))
-		}
-		ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+		fp.wantSignal(t, syscall.SIGKILL, r.t0.Add(4*time.Second))
+		ws := r.backoff()
 		if want := (ExitReason{Kind: ExitHung, Misses: 3, Signal: syscall.SIGKILL}); ws.Exit != want || ws.LastExit != "hung: 3 pings unanswered" {
 			t.Errorf("exit %+v (%q), want %+v", ws.Exit, ws.LastExit, want)
 		}
@@ -236,9 +238,7 @@ func TestPolicyHang(t *testing.T) {
 		if s := r.s.Stats(); s.Failures != 1 || s.Restarts != 1 || s.PingsSent != 3 || s.PingsAnswered != 0 {
 			t.Errorf("stats %+v", s)
 		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
+		r.finish()
 	})
 	t.Run("answering", func(t *testing.T) {
 		t.Parallel()
@@ -254,17 +254,12 @@ func TestPolicyHang(t *testing.T) {
 		if ws := slotOf(r.s.Status(), 1); ws.LastPingRTTUS <= 0 {
 			t.Errorf("no ping RTT: %+v", ws)
 		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
+		r.finish()
 	})
 	t.Run("busy", func(t *testing.T) {
 		t.Parallel()
 		r := startPolicy(t, cfg)
-		fp := r.sp.next(t)
-		fp.conn.autoPong.Store(false)
-		fp.sayHello()
-		r.await("ready", func(st Status) bool { return slotOf(st, 1).State == StateReady })
+		fp := mute(r)
 		tick(r, 1, 1)
 		for k := 2; k <= 10; k++ {
 			fp.conn.received.Add(1 << 20) // replies keep arriving; the pong waits behind them
@@ -275,12 +270,8 @@ func TestPolicyHang(t *testing.T) {
 		tick(r, 11, 2)
 		tick(r, 12, 3)
 		r.clk.set(r.t0.Add(13 * time.Second))
-		if sig := fp.signalled(t); sig.sig != syscall.SIGKILL || !sig.at.Equal(r.t0.Add(13*time.Second)) {
-			t.Errorf("got %v at %v, want SIGKILL at +13s", sig.sig, sig.at.Sub(r.t0))
-		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
+		fp.wantSignal(t, syscall.SIGKILL, r.t0.Add(13*time.Second))
+		r.finish()
 	})
 }
 
@@ -297,10 +288,8 @@ func TestPolicyNoHello(t *testing.T) {
 	r.clk.waitArmed(t, r.t0.Add(10*time.Second))
 	fp.noSignal(t)
 	r.clk.set(r.t0.Add(10 * time.Second))
-	if sig := fp.signalled(t); sig.sig != syscall.SIGKILL || !sig.at.Equal(r.t0.Add(10*time.Second)) {
-		t.Errorf("got %v at %v, want SIGKILL at +10s", sig.sig, sig.at.Sub(r.t0))
-	}
-	ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+	fp.wantSignal(t, syscall.SIGKILL, r.t0.Add(10*time.Second))
+	ws := r.backoff()
 	if want := (ExitReason{Kind: ExitNoHello, Timeout: 10 * time.Second, Signal: syscall.SIGKILL}); ws.Exit != want {
 		t.Errorf("exit %+v (%q), want %+v", ws.Exit, ws.LastExit, want)
 	}
@@ -314,9 +303,7 @@ func TestPolicyNoHello(t *testing.T) {
 		t.Error("Ready closed though no worker said hello")
 	default:
 	}
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
+	r.finish()
 }
 
 // TestPolicyRollingRestart: Reload replaces one worker at a time; the
@@ -389,9 +376,7 @@ func TestPolicyRollingRestart(t *testing.T) {
 		}
 		old[i].noSignal(t)
 	}
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
+	r.finish()
 	r.sp.none(t)
 	mu.Lock()
 	defer mu.Unlock()
@@ -446,9 +431,7 @@ func TestPolicyReloadCoalesces(t *testing.T) {
 	if n := len(r.logs.find("rolling restart")); n != 2 {
 		t.Errorf("%d rolling restarts, want 2", n)
 	}
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
+	r.finish()
 	r.sp.none(t)
 }
 
@@ -473,9 +456,7 @@ func TestPolicyReloadFails(t *testing.T) {
 		t.Errorf("after a failed Reload: %+v", ws)
 	}
 	old.noSignal(t)
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
+	r.finish()
 }
 
 // TestPolicyStopOrder: a stop asks each worker to shut down, sends
@@ -505,7 +486,7 @@ func TestPolicyStopOrder(t *testing.T) {
 			fp.shutdown = tc.shutdown
 			fp.ignoreTerm.Store(tc.ignoreTerm)
 			fp.sayHello()
-			r.await("ready", func(st Status) bool { return slotOf(st, 1).State == StateReady })
+			r.awaitReady()
 			r.cancel()
 			select {
 			case at := <-fp.conn.shutdowns:
@@ -527,9 +508,7 @@ func TestPolicyStopOrder(t *testing.T) {
 					r.clk.waitArmed(t, at)
 					r.clk.set(at)
 				}
-				if got := fp.signalled(t); got.sig != sig || !got.at.Equal(at) {
-					t.Errorf("signal %d: %v at %v, want %v at %v", i+1, got.sig, got.at.Sub(r.t0), sig, at.Sub(r.t0))
-				}
+				fp.wantSignal(t, sig, at)
 			}
 			if err := r.wait(); err != nil {
 				t.Fatalf("Run: %v", err)
@@ -554,9 +533,7 @@ func TestPolicyStopOrder(t *testing.T) {
 		r := startPolicy(t, Config{StopTimeout: stop})
 		fp := r.sp.next(t)
 		r.cancel()
-		if got := fp.signalled(t); got.sig != syscall.SIGKILL || !got.at.Equal(r.t0) {
-			t.Errorf("%v at %v, want SIGKILL at once", got.sig, got.at.Sub(r.t0))
-		}
+		fp.wantSignal(t, syscall.SIGKILL, r.t0)
 		if err := r.wait(); err != nil {
 			t.Fatal(err)
 		}
@@ -587,7 +564,7 @@ func TestPolicySpawnFailures(t *testing.T) {
 		r := startPolicy(t, Config{MaxRestarts: 1, RestartWindow: time.Hour, BackoffMin: 100 * time.Millisecond, BackoffMax: 10 * time.Second},
 			func(_ *Supervisor, sp *fakeSpawner) { sp.fail = short })
 		r.ready(1)[0].exit(exit1)
-		ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+		ws := r.backoff()
 		r.clk.set(*ws.NextStart)
 		for i, step := range []time.Duration{100, 200, 400, 800} {
 			step *= time.Millisecond
@@ -601,7 +578,8 @@ func TestPolicySpawnFailures(t *testing.T) {
 			r.clk.set(*ws.NextStart)
 		}
 		r.sp.next(t).sayHello()
-		ws = slotOf(r.await("ready", func(st Status) bool { return slotOf(st, 1).State == StateReady }), 1)
+		r.awaitReady()
+		ws = slotOf(r.s.Status(), 1)
 		if s := r.s.Stats(); s.SpawnFailures != 4 || s.Failures != 1 || s.Restarts != 1 || ws.Restarts != 1 || ws.Exit != exit1 {
 			t.Errorf("stats %+v, worker %+v; want 4 spawn failures, and the crash's 1 failure and 1 restart", s, ws)
 		}
@@ -627,7 +605,7 @@ func TestPolicySpawnFailures(t *testing.T) {
 					return nil
 				}
 			})
-		ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+		ws := r.backoff()
 		if ws.Exit.Kind != ExitSpawnFailed || !errors.Is(ws.Exit.Err, bad) {
 			t.Errorf("exit %+v", ws.Exit)
 		}
@@ -636,9 +614,7 @@ func TestPolicySpawnFailures(t *testing.T) {
 		if s := r.s.Stats(); s.Failures != 1 || s.SpawnFailures != 0 || s.Restarts != 1 {
 			t.Errorf("stats %+v", s)
 		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
+		r.finish()
 	})
 }
 
@@ -668,7 +644,7 @@ func TestPolicyStopSignalGrace(t *testing.T) {
 				return
 			}
 			r.clk.set(r.t0.Add(grace))
-			ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+			ws := r.backoff()
 			if ws.Exit != sigterm {
 				t.Errorf("exit %+v", ws.Exit)
 			}
@@ -677,9 +653,7 @@ func TestPolicyStopSignalGrace(t *testing.T) {
 			if s := r.s.Stats(); s.Failures != 1 || s.Restarts != 1 {
 				t.Errorf("stats %+v", s)
 			}
-			if err := r.stop(); err != nil {
-				t.Fatal(err)
-			}
+			r.finish()
 		})
 	}
 }
@@ -699,22 +673,15 @@ func TestPolicyChannelClosed(t *testing.T) {
 		r.clk.set(r.t0.Add(exitGrace))
 		r.clk.waitArmed(t, r.t0.Add(exitGrace+5*time.Second))
 		r.clk.set(r.t0.Add(exitGrace + 5*time.Second))
-		if got := fp.signalled(t); got.sig != syscall.SIGTERM {
-			t.Errorf("got %v", got.sig)
-		}
-		ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+		fp.wantSignal(t, syscall.SIGTERM, time.Time{})
+		ws := r.backoff()
 		if want := (ExitReason{Kind: ExitChannelClosed, Signal: syscall.SIGTERM}); ws.Exit != want || ws.LastExit != "channel closed: killed by signal SIGTERM" {
 			t.Errorf("exit %+v (%q), want %+v", ws.Exit, ws.LastExit, want)
 		}
 		if len(fp.conn.shutdowns) != 0 {
 			t.Error("a shutdown request was sent on a closed channel")
 		}
-		if s := r.s.Stats(); s.Failures != 1 {
-			t.Errorf("stats %+v", s)
-		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
+		r.finishWith(1)
 	})
 	t.Run("protocol", func(t *testing.T) {
 		t.Parallel()
@@ -723,16 +690,11 @@ func TestPolicyChannelClosed(t *testing.T) {
 		fp.conn.closeWith(&ipc.FrameError{Err: ipc.ErrBadMagic})
 		r.awaitUnrouted(1) // the loop saw the channel close before the exit
 		fp.exit(exit0)
-		ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+		ws := r.backoff()
 		if ws.Exit.Kind != ExitProtocol || ws.Exit.Code != 0 || !errors.Is(ws.Exit.Err, ipc.ErrBadMagic) {
 			t.Errorf("exit %+v", ws.Exit)
 		}
-		if s := r.s.Stats(); s.Failures != 1 {
-			t.Errorf("stats %+v", s)
-		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
+		r.finishWith(1)
 	})
 	t.Run("bad-hello", func(t *testing.T) {
 		t.Parallel()
@@ -740,16 +702,12 @@ func TestPolicyChannelClosed(t *testing.T) {
 		fp := r.sp.next(t)
 		fp.helloErr = &ipc.FrameError{Err: ipc.ErrVersion}
 		fp.sayHello()
-		if got := fp.signalled(t); got.sig != syscall.SIGKILL {
-			t.Errorf("got %v", got.sig)
-		}
-		ws := slotOf(r.await("backoff", func(st Status) bool { return slotOf(st, 1).State == StateBackoff }), 1)
+		fp.wantSignal(t, syscall.SIGKILL, time.Time{})
+		ws := r.backoff()
 		if ws.Exit.Kind != ExitProtocol || !ws.Exit.BeforeHello || ws.Exit.Signal != syscall.SIGKILL || !errors.Is(ws.Exit.Err, ipc.ErrVersion) {
 			t.Errorf("exit %+v", ws.Exit)
 		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
+		r.finish()
 	})
 }
 
