@@ -125,16 +125,19 @@ type Config struct {
 	// discards everything.
 	Logger hclog.Logger
 
-	// now and after are the clock; tests may replace them.
-	now   func() time.Time
-	after func(time.Duration) <-chan time.Time
+	// now and at are the loop's clock; tests replace them with a fake
+	// one. at returns a channel that receives once the clock reaches t
+	// (at once if it has), so that a deadline armed late is still
+	// kept.
+	now func() time.Time
+	at  func(t time.Time) <-chan time.Time
 	// stopGrace is how long a worker ended by a stop signal the
 	// supervisor did not send waits for Run's context to end before it
 	// counts as a failure (stopSignalGrace); tests may change it.
 	stopGrace time.Duration
 }
 
-// stopSignalGrace: see Supervisor.awaitStop.
+// stopSignalGrace: see Supervisor.curEnded.
 const stopSignalGrace = time.Second
 
 // withDefaults returns a copy of c with every zero field set.
@@ -179,8 +182,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.now == nil {
 		c.now = time.Now
 	}
-	if c.after == nil {
-		c.after = time.After
+	if c.at == nil {
+		c.at = func(t time.Time) <-chan time.Time { return time.After(time.Until(t)) }
 	}
 	if c.stopGrace <= 0 {
 		c.stopGrace = stopSignalGrace

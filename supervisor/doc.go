@@ -101,4 +101,42 @@
 // when theirs goes away; [Supervisor.Reload] replaces workers one at a
 // time without failing a request. Reloads requested while one runs are
 // coalesced into one more run after it.
+//
+// # Outcomes
+//
+// How each worker process ended is an [ExitReason]: exited with a code,
+// killed by a signal, hung, no hello, a protocol violation, its channel
+// closed, replaced by a rolling restart, or not started at all; each
+// may be part of a stop. [WorkerStatus].Exit holds the last one of a
+// slot, WorkerStatus.LastExit (JSON "last_exit") its text, and the logs
+// show it under "reason". Conditions callers test are sentinel errors:
+// [ErrCrashLoop], [ErrNoWorker], [ErrNotRunning], [ErrAlreadyRun].
+//
+// # Goroutines and who owns what
+//
+// One goroutine, the loop (it runs on Run's goroutine), owns all
+// supervision state: the slots and which process is in each, every
+// process's phase and deadlines, backoff and its reset, the crash-loop
+// window, readiness, hang verdicts, rolling restarts and the Reload
+// calls waiting for them, spawn-failure retries and the stop order. It
+// reads the time through one clock and arms one timer, for its
+// earliest deadline. Every other goroutine talks to it by message:
+//   - a tender per worker process runs the process's blocking steps
+//     (the start, the hello, a probe's write, the shutdown request,
+//     closing the channel) and reports each as a typed event;
+//   - the process's wait goroutine reports its reaping, its two relay
+//     goroutines log its output, and the orphan sweeper handles
+//     adopted processes: they own the OS side and send the loop
+//     nothing else;
+//   - the channel's reader records health pongs in atomics the loop
+//     reads at its next tick;
+//   - Reload sends the loop a request and waits for its answer; Kill
+//     closes a channel the loop watches; Status and Stats read the
+//     snapshot the loop publishes after each step; Call and Echo read
+//     the routing table the loop publishes, without a lock.
+//
+// Senders also watch for the loop's end, so none blocks on a loop that
+// has returned; the loop returns only once every process is reaped,
+// and Run once every goroutine it started has ended. The comment at the
+// top of loop.go lists every hand-off.
 package supervisor

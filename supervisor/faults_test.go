@@ -40,7 +40,7 @@ func TestHungWorkerIsReplaced(t *testing.T) {
 		t.Errorf("hung worker replaced after %v, before %d pings could time out", d, cfg.PingMisses)
 	}
 	ws := st.Workers[0]
-	if ws.Restarts != 1 || ws.LastExit != "hung: 3 pings unanswered" {
+	if want := (ExitReason{Kind: ExitHung, Misses: 3, Signal: syscall.SIGKILL}); ws.Restarts != 1 || ws.Exit != want {
 		t.Errorf("worker 1 after SIGSTOP: %+v", ws)
 	}
 	if w2 := st.Workers[1]; w2.PID != before.Workers[1].PID || w2.Restarts != 0 {
@@ -76,8 +76,8 @@ func TestNoHelloIsKilled(t *testing.T) {
 		ws := st.Workers[0]
 		return ws.Restarts >= 1 && ws.PID != 0 && ws.PID != first
 	}).Workers[0]
-	if !strings.Contains(ws.LastExit, "no hello within 300ms") {
-		t.Errorf("last exit %q, want it to mention the missing hello", ws.LastExit)
+	if ws.Exit.Kind != ExitNoHello || ws.Exit.Timeout != 300*time.Millisecond {
+		t.Errorf("last exit %+v (%q), want no hello within 300ms", ws.Exit, ws.LastExit)
 	}
 	checkReaped(t, first)
 	select {

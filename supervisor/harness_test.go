@@ -194,6 +194,20 @@ func (r *run) waitStatus(what string, cond func(Status) bool) Status {
 	}
 }
 
+// killedBy reports whether r is the end of a worker killed by sig that
+// was no stop: the worker died of it, or, when its reaping lagged its
+// channel's EOF by more than exitGrace, was reaped as one whose channel
+// closed.
+func killedBy(r ExitReason, sig syscall.Signal) bool {
+	return (r.Kind == ExitSignal || r.Kind == ExitChannelClosed) && r.Signal == sig && !r.Stopped
+}
+
+// exitedWith reports whether r is the end of a worker that exited with
+// code (directly, or as one whose channel closed first).
+func exitedWith(r ExitReason, code int) bool {
+	return (r.Kind == ExitCode || r.Kind == ExitChannelClosed) && r.Signal == 0 && r.Code == code
+}
+
 // pids returns the workers' pids.
 func pids(st Status) []int {
 	var p []int

@@ -27,12 +27,8 @@ func init() {
 }
 
 // queuedReloads returns the number of Reload calls waiting for a run to
-// start.
-func queuedReloads(s *Supervisor) int {
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
-	return len(s.reloadPending)
-}
+// start, as the loop last published it.
+func queuedReloads(s *Supervisor) int { return s.snap.Load().reloadsQueued }
 
 // TestReloadStormCoalesces: Reload calls made while a rolling restart
 // runs share one more run after it, and each of them returns only once

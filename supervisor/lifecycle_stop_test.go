@@ -3,7 +3,6 @@
 package supervisor
 
 import (
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -53,7 +52,7 @@ func TestStopSignalWithTheStopIsNoFailure(t *testing.T) {
 			if st.Failures != 1 || st.Restarts != 1 {
 				t.Errorf("stats: %+v; want only the SIGKILL counted (1 failure, 1 restart)", st)
 			}
-			if ws.State != StateStopped || !strings.HasPrefix(ws.LastExit, "stopped: killed by signal "+sigName(sig)) {
+			if ws.State != StateStopped || ws.Exit != stopped(ExitReason{Kind: ExitSignal, Signal: sig}) {
 				t.Errorf("worker after the stop: %+v", ws)
 			}
 			if n := len(r.logs.workerRecords(1, "starting")); n != 2 {
@@ -77,7 +76,7 @@ func TestStopSignalAloneIsAFailure(t *testing.T) {
 	ws := r.waitStatus("worker restarted", func(st Status) bool {
 		return st.Workers[0].State == StateReady && st.Workers[0].PID != victim
 	}).Workers[0]
-	if ws.Restarts != 1 || !strings.HasSuffix(ws.LastExit, "killed by signal SIGTERM") {
+	if ws.Restarts != 1 || !killedBy(ws.Exit, syscall.SIGTERM) {
 		t.Errorf("worker after SIGTERM: %+v", ws)
 	}
 	if st := r.s.Stats(); st.Failures != 1 {
@@ -86,11 +85,4 @@ func TestStopSignalAloneIsAFailure(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func sigName(sig syscall.Signal) string {
-	if sig == syscall.SIGTERM {
-		return "SIGTERM"
-	}
-	return "SIGINT"
 }

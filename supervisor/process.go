@@ -3,10 +3,12 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,46 +25,110 @@ import (
 // is reaped (a grandchild that left the group may hold the pipes).
 const relayGrace = time.Second
 
-// process is one running worker process: its exec.Cmd, its channel and
-// the goroutines relaying its output. It is owned by the slot goroutine
-// that spawned it; the wait goroutine reaps it and then closes exited.
-type process struct {
-	id      int
-	pid     int
-	cmd     *exec.Cmd
+// pollAbove: supervisors of more workers than this wait for their
+// channels through the runtime poller (ipc.ConnConfig.Poll).
+const pollAbove = 16
+
+// realSpawner starts real worker processes: each from the one spawn
+// thread (spawnThread), with a fresh socketpair as fd 3, stdout and
+// stderr relayed into the log, and the orphan sweeper told of each
+// worker's start and reaping (see reap_linux.go).
+type realSpawner struct {
+	cfg     *Config
 	log     hclog.Logger
-	started time.Time
-	conn    *ipc.Conn // set once the hello arrived; closed by the owner
+	reqs    chan spawnRequest
+	thread  chan struct{} // closed when the spawn thread has ended
+	sweeper *sweeper
+	waits   sync.WaitGroup // the processes' wait goroutines
+
+	adopting             bool // the process is a subreaper for this Run
+	sweepStop, sweepDone chan struct{}
+}
+
+func newRealSpawner(cfg *Config) *realSpawner {
+	return &realSpawner{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		reqs:      make(chan spawnRequest),
+		thread:    make(chan struct{}),
+		sweeper:   newSweeper(cfg.Logger),
+		sweepStop: make(chan struct{}),
+		sweepDone: make(chan struct{}),
+	}
+}
+
+// open starts the spawn thread and, where orphans can be told apart,
+// makes the process a child subreaper and starts the sweeper, so that
+// a worker's descendant that leaves its tree is re-parented to us
+// rather than to init.
+func (sp *realSpawner) open() {
+	go sp.spawnThread()
+	if err := orphanSupport(); err != nil {
+		sp.log.Warn("cannot adopt workers' orphaned descendants on this system", "error", err)
+	} else if err := acquireSubreaper(); err != nil {
+		sp.log.Warn("cannot become a child subreaper", "error", err)
+	} else {
+		sp.adopting = true
+		go func() { defer close(sp.sweepDone); sp.sweeper.run(sp.sweepStop) }()
+	}
+}
+
+// close ends the spawn thread once every wait goroutine has ended, then
+// sweeps the last orphans while they still come to us (their children
+// too), stops adopting (if no other Run goes on), and sweeps what came
+// meanwhile: no orphan is left alive.
+func (sp *realSpawner) close() {
+	sp.waits.Wait()
+	close(sp.reqs)
+	<-sp.thread
+	if sp.adopting {
+		close(sp.sweepStop)
+		<-sp.sweepDone
+		releaseSubreaper()
+		sp.sweeper.drain()
+	}
+}
+
+// spawnThread starts every worker from one goroutine locked to its OS
+// thread for the supervisor's whole life. Linux sends a child its
+// parent-death signal when the *thread* that forked it exits, and the Go
+// runtime retires threads as it pleases; starting children from an
+// ordinary goroutine would let them be killed at random. The goroutine
+// returns (and its thread exits) only after Run has reaped every worker.
+func (sp *realSpawner) spawnThread() {
+	defer close(sp.thread)
+	runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	useRange := true
+	for req := range sp.reqs {
+		// A worker inherits exactly 0–2 and fd 3, whatever else the
+		// program holds without close-on-exec.
+		if err := markInheritedCloexec(&useRange); err != nil {
+			req.err <- &ownSpawnError{fmt.Errorf("marking descriptors close-on-exec: %w", err)}
+			continue
+		}
+		req.err <- req.cmd.Start()
+	}
+}
+
+// process is one running worker process: its exec.Cmd, the parent's
+// end of its channel until the hello, and the goroutines relaying its
+// output. Its wait goroutine reaps it.
+type process struct {
+	sp  *realSpawner
+	id  int
+	pd  int
+	cmd *exec.Cmd
+	log hclog.Logger
+	end *os.File // the parent's end of the channel; hello takes it
 
 	outR, errR *os.File
 	relays     sync.WaitGroup
 
-	mu        sync.Mutex // held while signalling the group and while reaping
-	done      bool       // reaped
-	signalled bool       // signalGroup sent a signal before the reaping
+	mu   sync.Mutex // held while signalling the group and while reaping
+	done bool       // reaped
 
-	exited chan struct{} // closed once reaped and relays are done
-	state  *os.ProcessState
-	reaped func() // called by wait right after the reaping
-
-	// probes is where this process's prober records each pong's round
-	// trip (its lastRTT). Status shows it only while the process is its
-	// slot's ready one, so an ended worker shows no RTT and a successor
-	// never shows its predecessor's.
-	probes *slot
+	state *os.ProcessState // set once reaped, before exited is called
 }
-
-// ownSpawnError reports that the supervisor could not start a worker
-// for want of its own resources (descriptors, memory, processes): no
-// fault of the worker, so it is retried and never counts as a failure.
-type ownSpawnError struct{ err error }
-
-func (e *ownSpawnError) Error() string { return e.err.Error() }
-func (e *ownSpawnError) Unwrap() error { return e.err }
-
-// resourceErrnos are the errors of fork, exec and descriptor creation
-// that mean the supervisor itself is short of something.
-var resourceErrnos = []syscall.Errno{unix.EMFILE, unix.ENFILE, unix.EAGAIN, unix.ENOMEM, unix.ENOBUFS}
 
 // ownFault reports whether err, from starting a process, is the
 // supervisor's own shortage rather than the worker's problem (a missing
@@ -76,7 +142,11 @@ func ownFault(err error) bool {
 	return false
 }
 
-// spawnRequest asks the spawner thread to start cmd.
+// resourceErrnos are the errors of fork, exec and descriptor creation
+// that mean the supervisor itself is short of something.
+var resourceErrnos = []syscall.Errno{unix.EMFILE, unix.ENFILE, unix.EAGAIN, unix.ENOMEM, unix.ENOBUFS}
+
+// spawnRequest asks the spawn thread to start cmd.
 type spawnRequest struct {
 	cmd *exec.Cmd
 	err chan error
@@ -100,29 +170,29 @@ func workerEnv(id int, level hclog.Level, extra []string) []string {
 	return append(env, extra...)
 }
 
-// spawn starts worker id with the child's end of a fresh socketpair as
-// fd 3, in its own process group, with a parent-death signal. It returns
-// the process and the parent's end of the channel, which the caller
-// owns; everything else (the child's end, the pipes' write ends) is
-// closed here, right after Start, so EOF on the channel and on the
-// pipes means the worker is gone. On error nothing is left open.
+// start starts worker id with the child's end of a fresh socketpair as
+// fd 3, in its own process group, with a parent-death signal. The
+// process keeps the parent's end of the channel for hello; everything
+// else (the child's end, the pipes' write ends) is closed here, right
+// after Start, so EOF on the channel and on the pipes means the worker
+// is gone. On error nothing is left open.
 //
 // A failure to create the channel or the pipes, or a fork or exec that
 // fails for want of descriptors, memory or processes, is returned as an
 // *ownSpawnError: the supervisor's shortage, not the worker's fault.
-func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
+func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 	own := func(err error) error {
 		return &ownSpawnError{fmt.Errorf("supervisor: starting worker %d: %w", id, err)}
 	}
 	parentEnd, childEnd, err := ipc.Socketpair()
 	if err != nil {
-		return nil, nil, own(err)
+		return nil, own(err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		parentEnd.Close()
 		childEnd.Close()
-		return nil, nil, own(err)
+		return nil, own(err)
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
@@ -130,23 +200,23 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 		childEnd.Close()
 		outR.Close()
 		outW.Close()
-		return nil, nil, own(err)
+		return nil, own(err)
 	}
 	cmd := &exec.Cmd{
-		Path:       s.cfg.Executable,
-		Args:       append([]string{s.cfg.Executable}, s.cfg.Args...),
-		Env:        workerEnv(id, s.cfg.Logger.GetLevel(), s.cfg.Env),
-		Dir:        s.cfg.Dir,
+		Path:       sp.cfg.Executable,
+		Args:       append([]string{sp.cfg.Executable}, sp.cfg.Args...),
+		Env:        workerEnv(id, sp.cfg.Logger.GetLevel(), sp.cfg.Env),
+		Dir:        sp.cfg.Dir,
 		Stdout:     outW,
 		Stderr:     errW,
 		ExtraFiles: []*os.File{childEnd},
 		SysProcAttr: &syscall.SysProcAttr{
 			Setpgid:   true,            // stop signals go to the worker's whole group
-			Pdeathsig: syscall.SIGKILL, // see spawnLoop for the thread this binds to
+			Pdeathsig: syscall.SIGKILL, // see spawnThread for the thread this binds to
 		},
 	}
 	req := spawnRequest{cmd: cmd, err: make(chan error, 1)}
-	s.spawnReqs <- req
+	sp.reqs <- req
 	err = <-req.err
 	childEnd.Close()
 	outW.Close()
@@ -157,30 +227,42 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 		errR.Close()
 		var own *ownSpawnError
 		if errors.As(err, &own) || ownFault(err) {
-			return nil, nil, &ownSpawnError{fmt.Errorf("supervisor: starting worker %d: %w", id, err)}
+			return nil, &ownSpawnError{fmt.Errorf("supervisor: starting worker %d: %w", id, err)}
 		}
-		return nil, nil, fmt.Errorf("supervisor: starting worker %d: %w", id, err)
+		return nil, fmt.Errorf("supervisor: starting worker %d: %w", id, err)
 	}
 	pid := cmd.Process.Pid
-	s.sweeper.addWorker(pid)
-	p := &process{
-		id:      id,
-		pid:     pid,
-		cmd:     cmd,
-		started: s.cfg.now(),
-		outR:    outR,
-		errR:    errR,
-		exited:  make(chan struct{}),
-		reaped:  func() { s.sweeper.workerReaped(pid) },
-		probes:  &slot{id: id},
-	}
-	p.log = s.log.Named("worker."+strconv.Itoa(id)).With("worker", id, "pid", p.pid)
+	sp.sweeper.addWorker(pid)
+	p := &process{sp: sp, id: id, pd: pid, cmd: cmd, end: parentEnd, outR: outR, errR: errR}
+	p.log = sp.log.Named("worker."+strconv.Itoa(id)).With("worker", id, "pid", pid)
 	p.relays.Add(2)
 	lim := newOutputLimit(time.Now) // one budget for both streams of a worker
 	go func() { defer p.relays.Done(); relayTo(outR, p.log, "stdout", lim) }()
 	go func() { defer p.relays.Done(); relayTo(errR, p.log, "stderr", lim) }()
-	go p.wait()
-	return p, parentEnd, nil
+	sp.waits.Add(1)
+	go func() { defer sp.waits.Done(); p.wait(); exited() }()
+	return p, nil
+}
+
+func (p *process) pid() int { return p.pd }
+
+// hello exchanges hellos on the channel and returns it. Past a few
+// workers, a thread blocked in read(2) per channel costs more in
+// wake-ups than it saves in latency, so the channels of larger
+// supervisors are polled.
+func (p *process) hello(ctx context.Context) (channel, error) {
+	end := p.end
+	p.end = nil
+	conn, err := ipc.NewConn(ctx, end, ipc.ConnConfig{
+		Name:    "supervisor",
+		Handler: p.sp.cfg.Handler,
+		Logger:  p.log,
+		Poll:    p.sp.cfg.Workers > pollAbove,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return conn, nil
 }
 
 // wait waits for the worker to exit, kills whatever is left of its
@@ -188,14 +270,14 @@ func (s *Supervisor) spawn(id int) (*process, *os.File, error) {
 // number cannot have been reused), reaps it, and lets the output relays
 // drain. It is the only place a worker is reaped.
 func (p *process) wait() {
-	waitExited(p.pid)
+	waitExited(p.pd)
 	p.mu.Lock()
-	unix.Kill(-p.pid, unix.SIGKILL)
+	unix.Kill(-p.pd, unix.SIGKILL)
 	p.cmd.Wait()
 	p.state = p.cmd.ProcessState
 	p.done = true
 	p.mu.Unlock()
-	p.reaped() // its children, re-parented to us, are the sweeper's now
+	p.sp.sweeper.workerReaped(p.pd) // its children, re-parented to us, are the sweeper's now
 
 	drained := make(chan struct{})
 	go func() { p.relays.Wait(); close(drained) }()
@@ -208,72 +290,38 @@ func (p *process) wait() {
 	}
 	p.outR.Close()
 	p.errR.Close()
-	close(p.exited)
 }
 
-// signalGroup sends sig to the worker's process group and to every
+// signal sends sig to the worker's process group and to every
 // descendant of the worker outside it (one that called setsid or
 // setpgid), found by walking /proc from the worker down before the
 // group is signalled. It is a no-op once the worker is reaped: only an
 // unreaped leader guarantees the group id still names this worker's
 // group. Descendants are signalled through pidfds checked against their
 // start time, so a reused pid is never hit.
-func (p *process) signalGroup(sig syscall.Signal) {
+func (p *process) signal(sig syscall.Signal) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.done {
-		return
+		return false
 	}
-	p.signalled = true
-	for _, d := range descendants(p.pid) {
-		if d.pgid != p.pid {
+	for _, d := range descendants(p.pd) {
+		if d.pgid != p.pd {
 			signalExact(d, sig)
 		}
 	}
-	if err := unix.Kill(-p.pid, sig); err != nil {
+	if err := unix.Kill(-p.pd, sig); err != nil {
 		// The leader may have moved out of its group; reach it at least.
 		p.cmd.Process.Signal(sig)
 	}
+	return true
 }
 
-// endedOnItsOwn reports whether the worker exited without a signal
-// from us. Valid after exited.
-func (p *process) endedOnItsOwn() bool {
+// status is how the worker ended. Valid once reaped.
+func (p *process) status() ExitReason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return !p.signalled
-}
-
-// exitReason describes how the worker ended. Valid after exited.
-func (p *process) exitReason() string {
-	return describeExit(p.state)
-}
-
-func describeExit(st *os.ProcessState) string {
-	if st == nil {
-		return "unknown"
-	}
-	ws, ok := st.Sys().(syscall.WaitStatus)
-	if !ok {
-		return st.String()
-	}
-	switch {
-	case ws.Exited():
-		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
-	case ws.Signaled():
-		s := "killed by signal " + unix.SignalName(ws.Signal())
-		if ws.CoreDump() {
-			s += " (core dumped)"
-		}
-		return s
-	}
-	return st.String()
-}
-
-// failed reports whether the exit counts as a failure: a nonzero
-// status or a signal.
-func (p *process) failed() bool {
-	return p.state == nil || !p.state.Success()
+	return exitStatus(p.state)
 }
 
 // waitExited blocks until the child pid has exited, without reaping it.

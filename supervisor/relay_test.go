@@ -493,7 +493,10 @@ func init() {
 		for range floodLines / 64 {
 			os.Stderr.Write(buf)
 		}
-		return serve(context.Background(), w, worker.Config{})
+		// Nothing else on stderr: a line of the worker's own log that
+		// came while the bucket was still empty would be counted among
+		// the flood's drops.
+		return serve(context.Background(), w, worker.Config{Logger: hclog.NewNullLogger()})
 	}
 }
 

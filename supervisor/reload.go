@@ -11,30 +11,25 @@ import (
 // Reload replaces every ready worker, one at a time: it starts the new
 // worker, waits for its hello and a pong, routes requests to it, and
 // only then stops the old one, so callers of [Supervisor.Call] see no
-// failed request. Slots that are not ready (starting, backing off) are
-// skipped: they start afresh anyway.
+// failed request; it moves on to the next worker once the old one is
+// reaped. Slots that are not ready (starting, backing off) are skipped:
+// they start afresh anyway.
 //
 // Reloads are coalesced: requests made while a rolling restart runs
 // share the one run that starts after it, so a storm of them costs at
 // most two. Reload returns the result of the first run that started
 // after it was called, once that run is done, or ctx's error if ctx ends
-// first (the run happens anyway). It returns [ErrNotRunning] after Run
-// began to stop. It is safe to call from any goroutine.
+// first (the run happens anyway). It returns [ErrNotRunning] once Run
+// began to stop; called before Run, it waits for Run. It is safe to
+// call from any goroutine.
 func (s *Supervisor) Reload(ctx context.Context) error {
-	if s.stopped.Load() {
-		return ErrNotRunning
-	}
 	res := make(chan error, 1)
-	s.reloadMu.Lock()
-	if s.reloadClosed {
-		s.reloadMu.Unlock()
-		return ErrNotRunning
-	}
-	s.reloadPending = append(s.reloadPending, res)
-	s.reloadMu.Unlock()
 	select {
-	case s.reloadKick <- struct{}{}:
-	default: // a kick is pending already
+	case s.reqs <- reloadReq{res}:
+	case <-s.loopDone:
+		return ErrNotRunning
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	select {
 	case err := <-res:
@@ -44,78 +39,161 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 	}
 }
 
-// reloadLoop runs rolling restarts for the pending Reload calls until
-// ctx ends, then answers those still waiting with ErrNotRunning. Each
-// run serves every request made before it started.
-func (s *Supervisor) reloadLoop(ctx context.Context) {
-	defer func() {
-		s.reloadMu.Lock()
-		pending := s.reloadPending
-		s.reloadPending, s.reloadClosed = nil, true
-		s.reloadMu.Unlock()
-		for _, res := range pending {
-			res <- ErrNotRunning
-		}
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.reloadKick:
-		}
-		s.reloadMu.Lock()
-		batch := s.reloadPending
-		s.reloadPending = nil
-		s.reloadMu.Unlock()
-		if len(batch) == 0 {
-			continue
-		}
-		s.log.Info("rolling restart", "requests", len(batch))
-		err := s.rollingRestart(ctx)
-		if err != nil {
-			s.log.Error("rolling restart failed", "error", err)
-		} else {
-			s.log.Info("rolling restart done")
-		}
-		if ctx.Err() != nil {
-			err = ErrNotRunning
-		}
-		for _, res := range batch {
-			res <- err
-		}
+// rolling is a rolling restart in progress. It is the loop's.
+type rolling struct {
+	batch []chan error // the Reload calls it answers
+	i     int          // the slot being replaced
+	p     *proc        // its replacement, until handed over or ended
+	old   *proc        // the process it replaced, until reaped
+	err   error        // the run failed; answered once p is reaped
+}
+
+// reload queues a Reload call for the next rolling restart, which
+// starts at once if none runs.
+func (s *Supervisor) reload(req reloadReq) {
+	if s.stopping {
+		req.res <- ErrNotRunning
+		return
+	}
+	s.reloadQueue = append(s.reloadQueue, req.res)
+	s.dirty = true
+	if s.rolling == nil {
+		s.startRolling()
 	}
 }
 
-func (s *Supervisor) rollingRestart(ctx context.Context) error {
-	for _, sl := range s.slots {
-		if sl.cur.Load() == nil {
-			continue
-		}
-		p, err := s.start(ctx, sl, true)
-		if err != nil {
-			return fmt.Errorf("supervisor: rolling restart of worker %d: %w", sl.id, err)
-		}
-		pctx, cancel := context.WithTimeout(ctx, s.cfg.PingTimeout)
-		_, err = p.conn.Ping(pctx)
-		cancel()
-		if err != nil {
-			s.stop(p)
-			return fmt.Errorf("supervisor: rolling restart of worker %d: new worker did not answer a ping: %w", sl.id, err)
-		}
-		h := &handover{p: p, ready: s.cfg.now(), done: make(chan struct{})}
-		t := time.NewTimer(s.cfg.StartTimeout)
-		select {
-		case sl.replace <- h:
-			t.Stop()
-			<-h.done
-		case <-t.C:
-			// The slot's worker ended meanwhile; it restarts on its own.
-			s.stop(p)
-		case <-ctx.Done():
-			t.Stop()
-			s.stop(p)
-			return ctx.Err()
+// startRolling starts a rolling restart for the queued Reload calls.
+func (s *Supervisor) startRolling() {
+	s.rolling = &rolling{batch: s.reloadQueue}
+	s.reloadQueue = nil
+	s.dirty = true
+	s.log.Info("rolling restart", "requests", len(s.rolling.batch))
+	s.advance()
+}
+
+// advance starts the replacement of the next ready worker, or ends the
+// run when none is left.
+func (s *Supervisor) advance() {
+	r := s.rolling
+	for ; r.i < len(s.slots); r.i++ {
+		if sl := s.slots[r.i]; sl.cur != nil && sl.cur.phase == phReady && sl.repl == nil {
+			r.p = s.spawn(sl, roleReplacement)
+			sl.repl = r.p
+			return
 		}
 	}
-	return nil
+	s.finishRolling(nil)
+}
+
+// finishRolling answers the run's Reload calls with err and starts the
+// next run if calls came meanwhile.
+func (s *Supervisor) finishRolling(err error) {
+	if err != nil {
+		s.log.Error("rolling restart failed", "error", err)
+	} else {
+		s.log.Info("rolling restart done")
+	}
+	for _, res := range s.rolling.batch {
+		res <- err
+	}
+	s.rolling = nil
+	if len(s.reloadQueue) > 0 {
+		s.startRolling()
+	}
+}
+
+// abortReloads answers every Reload call, running or queued, with
+// ErrNotRunning: Run is stopping. A replacement still starting is
+// stopped with the other workers.
+func (s *Supervisor) abortReloads() {
+	if s.rolling != nil {
+		for _, res := range s.rolling.batch {
+			res <- ErrNotRunning
+		}
+		s.rolling = nil
+	}
+	for _, res := range s.reloadQueue {
+		res <- ErrNotRunning
+	}
+	s.reloadQueue = nil
+}
+
+// verified: a replacement answered its first ping (err nil), or did not
+// within PingTimeout.
+func (s *Supervisor) verified(p *proc, err error) {
+	p.endVerify()
+	if p.exited || p.phase != phVerify {
+		return
+	}
+	p.deadline = time.Time{}
+	if err != nil {
+		if r := s.rolling; r != nil && r.p == p {
+			r.err = fmt.Errorf("supervisor: rolling restart of worker %d: new worker did not answer a ping: %w", p.sl.id, err)
+		}
+		s.stopProc(p)
+		return
+	}
+	s.handover(p)
+}
+
+// handover makes the verified replacement p its slot's process, routes
+// requests to it and only then stops the process it replaces.
+func (s *Supervisor) handover(p *proc) {
+	sl := p.sl
+	old := sl.cur
+	if old == nil || old.phase != phReady {
+		// The slot's worker ended meanwhile; it restarts on its own.
+		p.dropped = true
+		s.stopProc(p)
+		return
+	}
+	now := s.now()
+	sl.repl, sl.cur = nil, p
+	p.role, old.role = roleCur, roleReplaced
+	p.phase, p.deadline = phReady, time.Time{}
+	p.everReady, p.readyAt = true, now
+	p.probe = newProber(s)
+	sl.pid, sl.rtt, sl.exit = p.pid, 0, ExitReason{Kind: ExitReplaced}
+	sl.setState(StateReady, now)
+	sl.since = now
+	s.dirty = true
+	p.log.Info("ready", "startup", now.Sub(p.started).Round(time.Microsecond), "replacing_pid", old.pid)
+	s.route(sl.id-1, p.conn)
+	if r := s.rolling; r != nil && r.p == p {
+		r.p, r.old = nil, old
+	}
+	s.stopProc(old)
+}
+
+// replacementEnded: a replacement was reaped before its handover.
+func (s *Supervisor) replacementEnded(p *proc, st ExitReason) {
+	p.sl.repl = nil
+	r := s.rolling
+	if r == nil || r.p != p {
+		return // the run was aborted
+	}
+	r.p = nil
+	switch {
+	case r.err != nil:
+		s.finishRolling(r.err)
+	case p.dropped:
+		r.i++
+		s.advance()
+	default:
+		reason := st
+		if p.verdict.Kind != ExitNone {
+			reason = p.verdict.with(st)
+		}
+		reason.BeforeHello = p.conn == nil && (reason.Kind == ExitCode || reason.Kind == ExitSignal)
+		s.finishRolling(fmt.Errorf("supervisor: rolling restart of worker %d: new worker (pid %d) %v", p.sl.id, p.pid, reason))
+	}
+}
+
+// replacedEnded: a replaced process was reaped; the run moves on.
+func (s *Supervisor) replacedEnded(p *proc) {
+	if r := s.rolling; r != nil && r.old == p {
+		r.old = nil
+		r.i++
+		s.advance()
+	}
 }

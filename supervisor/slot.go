@@ -3,8 +3,6 @@
 package supervisor
 
 import (
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -23,44 +21,6 @@ const (
 	StateStopped  State = "stopped"  // stopped with the supervisor
 )
 
-// slot is one of the Config.Workers positions. Its goroutine (runSlot)
-// owns the process in it; other goroutines read cur for routing and the
-// fields under mu for status.
-type slot struct {
-	id       int
-	cur      atomic.Pointer[process] // the ready process, or nil
-	replace  chan *handover          // rolling restart hand-overs
-	wasReady bool                    // owned by the slot goroutine
-
-	// Attempts to start a worker that the supervisor's own shortage
-	// defeated since the last start, and the next retry step. Owned by
-	// the slot goroutine.
-	spawnFailures int
-	spawnRetry    time.Duration
-
-	mu        sync.Mutex
-	state     State
-	pid       int
-	since     time.Time
-	restarts  int
-	lastExit  string
-	lastRTT   time.Duration // only in a process's probes record (see process.probes)
-	nextStart time.Time
-}
-
-// handover gives a slot a freshly started replacement for its worker.
-type handover struct {
-	p     *process
-	ready time.Time
-	done  chan struct{} // closed once the old worker is reaped
-}
-
-func (sl *slot) set(f func(*slot)) {
-	sl.mu.Lock()
-	f(sl)
-	sl.mu.Unlock()
-}
-
 // WorkerStatus describes one worker slot. Its JSON form is part of the
 // documented `supervisor status --json` output.
 type WorkerStatus struct {
@@ -72,6 +32,11 @@ type WorkerStatus struct {
 	LastPingRTTUS float64    `json:"last_ping_rtt_us"` // 0 before the first pong
 	LastExit      string     `json:"last_exit,omitempty"`
 	NextStart     *time.Time `json:"next_start,omitempty"` // while backing off
+
+	// Exit is how the slot's last process ended (the zero ExitReason
+	// if none has); LastExit is its String form, kept for the JSON
+	// output.
+	Exit ExitReason `json:"-"`
 }
 
 // Status is a snapshot of a supervisor.
@@ -82,29 +47,77 @@ type Status struct {
 	Workers       []WorkerStatus `json:"workers"`
 }
 
+// slot is one of the Config.Workers positions. It is the loop's: no
+// other goroutine reads or writes it.
+type slot struct {
+	id   int
+	cur  *proc // the slot's process, from spawn to reap; nil between
+	repl *proc // a rolling restart's replacement, until handed over
+
+	state    State
+	since    time.Time
+	pid      int
+	restarts int
+	exit     ExitReason
+	rtt      time.Duration // the ready process's last ping round trip
+
+	backoff   time.Duration // the next restart's backoff step
+	nextStart time.Time     // when the slot starts a process again; zero: not waiting
+	retrying  bool          // nextStart retries a start the supervisor's shortage defeated
+	grace     *pendingEnd   // an end by a stop signal, waiting to see whether Run stops too
+	wasReady  bool          // a process of the slot has been ready
+
+	// Attempts to start a worker that the supervisor's own shortage
+	// defeated since the last start, and the next retry step.
+	spawnFailures int
+	spawnRetry    time.Duration
+}
+
+// pendingEnd is the end of a slot's process that waits for
+// Config.stopGrace to see whether it was part of a stop.
+type pendingEnd struct {
+	p      *proc
+	reason ExitReason // if it was no stop
+	status ExitReason // the process's own status: the reason if it was
+	uptime time.Duration
+	until  time.Time
+}
+
+// status returns the slot's WorkerStatus.
 func (sl *slot) status() WorkerStatus {
-	// The RTT is the ready process's own: none for a slot whose worker
-	// is starting, stopping or gone.
-	var rtt time.Duration
-	if p := sl.cur.Load(); p != nil {
-		p.probes.mu.Lock()
-		rtt = p.probes.lastRTT
-		p.probes.mu.Unlock()
-	}
-	sl.mu.Lock()
-	defer sl.mu.Unlock()
 	ws := WorkerStatus{
 		ID:            sl.id,
 		PID:           sl.pid,
 		State:         sl.state,
 		Since:         sl.since,
 		Restarts:      sl.restarts,
-		LastPingRTTUS: float64(rtt.Nanoseconds()) / 1e3,
-		LastExit:      sl.lastExit,
+		LastPingRTTUS: float64(sl.rtt.Nanoseconds()) / 1e3,
+		LastExit:      sl.exit.String(),
+		Exit:          sl.exit,
 	}
 	if sl.state == StateBackoff && !sl.nextStart.IsZero() {
 		t := sl.nextStart
 		ws.NextStart = &t
 	}
 	return ws
+}
+
+// snapshot is what the loop publishes for Status and Stats: copies,
+// never changed once published. changed is closed when a newer one
+// replaces it.
+type snapshot struct {
+	startedAt     time.Time
+	workers       []WorkerStatus
+	counts        counts
+	reloadsQueued int // Reload calls waiting for the next rolling restart
+	changed       chan struct{}
+}
+
+// counts are the loop's counters, published in each snapshot. The
+// last three are not in Stats: they let tests on the fake clock see
+// that the loop has run a health tick and that no probe it asked for
+// is still being written.
+type counts struct {
+	restarts, failures, spawnFailures uint64
+	ticks, probesAsked, probesDone    uint64
 }

@@ -31,8 +31,11 @@ const (
 	histBuckets = 931
 )
 
+// stats counts health pings: the tenders count those sent (before the
+// write, so that a pong is never counted before its ping), the
+// channels' reader goroutines record the round trips (prober.pong).
 type stats struct {
-	sent, restarts, failures, spawnFailures atomic.Uint64
+	sent atomic.Uint64
 
 	mu       sync.Mutex
 	answered uint64
@@ -66,16 +69,19 @@ func (s *stats) quantile(q float64) time.Duration {
 	return 0
 }
 
-func (s *stats) snapshot() Stats {
+// snapshot returns the Stats of the histogram and of c, the loop's
+// counters.
+func (s *stats) snapshot(c counts) Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	answered := s.answered // before sent: a pong is counted after its ping
 	return Stats{
 		PingsSent:     s.sent.Load(),
-		PingsAnswered: s.answered,
+		PingsAnswered: answered,
 		RTTP50:        s.quantile(0.50),
 		RTTP99:        s.quantile(0.99),
-		Restarts:      s.restarts.Load(),
-		Failures:      s.failures.Load(),
-		SpawnFailures: s.spawnFailures.Load(),
+		Restarts:      c.restarts,
+		Failures:      c.failures,
+		SpawnFailures: c.spawnFailures,
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"reflect"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -235,7 +234,7 @@ func TestEchoAndStatus(t *testing.T) {
 		checkReaped(t, pid)
 	}
 	for _, ws := range r.s.Status().Workers {
-		if ws.State != StateStopped || ws.PID != 0 || !strings.Contains(ws.LastExit, "exited with status 0") {
+		if ws.State != StateStopped || ws.PID != 0 || !ws.Exit.Stopped || !exitedWith(ws.Exit, 0) {
 			t.Errorf("after stop: %+v", ws)
 		}
 	}
@@ -385,7 +384,7 @@ func TestStopEscalates(t *testing.T) {
 			}
 		}
 		for _, ws := range r.s.Status().Workers {
-			if ws.State != StateStopped || ws.LastExit != "stopped: killed by signal SIGKILL" {
+			if ws.State != StateStopped || ws.Exit != stopped(sigkill) {
 				t.Errorf("after stop: %+v", ws)
 			}
 		}
@@ -410,7 +409,7 @@ func TestStopEscalates(t *testing.T) {
 			t.Errorf("Run took %v after Kill", d)
 		}
 		for _, ws := range r.s.Status().Workers {
-			if ws.LastExit != "stopped: killed by signal SIGKILL" {
+			if ws.Exit != stopped(sigkill) {
 				t.Errorf("after Kill: %+v", ws)
 			}
 		}
@@ -466,7 +465,7 @@ func TestRestartPolicy(t *testing.T) {
 			return st.Workers[0].State == StateReady && st.Workers[0].PID != victim
 		})
 		w1 := st.Workers[0]
-		if w1.Restarts != 1 || !strings.Contains(w1.LastExit, "SIGKILL") || w1.PID == 0 {
+		if w1.Restarts != 1 || !killedBy(w1.Exit, syscall.SIGKILL) || w1.PID == 0 {
 			t.Errorf("worker 1 after kill -9: %+v", w1)
 		}
 		if w2 := st.Workers[1]; w2.PID != before.Workers[1].PID || w2.Restarts != 0 {
@@ -498,7 +497,7 @@ func TestRestartPolicy(t *testing.T) {
 		// Once exited, the slot only waits for the stop: no restart
 		// can follow.
 		ws := r.waitStatus("worker exited", func(st Status) bool { return st.Workers[0].State == StateExited }).Workers[0]
-		if ws.PID != 0 || ws.Restarts != 0 || !strings.Contains(ws.LastExit, "SIGKILL") {
+		if ws.PID != 0 || ws.Restarts != 0 || !killedBy(ws.Exit, syscall.SIGKILL) {
 			t.Errorf("after kill -9 under never: %+v", ws)
 		}
 		checkReaped(t, victim)
@@ -521,7 +520,7 @@ func TestRestartPolicy(t *testing.T) {
 		ws := r.waitStatus("worker exited", func(st Status) bool {
 			return st.Workers[0].State != StateReady && st.Workers[0].State != StateStarting
 		}).Workers[0]
-		if ws.State != StateExited || ws.Restarts != 0 || !strings.Contains(ws.LastExit, "exited with status 0") {
+		if ws.State != StateExited || ws.Restarts != 0 || ws.Exit.Stopped || !exitedWith(ws.Exit, 0) {
 			t.Errorf("a worker that exited 0 under on-failure: %+v, want exited, not restarted", ws)
 		}
 		if s := r.s.Stats(); s.Failures != 0 || s.Restarts != 0 {
@@ -556,7 +555,7 @@ func TestRestartPolicy(t *testing.T) {
 			t.Fatalf("Run: %v, want an error wrapping ErrCrashLoop", err)
 		}
 		ws := r.s.Status().Workers[0]
-		if ws.State != StateFailed || ws.Restarts != 3 || !strings.Contains(ws.LastExit, "exited with status 3 before its hello") {
+		if ws.State != StateFailed || ws.Restarts != 3 || ws.Exit != beforeHello(exit3) {
 			t.Errorf("after the crash loop: %+v", ws)
 		}
 		if s := r.s.Stats(); s.Restarts != 3 || s.Failures != 4 {

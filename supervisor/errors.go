@@ -1,0 +1,35 @@
+//go:build linux
+
+package supervisor
+
+import "errors"
+
+// Sentinel errors. Test for them with errors.Is: the errors returned by
+// this package wrap them with the detail.
+var (
+	// ErrCrashLoop is returned by Run when workers restarted more than
+	// Config.MaxRestarts times within Config.RestartWindow. Run stopped
+	// every worker before returning it.
+	ErrCrashLoop = errors.New("supervisor: crash loop")
+
+	// ErrNoWorker is returned by Call and Echo when no worker is ready
+	// before the context ends; the error wraps the context's error too.
+	ErrNoWorker = errors.New("supervisor: no ready worker")
+
+	// ErrNotRunning is returned by calls made after Run returned, by
+	// calls still waiting for a worker when Run begins to stop, and by
+	// Reload once Run began to stop. (Calls made before Run wait for a
+	// worker like any other.)
+	ErrNotRunning = errors.New("supervisor: not running")
+
+	// ErrAlreadyRun is returned by a second call to Run.
+	ErrAlreadyRun = errors.New("supervisor: Run called twice")
+)
+
+// ownSpawnError reports that the supervisor could not start a worker
+// for want of its own resources (descriptors, memory, processes): no
+// fault of the worker, so it is retried and never counts as a failure.
+type ownSpawnError struct{ err error }
+
+func (e *ownSpawnError) Error() string { return e.err.Error() }
+func (e *ownSpawnError) Unwrap() error { return e.err }
