@@ -291,9 +291,7 @@ func churnThreads(n int) []int {
 // giving each its own generous deadline.
 func TestRestartCyclesLeakNothing(t *testing.T) {
 	const cycles = 500
-	fds := openFDs()
-	goroutines := runtime.NumGoroutine()
-	kids := len(testutil.Children())
+	before := testutil.TakeSnapshot()
 
 	cfg := testConfig(t, "crash-after-hello", 2)
 	cfg.BackoffMin, cfg.BackoffMax = time.Millisecond, time.Millisecond
@@ -318,18 +316,7 @@ func TestRestartCyclesLeakNothing(t *testing.T) {
 		t.Errorf("stats: %+v, want at least %d failures", s, cycles)
 	}
 
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		leakedFDs := newFDs(fds)
-		g := runtime.NumGoroutine()
-		k := len(testutil.Children())
-		if len(leakedFDs) == 0 && g <= goroutines && k <= kids {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %d restarts: new descriptors %v; %d goroutines, was %d; %d children, was %d",
-				r.s.Stats().Restarts, leakedFDs, g, goroutines, k, kids)
-		}
-		time.Sleep(20 * time.Millisecond) // polling for stragglers
+	if err := before.Check(5 * time.Second); err != nil {
+		t.Fatalf("after %d restarts: %v", cycles, err)
 	}
 }

@@ -6,15 +6,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +21,7 @@ import (
 	"github.com/pairvisor/pairvisor/worker"
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
+	"github.com/pairvisor/pairvisor/ipc"
 )
 
 // The test binary is also every worker: Config.Executable defaults to
@@ -31,9 +29,36 @@ import (
 // runs the role a test picked (through Config.Env) instead of the
 // tests. The pattern is os/exec's exec_test.go.
 const (
-	envRole = "PAIRVISOR_TEST_ROLE" // which role a helper process runs
+	envRole = testutil.RoleEnv      // which role a helper process runs
 	envFile = "PAIRVISOR_TEST_FILE" // a file the role reports into
 )
+
+// A worker started without a role (the supervisor passes Config.Env on)
+// exits 2 rather than run the tests.
+var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: ipc.EnvWorker})
+
+func TestMain(m *testing.M) {
+	for name, f := range workerRoles {
+		harness.Register(name, func(...string) int {
+			file := os.Getenv(envFile) // before FromEnv removes every PAIRVISOR_ variable
+			w, err := worker.FromEnv()
+			if w == nil {
+				fmt.Fprintf(os.Stderr, "test worker %s: not a worker: %v\n", name, err)
+				return 2
+			}
+			return f(w, file)
+		})
+	}
+	for name, f := range helperRoles {
+		harness.Register(name, func(...string) int { return f(os.Getenv(envFile)) })
+	}
+	harness.Main(m)
+}
+
+// helperRoles are helper processes that are not workers.
+var helperRoles = map[string]func(file string) int{
+	"supervisor-helper": supervisorHelper,
+}
 
 // workerRoles are the behaviours a worker started by a test can have.
 // Each returns the process's exit status.
@@ -85,96 +110,11 @@ var workerRoles = map[string]func(w *worker.Worker, file string) int{
 	},
 }
 
-// helperRoles are helper processes that are not workers.
-var helperRoles = map[string]func(file string) int{
-	"supervisor-helper": supervisorHelper,
-}
-
-var rolesUsed sync.Map
-
 // role returns the Config.Env entry that makes workers run the named
 // role, and records that a test used it.
 func role(t testing.TB, name string) string {
 	t.Helper()
-	if workerRoles[name] == nil && helperRoles[name] == nil {
-		t.Fatalf("unknown test role %q", name)
-	}
-	rolesUsed.Store(name, true)
-	return envRole + "=" + name
-}
-
-func init() {
-	// Make exec.Cmds that are never waited for panic in their
-	// finalizer, as os/exec's own tests do.
-	godebug := os.Getenv("GODEBUG")
-	if godebug != "" {
-		godebug += ","
-	}
-	os.Setenv("GODEBUG", godebug+"execwait=2")
-	// A race-enabled binary sleeps a second in exit by default
-	// (atexit_sleep_ms); workers that take a second to exit would
-	// meet SIGTERM in every graceful stop.
-	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-}
-
-func TestMain(m *testing.M) {
-	// Read the role first: FromEnv removes every PAIRVISOR_ variable.
-	roleName, file := os.Getenv(envRole), os.Getenv(envFile)
-	w, err := worker.FromEnv()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test worker:", err)
-		os.Exit(2)
-	}
-	if w != nil {
-		f := workerRoles[roleName]
-		if f == nil {
-			fmt.Fprintf(os.Stderr, "test worker: unknown role %q\n", roleName)
-			os.Exit(2)
-		}
-		os.Exit(f(w, file))
-	}
-	if roleName != "" {
-		f := helperRoles[roleName]
-		if f == nil {
-			fmt.Fprintf(os.Stderr, "test helper: unknown role %q\n", roleName)
-			os.Exit(2)
-		}
-		os.Exit(f(file))
-	}
-
-	// Let the runtime open its poller's descriptors before the baseline.
-	if r, w, err := os.Pipe(); err == nil {
-		r.Close()
-		w.Close()
-	}
-	fds := openFDs()
-	code := m.Run()
-	if code == 0 {
-		if err := checkLeaks(fds); err != nil {
-			fmt.Fprintln(os.Stderr, "FAIL: leak check after all tests:", err)
-			code = 1
-		}
-	}
-	if code == 0 && flag.Lookup("test.run").Value.String() == "" && flag.Lookup("test.skip").Value.String() == "" &&
-		flag.Lookup("test.list").Value.String() == "" {
-		for _, names := range []map[string]bool{keys(workerRoles), keys(helperRoles)} {
-			for name := range names {
-				if _, ok := rolesUsed.Load(name); !ok {
-					fmt.Fprintf(os.Stderr, "FAIL: test role %q is never used\n", name)
-					code = 1
-				}
-			}
-		}
-	}
-	os.Exit(code)
-}
-
-func keys[V any](m map[string]V) map[string]bool {
-	k := make(map[string]bool, len(m))
-	for name := range m {
-		k[name] = true
-	}
-	return k
+	return harness.Use(t, name)
 }
 
 // serve runs w.Serve and turns its result into an exit status.
@@ -382,72 +322,9 @@ func writeFileAtomic(name string, data []byte) error {
 	return os.Rename(tmp, name)
 }
 
-// openFDs returns this process's descriptors and what they refer to.
-func openFDs() map[string]string {
-	fds := make(map[string]string)
-	open, _ := testutil.OpenFDs()
-	for _, fd := range open {
-		if fd.Target == "" {
-			continue // closed by now
-		}
-		fds[fd.Num] = fd.Target
-	}
-	return fds
-}
-
-// newFDs returns the descriptors open now that were not in before.
-func newFDs(before map[string]string) []string {
-	var leaked []string
-	for fd, target := range openFDs() {
-		if before[fd] != target {
-			leaked = append(leaked, fd+" -> "+target)
-		}
-	}
-	sort.Strings(leaked)
-	return leaked
-}
-
-// moduleGoroutines returns the stacks of goroutines, other than the
-// caller's, that run or were started by code of this module.
-func moduleGoroutines() []string {
-	gs := strings.Split(testutil.Stacks(), "\n\n")
-	var found []string
-	for _, g := range gs[1:] { // gs[0] is the caller
-		if strings.Contains(g, "github.com/pairvisor/pairvisor/") {
-			found = append(found, g)
-		}
-	}
-	return found
-}
-
 // alive reports whether pid is a process that has not exited. A zombie
 // has exited: an orphan's zombie waits for init, not for us.
 func alive(pid int) bool {
 	p, ok := testutil.ReadProc(pid)
 	return ok && p.State != "Z" && p.State != "X"
-}
-
-// checkLeaks reports descriptors, goroutines and child processes left
-// over since before, allowing them a few seconds to go away.
-func checkLeaks(before map[string]string) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var problems []string
-		if fds := newFDs(before); len(fds) > 0 {
-			problems = append(problems, fmt.Sprintf("leaked descriptors: %v", fds))
-		}
-		if gs := moduleGoroutines(); len(gs) > 0 {
-			problems = append(problems, fmt.Sprintf("%d leaked goroutines:\n%s", len(gs), strings.Join(gs, "\n\n")))
-		}
-		if kids := testutil.Children(); len(kids) > 0 {
-			problems = append(problems, fmt.Sprintf("child processes left (zombies included): %+v", kids))
-		}
-		if len(problems) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s", strings.Join(problems, "\n"))
-		}
-		time.Sleep(50 * time.Millisecond) // polling for the leftovers to go away
-	}
 }
