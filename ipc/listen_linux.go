@@ -561,8 +561,8 @@ func (l *Listener) accept(flags int) (int, *unix.Ucred, error) {
 		switch {
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
 			continue
-		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE):
-			l.log.Error("out of file descriptors; pausing accept", "error", err)
+		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+			l.log.Error("out of file descriptors or memory; pausing accept", "error", err)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		case errors.Is(err, unix.EINVAL):

@@ -82,8 +82,9 @@
 // os/exec holds for every child it started until Wait. Children the
 // program starts without os/exec (syscall.ForkExec, cgo) hold none and
 // must not run beside a supervisor. Orphans in the program's own
-// process group (not from workers, which lead their own groups) are
-// only reaped. When Run returns, no orphan it could kill is left alive.
+// process group are only reaped: they cannot come from workers, which
+// lead their own sessions, so none of their descendants can join that
+// group. When Run returns, no orphan it could kill is left alive.
 // This needs Linux 5.4 (pidfd fdinfo); without it orphans go to init as
 // before, and Run logs a warning.
 //

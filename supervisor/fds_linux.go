@@ -3,7 +3,6 @@
 package supervisor
 
 import (
-	"errors"
 	"os"
 	"strconv"
 
@@ -17,16 +16,15 @@ import (
 // the program opened or inherited the others. It runs on the spawn
 // thread before each fork: one close_range(2) call (Linux 5.11), or a
 // walk of /proc/self/fd where that is missing. useRange says whether to
-// try close_range; it is cleared once close_range proves missing.
+// try close_range; it is cleared once close_range fails for any reason.
 func markInheritedCloexec(useRange *bool) error {
 	if *useRange {
 		err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
-			return os.NewSyscallError("close_range", err)
-		}
+		// Missing (ENOSYS), without the flag (EINVAL), or refused by a
+		// seccomp filter (EPERM, …): the walk below does the same.
 		*useRange = false
 	}
 	d, err := os.Open("/proc/self/fd")

@@ -234,3 +234,48 @@ func TestSetsidDescendantsDie(t *testing.T) {
 		}
 	}
 }
+
+func init() { workerRoles["join-group"] = joinGroupWorker }
+
+// joinGroupWorker tries to start a child in its supervisor's process
+// group, writes the outcome to file, then serves.
+func joinGroupWorker(w *worker.Worker, file string) int {
+	pgid, err := unix.Getpgid(os.Getppid())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "join-group worker:", err)
+		return 1
+	}
+	cmd := exec.Command("/bin/true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid}
+	outcome := "joined"
+	if err := cmd.Run(); err != nil {
+		outcome = "refused: " + err.Error()
+	}
+	if err := writeFileAtomic(file, []byte(outcome)); err != nil {
+		fmt.Fprintln(os.Stderr, "join-group worker:", err)
+		return 1
+	}
+	return serve(context.Background(), w, worker.Config{})
+}
+
+// TestDescendantCannotJoinOurGroup: a worker runs in a session of its
+// own, so none of its descendants can move into the supervisor's
+// process group, where the orphan sweeper would leave it alone.
+func TestDescendantCannotJoinOurGroup(t *testing.T) {
+	t.Parallel()
+	file := tempFile(t, "join")
+	cfg := testConfig(t, "join-group", 1)
+	cfg.Env = append(cfg.Env, envFile+"="+file)
+	r := startSupervisor(t, cfg)
+	r.waitReady()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(b), "refused") {
+		t.Errorf("a worker's child joined the supervisor's process group (%s)", b)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+}

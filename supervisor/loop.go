@@ -201,10 +201,12 @@ type (
 type reloadReq struct{ res chan error }
 
 // send hands ev to the loop, or drops it if the loop has returned.
-func (s *Supervisor) send(ev any) {
+func (s *Supervisor) send(ev any) bool {
 	select {
 	case s.events <- ev:
+		return true
 	case <-s.loopDone:
+		return false
 	}
 }
 
@@ -400,7 +402,15 @@ func (s *Supervisor) tend(p *proc) {
 	}
 	s.send(evSpawned{p, h})
 	c, err := h.hello(p.helloCtx)
-	s.send(evHello{p, c, err})
+	if !s.send(evHello{p, c, err}) {
+		// The loop has returned and will never close c: do it here,
+		// or a descendant of the worker holding the other end would
+		// keep this tender, and Run, waiting.
+		if c != nil {
+			c.Close()
+		}
+		return
+	}
 	if err != nil {
 		return
 	}
@@ -819,7 +829,10 @@ func (s *Supervisor) probed(p *proc, id uint64, err error) {
 	s.dirty = true
 	if err != nil {
 		p.probe.writing, p.probe.cur = false, 0
-		if p.phase == phReady {
+		// A channel that closed under the probe is the worker ending,
+		// which evClosed and evExited report; only a write that could
+		// not go out is a miss.
+		if p.phase == phReady && !errors.Is(err, ipc.ErrClosed) {
 			s.missed(p)
 		}
 		return

@@ -211,7 +211,12 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 		Stderr:     errW,
 		ExtraFiles: []*os.File{childEnd},
 		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:   true,            // stop signals go to the worker's whole group
+			// Its own session (and so its own process group): stop
+			// signals go to the worker's whole group, Ctrl-C at our
+			// terminal does not reach it, and no descendant of it can
+			// join our process group (setpgid works only within a
+			// session) to pass for one of ours.
+			Setsid:    true,
 			Pdeathsig: syscall.SIGKILL, // see spawnThread for the thread this binds to
 		},
 	}

@@ -177,7 +177,10 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		if srv != nil {
 			log.Info("serving", "socket", lsf.socket)
 			if serveErr = srv.Serve(ctx); serveErr != nil {
-				log.Error("socket server failed", "error", serveErr)
+				// Without its socket the supervisor cannot be reached:
+				// stop rather than run on unseen (exit 1).
+				log.Error("socket server failed; stopping", "error", serveErr)
+				cancel()
 			}
 		}
 	}()
