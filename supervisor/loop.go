@@ -894,9 +894,14 @@ func (sl *slot) setState(st State, now time.Time) {
 
 // isProtocolError reports whether err says the worker broke the wire
 // protocol.
+// isProtocolError reports whether the channel broke through the
+// worker's fault: a malformed frame, or a worker that stopped reading
+// (ErrStalled). Such a worker exits 0 once we close its channel, which
+// must still count as a failure, or on-failure would leave its slot
+// empty.
 func isProtocolError(err error) bool {
 	var fe *ipc.FrameError
-	return errors.As(err, &fe)
+	return errors.As(err, &fe) || errors.Is(err, ipc.ErrStalled)
 }
 
 func workerLogName(id int) string { return "worker." + strconv.Itoa(id) }
