@@ -476,13 +476,13 @@ func TestContextEnds(t *testing.T) {
 			var ctx context.Context
 			var cancel context.CancelFunc
 			const d = 100 * time.Millisecond
+			start := time.Now() // before the deadline is set: it is at most start+d
 			if tc.deadline {
 				ctx, cancel = context.WithTimeout(context.Background(), d)
 			} else {
 				ctx, cancel = context.WithCancel(context.Background())
 			}
 			defer cancel()
-			start := time.Now()
 			errc := make(chan error, 1)
 			go func() {
 				_, err := a.Call(ctx, ipc.TypeMessage, []byte(msgBlock), tc.dst)
@@ -561,9 +561,10 @@ func TestStalledReply(t *testing.T) {
 			h, _ := readRaw(t, raw)
 			reply := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, make([]byte, 1000))
 			writeRaw(t, raw, reply[:ipc.HeaderSize+10])
-			// Wait until the reader has taken the call and sits in read(2)
-			// for the rest of the payload.
-			waitStack(t, "[syscall", "ipc.(*Conn).deliver(", "ipc.(*Conn).readPayload(")
+			// Wait until the holder of the read side (the caller itself,
+			// or the background reader) has taken the call and sits in
+			// read(2) for the rest of the payload.
+			waitStack(t, "[syscall", "ipc.(*reader).finishPart(", "ipc.(*reader).readInto(")
 			cancel()
 			if err := recv(t, errc, "return of the call"); !errors.Is(err, context.Canceled) {
 				t.Fatalf("call returned %v, want context.Canceled", err)
