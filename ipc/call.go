@@ -181,10 +181,10 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 func (c *Conn) await(ctx context.Context, cl *call, id uint64) error {
 	for {
 		c.pmu.Lock()
-		if r := c.idle; r != nil && c.pending[id] == cl {
+		if r := c.idle; r != nil && c.pending[id] == cl && ctx.Err() == nil {
 			c.idle = nil
 			c.pmu.Unlock()
-			c.lead(r, cl)
+			c.lead(ctx, r, cl)
 			continue
 		}
 		if c.pending[id] == cl && !cl.waiting && cl.state.Load() == stateWait {
@@ -204,19 +204,19 @@ func (c *Conn) await(ctx context.Context, cl *call, id uint64) error {
 		cl.lead = nil
 		cl.state.Store(stateWait)
 		c.pmu.Unlock()
-		c.lead(r, cl)
+		c.lead(ctx, r, cl)
 	}
 }
 
 // lead reads frames as the holder of the read side until cl is done, or
-// until reading on would mean waiting for something other than replies,
-// and then passes the read side on.
-func (c *Conn) lead(r *reader, cl *call) {
+// until reading on would mean waiting for something other than replies
+// or past ctx, and then passes the read side on.
+func (c *Conn) lead(ctx context.Context, r *reader, cl *call) {
 	why := stopEnded
 	if err := c.sock.lead(true); err != nil {
 		r.err = &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 	} else {
-		why = r.run(cl)
+		why = r.run(ctx, cl)
 	}
 	c.pmu.Lock()
 	c.handOn(r, why)

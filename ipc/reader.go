@@ -3,6 +3,7 @@
 package ipc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,7 @@ type reader struct {
 	hello     bool // the peer's hello has been read
 	draining  bool // a shutdown request arrived: refuse later requests
 	served    bool // the background reader has handed a reply to a Call
+	slow      bool // a leader found nothing to read for ioSlice; nothing has arrived since
 	lastYield time.Time
 	idleSince time.Time // when the read side was last left idle
 
@@ -89,6 +91,7 @@ func newReader(c *Conn, prefix []byte) *reader {
 // read after a leader found nothing to read for ioSlice.
 func (c *Conn) handOn(r *reader, why stop) (keep bool) {
 	bg := why == stopBoundary
+	r.slow = r.slow || why == stopSlow
 	switch why {
 	case stopOwnReply, stopGaveUp, stopBoundary:
 		if r.err != nil || !c.sock.leads() || c.killed() {
@@ -139,7 +142,7 @@ func (c *Conn) background(r *reader) {
 		if err := c.sock.lead(false); err != nil {
 			r.err = &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 		} else if r.err == nil {
-			why = r.run(nil)
+			why = r.run(nil, nil)
 		}
 		if why == stopEnded {
 			c.teardown(r)
@@ -189,11 +192,13 @@ func (c *Conn) waitRead() *reader {
 }
 
 // run reads and handles frames as the holder of the read side: for lead
-// (a caller) until lead is done, and for the background reader (lead
-// nil) until the stream ends or, at a frame boundary with nothing
-// buffered, handOn passes the read side on. A leader leaves requests to
-// the background reader (stopRequest).
-func (r *reader) run(lead *call) stop {
+// (a caller, whose context is ctx) until lead is done or ctx has ended,
+// and for the background reader (lead nil) until the stream ends or, at
+// a frame boundary with nothing buffered, handOn passes the read side
+// on. A leader leaves requests to the background reader (stopRequest).
+// The background reader does not pass the read side back to a follower
+// that gave it up for want of data (stopSlow) until data has come.
+func (r *reader) run(ctx context.Context, lead *call) stop {
 	c := r.c
 	for {
 		if r.part.active {
@@ -205,7 +210,10 @@ func (r *reader) run(lead *call) stop {
 			if lead.state.Load() == stateDone {
 				return stopOwnReply
 			}
-		} else if r.r == r.w && r.hello && (r.served || c.nwait.Load() > 0) && c.sock.leads() {
+			if ctx.Err() != nil {
+				return stopGaveUp
+			}
+		} else if r.r == r.w && r.hello && !r.slow && (r.served || c.nwait.Load() > 0) && c.sock.leads() {
 			c.pmu.Lock()
 			keep := c.handOn(r, stopBoundary)
 			c.pmu.Unlock()
@@ -428,6 +436,7 @@ func (r *reader) read(p []byte) (int, error) {
 	if n == 0 {
 		return 0, io.EOF
 	}
+	r.slow = false
 	r.c.received.Add(uint64(n))
 	return n, nil
 }

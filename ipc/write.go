@@ -98,6 +98,7 @@ func (p *patience) spent() error {
 			return errSlice
 		}
 	}
+	timeUp := os.ErrDeadlineExceeded
 	if p.ctx != nil {
 		if err := p.ctx.Err(); err != nil {
 			return err
@@ -108,9 +109,12 @@ func (p *patience) spent() error {
 				p.deadline = time.Now().Add(p.timeout)
 			}
 		}
+		if _, ok := p.ctx.Deadline(); ok {
+			timeUp = context.DeadlineExceeded // ctx's, before its timer fires
+		}
 	}
 	if !p.deadline.IsZero() && !time.Now().Before(p.deadline) {
-		return os.ErrDeadlineExceeded
+		return timeUp
 	}
 	return nil
 }

@@ -1,0 +1,266 @@
+//go:build linux
+
+package ipc_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// Who reads a reply: a caller alone in waiting reads its own (it leads),
+// other callers follow and get theirs handed over, and the read side
+// passes from a leader to a follower. See the top of conn.go.
+
+// echoFirst and echoSecond make an echo call and report its result on
+// errc. They are two functions so that waitStack can tell the two
+// callers' goroutines apart. The tests that look for them in stacks do
+// not run in parallel.
+func echoFirst(ctx context.Context, c *ipc.Conn, p, dst []byte, errc chan<- error) {
+	errc <- echoCheck(ctx, c, p, dst)
+}
+
+func echoSecond(ctx context.Context, c *ipc.Conn, p, dst []byte, errc chan<- error) {
+	errc <- echoCheck(ctx, c, p, dst)
+}
+
+func echoCheck(ctx context.Context, c *ipc.Conn, p, dst []byte) error {
+	got, err := c.Echo(ctx, p, dst)
+	if err == nil && !bytes.Equal(got, p) {
+		err = fmt.Errorf("echo of %q came back as %q", p, got)
+	}
+	return err
+}
+
+// callUnanswered makes a message call that the test does not answer.
+func callUnanswered(ctx context.Context, c *ipc.Conn, errc chan<- error) {
+	_, err := c.Call(ctx, ipc.TypeMessage, []byte("never answered"), nil)
+	errc <- err
+}
+
+// warmUp makes one call on c through the background reader, after which
+// the read side is left idle for the next caller (see handOn).
+func warmUp(t *testing.T, c *ipc.Conn, raw interface {
+	Write([]byte) (int, error)
+}, rawRead func() ipc.Header) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Ping(ctxTimeout(t, waitTimeout))
+		errc <- err
+	}()
+	h := rawRead()
+	if _, err := raw.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, Flags: ipc.FlagReply, ID: h.ID}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, errc, "pong"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLoneCallerReadsItsReply: a caller that is alone in waiting sits in
+// read(2) for its reply on its own goroutine, not parked waiting for the
+// background reader.
+//
+// These tests find goroutines by their stacks, so they do not run in
+// parallel with others.
+func TestLoneCallerReadsItsReply(t *testing.T) {
+	c, raw := rawPeer(t, ipc.ConnConfig{})
+	warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+	errc := make(chan error, 1)
+	go echoFirst(ctxTimeout(t, waitTimeout), c, []byte("mine"), nil, errc)
+	h, p := readRaw(t, raw)
+	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, p))
+	if err := recv(t, errc, "echo result"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReadSidePassesToFollower: while one caller leads, a second one
+// follows; once the leader has its reply, the follower reads its own.
+func TestReadSidePassesToFollower(t *testing.T) {
+	c, raw := rawPeer(t, ipc.ConnConfig{})
+	warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+	ctx := ctxTimeout(t, waitTimeout)
+	errA, errB := make(chan error, 1), make(chan error, 1)
+	go echoFirst(ctx, c, []byte("a"), nil, errA)
+	ha, _ := readRaw(t, raw)
+	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	go echoSecond(ctx, c, []byte("b"), nil, errB)
+	hb, _ := readRaw(t, raw)
+	waitStack(t, "ipc.(*Conn).follow(", "ipc_test.echoSecond(")
+	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: ha.ID}, []byte("a")))
+	if err := recv(t, errA, "a's echo"); err != nil {
+		t.Fatal(err)
+	}
+	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoSecond(")
+	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: hb.ID}, []byte("b")))
+	if err := recv(t, errB, "b's echo"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLeaderContext: a leading caller whose reply does not come returns
+// its context's error, and its peer's requests that arrive meanwhile are
+// answered (by the background reader, to which the leader leaves them).
+func TestLeaderContext(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		busy bool // the peer keeps sending replies nobody waits for
+	}{{"silent", false}, {"busy", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, raw := rawPeer(t, ipc.ConnConfig{})
+			warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			errc := make(chan error, 1)
+			go callUnanswered(ctx, c, errc)
+			readRaw(t, raw)
+			waitStack(t, "ipc.(*Conn).lead(", "ipc_test.callUnanswered(")
+			// A ping from the peer is answered while the caller waits.
+			writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 77}, nil))
+			if h, _ := readRaw(t, raw); h.Type != ipc.TypePing || !h.IsReply() || h.ID != 77 {
+				t.Fatalf("got %+v, want the pong", h)
+			}
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			if tc.busy {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					stray := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 1 << 40}, make([]byte, 100))
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if _, err := raw.Write(stray); err != nil {
+							return
+						}
+					}
+				}()
+			}
+			cancel()
+			err := recv(t, errc, "return of the cancelled call")
+			close(stop)
+			wg.Wait()
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("call returned %v, want context.Canceled", err)
+			}
+			if err := c.Err(); err != nil {
+				t.Fatalf("Conn closed: %v", err)
+			}
+		})
+	}
+}
+
+// TestLeaderClose: Close ends a caller's wait in read(2) at once.
+func TestLeaderClose(t *testing.T) {
+	c, raw := rawPeer(t, ipc.ConnConfig{})
+	warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+	errc := make(chan error, 1)
+	go echoFirst(ctxTimeout(t, 3*waitTimeout), c, []byte("x"), make([]byte, 0, 10), errc)
+	readRaw(t, raw)
+	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, errc, "failure of the call"); !errors.Is(err, ipc.ErrClosed) {
+		t.Fatalf("call: %v, want ErrClosed", err)
+	}
+}
+
+// TestMixedCallersStress has callers of every size share one Conn to
+// another process: pings, echoes from 0 B to 1 MiB into their own dst or
+// a new slice, and messages through the peer's handler, some of them
+// given up half way by a context that ends. Every reply that comes must
+// be the caller's own, byte for byte, and the Conn must stay open. Run
+// against a blocking and a polled Conn.
+func TestMixedCallersStress(t *testing.T) {
+	t.Parallel()
+	for _, poll := range []bool{false, true} {
+		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
+			t.Parallel()
+			c, _ := dialHelper(t, "serve", ipc.ConnConfig{Poll: poll})
+			const callers, calls = 12, 60
+			sizes := []int{0, 1, 64, 4 << 10, 16<<10 - 16, 16 << 10, 64 << 10, 1 << 20}
+			var cancelled, done atomic.Int64
+			errc := make(chan error, callers)
+			for g := range callers {
+				go func() {
+					errc <- func() error {
+						rng := rand.New(rand.NewPCG(uint64(g), 9))
+						own := make([]byte, 0, 1<<20)
+						for i := range calls {
+							kind := rng.IntN(5)
+							ctx, cancel := context.WithTimeout(context.Background(), 2*waitTimeout)
+							short := kind != 1 && kind != 2 && rng.IntN(6) == 0
+							if short {
+								// Gives up after a short while: while writing,
+								// leading or following. (Not with a dst of its
+								// own: giving up a reply that is being read into
+								// the caller's dst closes the Conn, by design.)
+								cancel()
+								ctx, cancel = context.WithTimeout(context.Background(), time.Duration(rng.IntN(300))*time.Microsecond)
+							}
+							size := sizes[rng.IntN(len(sizes))]
+							payload := append(fmt.Appendf(nil, "%d/%d:", g, i), randBytes(uint64(g*calls+i), size)...)
+							var got []byte
+							var err error
+							switch kind {
+							case 0:
+								_, err = c.Ping(ctx)
+								got = payload
+							case 1, 2:
+								got, err = c.Echo(ctx, payload, own)
+							case 3:
+								got, err = c.Echo(ctx, payload, nil)
+							case 4:
+								got, err = c.Call(ctx, ipc.TypeMessage, payload, nil)
+							}
+							cancel()
+							switch {
+							case err != nil && short && errors.Is(err, context.DeadlineExceeded):
+								cancelled.Add(1)
+								if errors.Is(err, ipc.ErrClosed) {
+									return fmt.Errorf("caller %d call %d: the Conn closed: %w", g, i, err)
+								}
+								continue
+							case err != nil:
+								return fmt.Errorf("caller %d call %d: %w", g, i, err)
+							case !bytes.Equal(got, payload):
+								return fmt.Errorf("caller %d call %d: got another reply (%.24q…, %d bytes, want %d)", g, i, got, len(got), len(payload))
+							}
+							done.Add(1)
+						}
+						return nil
+					}()
+				}()
+			}
+			for range callers {
+				if err := recv(t, errc, "result of a caller"); err != nil {
+					t.Error(err)
+				}
+			}
+			// Replies to the calls given up may still be arriving; the
+			// Conn must read past them and answer on.
+			ctx := ctxTimeout(t, waitTimeout)
+			for range 3 {
+				if got, err := c.Echo(ctx, []byte("after"), nil); err != nil || string(got) != "after" {
+					t.Fatalf("echo after the stress: %q, %v (Conn error %v)", got, err, c.Err())
+				}
+			}
+			t.Logf("%d calls answered, %d given up", done.Load(), cancelled.Load())
+		})
+	}
+}
