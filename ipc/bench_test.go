@@ -86,3 +86,22 @@ func reportPercentiles(b *testing.B, d []time.Duration) {
 	b.ReportMetric(float64(rank(50).Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(rank(99).Nanoseconds()), "p99-ns")
 }
+
+// BenchmarkConcurrentPing: several goroutines ping through one Conn at
+// once, so that most callers wait as followers while another reads (see
+// the top of conn.go). One op is one ping of one goroutine.
+func BenchmarkConcurrentPing(b *testing.B) {
+	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench"})
+	ctx := context.Background()
+	b.SetParallelism(2)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := c.Ping(ctx); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

@@ -48,7 +48,7 @@ var spinning atomic.Bool
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
 func (c *Conn) putCall(cl *call) {
-	cl.dst, cl.reply, cl.err, cl.probe, cl.id, cl.lead = nil, nil, nil, nil, 0, nil
+	cl.dst, cl.reply, cl.err, cl.probe, cl.id, cl.lead, cl.waiting = nil, nil, nil, nil, 0, nil, false
 	cl.state.Store(stateWait)
 	callPool.Put(cl)
 }

@@ -501,6 +501,10 @@ func (c *Conn) teardown(r *reader) {
 	c.closed = true
 	pending := c.pending
 	c.pending = nil
+	for _, cl := range pending {
+		cl.waiting = false
+	}
+	c.nwait.Store(0)
 	c.pmu.Unlock()
 	for _, cl := range pending {
 		cl.err = closeErr(err)

@@ -264,3 +264,102 @@ func TestMixedCallersStress(t *testing.T) {
 		})
 	}
 }
+
+// TestCallsOutliveTheirConn: calls that were waiting as followers when
+// their Conn closed go back to a pool shared by all Conns. Reused on
+// another Conn, none may pass for a follower there: the read side would
+// be handed to a call that is still waiting to write, and lost with it
+// when that call gives up, so that no reply is read again and Close
+// never returns.
+func TestCallsOutliveTheirConn(t *testing.T) {
+	t.Parallel()
+	// Calls waiting as followers when their Conn closes.
+	blk := newBlocker(0)
+	a, b := pair(t, ipc.ConnConfig{}, ipc.ConnConfig{Handler: blk.handle})
+	const stale = 32
+	errc := make(chan error, stale)
+	for range stale {
+		go func() {
+			_, err := a.Call(ctxTimeout(t, waitTimeout), ipc.TypeMessage, []byte(msgBlock), nil)
+			errc <- err
+		}()
+	}
+	for range stale {
+		recv(t, blk.started, "handler start")
+	}
+	b.Close()
+	for range stale {
+		if err := recv(t, errc, "failure of a pending call"); !errors.Is(err, ipc.ErrClosed) {
+			t.Fatalf("pending call: %v, want ErrClosed", err)
+		}
+	}
+
+	// Another Conn, whose peer reads nothing for now. Two callers wait
+	// for replies as followers; a large request holds the write lock;
+	// more callers (likely on reused calls) queue for the write lock.
+	c, raw := rawPeer(t, ipc.ConnConfig{WriteTimeout: time.Minute})
+	ctx := ctxTimeout(t, 3*waitTimeout)
+	replies := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := c.Call(ctx, ipc.TypeMessage, []byte("wait"), nil)
+			replies <- err
+		}()
+	}
+	var ids []uint64
+	for range 2 {
+		h, _ := readRaw(t, raw)
+		ids = append(ids, h.ID)
+	}
+	big := make(chan error, 1)
+	go func() {
+		_, err := c.Echo(ctx, make([]byte, 8<<20), nil)
+		big <- err
+	}()
+	waitQueued(t, raw)
+	qctx, cancel := context.WithCancel(context.Background())
+	queued := make(chan error, stale)
+	for range stale {
+		go func() {
+			_, err := c.Ping(qctx)
+			queued <- err
+		}()
+	}
+	waitStack(t, "ipc.(*Conn).lockW(", "ipc.(*Conn).Ping(")
+	// A request from the peer makes the background reader pass the read
+	// side on to a follower, as it does at the next frame boundary.
+	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeMessage, ID: 5}, nil))
+	cancel()
+	for range stale {
+		recv(t, queued, "return of a queued ping")
+	}
+	// Now the peer reads and answers: every reply must still be read.
+	go func() {
+		for {
+			h, p, err := ipc.ReadFrame(raw, 0)
+			if err != nil {
+				return
+			}
+			if h.Type == ipc.TypeEcho && !h.IsReply() {
+				raw.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, p))
+			}
+		}
+	}()
+	for _, id := range ids {
+		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeMessage, Flags: ipc.FlagReply, ID: id}, nil))
+	}
+	for range 2 {
+		if err := recv(t, replies, "a follower's reply"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := recv(t, big, "the large echo"); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	recv(t, closed, "return of Close")
+}

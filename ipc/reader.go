@@ -153,7 +153,10 @@ func (c *Conn) background(r *reader) {
 }
 
 // waitRead waits until the background reader gets the read side back:
-// passed to it, left idle for linger, or idle when the Conn closes.
+// passed to it, left idle for linger, or idle when the Conn closes. It
+// looks at an idle read side every linger, at one held by a caller every
+// 8 linger: an idle wait costs no wake-up per call, only a timer while
+// calls go on.
 func (c *Conn) waitRead() *reader {
 	t := c.linger
 	t.Reset(linger)
@@ -173,7 +176,9 @@ func (c *Conn) waitRead() *reader {
 			}
 			return r
 		case <-t.C:
-			wait := linger
+			// While a caller holds the read side, look again less often:
+			// it hands the read side on itself, unless it leaves it idle.
+			wait := 8 * linger
 			c.pmu.Lock()
 			r := c.idle
 			if r != nil {

@@ -11,12 +11,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file holds the raw system calls of the hot path. A Conn's fd is
-// in blocking mode: its reader goroutine sits in read(2) and writers in
-// sendmsg(2) like a C program would, which measured faster than the
-// runtime's netpoller (docs/BASELINES.md). SO_SNDTIMEO
-// bounds each blocking send (writeSlice) so that a writer waiting for a
-// peer that does not read still notices its context ending.
+// This file holds the raw system calls of the hot path. In blocking
+// mode (fdio_linux.go) a Conn's reads and writes sit in read(2) and
+// sendmsg(2) like a C program's, which measured faster than the
+// runtime's netpoller (docs/BASELINES.md). SO_SNDTIMEO bounds each
+// blocking send (writeSlice) so that a writer waiting for a peer that
+// does not read still notices its context ending; SO_RCVTIMEO bounds a
+// leading caller's read (ioSlice) likewise.
 
 // sendmsg writes the iovecs in msg without raising SIGPIPE. On a
 // blocking fd it waits at most the socket's SO_SNDTIMEO; on a polled
