@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,9 +67,40 @@ func warmUp(t *testing.T, c *ipc.Conn, raw interface {
 	}
 }
 
-// TestLoneCallerReadsItsReply: a caller that is alone in waiting sits in
-// read(2) for its reply on its own goroutine, not parked waiting for the
-// background reader.
+// feedStrays writes replies that nobody waits for to raw, one every
+// half millisecond, until the returned stop is called (which waits for
+// the last write). A leader that finds nothing to read for ioSlice
+// (20 ms) leaves the read side to the background reader; data coming
+// in makes the background reader pass it back to a waiting caller. So
+// while strays come, a waiting caller is mostly leading, however slowly
+// the test runs, and a test can catch it at it.
+func feedStrays(raw *os.File) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	stray := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 1 << 40}, []byte("stray"))
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(500 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			if _, err := raw.Write(stray); err != nil {
+				return
+			}
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
+// TestLoneCallerReadsItsReply: a caller that is alone in waiting reads
+// its reply itself, on its own goroutine, rather than parking until the
+// background reader hands it over.
 //
 // These tests find goroutines by their stacks, so they do not run in
 // parallel with others.
@@ -78,7 +110,9 @@ func TestLoneCallerReadsItsReply(t *testing.T) {
 	errc := make(chan error, 1)
 	go echoFirst(ctxTimeout(t, waitTimeout), c, []byte("mine"), nil, errc)
 	h, p := readRaw(t, raw)
-	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	stop := feedStrays(raw)
+	waitStack(t, "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	stop()
 	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, p))
 	if err := recv(t, errc, "echo result"); err != nil {
 		t.Fatal(err)
@@ -94,7 +128,9 @@ func TestReadSidePassesToFollower(t *testing.T) {
 	errA, errB := make(chan error, 1), make(chan error, 1)
 	go echoFirst(ctx, c, []byte("a"), nil, errA)
 	ha, _ := readRaw(t, raw)
-	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	stop := feedStrays(raw)
+	waitStack(t, "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	stop()
 	go echoSecond(ctx, c, []byte("b"), nil, errB)
 	hb, _ := readRaw(t, raw)
 	waitStack(t, "ipc.(*Conn).follow(", "ipc_test.echoSecond(")
@@ -102,7 +138,9 @@ func TestReadSidePassesToFollower(t *testing.T) {
 	if err := recv(t, errA, "a's echo"); err != nil {
 		t.Fatal(err)
 	}
-	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoSecond(")
+	stop = feedStrays(raw)
+	waitStack(t, "ipc.(*Conn).lead(", "ipc_test.echoSecond(")
+	stop()
 	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: hb.ID}, []byte("b")))
 	if err := recv(t, errB, "b's echo"); err != nil {
 		t.Fatal(err)
@@ -125,7 +163,7 @@ func TestLeaderContext(t *testing.T) {
 			errc := make(chan error, 1)
 			go callUnanswered(ctx, c, errc)
 			readRaw(t, raw)
-			waitStack(t, "ipc.(*Conn).lead(", "ipc_test.callUnanswered(")
+			waitStack(t, "ipc.(*Conn).await(", "ipc_test.callUnanswered(") // leading or following
 			// A ping from the peer is answered while the caller waits.
 			writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 77}, nil))
 			if h, _ := readRaw(t, raw); h.Type != ipc.TypePing || !h.IsReply() || h.ID != 77 {
@@ -164,14 +202,16 @@ func TestLeaderContext(t *testing.T) {
 	}
 }
 
-// TestLeaderClose: Close ends a caller's wait in read(2) at once.
+// TestLeaderClose: Close ends a leading caller's wait at once.
 func TestLeaderClose(t *testing.T) {
 	c, raw := rawPeer(t, ipc.ConnConfig{})
 	warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
 	errc := make(chan error, 1)
 	go echoFirst(ctxTimeout(t, 3*waitTimeout), c, []byte("x"), make([]byte, 0, 10), errc)
 	readRaw(t, raw)
-	waitStack(t, "[syscall", "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	stop := feedStrays(raw)
+	waitStack(t, "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
+	stop()
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}

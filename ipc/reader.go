@@ -84,8 +84,11 @@ func newReader(c *Conn, prefix []byte) *reader {
 //
 // The read side goes to a waiting follower if there is one, so that it
 // reads its own reply; else it is left idle for the next caller, if
-// nothing is buffered and, for the background reader, every call it
-// served is answered; else to the background reader. It always goes to
+// nothing is buffered and, for the background reader, it has just handed
+// a reply to a caller (who is likely to call again); else to the
+// background reader. Calls still writing their requests find it idle and
+// lead; a Probe's pong is read by the next caller, or by the background
+// reader after linger. It always goes to
 // the background reader once the stream has ended or the Conn is
 // closing (teardown), with a request to answer, or with a frame half
 // read after a leader found nothing to read for ioSlice.
@@ -105,7 +108,7 @@ func (c *Conn) handOn(r *reader, why stop) (keep bool) {
 			f.done <- struct{}{}
 			return false
 		}
-		if r.r == r.w && !r.part.active && (!bg || r.served && len(c.pending) == 0) {
+		if r.r == r.w && !r.part.active && (!bg || r.served) {
 			r.served = false
 			r.idleSince = time.Now()
 			c.idle = r
