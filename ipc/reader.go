@@ -32,6 +32,7 @@ type reader struct {
 	draining  bool // a shutdown request arrived: refuse later requests
 	served    bool // the background reader has handed a reply to a Call
 	slow      bool // a leader found nothing to read for ioSlice; nothing has arrived since
+	large     bool // the last frame's payload was large: read the next header alone (fill)
 	lastYield time.Time
 	idleSince time.Time // when the read side was last left idle
 
@@ -249,6 +250,7 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 			return stopRequest
 		}
 		r.r += HeaderSize
+		r.large = h.Length >= alignThreshold
 		switch {
 		case !r.hello:
 			err = r.readHello(h)
@@ -403,6 +405,10 @@ func (r *reader) readErr(err error) error {
 }
 
 // fill makes at least n bytes (n <= len(buf)) available in buf[r:w].
+// After a large frame it reads no more than the n bytes asked for (a
+// header): the next frame is likely large too, and its payload is
+// better read straight into its destination, aligned, than into buf
+// and then copied (see readInto).
 func (r *reader) fill(n int) error {
 	if r.w-r.r >= n {
 		return nil
@@ -413,8 +419,12 @@ func (r *reader) fill(n int) error {
 		r.w = copy(r.buf, r.buf[r.r:r.w])
 		r.r = 0
 	}
+	end := len(r.buf)
+	if r.large {
+		end = r.r + n
+	}
 	for r.w-r.r < n {
-		k, err := r.read(r.buf[r.w:])
+		k, err := r.read(r.buf[r.w:end])
 		if err != nil {
 			return err
 		}
