@@ -230,7 +230,7 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 				return stopPassed
 			}
 		}
-		if err := r.fill(HeaderSize); err != nil {
+		if err := r.fillHeader(); err != nil {
 			switch {
 			case err == errSlice:
 			case err == io.EOF && r.r == r.w:
@@ -404,12 +404,17 @@ func (r *reader) readErr(err error) error {
 	return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: err}
 }
 
-// fill makes at least n bytes (n <= len(buf)) available in buf[r:w].
-// After a large frame it reads no more than the n bytes asked for (a
-// header): the next frame is likely large too, and its payload is
-// better read straight into its destination, aligned, than into buf
-// and then copied (see readInto).
-func (r *reader) fill(n int) error {
+// fill makes at least n bytes (n <= len(buf)) available in buf[r:w],
+// reading as much as buf takes.
+func (r *reader) fill(n int) error { return r.fillTo(n, false) }
+
+// fillHeader makes the next header available in buf[r:w]. After a
+// large frame it reads no more than the header: the next frame is
+// likely large too, and its payload is better read straight into its
+// destination, aligned, than into buf and then copied (see readInto).
+func (r *reader) fillHeader() error { return r.fillTo(HeaderSize, r.large) }
+
+func (r *reader) fillTo(n int, exact bool) error {
 	if r.w-r.r >= n {
 		return nil
 	}
@@ -420,7 +425,7 @@ func (r *reader) fill(n int) error {
 		r.r = 0
 	}
 	end := len(r.buf)
-	if r.large {
+	if exact {
 		end = r.r + n
 	}
 	for r.w-r.r < n {
