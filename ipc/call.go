@@ -216,7 +216,9 @@ func (c *Conn) lead(ctx context.Context, r *reader, cl *call) {
 	if err := c.sock.lead(true); err != nil {
 		r.err = &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 	} else {
+		r.first = true
 		why = r.run(ctx, cl)
+		r.first = false
 	}
 	c.pmu.Lock()
 	c.handOn(r, why)

@@ -144,6 +144,10 @@ func (s *sock) read(p []byte) (int, error) {
 	return s.rn, s.rerr
 }
 
+// readNow is one read that does not wait (MSG_DONTWAIT): unix.EAGAIN
+// if nothing is there. Blocking mode, holder of the read side only.
+func (s *sock) readNow(p []byte) (int, error) { return recvNow(s.fd, p) }
+
 // pollRead is the RawConn.Read callback: one read(2) into s.rp.
 func (s *sock) pollRead(fd uintptr) bool {
 	s.rn, s.rerr = readfd(int(fd), s.rp)

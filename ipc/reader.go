@@ -33,6 +33,7 @@ type reader struct {
 	served    bool // the background reader has handed a reply to a Call
 	slow      bool // a leader found nothing to read for ioSlice; nothing has arrived since
 	large     bool // the last frame's payload was large: read the next header alone (fill)
+	first     bool // the next read is a new leader's first (poll)
 	lastYield time.Time
 	idleSince time.Time // when the read side was last left idle
 
@@ -441,12 +442,25 @@ func (r *reader) fillTo(n int, exact bool) error {
 // read is one read(2) into p. It yields the processor every yieldEvery
 // so that the runtime does not take the P of a goroutine that only ever
 // sits in system calls (docs/BENCHMARKS.md).
+//
+// The first read of a leader polls the socket for up to spinFor before
+// it blocks (see poll), while the replies it waits for come quickly.
 func (r *reader) read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(r.lastYield) > yieldEvery {
+	now := time.Now()
+	if now.Sub(r.lastYield) > yieldEvery {
 		r.lastYield = now
 		runtime.Gosched()
 	}
-	n, err := r.c.sock.read(p)
+	var (
+		n   int
+		err error
+	)
+	if r.first {
+		r.first = false
+		n, err = r.poll(p, now)
+	} else {
+		n, err = r.c.sock.read(p)
+	}
 	if err == unix.ECONNRESET {
 		// A unix stream peer that closes with data still unread in its
 		// receive queue (one that crashed or was killed, typically)
@@ -462,6 +476,40 @@ func (r *reader) read(p []byte) (int, error) {
 	r.slow = false
 	r.c.received.Add(uint64(n))
 	return n, nil
+}
+
+// poll is a leader's first read, which waits for its reply to begin
+// (now is when it began). A reply that comes within spinFor is caught
+// by polling the socket with non-blocking reads instead of sleeping in
+// read(2): then no thread is put to sleep and woken on either side of
+// the round trip, which on the reference machine saves more than the
+// polling costs (docs/BENCHMARKS.md). Polling stops for a Conn whose
+// replies take longer (Conn.spin, shared with the followers' spinWait)
+// until a reply comes quickly again, and only one goroutine of the
+// process polls or spins at a time.
+func (r *reader) poll(p []byte, now time.Time) (int, error) {
+	c := r.c
+	if !c.spin.Load() || !spinning.CompareAndSwap(false, true) {
+		n, err := c.sock.read(p)
+		if err == nil && time.Since(now) < spinFor {
+			c.spin.Store(true)
+		}
+		return n, err
+	}
+	defer spinning.Store(false)
+	for deadline := now.Add(spinFor); ; {
+		n, err := c.sock.readNow(p)
+		if err != unix.EAGAIN {
+			return n, err
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		// The peer may have been woken on this CPU: let it run.
+		yieldThread()
+	}
+	c.spin.Store(false)
+	return c.sock.read(p)
 }
 
 // readInto reads into p[*got:] straight from the socket until p is full,

@@ -37,6 +37,29 @@ func sendmsg(fd int, msg *unix.Msghdr) (int, error) {
 	}
 }
 
+// recvNow is recv(2) with MSG_DONTWAIT, retried on EINTR. It does not
+// allocate.
+func recvNow(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		default:
+			return 0, e
+		}
+	}
+}
+
+// yieldThread gives the CPU to another runnable thread, if any
+// (sched_yield(2)).
+func yieldThread() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
+
 // readfd is read(2) retried on EINTR.
 func readfd(fd int, p []byte) (int, error) {
 	for {
