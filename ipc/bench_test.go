@@ -105,3 +105,28 @@ func BenchmarkConcurrentPing(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkPolledPing: BenchmarkPing on a Conn in polled mode
+// (ConnConfig.Poll), where every caller waits for the background reader
+// to hand its reply over.
+func BenchmarkPolledPing(b *testing.B) {
+	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench", Poll: true})
+	ctx := context.Background()
+	for range 1000 {
+		if _, err := c.Ping(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rtt := make([]time.Duration, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range rtt {
+		start := time.Now()
+		if _, err := c.Ping(ctx); err != nil {
+			b.Fatal(err)
+		}
+		rtt[i] = time.Since(start)
+	}
+	b.StopTimer()
+	reportPercentiles(b, rtt)
+}

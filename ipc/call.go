@@ -183,6 +183,7 @@ func (c *Conn) await(ctx context.Context, cl *call, id uint64) error {
 		c.pmu.Lock()
 		if r := c.idle; r != nil && c.pending[id] == cl && ctx.Err() == nil {
 			c.idle = nil
+			c.byCall = true
 			c.pmu.Unlock()
 			c.lead(ctx, r, cl)
 			continue
@@ -191,8 +192,9 @@ func (c *Conn) await(ctx context.Context, cl *call, id uint64) error {
 			cl.waiting = true
 			c.nwait.Add(1)
 		}
+		byCall := c.byCall
 		c.pmu.Unlock()
-		if err := c.follow(ctx, cl, id); err != nil {
+		if err := c.follow(ctx, cl, id, !byCall); err != nil {
 			return err
 		}
 		if cl.state.Load() == stateDone {
@@ -225,14 +227,17 @@ func (c *Conn) lead(ctx context.Context, r *reader, cl *call) {
 	c.pmu.Unlock()
 }
 
-// follow waits for the next event of cl: spinning for a moment, then
-// parked, until its done channel fires or ctx ends.
-func (c *Conn) follow(ctx context.Context, cl *call, id uint64) error {
+// follow waits for the next event of cl until its done channel fires or
+// ctx ends: parked, after spinning for a moment if canSpin is set. It
+// is, while the background reader holds the read side: spinning spares
+// a wake-up when the reader hands over a reply, but a caller reading on
+// its own thread needs the processor more (docs/BENCHMARKS.md).
+func (c *Conn) follow(ctx context.Context, cl *call, id uint64, canSpin bool) error {
 	if cl.state.Load() != stateWait {
 		<-cl.done // sent right after state was stored
 		return nil
 	}
-	spin := c.spin.Load()
+	spin := canSpin && c.spin.Load()
 	if spin && spinWait(cl) {
 		return nil
 	}
@@ -243,7 +248,9 @@ func (c *Conn) follow(ctx context.Context, cl *call, id uint64) error {
 	select {
 	case <-cl.done:
 		// Spin for the next reply only if this one came quickly.
-		c.spin.Store(!spin && time.Since(parked) < spinFor)
+		if canSpin {
+			c.spin.Store(!spin && time.Since(parked) < spinFor)
+		}
 		return nil
 	case <-ctx.Done():
 		return c.giveUp(ctx, cl, id)

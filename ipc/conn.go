@@ -37,38 +37,45 @@ package ipc
 //   - a caller that leads: in blocking mode, a caller that finds the
 //     read side idle after writing its request takes it and reads
 //     until its own reply has arrived, on its own thread, as a C
-//     program would. This is what makes a lone caller's round trip
-//     cost one thread instead of two (a caller writing and a reader
-//     waking it); docs/BENCHMARKS.md has the numbers. A leader reads
-//     with a timeout of ioSlice: if nothing arrives for that long it
-//     gives the read side to the background reader and waits like a
-//     follower, so that its context is honoured within ioSlice. A
-//     leader that meets a request (rather than a reply) gives the read
-//     side to the background reader too, with the request unread, so
-//     that a caller never waits for room in a budget, a handler slot or
-//     the write lock on the peer's behalf;
+//     program would: first polling the socket for a moment (poll),
+//     then asleep in read(2). This is what makes a lone caller's round
+//     trip cost one thread instead of two (a caller writing and a
+//     reader waking it); docs/BENCHMARKS.md has the numbers. A leader
+//     reads with a timeout of ioSlice: if nothing arrives for that long
+//     it gives the read side to the background reader and waits like a
+//     follower, where its context ends the wait at once; it also looks
+//     at its context between frames. A leader that meets a request
+//     (rather than a reply) gives the read side to the background
+//     reader, with the request unread, so that a caller never waits for
+//     room in a budget, a handler slot or the write lock on the peer's
+//     behalf;
 //   - nobody (idle): a leader that has its reply and sees no other
 //     caller waiting leaves the read side idle, so that the next caller
 //     can lead without waking anyone. The background reader takes an
 //     idle read side back after it has been idle for linger, or at once
 //     when a Probe needs its pong read or the Conn closes.
 //
-// Other callers waiting for replies are followers: they spin for a
-// moment (spinWait) and then park on their call's done channel, and the
-// holder hands each its reply there. When a leader has its reply, it
+// Other callers waiting for replies are followers: they park on their
+// call's done channel (after spinning for a moment, spinWait, while the
+// background reader holds the read side), and the holder hands each its
+// reply there. When a leader has its reply, it
 // hands the read side to a waiting follower if there is one, which then
 // reads its own reply. The background reader, about to block in read(2)
 // with nothing buffered, hands the read side to a waiting follower
-// likewise, and leaves it idle once the calls it served are answered.
-// In polled mode only the background reader reads.
+// likewise, and leaves it idle right after it has handed a reply to a
+// caller, who is likely to call again. In polled mode only the
+// background reader reads. At most one goroutine of the process spins
+// or polls at a time (spinning).
 //
 // # Locks, in the order they may be taken
 //
 //  1. wlock, the write lock (write.go): a channel of capacity 1 that
 //     serialises frames. It is FIFO and its waiters can give up. Its
 //     holder may hand it to finishLater's goroutine, which unlocks it.
-//     The holder of the read side never waits for it (tryLockW only),
-//     and a holder of wlock never waits for the read side.
+//     The holder of the read side never waits for it (tryLockW, and
+//     replyLater when it is taken; the one exception is the error
+//     sent to a peer whose hello is refused), and a holder of wlock
+//     never waits for the read side.
 //  2. pmu: pending calls, the followers waiting, the idle read side,
 //     nextID, closed and err. Nothing else is locked, and nothing
 //     blocks, while it is held: the channel sends under it go to
@@ -143,7 +150,8 @@ const (
 	alignThreshold = 32 << 10
 
 	// spinFor bounds how long a follower polls for its reply before it
-	// parks; see spinWait.
+	// parks (spinWait), and a leader polls the socket before it sleeps
+	// in read(2) (poll).
 	spinFor = 50 * time.Microsecond
 
 	// writeSlice bounds one blocking sendmsg(2) (SO_SNDTIMEO), so that
@@ -217,7 +225,9 @@ type ConnConfig struct {
 	Budget *Budget
 
 	// IdleTimeout closes the Conn when nothing at all arrives for this
-	// long. Zero means no limit.
+	// long (give or take the few tens of milliseconds in which the
+	// read side passes between callers and the background reader).
+	// Zero means no limit.
 	IdleTimeout time.Duration
 
 	// Poll waits for the socket through the Go runtime's poller instead
@@ -274,6 +284,7 @@ type Conn struct {
 	pending map[uint64]*call
 	nwait   atomic.Int32 // calls in pending that wait as followers (written under pmu)
 	idle    *reader      // the read side while nobody holds it
+	byCall  bool         // a caller holds the read side
 	nextID  uint64
 	closed  bool
 	err     error        // why the Conn closed; set before done is closed

@@ -69,7 +69,7 @@ const (
 	stopOwnReply             // the leader's call is done
 	stopRequest              // a leader met a request (left unread in buf)
 	stopSlow                 // a leader found nothing to read for ioSlice
-	stopGaveUp               // a follower passed the read side gave up before using it
+	stopGaveUp               // a caller holding the read side gave up: its context ended
 	stopPassed               // the background reader has passed the read side on
 	stopBoundary             // (handOn) the background reader, about to block in read(2)
 )
@@ -86,17 +86,18 @@ func newReader(c *Conn, prefix []byte) *reader {
 //
 // The read side goes to a waiting follower if there is one, so that it
 // reads its own reply; else it is left idle for the next caller, if
-// nothing is buffered and, for the background reader, it has just handed
-// a reply to a caller (who is likely to call again); else to the
-// background reader. Calls still writing their requests find it idle and
-// lead; a Probe's pong is read by the next caller, or by the background
-// reader after linger. It always goes to
-// the background reader once the stream has ended or the Conn is
-// closing (teardown), with a request to answer, or with a frame half
-// read after a leader found nothing to read for ioSlice.
+// nothing is buffered and, for the background reader, it has just
+// handed a reply to a caller (who is likely to call again); else to the
+// background reader. Calls still writing their requests find it idle
+// and lead; a Probe's pong is read by the next caller, or by the
+// background reader after linger. It always goes to the background
+// reader once the stream has ended or the Conn is closing (teardown),
+// with a request to answer, or with a frame half read after a leader
+// found nothing to read for ioSlice.
 func (c *Conn) handOn(r *reader, why stop) (keep bool) {
 	bg := why == stopBoundary
 	r.slow = r.slow || why == stopSlow
+	c.byCall = false
 	switch why {
 	case stopOwnReply, stopGaveUp, stopBoundary:
 		if r.err != nil || !c.sock.leads() || c.killed() {
@@ -108,6 +109,7 @@ func (c *Conn) handOn(r *reader, why stop) (keep bool) {
 			f.lead = r
 			f.state.Store(stateLead)
 			f.done <- struct{}{}
+			c.byCall = true
 			return false
 		}
 		if r.r == r.w && !r.part.active && (!bg || r.served) {
