@@ -151,9 +151,11 @@ func TestPingDuringLargeEchoes(t *testing.T) {
 			errc <- nil
 		}()
 	}
-	overlapped := 0
+	// Ping at least 50 times, and on until some pings overlapped an
+	// echo: pings are quick, and the echoers may not have started yet.
+	overlapped, pings := 0, 0
 	pctx := ctxTimeout(t, waitTimeout)
-	for range 50 {
+	for ; pings < 50 || overlapped < 5 && pings < 100000; pings++ {
 		before := inFlight.Load()
 		if _, err := c.Ping(pctx); err != nil {
 			t.Fatal(err)
@@ -171,7 +173,7 @@ func TestPingDuringLargeEchoes(t *testing.T) {
 	if overlapped == 0 {
 		t.Errorf("no ping overlapped a 1 MiB echo (%d echoes completed)", echoes.Load())
 	}
-	t.Logf("%d of 50 pings overlapped an echo; %d echoes of 1 MiB", overlapped, echoes.Load())
+	t.Logf("%d of %d pings overlapped an echo; %d echoes of 1 MiB", overlapped, pings, echoes.Load())
 }
 
 func TestHandler(t *testing.T) {
