@@ -19,8 +19,12 @@ import (
 // rank) and echo throughput with one request in flight (MB/s is payload
 // bytes one way).
 
-func BenchmarkPing(b *testing.B) {
-	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench"})
+func BenchmarkPing(b *testing.B) { benchPing(b, ipc.ConnConfig{Name: "bench"}) }
+
+// benchPing measures ping round trips to the serve helper through a
+// Conn with cfg.
+func benchPing(b *testing.B, cfg ipc.ConnConfig) {
+	c, _ := dialHelper(b, "serve", cfg)
 	ctx := context.Background()
 	for range 1000 { // warm up both processes
 		if _, err := c.Ping(ctx); err != nil {
@@ -110,23 +114,5 @@ func BenchmarkConcurrentPing(b *testing.B) {
 // (ConnConfig.Poll), where every caller waits for the background reader
 // to hand its reply over.
 func BenchmarkPolledPing(b *testing.B) {
-	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench", Poll: true})
-	ctx := context.Background()
-	for range 1000 {
-		if _, err := c.Ping(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
-	rtt := make([]time.Duration, b.N)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range rtt {
-		start := time.Now()
-		if _, err := c.Ping(ctx); err != nil {
-			b.Fatal(err)
-		}
-		rtt[i] = time.Since(start)
-	}
-	b.StopTimer()
-	reportPercentiles(b, rtt)
+	benchPing(b, ipc.ConnConfig{Name: "bench", Poll: true})
 }

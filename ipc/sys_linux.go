@@ -24,27 +24,23 @@ import (
 // (non-blocking) one not at all. It returns the bytes written, which may
 // be fewer than asked (then err is nil or EAGAIN). It does not allocate.
 func sendmsg(fd int, msg *unix.Msghdr) (int, error) {
-	for {
-		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_NOSIGNAL)
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		default:
-			return 0, e
-		}
-	}
+	return retry(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_NOSIGNAL, 0)
 }
 
-// recvNow is recv(2) with MSG_DONTWAIT, retried on EINTR. It does not
-// allocate.
+// recvNow is recv(2) with MSG_DONTWAIT: it returns unix.EAGAIN if
+// nothing is there. It does not allocate.
 func recvNow(fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	return retry(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_DONTWAIT)
+}
+
+// retry makes system call trap with arguments a1 to a4, again on EINTR,
+// and returns its result as a count.
+func retry(trap, a1, a2, a3, a4 uintptr) (int, error) {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_DONTWAIT, 0, 0)
+		n, _, e := unix.Syscall6(trap, a1, a2, a3, a4, 0, 0)
 		switch e {
 		case 0:
 			return int(n), nil
