@@ -19,8 +19,12 @@ import (
 // rank) and echo throughput with one request in flight (MB/s is payload
 // bytes one way).
 
-func BenchmarkPing(b *testing.B) {
-	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench"})
+func BenchmarkPing(b *testing.B) { benchPing(b, ipc.ConnConfig{Name: "bench"}) }
+
+// benchPing measures ping round trips to the serve helper through a
+// Conn with cfg.
+func benchPing(b *testing.B, cfg ipc.ConnConfig) {
+	c, _ := dialHelper(b, "serve", cfg)
 	ctx := context.Background()
 	for range 1000 { // warm up both processes
 		if _, err := c.Ping(ctx); err != nil {
@@ -85,4 +89,30 @@ func reportPercentiles(b *testing.B, d []time.Duration) {
 	rank := func(p int) time.Duration { return d[(len(d)*p+99)/100-1] }
 	b.ReportMetric(float64(rank(50).Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(rank(99).Nanoseconds()), "p99-ns")
+}
+
+// BenchmarkConcurrentPing: several goroutines ping through one Conn at
+// once, so that most callers wait as followers while another reads (see
+// the top of conn.go). One op is one ping of one goroutine.
+func BenchmarkConcurrentPing(b *testing.B) {
+	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench"})
+	ctx := context.Background()
+	b.SetParallelism(2)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := c.Ping(ctx); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkPolledPing: BenchmarkPing on a Conn in polled mode
+// (ConnConfig.Poll), where every caller waits for the background reader
+// to hand its reply over.
+func BenchmarkPolledPing(b *testing.B) {
+	benchPing(b, ipc.ConnConfig{Name: "bench", Poll: true})
 }

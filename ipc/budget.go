@@ -146,7 +146,7 @@ func requestCost(h Header) (n, hint int64) {
 // with shared set waiting at most budgetWait, and reporting false (with
 // nothing reserved) if there was no room; without, at once whether or
 // not there is room, for small replies that must not be refused.
-// Reader goroutine only.
+// Background reader only (requests are its alone; see serve.go).
 func (c *Conn) admit(n int64, shared bool) (bool, error) {
 	for {
 		held := c.held.Load()

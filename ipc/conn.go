@@ -2,18 +2,116 @@
 
 package ipc
 
+// How a Conn works: its goroutines, its locks and its hand-offs. This
+// comment is the one place that describes them; the code refers here.
+//
+// # Goroutines
+//
+//   - The background reader (background, reader.go), one per Conn, from
+//     newConn until the Conn has closed. It reads the hello, answers
+//     the peer's requests, and reads every reply that no caller reads
+//     itself. It alone tears the Conn down (teardown): it fails the
+//     pending calls, closes the fd, waits for the goroutines below and
+//     closes done.
+//   - Callers: the user's goroutines in Call, Ping, Echo and Probe. A
+//     caller writes its request and then waits for its reply; while it
+//     waits it may hold the read side and read the reply itself (see
+//     The read side).
+//   - Handlers: one goroutine per request given to the Handler
+//     (dispatch), counted by handlers. Each ends once the Handler has
+//     returned and its reply is written, or the Conn has closed.
+//   - Background writers (write.go), counted by writers: replyLater
+//     writes a copy of a reply that the reader could not write at once;
+//     finishLater finishes a frame whose writer could not wait for it.
+//     Each ends within WriteTimeout, or closes the Conn (ErrStalled).
+//
+// # The read side
+//
+// The read side is a *reader (reader.go): the read buffer, the frame
+// being read, and the reader's state. It is a token: exactly one
+// goroutine holds it at a time, and only the holder reads from the
+// socket or touches the reader's fields; it is passed on explicitly
+// (handOn, under pmu) and is never locked. Its holder is either
+//
+//   - the background reader;
+//   - a caller that leads: in blocking mode, a caller that finds the
+//     read side idle after writing its request takes it and reads
+//     until its own reply has arrived, on its own thread, as a C
+//     program would: first polling the socket for a moment (poll),
+//     then asleep in read(2). This is what makes a lone caller's round
+//     trip cost one thread instead of two (a caller writing and a
+//     reader waking it); docs/BENCHMARKS.md has the numbers. A leader
+//     reads with a timeout of ioSlice: if nothing arrives for that long
+//     it gives the read side to the background reader and waits like a
+//     follower, where its context ends the wait at once; it also looks
+//     at its context between frames. A leader that meets a request
+//     (rather than a reply) gives the read side to the background
+//     reader, with the request unread, so that a caller never waits for
+//     room in a budget, a handler slot or the write lock on the peer's
+//     behalf;
+//   - nobody (idle): a leader that has its reply and sees no other
+//     caller waiting leaves the read side idle, so that the next caller
+//     can lead without waking anyone. The background reader takes an
+//     idle read side back after it has been idle for linger, or at once
+//     when a Probe needs its pong read or the Conn closes.
+//
+// Other callers waiting for replies are followers: they park on their
+// call's done channel (after spinning for a moment, spinWait, while the
+// background reader holds the read side), and the holder hands each its
+// reply there. When a leader has its reply, it
+// hands the read side to a waiting follower if there is one, which then
+// reads its own reply. The background reader, about to block in read(2)
+// with nothing buffered, hands the read side to a waiting follower
+// likewise, and leaves it idle right after it has handed a reply to a
+// caller, who is likely to call again. In polled mode only the
+// background reader reads. At most one goroutine of the process spins
+// or polls at a time (spinning).
+//
+// # Locks, in the order they may be taken
+//
+//  1. wlock, the write lock (write.go): a channel of capacity 1 that
+//     serialises frames. It is FIFO and its waiters can give up. Its
+//     holder may hand it to finishLater's goroutine, which unlocks it.
+//     The holder of the read side never waits for it (tryLockW, and
+//     replyLater when it is taken; the one exception is the error
+//     sent to a peer whose hello is refused), and a holder of wlock
+//     never waits for the read side.
+//  2. pmu: pending calls, the followers waiting, the idle read side,
+//     nextID, closed and err. Nothing else is locked, and nothing
+//     blocks, while it is held: the channel sends under it go to
+//     channels of capacity 1 known to be empty.
+//  3. sock.mu (fdio_linux.go): the fd against its close; Budget.mu.
+//
+// # Hand-offs
+//
+//   - A request: registered in pending before it is written; its reply
+//     is claimed under pmu by the holder of the read side, read straight
+//     into the caller's dst, and handed over by finish (a send on
+//     call.done, or the Probe's callback). call.done carries exactly
+//     one send per event: the reply (or the Conn's failure), or the
+//     read side passed to the call.
+//   - The read side: handOn, see above; toBg carries it to the
+//     background reader.
+//   - The write lock and the unsent rest of a frame: to finishLater.
+//   - big, the reader's large-payload buffer: lent to finishLater with
+//     a reply written from it, and given back through spare.
+//   - Held bytes (budget.go): reserved by the reader when it takes a
+//     request in, released by whoever writes the reply.
+//   - A handler slot (sem): taken by the reader, given back when the
+//     reply's turn to be written comes.
+//   - Teardown: whoever reads the stream's end passes the read side to
+//     the background reader, which tears down; pending calls fail with
+//     the Conn's error.
+
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -34,36 +132,43 @@ const (
 	DefaultMaxBuffered = 2*MaxPayload + 64<<10
 )
 
+// Tuning. docs/BENCHMARKS.md ("Why the Conn reads the way it does")
+// gives the measurements behind yieldEvery, alignThreshold, spinFor and
+// the leader.
 const (
-	readBufSize    = 16 << 10
-	yieldEvery     = 5 * time.Millisecond // see read, and the yielding row in docs/BASELINES.md
+	// readBufSize is the read buffer: headers, small payloads, and the
+	// first bytes of large ones.
+	readBufSize = 16 << 10
+
+	// yieldEvery: the holder of the read side calls runtime.Gosched at
+	// most this often, so that the Go runtime does not take the P of a
+	// goroutine that only ever sits in system calls (see read).
+	yieldEvery = 5 * time.Millisecond
+
+	// alignThreshold: payloads of this size or more are read to a
+	// 64-byte-aligned address (see readInto).
 	alignThreshold = 32 << 10
 
-	// spinFor bounds how long a caller polls for its reply before it
-	// parks; see spinWait.
+	// spinFor bounds how long a follower polls for its reply before it
+	// parks (spinWait), and a leader polls the socket before it sleeps
+	// in read(2) (poll).
 	spinFor = 50 * time.Microsecond
 
 	// writeSlice bounds one blocking sendmsg(2) (SO_SNDTIMEO), so that
 	// a writer waiting for a slow peer checks its context this often.
 	writeSlice = 20 * time.Millisecond
+
+	// ioSlice bounds one read(2) of a leading caller (SO_RCVTIMEO):
+	// after that long without data it hands the read side to the
+	// background reader and waits as a follower, where its context
+	// ends its wait at once.
+	ioSlice = writeSlice
+
+	// linger is how long the read side may stay idle, between calls,
+	// before the background reader takes it back to read whatever the
+	// peer sends unasked.
+	linger = time.Millisecond
 )
-
-// Request is a request passed to a [Handler]. The handler owns Payload.
-type Request struct {
-	Type    Type
-	Payload []byte
-}
-
-// Handler answers requests that a Conn does not answer itself: message,
-// status, shutdown, reload and, with [ConnConfig.ForwardEcho], echo. A
-// shutdown request reaches the Handler only after every request that
-// arrived before it has been answered, and later ones are refused.
-// Each call runs in its own goroutine; ctx is cancelled when the Conn
-// closes, and a handler must return soon after. A returned
-// *[RemoteError] is sent as is; any other error is sent as
-// [CodeInternal] with the error's text. A Handler must not call Close
-// on its own Conn (Close waits for handlers to return).
-type Handler func(ctx context.Context, req Request) ([]byte, error)
 
 // ConnConfig configures a [Conn]. The zero value is ready to use.
 type ConnConfig struct {
@@ -120,13 +225,16 @@ type ConnConfig struct {
 	Budget *Budget
 
 	// IdleTimeout closes the Conn when nothing at all arrives for this
-	// long. Zero means no limit.
+	// long (give or take the few tens of milliseconds in which the
+	// read side passes between callers and the background reader).
+	// Zero means no limit.
 	IdleTimeout time.Duration
 
 	// Poll waits for the socket through the Go runtime's poller instead
 	// of a thread blocked in read(2). It costs some microseconds per
-	// round trip but no OS thread per idle connection: servers use it
-	// for their many clients (ServerConfig.PollAbove).
+	// round trip, and callers no longer read their own replies, but an
+	// idle connection holds no OS thread: servers use it for their many
+	// clients (ServerConfig.PollAbove).
 	Poll bool
 
 	// Addr names the socket in errors and logs; empty for socketpairs.
@@ -142,107 +250,73 @@ type ConnConfig struct {
 }
 
 // Conn is one end of a framed pairvisor connection. It multiplexes any
-// number of concurrent requests in both directions: a dedicated reader
-// goroutine answers pings and echoes itself, hands other requests to
-// the Handler, and routes replies to waiting callers by request id, so a
-// ping never waits for another request's reply.
+// number of concurrent requests in both directions: replies are routed
+// to their callers by request id, so a ping never waits for another
+// request's reply; pings and echoes from the peer are answered by the
+// Conn itself, other requests by the Handler. A caller that is alone in
+// waiting reads its own reply on its own thread; otherwise a reader
+// hands it over.
 //
 // A Conn owns its file descriptor from [NewConn] on. It closes it once,
-// after the reader goroutine has ended and no write is in progress, so
+// after its background reader has ended and no write is in progress, so
 // the number can never be reused under a late write. All methods are
 // safe for concurrent use.
 type Conn struct {
-	fd   int
 	cfg  ConnConfig
 	log  hclog.Logger
+	sock *sock
 	peer Hello
 	ver  uint16
 
-	// Write side: one frame at a time, from preallocated iovecs. wlock
-	// (capacity 1) is the write lock: holding it means having sent into
-	// it. Unlike a sync.Mutex it queues waiters in order and lets them
-	// give up at a deadline (lockW).
+	// Write side (write.go): one frame at a time, from preallocated
+	// iovecs, under wlock (see the comment at the top of this file).
 	wlock   chan struct{}
-	wclosed bool
+	wclosed bool // the fd is closed; under wlock
 	whdr    [HeaderSize]byte
 	iov     [2]unix.Iovec
 	msg     unix.Msghdr
+	wsem    chan struct{}  // bounds replyLater's goroutines
+	spare   chan []byte    // the reader's big buffer, given back by finishLater
+	writers sync.WaitGroup // replyLater and finishLater goroutines
 
-	// fdmu guards fd against close while Close shuts it down.
-	fdmu    sync.Mutex
-	closing bool
-
-	// Pending calls by request id.
+	// Calls and the read side's hand-offs, under pmu.
 	pmu     sync.Mutex
 	pending map[uint64]*call
+	nwait   atomic.Int32 // calls in pending that wait as followers (written under pmu)
+	idle    *reader      // the read side while nobody holds it
+	byCall  bool         // a caller holds the read side
 	nextID  uint64
 	closed  bool
-	err     error // why the Conn closed; set before done is closed
+	err     error        // why the Conn closed; set before done is closed
+	toBg    chan *reader // capacity 1: the read side, for the background reader
+	linger  *time.Timer  // the background reader's, while it waits for the read side
 
-	// Reader state, touched only by the reader goroutine.
-	rbuf      []byte
-	r, w      int
-	big       []byte      // large payloads; lent to a background write at times
-	spare     chan []byte // big, given back by the background write
-	lastYield time.Time
-
-	spin atomic.Bool // the last reply came quickly: poll for the next (spinWait)
-
+	spin     atomic.Bool   // followers: the last reply came quickly (spinWait)
 	received atomic.Uint64 // bytes read from the peer (Received)
 
 	// Bytes held on the peer's behalf (ConnConfig.MaxBuffered; see
-	// budget.go). Only the reader waits for room.
+	// budget.go). Only the holder of the read side waits for room.
 	held     atomic.Int64
 	peak     atomic.Int64  // the most held at once
 	leftover int64         // held at teardown, given back then (tests)
 	roomWait atomic.Bool   // the reader waits in waitRoom
 	room     chan struct{} // capacity 1: bytes were released meanwhile
-	kill     chan struct{} // closed when the Conn starts closing
-	killOnce sync.Once
 
-	// Poll mode (ConnConfig.Poll): file owns fd and is registered with
-	// the runtime poller; the reader and writers wait through rc.
-	file    *os.File
-	rc      syscall.RawConn
-	pollFn  func(uintptr) bool // pollRead, bound once
-	rp      []byte             // pollRead's buffer and results
-	rn      int
-	rerr    error
-	writeFn func(uintptr) bool // pollWritable, bound once
-	wwait   bool
+	// Requests given to the Handler.
+	ctx      context.Context // cancelled when the Conn closes
+	cancel   context.CancelFunc
+	sem      chan struct{}  // handler slots (MaxConcurrent)
+	handlers sync.WaitGroup // handler goroutines
+	inflight sync.WaitGroup // requests given to the Handler and not yet answered
 
-	draining bool           // a shutdown request arrived (reader-owned)
-	inflight sync.WaitGroup // handler requests not yet answered
-
-	writers sync.WaitGroup // background writes finishing a frame (see finishLater)
-	wsem    chan struct{}  // bounds background writes
-
-	ctx       context.Context // cancelled when the Conn closes
-	cancel    context.CancelFunc
-	sem       chan struct{}
-	handlers  sync.WaitGroup
+	kill      chan struct{} // closed when the Conn starts closing
+	killOnce  sync.Once
+	closeOnce sync.Once
 	helloDone chan struct{}
 	done      chan struct{}
-	closeOnce sync.Once
 }
 
 var _ io.Closer = (*Conn)(nil)
-
-type call struct {
-	typ   Type
-	dst   []byte
-	reply []byte
-	err   error
-	ready atomic.Bool         // set just before done fires, for spinWait
-	done  chan struct{}       // one send per call, by the reader or teardown
-	probe func(uint64, error) // instead of done, for Probe
-	id    uint64              // for probe
-}
-
-// spinning is set while a caller polls for its reply (see spinWait).
-var spinning atomic.Bool
-
-var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
 // NewConn takes ownership of f, a connected stream socket (one end of
 // [Socketpair], an inherited fd, an accepted or dialled socket),
@@ -281,38 +355,41 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	s, err := newSock(fd, cfg.Poll, cfg.IdleTimeout)
+	if err != nil {
+		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
+	}
 	c := &Conn{
-		fd:        fd,
 		cfg:       cfg,
 		log:       log,
-		pending:   make(map[uint64]*call),
-		rbuf:      make([]byte, readBufSize),
-		sem:       make(chan struct{}, cfg.MaxConcurrent),
+		sock:      s,
+		wlock:     make(chan struct{}, 1),
 		wsem:      make(chan struct{}, cfg.MaxConcurrent),
 		spare:     make(chan []byte, 1),
-		wlock:     make(chan struct{}, 1),
+		pending:   make(map[uint64]*call),
+		toBg:      make(chan *reader, 1),
+		linger:    time.NewTimer(linger),
 		room:      make(chan struct{}, 1),
+		sem:       make(chan struct{}, cfg.MaxConcurrent),
 		kill:      make(chan struct{}),
 		helloDone: make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	c.w = copy(c.rbuf, prefix)
-	c.received.Store(uint64(c.w))
+	c.linger.Stop()
+	r := newReader(c, prefix)
+	c.received.Store(uint64(len(prefix)))
 	c.spin.Store(true)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
 	c.iov[0].SetLen(HeaderSize)
-	if err := c.setup(); err != nil {
-		c.closeFD()
-		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
-	}
 	hello := AppendHello(make([]byte, 0, 64), Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion, PID: uint32(os.Getpid()), Name: cfg.Name})
 	if err := c.writeFrame(ctx, 0, Header{Type: TypeHello}, hello); err != nil {
-		c.closeFD()
+		c.cancel()
+		s.close()
 		return nil, err
 	}
-	go c.readLoop()
+	go c.background(r)
 	select {
 	case <-c.helloDone:
 		return c, nil
@@ -326,66 +403,6 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		c.Close()
 		return nil, &OpError{Op: "hello", Addr: cfg.Addr, Err: fmt.Errorf("no hello from peer: %w", ctx.Err())}
 	}
-}
-
-// setup prepares the fd for its mode: timeouts on the socket for a
-// blocking fd; non-blocking and registered with the poller otherwise.
-func (c *Conn) setup() error {
-	if !c.cfg.Poll {
-		if err := setSendTimeout(c.fd, writeSlice); err != nil {
-			return err
-		}
-		if c.cfg.IdleTimeout > 0 {
-			return setRecvTimeout(c.fd, c.cfg.IdleTimeout)
-		}
-		return nil
-	}
-	if err := unix.SetNonblock(c.fd, true); err != nil {
-		return os.NewSyscallError("fcntl", err)
-	}
-	c.file = os.NewFile(uintptr(c.fd), "pairvisor-conn")
-	rc, err := c.file.SyscallConn()
-	if err != nil {
-		return err
-	}
-	c.rc = rc
-	c.pollFn, c.writeFn = c.pollRead, c.pollWritable
-	return nil
-}
-
-// closeFD closes the fd, through the poller's file in poll mode.
-func (c *Conn) closeFD() {
-	if c.file != nil {
-		c.file.Close()
-		return
-	}
-	unix.Close(c.fd)
-}
-
-// pollRead is the RawConn.Read callback: one read(2) into c.rp.
-func (c *Conn) pollRead(fd uintptr) bool {
-	c.rn, c.rerr = readfd(int(fd), c.rp)
-	return c.rerr != unix.EAGAIN
-}
-
-// pollWritable is a RawConn.Write callback that waits once for the fd
-// to become writable.
-func (c *Conn) pollWritable(uintptr) bool {
-	c.wwait = !c.wwait
-	return !c.wwait
-}
-
-// waitWrite waits for room in the socket buffer after a send that
-// returned early. A blocking fd has already waited a writeSlice in the
-// kernel (SO_SNDTIMEO); a polled one waits here, for at most a
-// writeSlice, through the poller. Called with the write lock held.
-func (c *Conn) waitWrite() {
-	if c.file == nil {
-		return
-	}
-	c.file.SetWriteDeadline(time.Now().Add(writeSlice))
-	c.wwait = false
-	c.rc.Write(c.writeFn)
 }
 
 // Peer returns the hello the peer sent.
@@ -432,12 +449,7 @@ func (c *Conn) Close() error {
 func (c *Conn) shutdown() {
 	c.closeOnce.Do(func() {
 		c.killOnce.Do(func() { close(c.kill) })
-		c.fdmu.Lock()
-		c.closing = true
-		if c.fd >= 0 {
-			unix.Shutdown(c.fd, unix.SHUT_RDWR) // wakes the reader and any writer
-		}
-		c.fdmu.Unlock()
+		c.sock.shutdown(true) // wakes whoever reads and every writer
 	})
 }
 
@@ -449,186 +461,17 @@ func (c *Conn) abort(err error) {
 	}
 	c.pmu.Unlock()
 	c.killOnce.Do(func() { close(c.kill) })
-	c.fdmu.Lock()
-	if c.fd >= 0 {
-		unix.Shutdown(c.fd, unix.SHUT_RDWR)
-	}
-	c.fdmu.Unlock()
+	c.sock.shutdown(false)
 }
 
-// Ping sends a ping and waits for the pong, returning the round-trip
-// time. It does not allocate.
-func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
-	start := time.Now()
-	if _, err := c.Call(ctx, TypePing, nil, nil); err != nil {
-		return 0, err
-	}
-	return time.Since(start), nil
-}
-
-// Probe sends a ping and returns without waiting for the pong. done
-// runs on the Conn's reader goroutine with the ping's id and a nil error
-// when the pong arrives, or an error wrapping [ErrClosed] if the Conn
-// closes first; it must return quickly and must not call back into the
-// Conn except for Forget. Probe returns the ping's id once the ping is
-// written. ctx (or, if it has no deadline, the WriteTimeout) bounds only
-// the write, its wait behind other frames included. Health
-// checks use it: a goroutine that pings many peers does not have to wake
-// for each pong, and Probe allocates nothing (unless it must wait behind
-// other frames with the WriteTimeout as its bound).
-func (c *Conn) Probe(ctx context.Context, done func(id uint64, err error)) (uint64, error) {
-	cl := callPool.Get().(*call)
-	cl.typ, cl.probe = TypePing, done
-	c.pmu.Lock()
-	if c.closed {
-		err := c.err
-		c.pmu.Unlock()
-		c.putCall(cl)
-		return 0, &OpError{Op: "call ping", Addr: c.cfg.Addr, Err: closeErr(err)}
-	}
-	c.nextID++
-	id := c.nextID
-	cl.id = id
-	c.pending[id] = cl
-	c.pmu.Unlock()
-	if err := c.writeFrame(ctx, c.cfg.WriteTimeout, Header{Type: TypePing, ID: id}, nil); err != nil {
-		if c.unregister(id) {
-			c.putCall(cl)
-		}
-		return 0, err
-	}
-	return id, nil
-}
-
-// Forget drops the probe with this id if its pong has not arrived yet,
-// so that its callback never runs, and reports whether it did.
-func (c *Conn) Forget(id uint64) bool {
-	c.pmu.Lock()
-	cl, ok := c.pending[id]
-	ok = ok && cl.probe != nil
-	if ok {
-		delete(c.pending, id)
-	}
-	c.pmu.Unlock()
-	if ok {
-		c.putCall(cl)
-	}
-	return ok
-}
-
-// Echo sends payload and returns what the peer sent back, read into dst
-// when it is large enough (otherwise into a new slice).
-func (c *Conn) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
-	return c.Call(ctx, TypeEcho, payload, dst)
-}
-
-// Call sends a request of type t and waits for its reply. The reply's
-// payload is read straight into dst when cap(dst) is large enough, and
-// into a new slice otherwise. Call may run concurrently with any number
-// of other calls.
-//
-// Call returns when the reply arrives, the Conn closes, or ctx ends. An
-// error reply is returned as a *[RemoteError]. If ctx ends while the
-// reply is already being read into dst, Call cannot hand dst back until
-// the read is done, so it closes the Conn (reason [ErrStalled]) to end
-// the read at once; with a nil dst it simply abandons the reply.
-func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, error) {
-	if len(payload) > int(c.cfg.MaxPayload) {
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", len(payload), c.cfg.MaxPayload)}}
-	}
-	cl := callPool.Get().(*call)
-	cl.typ, cl.dst = t, dst
-	c.pmu.Lock()
-	if c.closed {
-		err := closeErr(c.err)
-		c.pmu.Unlock()
-		callPool.Put(cl)
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
-	}
-	c.nextID++
-	id := c.nextID
-	c.pending[id] = cl
-	c.pmu.Unlock()
-
-	if err := c.writeFrame(ctx, 0, Header{Type: t, ID: id}, payload); err != nil {
-		if c.unregister(id) {
-			c.putCall(cl)
-		}
-		return nil, err
-	}
-	spin := c.spin.Load()
-	if !spin || !spinWait(cl) {
-		var parked time.Time
-		if !spin {
-			parked = time.Now()
-		}
-		select {
-		case <-cl.done:
-			// Spin for the next reply only if this one came quickly.
-			c.spin.Store(!spin && time.Since(parked) < spinFor)
-		case <-ctx.Done():
-			if !c.unregister(id) && cl.dst != nil {
-				// The reader is filling dst right now, unless it has just
-				// finished.
-				select {
-				case <-cl.done:
-				default:
-					c.abort(&OpError{Op: "read", Addr: c.cfg.Addr, Err: ErrStalled})
-					<-cl.done
-				}
-				c.putCall(cl)
-			}
-			return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: ctx.Err()}
-		}
-	}
-	reply, err := cl.reply, cl.err
-	c.putCall(cl)
-	if err != nil {
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
-	}
-	return reply, nil
-}
-
-// spinWait polls done for up to spinFor, yielding the processor between
-// polls, and reports whether it fired. A round trip to another process
-// takes some 15–30 µs on the reference machine; parking the caller and
-// having the reader wake it through the scheduler adds a futex wake-up
-// of another thread to every one. Polling for a short while lets the
-// reader hand the reply over with a plain channel send instead. Callers
-// still park for replies that take longer, and a Conn whose replies are
-// slow (an idle worker's health ping, a busy handler) stops spinning
-// until a parked call sees a quick reply again (Conn.spin).
-func spinWait(cl *call) bool {
-	// One spinner at a time per process: with many callers waiting, the
-	// processors are better spent on the readers delivering replies.
-	if !spinning.CompareAndSwap(false, true) {
+// killed reports whether the Conn has started closing.
+func (c *Conn) killed() bool {
+	select {
+	case <-c.kill:
+		return true
+	default:
 		return false
 	}
-	defer spinning.Store(false)
-	start := time.Now()
-	for i := 1; !cl.ready.Load(); i++ {
-		if i&63 == 0 && time.Since(start) > spinFor {
-			return false
-		}
-	}
-	<-cl.done // sent right after ready was set
-	return true
-}
-
-// unregister removes a pending call and reports whether it was still
-// there (false: the reader has claimed it).
-func (c *Conn) unregister(id uint64) bool {
-	c.pmu.Lock()
-	_, ok := c.pending[id]
-	delete(c.pending, id)
-	c.pmu.Unlock()
-	return ok
-}
-
-func (c *Conn) putCall(cl *call) {
-	cl.dst, cl.reply, cl.err, cl.probe, cl.id = nil, nil, nil, nil, 0
-	cl.ready.Store(false)
-	callPool.Put(cl)
 }
 
 func (c *Conn) closedErr() error {
@@ -651,29 +494,28 @@ func closeErr(err error) error {
 	return fmt.Errorf("%w: %w", ErrClosed, err)
 }
 
-// readLoop is the reader goroutine. It owns rbuf, r, w and big, and at
-// its end it tears the Conn down and closes the fd.
-func (c *Conn) readLoop() {
-	err := c.readFrames()
-	c.fdmu.Lock()
-	closing := c.closing
-	if c.fd >= 0 {
-		unix.Shutdown(c.fd, unix.SHUT_RDWR) // wake writers waiting in poll
-	}
-	c.fdmu.Unlock()
-
+// teardown closes the Conn once the stream has ended for reason r.err.
+// The background reader runs it, holding the read side, which it never
+// passes on again.
+func (c *Conn) teardown(r *reader) {
+	c.sock.shutdown(false) // wake writers waiting in poll
+	closing := c.sock.closedByUs()
 	c.pmu.Lock()
 	switch {
 	case c.err != nil: // set by abort
 	case closing:
 		c.err = ErrClosed
 	default:
-		c.err = err
+		c.err = r.err
 	}
-	err = c.err
+	err := c.err
 	c.closed = true
 	pending := c.pending
 	c.pending = nil
+	for _, cl := range pending {
+		cl.waiting = false
+	}
+	c.nwait.Store(0)
 	c.pmu.Unlock()
 	for _, cl := range pending {
 		cl.err = closeErr(err)
@@ -682,11 +524,8 @@ func (c *Conn) readLoop() {
 	c.cancel()
 
 	c.wlock <- struct{}{}
-	c.fdmu.Lock()
 	c.wclosed = true
-	c.closeFD()
-	c.fd = -1
-	c.fdmu.Unlock()
+	c.sock.close()
 	<-c.wlock
 
 	c.handlers.Wait()
@@ -696,458 +535,4 @@ func (c *Conn) readLoop() {
 		c.log.Debug("connection closed", "addr", c.cfg.Addr, "error", err)
 	}
 	close(c.done)
-}
-
-// readFrames reads and dispatches frames until the stream ends or
-// breaks. Its error says why.
-func (c *Conn) readFrames() error {
-	hello := true
-	for {
-		if err := c.fill(HeaderSize); err != nil {
-			if err == io.EOF && c.r == c.w {
-				return ErrPeerClosed
-			}
-			if err == io.EOF {
-				err = &FrameError{Err: ErrTruncated, Detail: fmt.Sprintf("stream ended after %d of %d header bytes", c.w-c.r, HeaderSize)}
-			}
-			return c.readErr(err)
-		}
-		h, err := ParseHeader(c.rbuf[c.r:c.w], c.cfg.MaxPayload)
-		if err != nil {
-			return c.protocolErr(h.ID, err)
-		}
-		c.r += HeaderSize
-		if hello {
-			if err := c.readHello(h); err != nil {
-				return err
-			}
-			hello = false
-			close(c.helloDone)
-			continue
-		}
-		switch {
-		case h.IsReply():
-			err = c.deliver(h)
-		case h.Type == TypePing:
-			err = c.answerInline(h, MaxPingPayload)
-		case h.Type == TypeEcho && !c.cfg.ForwardEcho:
-			err = c.answerInline(h, c.cfg.MaxPayload)
-		case h.Type == TypeHello || h.Type == TypeError:
-			err = c.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request after the handshake", h.Type)})
-		default:
-			err = c.dispatch(h)
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-func (c *Conn) readHello(h Header) error {
-	if h.Type != TypeHello || h.IsReply() {
-		if h.Type == TypeError && h.IsReply() {
-			p, err := c.readPayload(h, nil)
-			if err != nil {
-				return err
-			}
-			return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: ParseError(p)}
-		}
-		return c.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("first frame is %s, want hello", h.Type)})
-	}
-	if h.Length > maxHelloPayload {
-		return c.protocolErr(0, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, limit %d", h.Length, maxHelloPayload)})
-	}
-	p, err := c.readPayload(h, nil)
-	if err != nil {
-		return err
-	}
-	peer, err := ParseHello(p)
-	if err != nil {
-		return c.protocolErr(0, err)
-	}
-	v, err := negotiate(Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion}, peer)
-	if err != nil {
-		c.sendError(0, CodeVersion, err.Error())
-		return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: err}
-	}
-	c.peer, c.ver = peer, v
-	return nil
-}
-
-// deliver hands a reply to the caller waiting for it.
-func (c *Conn) deliver(h Header) error {
-	c.pmu.Lock()
-	cl := c.pending[h.ID]
-	delete(c.pending, h.ID)
-	c.pmu.Unlock()
-	if cl == nil {
-		if h.Type == TypeError && h.ID == 0 {
-			// A connection-level error: the peer is closing.
-			p, err := c.readPayload(h, nil)
-			if err != nil {
-				return err
-			}
-			return &OpError{Op: "read", Addr: c.cfg.Addr, Err: ParseError(p)}
-		}
-		return c.discard(int(h.Length)) // its caller gave up
-	}
-	var err error
-	switch {
-	case h.Type == TypeError:
-		var p []byte
-		if p, err = c.readPayload(h, nil); err == nil {
-			cl.err = ParseError(p)
-		}
-	case h.Type != cl.typ:
-		err = c.protocolErr(0, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s reply to %s request %d", h.Type, cl.typ, h.ID)})
-	default:
-		cl.reply, err = c.readPayload(h, cl.dst)
-	}
-	if err != nil {
-		cl.err = closeErr(err) // the Conn closes on any error here
-	}
-	c.finish(cl)
-	return err
-}
-
-// finish hands a completed call to its waiter: a caller blocked in
-// Call, or a Probe's callback.
-func (c *Conn) finish(cl *call) {
-	if f := cl.probe; f != nil {
-		id, err := cl.id, cl.err
-		c.putCall(cl)
-		f(id, err)
-		return
-	}
-	cl.ready.Store(true)
-	cl.done <- struct{}{}
-}
-
-// answerInline answers a ping or an echo from the read buffer, without
-// copying or allocating (unless the peer is not reading; see reply).
-// The reply is held (budget.go) from before its payload is read until
-// it is written. An echo that finds no room in the shared Budget is
-// skipped and refused; a pong is too small to be refused.
-func (c *Conn) answerInline(h Header, limit uint32) error {
-	if h.Length > limit {
-		return c.protocolErr(h.ID, &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
-	}
-	n := frameCost(int(h.Length))
-	ok, err := c.admit(n, h.Type != TypePing)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return c.refuseUnread(h, CodeUnavailable, errNoBudget)
-	}
-	p, err := c.payloadView(int(h.Length))
-	if err != nil {
-		c.release(n)
-		return c.readErr(err)
-	}
-	return c.reply(Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p, n)
-}
-
-// dispatch runs the Handler for a request in its own goroutine.
-//
-// A shutdown request drains the Conn: requests that arrive after it are
-// refused with CodeShutdown (pings and echoes are still answered), and
-// its own reply goes out only once every request that arrived before it
-// has been answered, after the Handler (if any) has seen it. So a peer
-// that closes when it gets the shutdown reply loses no reply.
-//
-// Refused requests are skipped unread. A request handed to the Handler
-// is held (budget.go) with room for its reply from before its payload
-// is read until the reply is written, and keeps its handler slot until
-// the reply's turn to be written comes.
-func (c *Conn) dispatch(h Header) error {
-	switch {
-	case c.draining:
-		return c.refuseUnread(h, CodeShutdown, "shutting down")
-	case h.Type == TypeShutdown:
-		n, hint := requestCost(h)
-		ok, err := c.admit(n, true)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return c.refuseUnread(h, CodeUnavailable, errNoBudget)
-		}
-		p, err := c.readPayload(h, nil)
-		if err != nil {
-			c.release(n)
-			return err
-		}
-		c.draining = true
-		c.handlers.Add(1)
-		go func() {
-			defer c.handlers.Done()
-			c.inflight.Wait()
-			var (
-				resp []byte
-				err  error
-			)
-			if c.cfg.Handler != nil {
-				resp, err = c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
-			}
-			c.answer(h, resp, err, n, hint, false)
-		}()
-		return nil
-	case c.cfg.Handler == nil:
-		return c.refuseUnread(h, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
-	}
-	select {
-	case c.sem <- struct{}{}:
-	default:
-		return c.refuseUnread(h, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
-	}
-	n, hint := requestCost(h)
-	ok, err := c.admit(n, true)
-	if !ok || err != nil {
-		<-c.sem
-		if err != nil {
-			return err
-		}
-		return c.refuseUnread(h, CodeUnavailable, errNoBudget)
-	}
-	p, err := c.readPayload(h, nil)
-	if err != nil {
-		<-c.sem
-		c.release(n)
-		return err
-	}
-	c.handlers.Add(1)
-	c.inflight.Add(1)
-	go func() {
-		defer c.handlers.Done()
-		defer c.inflight.Done() // after the reply is written
-		resp, err := c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
-		c.answer(h, resp, err, n, hint, true)
-	}()
-	return nil
-}
-
-// answer writes a handler's result as the reply to request h. n bytes
-// are held for the request, hint of them for its reply; the difference
-// to the real reply is settled first, and everything is released once
-// the reply is written (or the Conn closes). With slot set, the handler
-// slot is given back as soon as the reply's turn to be written comes:
-// a peer that sends its next request only after this reply must find a
-// slot free, while replies waiting their turn keep theirs, so that at
-// most MaxConcurrent of them wait.
-func (c *Conn) answer(h Header, resp []byte, err error, n, hint int64, slot bool) {
-	deadline := time.Now().Add(c.cfg.WriteTimeout)
-	rh := Header{Type: h.Type, Flags: FlagReply, ID: h.ID}
-	if err != nil {
-		var re *RemoteError
-		if !errors.As(err, &re) {
-			re = &RemoteError{Code: CodeInternal, Message: err.Error()}
-		}
-		rh.Type, resp = TypeError, AppendError(nil, re.Code, re.Message)
-	} else if len(resp) > int(c.cfg.MaxPayload) {
-		rh.Type, resp = TypeError, AppendError(nil, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
-	}
-	if d := frameCost(len(resp)) - hint; d > 0 {
-		c.force(d)
-		n += d
-	} else if d < 0 {
-		c.release(-d)
-		n += d
-	}
-	c.writeReply(rh, resp, n, deadline, slot)
-}
-
-// sendError writes an error reply from a goroutine that may wait for
-// the write lock. Failing to write it means the Conn is closing anyway.
-func (c *Conn) sendError(id uint64, code uint16, msg string) {
-	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
-}
-
-// refuseUnread skips request h's payload without reading it into
-// memory and answers it with an error, from the reader goroutine.
-func (c *Conn) refuseUnread(h Header, code uint16, msg string) error {
-	if err := c.discard(int(h.Length)); err != nil {
-		return err
-	}
-	return c.refuse(h.ID, code, msg)
-}
-
-// refuse answers a request with an error from the reader goroutine.
-// The error reply is held like any other (it is small: it waits for
-// room in the Conn's bound but not in a shared Budget).
-func (c *Conn) refuse(id uint64, code uint16, msg string) error {
-	p := AppendError(nil, code, msg)
-	n := frameCost(len(p))
-	if _, err := c.admit(n, false); err != nil {
-		return err
-	}
-	return c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
-}
-
-// protocolErr tells the peer what it did wrong (best effort) and
-// returns err for the reader to close the Conn with.
-func (c *Conn) protocolErr(id uint64, err error) error {
-	code := CodeProtocol
-	if errors.Is(err, ErrFrameTooLarge) {
-		code = CodeTooLarge
-	}
-	// The Conn closes right after: the reply is held without waiting.
-	p := AppendError(nil, code, err.Error())
-	n := frameCost(len(p))
-	c.force(n)
-	c.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
-	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
-}
-
-func (c *Conn) readErr(err error) error {
-	if err == io.EOF {
-		err = &FrameError{Err: ErrTruncated, Detail: "stream ended inside a frame"}
-	} else if errors.Is(err, unix.EAGAIN) {
-		err = fmt.Errorf("%w: nothing received for %v", ErrIdle, c.cfg.IdleTimeout)
-	}
-	return &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
-}
-
-// fill makes at least n bytes (n <= len(rbuf)) available in rbuf[r:w].
-func (c *Conn) fill(n int) error {
-	if c.w-c.r >= n {
-		return nil
-	}
-	if c.r == c.w {
-		c.r, c.w = 0, 0
-	} else if c.r+n > len(c.rbuf) {
-		c.w = copy(c.rbuf, c.rbuf[c.r:c.w])
-		c.r = 0
-	}
-	for c.w-c.r < n {
-		k, err := c.read(c.rbuf[c.w:])
-		if err != nil {
-			return err
-		}
-		c.w += k
-	}
-	return nil
-}
-
-// read is one read(2) into p, yielding the P every few milliseconds so
-// that sysmon does not treat the reader as a long-running goroutine.
-func (c *Conn) read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(c.lastYield) > yieldEvery {
-		c.lastYield = now
-		runtime.Gosched()
-	}
-	var (
-		n   int
-		err error
-	)
-	if c.file == nil {
-		n, err = readfd(c.fd, p)
-	} else {
-		if c.cfg.IdleTimeout > 0 {
-			c.file.SetReadDeadline(time.Now().Add(c.cfg.IdleTimeout))
-		}
-		c.rp = p
-		if err = c.rc.Read(c.pollFn); err == nil {
-			n, err = c.rn, c.rerr
-		} else if errors.Is(err, os.ErrDeadlineExceeded) {
-			err = unix.EAGAIN // as SO_RCVTIMEO reports it: idle
-		}
-		c.rp = nil
-	}
-	if err == unix.ECONNRESET {
-		// A unix stream peer that closes with data still unread in its
-		// receive queue (one that crashed or was killed, typically)
-		// makes our read fail with ECONNRESET instead of returning EOF.
-		return 0, io.EOF
-	}
-	if err != nil {
-		return 0, err
-	}
-	if n == 0 {
-		return 0, io.EOF
-	}
-	c.received.Add(uint64(n))
-	return n, nil
-}
-
-// readFull reads len(p) bytes straight from the socket, first aligning
-// the destination of large reads to 64 bytes (the kernel copies
-// unaligned destinations at half speed on the reference machine).
-func (c *Conn) readFull(p []byte) error {
-	if len(p) >= alignThreshold {
-		if off := int(uintptr(unsafe.Pointer(unsafe.SliceData(p))) & 63); off != 0 {
-			if err := c.readFull(p[:64-off]); err != nil {
-				return err
-			}
-			p = p[64-off:]
-		}
-	}
-	for len(p) > 0 {
-		n, err := c.read(p)
-		if err != nil {
-			return err
-		}
-		p = p[n:]
-	}
-	return nil
-}
-
-// readPayload reads h's payload into dst if it is large enough, else
-// into a new slice.
-func (c *Conn) readPayload(h Header, dst []byte) ([]byte, error) {
-	n := int(h.Length)
-	if n == 0 {
-		return dst[:0], nil
-	}
-	if cap(dst) < n {
-		dst = make([]byte, n)
-	}
-	dst = dst[:n]
-	m := copy(dst, c.rbuf[c.r:c.w])
-	c.r += m
-	if err := c.readFull(dst[m:]); err != nil {
-		return nil, c.readErr(err)
-	}
-	return dst, nil
-}
-
-// payloadView returns the next n bytes, valid until the next read: a
-// slice of rbuf when they fit, else of a reused larger buffer.
-func (c *Conn) payloadView(n int) ([]byte, error) {
-	if n <= len(c.rbuf) {
-		if err := c.fill(n); err != nil {
-			return nil, err
-		}
-		p := c.rbuf[c.r : c.r+n]
-		c.r += n
-		return p, nil
-	}
-	if c.big == nil {
-		select {
-		case c.big = <-c.spare: // lent to a background write, now back
-		default:
-		}
-	}
-	if cap(c.big) < n {
-		c.big = make([]byte, n)
-	}
-	p := c.big[:n]
-	m := copy(p, c.rbuf[c.r:c.w])
-	c.r += m
-	return p, c.readFull(p[m:])
-}
-
-// discard skips n payload bytes.
-func (c *Conn) discard(n int) error {
-	for n > 0 {
-		if c.r == c.w {
-			if err := c.fill(1); err != nil {
-				return c.readErr(err)
-			}
-		}
-		k := min(n, c.w-c.r)
-		c.r += k
-		n -= k
-	}
-	return nil
 }

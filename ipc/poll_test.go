@@ -78,7 +78,7 @@ func TestPollMode(t *testing.T) {
 			cancel()
 			// The ping waits for the rest of the 8 MiB frame to go out.
 			if _, err := a.Ping(ctxTimeout(t, stepWait)); err != nil {
-				t.Fatalf("ping after a cancelled large call: %v", err)
+				t.Fatalf("ping after a cancelled large call: %v (peer: %v)", err, b.Err())
 			}
 
 			b.Close()

@@ -11,20 +11,36 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file holds the raw system calls of the hot path. A Conn's fd is
-// in blocking mode: its reader goroutine sits in read(2) and writers in
-// sendmsg(2) like a C program would, which measured faster than the
-// runtime's netpoller (docs/BASELINES.md). SO_SNDTIMEO
-// bounds each blocking send (writeSlice) so that a writer waiting for a
-// peer that does not read still notices its context ending.
+// This file holds the raw system calls of the hot path. In blocking
+// mode (fdio_linux.go) a Conn's reads and writes sit in read(2) and
+// sendmsg(2) like a C program's, which measured faster than the
+// runtime's netpoller (docs/BASELINES.md). SO_SNDTIMEO bounds each
+// blocking send (writeSlice) so that a writer waiting for a peer that
+// does not read still notices its context ending; SO_RCVTIMEO bounds a
+// leading caller's read (ioSlice) likewise.
 
 // sendmsg writes the iovecs in msg without raising SIGPIPE. On a
 // blocking fd it waits at most the socket's SO_SNDTIMEO; on a polled
 // (non-blocking) one not at all. It returns the bytes written, which may
 // be fewer than asked (then err is nil or EAGAIN). It does not allocate.
 func sendmsg(fd int, msg *unix.Msghdr) (int, error) {
+	return retry(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_NOSIGNAL, 0)
+}
+
+// recvNow is recv(2) with MSG_DONTWAIT: it returns unix.EAGAIN if
+// nothing is there. It does not allocate.
+func recvNow(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	return retry(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_DONTWAIT)
+}
+
+// retry makes system call trap with arguments a1 to a4, again on EINTR,
+// and returns its result as a count.
+func retry(trap, a1, a2, a3, a4 uintptr) (int, error) {
 	for {
-		n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_NOSIGNAL)
+		n, _, e := unix.Syscall6(trap, a1, a2, a3, a4, 0, 0)
 		switch e {
 		case 0:
 			return int(n), nil
@@ -35,6 +51,10 @@ func sendmsg(fd int, msg *unix.Msghdr) (int, error) {
 		}
 	}
 }
+
+// yieldThread gives the CPU to another runnable thread, if any
+// (sched_yield(2)).
+func yieldThread() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
 
 // readfd is read(2) retried on EINTR.
 func readfd(fd int, p []byte) (int, error) {

@@ -16,30 +16,36 @@ import (
 )
 
 // Writing. Frames are never interleaved: a writer holds the write lock
-// (wlock) from the first byte of a frame to the last. Three rules keep
-// that from blocking anyone for long:
+// (wlock) from the first byte of a frame to the last, and every frame
+// goes out through one loop, sendLocked, whose writers differ only in
+// how long they may wait for the peer to make room (patience) and what
+// they do when that runs out:
 //
-//   - The reader goroutine never waits long to write (reply). If
-//     another writer holds the lock, or the socket buffer stays full for
-//     two writeSlices, the rest of its reply is finished by a background
-//     goroutine and the reader goes on reading. Otherwise two peers
-//     answering each other's requests could both stop reading while
-//     each waits for the other to read.
-//   - A caller whose context ends in the middle of a frame gets its
-//     error at once, but the frame is finished in the background with
-//     the Conn's WriteTimeout, so one impatient caller does not break
-//     the stream for everybody (finishLater).
-//   - Every reply must be written within WriteTimeout of being ready,
-//     its wait for the lock included; one that is not closes the Conn
-//     with ErrStalled (the peer is not reading its replies), which also
-//     ends the wait of everything queued behind it. Replies are held
-//     (budget.go) until written, and the reader stops reading when the
-//     Conn holds too much, so what waits is bounded too.
+//   - A caller (writeFrame) waits until its context ends or, without a
+//     deadline, its timeout. If the frame is half sent by then it gets
+//     its error at once, but the frame is finished in the background
+//     with the Conn's WriteTimeout (finishLater), so one impatient
+//     caller does not break the stream for everybody.
+//   - The holder of the read side (reply) never waits long to write:
+//     if another writer holds the lock, its reply is written by a
+//     background goroutine (replyLater); if the socket buffer stays
+//     full for two writeSlices, the rest is finished by finishLater and
+//     the reader goes on reading. Otherwise two peers answering each
+//     other's requests could both stop reading while each waits for the
+//     other to read.
+//   - A reply written by any other goroutine (writeReply: a handler's
+//     result, a replyLater copy), and finishLater itself, must be
+//     written within WriteTimeout of being ready, its wait for the lock
+//     included; one that is not closes the Conn with ErrStalled (the
+//     peer is not reading its replies), which also ends the wait of
+//     everything queued behind it. Replies are held (budget.go) until
+//     written, and the reader stops reading when the Conn holds too
+//     much, so what waits is bounded too.
 //
 // The lock is a channel of capacity 1 rather than a sync.Mutex: it
 // hands itself to waiters in the order they came, so a reply queued
-// behind callers is not starved, and a waiter can give up at its
-// deadline.
+// behind callers is not starved, a waiter can give up at its deadline,
+// and finishLater's goroutine may unlock what its writer locked.
 
 // tryLockW takes the write lock if it is free.
 func (c *Conn) tryLockW() bool {
@@ -76,6 +82,95 @@ func (c *Conn) lockW(ctx context.Context, timeout time.Duration) error {
 
 func (c *Conn) unlockW() { <-c.wlock }
 
+// patience says how long a writer waits for room in the socket buffer.
+// The zero value waits for ever.
+type patience struct {
+	ctx      context.Context // the wait ends with ctx
+	timeout  time.Duration   // without a deadline in ctx: from the first wait
+	deadline time.Time       // the wait ends then
+	waits    int             // > 0: the wait ends after this many waitWrites
+}
+
+// spent reports why the writer should stop waiting, or nil.
+func (p *patience) spent() error {
+	if p.waits > 0 {
+		if p.waits--; p.waits == 0 {
+			return errSlice
+		}
+	}
+	timeUp := os.ErrDeadlineExceeded
+	if p.ctx != nil {
+		if err := p.ctx.Err(); err != nil {
+			return err
+		}
+		if p.deadline.IsZero() {
+			var ok bool
+			if p.deadline, ok = p.ctx.Deadline(); !ok && p.timeout > 0 {
+				p.deadline = time.Now().Add(p.timeout)
+			}
+		}
+		if _, ok := p.ctx.Deadline(); ok {
+			timeUp = context.DeadlineExceeded // ctx's, before its timer fires
+		}
+	}
+	if !p.deadline.IsZero() && !time.Now().Before(p.deadline) {
+		return timeUp
+	}
+	return nil
+}
+
+// Results of sendLocked.
+type sendResult uint8
+
+const (
+	sent      sendResult = iota // the whole frame is written
+	gaveUp                      // the writer's patience ran out first
+	sendError                   // sendmsg failed
+)
+
+// sendLocked is the one loop that writes frames: it writes the frame
+// that setFrame (or finishLater) described in c.msg, with the write lock
+// held. After each send that leaves part of the frame unsent it waits
+// for room, for as long as pat allows. It does not allocate. It returns
+// the result, whether any of the frame has been written, and the error
+// (patience's or sendmsg's).
+func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err error) {
+	for {
+		n, err := c.sock.sendmsg(&c.msg)
+		if n > 0 {
+			started = true
+			if c.advance(n) {
+				return sent, true, nil
+			}
+		}
+		if err != nil && err != unix.EAGAIN {
+			return sendError, started, err
+		}
+		// A short send, or a whole writeSlice (SO_SNDTIMEO) went by
+		// without room: the peer reads slowly or not at all.
+		if err := pat.spent(); err != nil {
+			return gaveUp, started, err
+		}
+		c.sock.waitWrite()
+	}
+}
+
+// setFrame points the iovecs at h and p. The caller holds the write
+// lock.
+func (c *Conn) setFrame(h Header, p []byte) {
+	h.Length = uint32(len(p))
+	PutHeader(c.whdr[:], h)
+	c.msg.Iov = &c.iov[0]
+	c.iov[0].Base = &c.whdr[0]
+	c.iov[0].SetLen(HeaderSize)
+	c.msg.Iovlen = 1
+	if len(p) > 0 {
+		c.iov[1].Base = unsafe.SliceData(p)
+		c.iov[1].SetLen(len(p))
+		c.msg.Iovlen = 2
+	}
+}
+
 // writeFrame writes one frame for a caller. The waits for the write
 // lock and for room in the socket buffer end when ctx ends or, if ctx
 // has no deadline and timeout is positive, after timeout (each). It
@@ -83,53 +178,32 @@ func (c *Conn) unlockW() { <-c.wlock }
 // or leave the frame to finishLater.
 func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, p []byte) error {
 	if err := c.lockW(ctx, timeout); err != nil {
-		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
+		return c.writeErr(h, err)
 	}
 	if c.wclosed {
 		c.unlockW()
-		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
+		return c.writeErr(h, c.closedErr())
 	}
-	left := c.setFrame(h, p)
-	var deadline time.Time
-	for {
-		n, err := sendmsg(c.fd, &c.msg)
-		if n > 0 {
-			if left -= n; left == 0 {
-				c.unlockW()
-				runtime.KeepAlive(p)
-				return nil
-			}
-			c.advance(n)
-		}
-		if err == nil || err == unix.EAGAIN {
-			// A partial send, or a whole writeSlice (SO_SNDTIMEO) went by
-			// without room: the peer reads slowly or not at all. Go on
-			// unless the caller's time is up.
-			if deadline.IsZero() {
-				var ok bool
-				if deadline, ok = ctx.Deadline(); !ok && timeout > 0 {
-					deadline = time.Now().Add(timeout)
-				}
-			}
-			if err = writeTimeUp(ctx, deadline); err == nil {
-				c.waitWrite()
-				continue
-			}
-			if left < HeaderSize+len(p) {
-				c.finishLater(p, false, 0) // keeps the lock
-				return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
-			}
-		} else {
-			err = c.sendErr(err, left < HeaderSize+len(p), h)
-		}
+	c.setFrame(h, p)
+	res, started, err := c.sendLocked(&patience{ctx: ctx, timeout: timeout})
+	switch {
+	case res == sent:
 		c.unlockW()
-		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
+		runtime.KeepAlive(p)
+		return nil
+	case res == gaveUp && started:
+		c.finishLater(p, false, 0) // keeps the lock
+		return c.writeErr(h, err)
+	case res == sendError:
+		err = c.sendErr(err, started, h)
 	}
+	c.unlockW()
+	return c.writeErr(h, err)
 }
 
-// writeReply writes a reply from a goroutine other than the reader (a
-// handler's result, or a reply the reader left to replyLater) and then
-// releases the n bytes held for it. The reply must be written by
+// writeReply writes a reply from a goroutine other than the holder of
+// the read side (a handler's result, or a reply left to replyLater) and
+// then releases the n bytes held for it. The reply must be written by
 // deadline, the wait for the write lock included; if it is not, the
 // Conn is closed with ErrStalled. With slot set, a handler slot is
 // given back once the lock is taken (see answer).
@@ -147,43 +221,23 @@ func (c *Conn) writeReply(h Header, p []byte, n int64, deadline time.Time, slot 
 	if c.wclosed {
 		return
 	}
-	left := c.setFrame(h, p)
-	for {
-		k, err := sendmsg(c.fd, &c.msg)
-		if k > 0 {
-			if left -= k; left == 0 {
-				runtime.KeepAlive(p)
-				return
-			}
-			c.advance(k)
-		}
-		if err == nil || err == unix.EAGAIN {
-			if time.Now().Before(deadline) {
-				c.waitWrite()
-				continue
-			}
-			c.stalled(h, "")
-			return
-		}
-		c.sendErr(err, left < HeaderSize+len(p), h)
-		return
+	c.setFrame(h, p)
+	switch res, started, err := c.sendLocked(&patience{deadline: deadline}); res {
+	case gaveUp:
+		c.stalled(h, "")
+	case sendError:
+		c.sendErr(err, started, h)
 	}
+	runtime.KeepAlive(p)
 }
 
-// stalled closes the Conn because a reply of type h could not be
-// written within WriteTimeout.
-func (c *Conn) stalled(h Header, while string) {
-	if while != "" {
-		while = ", " + while
-	}
-	c.abort(&OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading its replies: a reply was not written within %v%s", ErrStalled, c.cfg.WriteTimeout, while)})
-}
-
-// reply writes a frame from the reader goroutine, waiting at most two
-// writeSlices: what cannot go out by then is finished by finishLater.
-// p may be a view of rbuf or big. The n bytes held for the reply are
-// released once it is written, or has failed to be.
-func (c *Conn) reply(h Header, p []byte, n int64) error {
+// reply writes a frame from the holder of the read side, waiting at
+// most two writeSlices: what cannot go out by then is finished by
+// finishLater. p may be a view of the read buffer or big. The n bytes
+// held for the reply are released once it is written, or has failed to
+// be.
+func (r *reader) reply(h Header, p []byte, n int64) error {
+	c := r.c
 	if !c.tryLockW() {
 		// A caller is writing, perhaps waiting for the peer to read,
 		// which the peer may only do once it has our reply.
@@ -192,35 +246,29 @@ func (c *Conn) reply(h Header, p []byte, n int64) error {
 	if c.wclosed {
 		c.unlockW()
 		c.release(n)
-		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
+		return c.writeErr(h, c.closedErr())
 	}
-	left := c.setFrame(h, p)
-	for slices := 0; ; slices++ {
-		k, err := sendmsg(c.fd, &c.msg)
-		if k > 0 {
-			if left -= k; left == 0 {
-				c.unlockW()
-				c.release(n)
-				runtime.KeepAlive(p)
-				return nil
-			}
-			c.advance(k)
-		}
-		if err == nil || err == unix.EAGAIN {
-			// A peer that reads takes even a large frame within one
-			// blocking send; one that does not has had two writeSlices.
-			if slices == 0 {
-				c.waitWrite()
-				continue
-			}
-			c.finishLater(p, len(p) > 0 && len(c.big) > 0 && unsafe.SliceData(p) == unsafe.SliceData(c.big), n)
-			return nil
-		}
-		err = c.sendErr(err, left < HeaderSize+len(p), h)
+	c.setFrame(h, p)
+	// A peer that reads takes even a large frame within one blocking
+	// send; one that does not has had two writeSlices.
+	res, started, err := c.sendLocked(&patience{waits: 2})
+	switch res {
+	case sent:
 		c.unlockW()
 		c.release(n)
-		return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
+		runtime.KeepAlive(p)
+		return nil
+	case gaveUp:
+		lend := len(p) > 0 && len(r.big) > 0 && unsafe.SliceData(p) == unsafe.SliceData(r.big)
+		if c.finishLater(p, lend, n) && lend {
+			r.big = nil
+		}
+		return nil
 	}
+	err = c.sendErr(err, started, h)
+	c.unlockW()
+	c.release(n)
+	return c.writeErr(h, err)
 }
 
 // replyLater writes a copy of a reply from a background goroutine, once
@@ -240,11 +288,11 @@ func (c *Conn) replyLater(h Header, p []byte, n int64) error {
 		case <-t.C:
 			c.release(n)
 			c.stalled(h, "with "+strconv.Itoa(cap(c.wsem))+" replies queued")
-			return c.closedErrOp(h)
+			return c.writeErr(h, c.closedErr())
 		case <-c.kill:
 			t.Stop()
 			c.release(n)
-			return c.closedErrOp(h)
+			return c.writeErr(h, c.closedErr())
 		}
 	}
 	p = append([]byte(nil), p...)
@@ -257,25 +305,56 @@ func (c *Conn) replyLater(h Header, p []byte, n int64) error {
 	return nil
 }
 
-func (c *Conn) closedErrOp(h Header) error {
-	return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: c.closedErr()}
+// finishLater hands the rest of the frame described by c.msg, and the
+// write lock with it, to a background goroutine, which writes it within
+// the Conn's WriteTimeout (or closes the Conn with ErrStalled), unlocks
+// and releases the n held bytes, if any (the frame is a reply). The
+// unsent part of p is copied first unless lend is set: then p is the
+// reader's big buffer, which the goroutine keeps and gives back through
+// spare; finishLater reports whether it kept it. Called with the lock
+// held, so at most one runs at a time.
+func (c *Conn) finishLater(p []byte, lend bool, n int64) (kept bool) {
+	iov := unsafe.Slice(c.msg.Iov, c.msg.Iovlen)
+	if last := &iov[len(iov)-1]; len(p) > 0 && int(last.Len) <= len(p) {
+		rest := p[len(p)-int(last.Len):]
+		if unsafe.SliceData(rest) == last.Base { // the last iovec is the payload's tail
+			if !lend {
+				rest = append([]byte(nil), rest...)
+				last.Base = unsafe.SliceData(rest)
+			}
+			kept = lend
+			p = rest
+		}
+	}
+	c.writers.Add(1)
+	go func() {
+		defer c.writers.Done()
+		switch res, _, err := c.sendLocked(&patience{deadline: time.Now().Add(c.cfg.WriteTimeout)}); res {
+		case gaveUp:
+			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading: a frame was left incomplete for %v", ErrStalled, c.cfg.WriteTimeout)})
+		case sendError:
+			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", os.NewSyscallError("sendmsg", err))})
+		}
+		runtime.KeepAlive(p)
+		c.unlockW()
+		c.release(n)
+		if kept {
+			select {
+			case c.spare <- p[:cap(p)][:0]:
+			default:
+			}
+		}
+	}()
+	return kept
 }
 
-// setFrame points the iovecs at h and p and returns the frame's size.
-// The caller holds the write lock.
-func (c *Conn) setFrame(h Header, p []byte) int {
-	h.Length = uint32(len(p))
-	PutHeader(c.whdr[:], h)
-	c.msg.Iov = &c.iov[0]
-	c.iov[0].Base = &c.whdr[0]
-	c.iov[0].SetLen(HeaderSize)
-	c.msg.Iovlen = 1
-	if len(p) > 0 {
-		c.iov[1].Base = unsafe.SliceData(p)
-		c.iov[1].SetLen(len(p))
-		c.msg.Iovlen = 2
+// stalled closes the Conn because a reply of type h could not be
+// written within WriteTimeout.
+func (c *Conn) stalled(h Header, while string) {
+	if while != "" {
+		while = ", " + while
 	}
-	return HeaderSize + len(p)
+	c.abort(c.writeErr(h, fmt.Errorf("%w: the peer is not reading its replies: a reply was not written within %v%s", ErrStalled, c.cfg.WriteTimeout, while)))
 }
 
 // sendErr classifies a failed sendmsg. Half a frame on the wire with no
@@ -286,76 +365,13 @@ func (c *Conn) sendErr(err error, partial bool, h Header) error {
 		err = closeErr(err) // shut down by Close, or closed by the peer
 	}
 	if partial {
-		c.abort(&OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", err)})
+		c.abort(c.writeErr(h, fmt.Errorf("frame left incomplete: %w", err)))
 	}
 	return err
 }
 
-// finishLater hands the rest of the frame described by c.msg, and the
-// write lock with it, to a background goroutine, which writes it within
-// the Conn's WriteTimeout (or closes the Conn with ErrStalled), unlocks
-// and releases the held bytes, if any (n: the frame is a reply). The
-// unsent part of p is copied first unless lend is set, in which case p
-// is c.big, lent to the goroutine and given back through c.spare.
-// Called with the lock held, so at most one runs at a time.
-func (c *Conn) finishLater(p []byte, lend bool, n int64) {
-	iov := unsafe.Slice(c.msg.Iov, c.msg.Iovlen)
-	if last := &iov[len(iov)-1]; len(p) > 0 && int(last.Len) <= len(p) {
-		rest := p[len(p)-int(last.Len):]
-		if unsafe.SliceData(rest) == last.Base { // the last iovec is the payload's tail
-			if lend {
-				c.big = nil
-			} else {
-				rest = append([]byte(nil), rest...)
-				last.Base = unsafe.SliceData(rest)
-			}
-			p = rest
-		}
-	}
-	c.writers.Add(1)
-	go func() {
-		defer c.writers.Done()
-		deadline := time.Now().Add(c.cfg.WriteTimeout)
-		for {
-			n, err := sendmsg(c.fd, &c.msg)
-			if n > 0 && c.advance(n) {
-				break
-			}
-			if err == nil || err == unix.EAGAIN {
-				if time.Now().Before(deadline) {
-					c.waitWrite()
-					continue
-				}
-				c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading: a frame was left incomplete for %v", ErrStalled, c.cfg.WriteTimeout)})
-				break
-			}
-			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", os.NewSyscallError("sendmsg", err))})
-			break
-		}
-		runtime.KeepAlive(p)
-		c.unlockW()
-		c.release(n)
-		if lend {
-			select {
-			case c.spare <- p[:cap(p)][:0]:
-			default:
-			}
-		}
-	}()
-}
-
-// writeTimeUp reports ctx's error, or os.ErrDeadlineExceeded once the
-// deadline (if any) has passed.
-func writeTimeUp(ctx context.Context, deadline time.Time) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	default:
-	}
-	if !deadline.IsZero() && !time.Now().Before(deadline) {
-		return os.ErrDeadlineExceeded
-	}
-	return nil
+func (c *Conn) writeErr(h Header, err error) error {
+	return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
 }
 
 // advance drops n written bytes from the front of the iovecs and

@@ -1,0 +1,602 @@
+//go:build linux
+
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The read side of a Conn: see "The read side" at the top of conn.go.
+
+// reader is the read side. Whoever holds it (the background reader, or a
+// leading caller) is the only goroutine that reads from the socket or
+// touches these fields; it is passed on only by handOn.
+type reader struct {
+	c *Conn
+
+	buf  []byte // read buffer: buf[r:w] is read and not yet consumed
+	r, w int
+	big  []byte // large payloads answered inline; lent to finishLater at times
+
+	part partial // a reply whose payload is partly read
+
+	hello     bool // the peer's hello has been read
+	draining  bool // a shutdown request arrived: refuse later requests
+	served    bool // the background reader has handed a reply to a Call
+	slow      bool // a leader found nothing to read for ioSlice; nothing has arrived since
+	large     bool // the last frame's payload was large: read the next header alone (fill)
+	first     bool // the next read is a new leader's first (poll)
+	lastYield time.Time
+	idleSince time.Time // when the read side was last left idle
+
+	err error // why the stream ended; once set, only teardown follows
+}
+
+// partial is a reply (or a skipped frame) whose payload a leader had
+// begun to read when it passed the read side on; the next holder
+// finishes it first.
+type partial struct {
+	active bool
+	kind   partKind
+	cl     *call  // whose reply; nil for partDiscard and partConnErr
+	buf    []byte // the payload; buf[:got] is read
+	got    int
+	left   int // partDiscard: bytes still to skip
+}
+
+type partKind uint8
+
+const (
+	partReply   partKind = iota // cl's reply, into buf (cl.dst or a new slice)
+	partError                   // an error reply to cl
+	partConnErr                 // an error frame with id 0: the peer is closing
+	partDiscard                 // a reply nobody waits for any more
+)
+
+// Why reader.run returned.
+type stop uint8
+
+const (
+	stopEnded    stop = iota // r.err is set: the stream ended or broke
+	stopOwnReply             // the leader's call is done
+	stopRequest              // a leader met a request (left unread in buf)
+	stopSlow                 // a leader found nothing to read for ioSlice
+	stopGaveUp               // a caller holding the read side gave up: its context ended
+	stopPassed               // the background reader has passed the read side on
+	stopBoundary             // (handOn) the background reader, about to block in read(2)
+)
+
+func newReader(c *Conn, prefix []byte) *reader {
+	r := &reader{c: c, buf: make([]byte, readBufSize)}
+	r.w = copy(r.buf, prefix)
+	return r
+}
+
+// handOn passes the read side on from its holder, which stopped for
+// reason why, and reports whether the background reader (the caller,
+// for stopBoundary) keeps it. Called with pmu held.
+//
+// The read side goes to a waiting follower if there is one, so that it
+// reads its own reply; else it is left idle for the next caller, if
+// nothing is buffered and, for the background reader, it has just
+// handed a reply to a caller (who is likely to call again); else to the
+// background reader. Calls still writing their requests find it idle
+// and lead; a Probe's pong is read by the next caller, or by the
+// background reader after linger. It always goes to the background
+// reader once the stream has ended or the Conn is closing (teardown),
+// with a request to answer, or with a frame half read after a leader
+// found nothing to read for ioSlice.
+func (c *Conn) handOn(r *reader, why stop) (keep bool) {
+	bg := why == stopBoundary
+	r.slow = r.slow || why == stopSlow
+	c.byCall = false
+	switch why {
+	case stopOwnReply, stopGaveUp, stopBoundary:
+		if r.err != nil || !c.sock.leads() || c.killed() {
+			break
+		}
+		if f := c.follower(); f != nil {
+			f.waiting = false
+			c.nwait.Add(-1)
+			f.lead = r
+			f.state.Store(stateLead)
+			f.done <- struct{}{}
+			c.byCall = true
+			return false
+		}
+		if r.r == r.w && !r.part.active && (!bg || r.served) {
+			r.served = false
+			r.idleSince = time.Now()
+			c.idle = r
+			return false
+		}
+	}
+	if bg {
+		return true
+	}
+	c.toBg <- r
+	return false
+}
+
+// follower returns a call that waits for its reply, if any. Called with
+// pmu held.
+func (c *Conn) follower() *call {
+	if c.nwait.Load() == 0 {
+		return nil
+	}
+	for _, cl := range c.pending {
+		if cl.waiting {
+			return cl
+		}
+	}
+	return nil
+}
+
+// background is the background reader goroutine: it holds the read side
+// from the start, reads whenever no caller does, and tears the Conn down
+// at the end.
+func (c *Conn) background(r *reader) {
+	for {
+		why := stopEnded
+		if err := c.sock.lead(false); err != nil {
+			r.err = &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
+		} else if r.err == nil {
+			why = r.run(nil, nil)
+		}
+		if why == stopEnded {
+			c.teardown(r)
+			return
+		}
+		r = c.waitRead()
+	}
+}
+
+// waitRead waits until the background reader gets the read side back:
+// passed to it, left idle for linger, or idle when the Conn closes. It
+// looks at an idle read side every linger, at one held by a caller every
+// 8 linger: an idle wait costs no wake-up per call, only a timer while
+// calls go on.
+func (c *Conn) waitRead() *reader {
+	t := c.linger
+	t.Reset(linger)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-c.toBg:
+			return r
+		case <-c.kill:
+			c.pmu.Lock()
+			r := c.idle
+			c.idle = nil
+			c.pmu.Unlock()
+			if r == nil {
+				// Its holder sees the shutdown and passes it on.
+				r = <-c.toBg
+			}
+			return r
+		case <-t.C:
+			// While a caller holds the read side, look again less often:
+			// it hands the read side on itself, unless it leaves it idle.
+			wait := 8 * linger
+			c.pmu.Lock()
+			r := c.idle
+			if r != nil {
+				d := time.Since(r.idleSince)
+				if d >= linger {
+					c.idle = nil
+					c.pmu.Unlock()
+					return r
+				}
+				wait = linger - d
+			}
+			c.pmu.Unlock()
+			t.Reset(wait)
+		}
+	}
+}
+
+// run reads and handles frames as the holder of the read side: for lead
+// (a caller, whose context is ctx) until lead is done or ctx has ended,
+// and for the background reader (lead nil) until the stream ends or, at
+// a frame boundary with nothing buffered, handOn passes the read side
+// on. A leader leaves requests to the background reader (stopRequest).
+// The background reader does not pass the read side back to a follower
+// that gave it up for want of data (stopSlow) until data has come.
+func (r *reader) run(ctx context.Context, lead *call) stop {
+	c := r.c
+	for {
+		if r.part.active {
+			if err := r.finishPart(); err != nil {
+				return r.stopOn(err)
+			}
+		}
+		if lead != nil {
+			if lead.state.Load() == stateDone {
+				return stopOwnReply
+			}
+			if ctx.Err() != nil {
+				return stopGaveUp
+			}
+		} else if r.r == r.w && r.hello && !r.slow && (r.served || c.nwait.Load() > 0) && c.sock.leads() {
+			c.pmu.Lock()
+			keep := c.handOn(r, stopBoundary)
+			c.pmu.Unlock()
+			if !keep {
+				return stopPassed
+			}
+		}
+		if err := r.fillHeader(); err != nil {
+			switch {
+			case err == errSlice:
+			case err == io.EOF && r.r == r.w:
+				err = ErrPeerClosed
+			case err == io.EOF:
+				err = r.readErr(&FrameError{Err: ErrTruncated, Detail: fmt.Sprintf("stream ended after %d of %d header bytes", r.w-r.r, HeaderSize)})
+			default:
+				err = r.readErr(err)
+			}
+			return r.stopOn(err)
+		}
+		h, err := ParseHeader(r.buf[r.r:r.w], c.cfg.MaxPayload)
+		if err != nil {
+			return r.stopOn(r.protocolErr(h.ID, err))
+		}
+		if lead != nil && !h.IsReply() {
+			return stopRequest
+		}
+		r.r += HeaderSize
+		r.large = h.Length >= alignThreshold
+		switch {
+		case !r.hello:
+			err = r.readHello(h)
+		case h.IsReply():
+			err = r.deliver(h)
+		case h.Type == TypePing:
+			err = r.answerInline(h, MaxPingPayload)
+		case h.Type == TypeEcho && !c.cfg.ForwardEcho:
+			err = r.answerInline(h, c.cfg.MaxPayload)
+		case h.Type == TypeHello || h.Type == TypeError:
+			err = r.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request after the handshake", h.Type)})
+		default:
+			err = r.dispatch(h)
+		}
+		if err != nil {
+			return r.stopOn(err)
+		}
+	}
+}
+
+// stopOn turns an error of run's into its reason to stop: errSlice
+// leaves the read side to the background reader; any other error ends
+// the stream.
+func (r *reader) stopOn(err error) stop {
+	if err == errSlice {
+		return stopSlow
+	}
+	r.err = err
+	return stopEnded
+}
+
+// deliver reads a reply and hands it to the call waiting for it.
+func (r *reader) deliver(h Header) error {
+	c := r.c
+	c.pmu.Lock()
+	cl := c.claim(h.ID)
+	c.pmu.Unlock()
+	n := int(h.Length)
+	p := partial{active: true, cl: cl}
+	switch {
+	case cl == nil && h.Type == TypeError && h.ID == 0:
+		p.kind, p.buf = partConnErr, make([]byte, n)
+	case cl == nil: // its caller gave up
+		p.kind, p.left = partDiscard, n
+	case h.Type == TypeError:
+		p.kind, p.buf = partError, make([]byte, n)
+	case h.Type != cl.typ:
+		err := r.protocolErr(0, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s reply to %s request %d", h.Type, cl.typ, h.ID)})
+		cl.err = closeErr(err)
+		c.finish(cl)
+		return err
+	default:
+		p.kind, p.buf = partReply, cl.dst
+		if cap(p.buf) < n {
+			p.buf = make([]byte, n)
+		}
+		p.buf = p.buf[:n]
+	}
+	if p.kind == partDiscard {
+		k := min(p.left, r.w-r.r)
+		r.r += k
+		p.left -= k
+	} else {
+		p.got = copy(p.buf, r.buf[r.r:r.w])
+		r.r += p.got
+	}
+	r.part = p
+	return r.finishPart()
+}
+
+// finishPart reads the rest of r.part's payload and completes it. On
+// errSlice it keeps what it has read, for the next holder to finish.
+func (r *reader) finishPart() error {
+	p := &r.part
+	var err error
+	if p.kind == partDiscard {
+		err = r.skip(&p.left)
+	} else {
+		err = r.readInto(p.buf, &p.got)
+	}
+	if err == errSlice {
+		return err
+	}
+	cl, buf, kind := p.cl, p.buf, p.kind
+	*p = partial{}
+	if err != nil {
+		err = r.readErr(err)
+		if cl != nil {
+			cl.err = closeErr(err) // the Conn closes on any error here
+			r.c.finish(cl)
+		}
+		return err
+	}
+	switch kind {
+	case partReply:
+		cl.reply = buf
+	case partError:
+		cl.err = ParseError(buf)
+	case partConnErr:
+		return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: ParseError(buf)}
+	case partDiscard:
+		return nil
+	}
+	if cl.probe == nil {
+		r.served = true
+	}
+	r.c.finish(cl)
+	return nil
+}
+
+func (r *reader) readHello(h Header) error {
+	c := r.c
+	if h.Type != TypeHello || h.IsReply() {
+		if h.Type == TypeError && h.IsReply() {
+			p, err := r.readPayload(h)
+			if err != nil {
+				return err
+			}
+			return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: ParseError(p)}
+		}
+		return r.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("first frame is %s, want hello", h.Type)})
+	}
+	if h.Length > maxHelloPayload {
+		return r.protocolErr(0, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, limit %d", h.Length, maxHelloPayload)})
+	}
+	p, err := r.readPayload(h)
+	if err != nil {
+		return err
+	}
+	peer, err := ParseHello(p)
+	if err != nil {
+		return r.protocolErr(0, err)
+	}
+	v, err := negotiate(Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion}, peer)
+	if err != nil {
+		c.sendError(0, CodeVersion, err.Error())
+		return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: err}
+	}
+	c.peer, c.ver = peer, v
+	r.hello = true
+	close(c.helloDone)
+	return nil
+}
+
+func (r *reader) readErr(err error) error {
+	if err == io.EOF {
+		err = &FrameError{Err: ErrTruncated, Detail: "stream ended inside a frame"}
+	} else if errors.Is(err, unix.EAGAIN) {
+		err = fmt.Errorf("%w: nothing received for %v", ErrIdle, r.c.cfg.IdleTimeout)
+	}
+	return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: err}
+}
+
+// fill makes at least n bytes (n <= len(buf)) available in buf[r:w],
+// reading as much as buf takes.
+func (r *reader) fill(n int) error { return r.fillTo(n, false) }
+
+// fillHeader makes the next header available in buf[r:w]. After a
+// large frame it reads no more than the header: the next frame is
+// likely large too, and its payload is better read straight into its
+// destination, aligned, than into buf and then copied (see readInto).
+func (r *reader) fillHeader() error { return r.fillTo(HeaderSize, r.large) }
+
+func (r *reader) fillTo(n int, exact bool) error {
+	if r.w-r.r >= n {
+		return nil
+	}
+	if r.r == r.w {
+		r.r, r.w = 0, 0
+	} else if r.r+n > len(r.buf) {
+		r.w = copy(r.buf, r.buf[r.r:r.w])
+		r.r = 0
+	}
+	end := len(r.buf)
+	if exact {
+		end = r.r + n
+	}
+	for r.w-r.r < n {
+		k, err := r.read(r.buf[r.w:end])
+		if err != nil {
+			return err
+		}
+		r.w += k
+	}
+	return nil
+}
+
+// read is one read(2) into p. It yields the processor every yieldEvery
+// so that the runtime does not take the P of a goroutine that only ever
+// sits in system calls (docs/BENCHMARKS.md).
+//
+// The first read of a leader polls the socket for up to spinFor before
+// it blocks (see poll), while the replies it waits for come quickly.
+func (r *reader) read(p []byte) (int, error) {
+	now := time.Now()
+	if now.Sub(r.lastYield) > yieldEvery {
+		r.lastYield = now
+		runtime.Gosched()
+	}
+	var (
+		n   int
+		err error
+	)
+	if r.first {
+		r.first = false
+		n, err = r.poll(p, now)
+	} else {
+		n, err = r.c.sock.read(p)
+	}
+	if err == unix.ECONNRESET {
+		// A unix stream peer that closes with data still unread in its
+		// receive queue (one that crashed or was killed, typically)
+		// makes our read fail with ECONNRESET instead of returning EOF.
+		return 0, io.EOF
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	r.slow = false
+	r.c.received.Add(uint64(n))
+	return n, nil
+}
+
+// poll is a leader's first read, which waits for its reply to begin
+// (now is when it began). A reply that comes within spinFor is caught
+// by polling the socket with non-blocking reads instead of sleeping in
+// read(2): then no thread is put to sleep and woken on either side of
+// the round trip, which on the reference machine saves more than the
+// polling costs (docs/BENCHMARKS.md). Polling stops for a Conn whose
+// replies take longer (Conn.spin, shared with the followers' spinWait)
+// until a reply comes quickly again, and only one goroutine of the
+// process polls or spins at a time.
+func (r *reader) poll(p []byte, now time.Time) (int, error) {
+	c := r.c
+	if !c.spin.Load() || !spinning.CompareAndSwap(false, true) {
+		n, err := c.sock.read(p)
+		if err == nil && time.Since(now) < spinFor {
+			c.spin.Store(true)
+		}
+		return n, err
+	}
+	defer spinning.Store(false)
+	for deadline := now.Add(spinFor); ; {
+		n, err := c.sock.readNow(p)
+		if err != unix.EAGAIN {
+			return n, err
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		// The peer may have been woken on this CPU: let it run.
+		yieldThread()
+	}
+	c.spin.Store(false)
+	return c.sock.read(p)
+}
+
+// readInto reads into p[*got:] straight from the socket until p is full,
+// counting progress in *got so that a read cut short (errSlice) can be
+// resumed. The destination of a large read is first brought to a 64-byte
+// boundary: the kernel copies to unaligned memory at about half speed
+// on the reference machine (docs/BENCHMARKS.md).
+func (r *reader) readInto(p []byte, got *int) error {
+	for *got < len(p) {
+		q := p[*got:]
+		if len(q) >= alignThreshold {
+			if off := int(uintptr(unsafe.Pointer(unsafe.SliceData(q))) & 63); off != 0 {
+				q = q[:64-off]
+			}
+		}
+		n, err := r.read(q)
+		*got += n
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// skip skips *left payload bytes, counting progress in *left.
+func (r *reader) skip(left *int) error {
+	for *left > 0 {
+		if r.r == r.w {
+			if err := r.fill(1); err != nil {
+				return err
+			}
+		}
+		k := min(*left, r.w-r.r)
+		r.r += k
+		*left -= k
+	}
+	return nil
+}
+
+// discard skips n payload bytes (background reader only).
+func (r *reader) discard(n int) error {
+	if err := r.skip(&n); err != nil {
+		return r.readErr(err)
+	}
+	return nil
+}
+
+// readPayload reads h's payload into a new slice (background reader
+// only: it never stops half way).
+func (r *reader) readPayload(h Header) ([]byte, error) {
+	n := int(h.Length)
+	if n == 0 {
+		return nil, nil
+	}
+	p := make([]byte, n)
+	m := copy(p, r.buf[r.r:r.w])
+	r.r += m
+	if err := r.readInto(p, &m); err != nil {
+		return nil, r.readErr(err)
+	}
+	return p, nil
+}
+
+// payloadView returns the next n bytes, valid until the next read: a
+// slice of buf when they fit, else of big (background reader only).
+func (r *reader) payloadView(n int) ([]byte, error) {
+	if n <= len(r.buf) {
+		if err := r.fill(n); err != nil {
+			return nil, err
+		}
+		p := r.buf[r.r : r.r+n]
+		r.r += n
+		return p, nil
+	}
+	if r.big == nil {
+		select {
+		case r.big = <-r.c.spare: // lent to finishLater, now back
+		default:
+		}
+	}
+	if cap(r.big) < n {
+		r.big = make([]byte, n)
+	}
+	p := r.big[:n]
+	m := copy(p, r.buf[r.r:r.w])
+	r.r += m
+	return p, r.readInto(p, &m)
+}

@@ -1,0 +1,210 @@
+//go:build linux
+
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Requests from the peer. Only the background reader takes them in (a
+// leader leaves them to it), so everything here that may wait (for room
+// in a budget, a handler slot, the write lock) waits on the background
+// reader's time, never a caller's.
+
+// Request is a request passed to a [Handler]. The handler owns Payload.
+type Request struct {
+	Type    Type
+	Payload []byte
+}
+
+// Handler answers requests that a Conn does not answer itself: message,
+// status, shutdown, reload and, with [ConnConfig.ForwardEcho], echo. A
+// shutdown request reaches the Handler only after every request that
+// arrived before it has been answered, and later ones are refused.
+// Each call runs in its own goroutine; ctx is cancelled when the Conn
+// closes, and a handler must return soon after. A returned
+// *[RemoteError] is sent as is; any other error is sent as
+// [CodeInternal] with the error's text. A Handler must not call Close
+// on its own Conn (Close waits for handlers to return).
+type Handler func(ctx context.Context, req Request) ([]byte, error)
+
+// answerInline answers a ping or an echo from the read buffer, without
+// copying or allocating (unless the peer is not reading; see reply).
+// The reply is held (budget.go) from before its payload is read until
+// it is written. An echo that finds no room in the shared Budget is
+// skipped and refused; a pong is too small to be refused.
+func (r *reader) answerInline(h Header, limit uint32) error {
+	c := r.c
+	if h.Length > limit {
+		return r.protocolErr(h.ID, &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
+	}
+	n := frameCost(int(h.Length))
+	ok, err := c.admit(n, h.Type != TypePing)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return r.refuseUnread(h, CodeUnavailable, errNoBudget)
+	}
+	p, err := r.payloadView(int(h.Length))
+	if err != nil {
+		c.release(n)
+		return r.readErr(err)
+	}
+	return r.reply(Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p, n)
+}
+
+// dispatch runs the Handler for a request in its own goroutine.
+//
+// A shutdown request drains the Conn: requests that arrive after it are
+// refused with CodeShutdown (pings and echoes are still answered), and
+// its own reply goes out only once every request that arrived before it
+// has been answered, after the Handler (if any) has seen it. So a peer
+// that closes when it gets the shutdown reply loses no reply.
+//
+// Refused requests are skipped unread. A request handed to the Handler
+// is held (budget.go) with room for its reply from before its payload
+// is read until the reply is written, and keeps its handler slot until
+// the reply's turn to be written comes.
+func (r *reader) dispatch(h Header) error {
+	c := r.c
+	switch {
+	case r.draining:
+		return r.refuseUnread(h, CodeShutdown, "shutting down")
+	case h.Type == TypeShutdown:
+		n, hint := requestCost(h)
+		ok, err := c.admit(n, true)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return r.refuseUnread(h, CodeUnavailable, errNoBudget)
+		}
+		p, err := r.readPayload(h)
+		if err != nil {
+			c.release(n)
+			return err
+		}
+		r.draining = true
+		c.handlers.Add(1)
+		go func() {
+			defer c.handlers.Done()
+			c.inflight.Wait()
+			var (
+				resp []byte
+				err  error
+			)
+			if c.cfg.Handler != nil {
+				resp, err = c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
+			}
+			c.answer(h, resp, err, n, hint, false)
+		}()
+		return nil
+	case c.cfg.Handler == nil:
+		return r.refuseUnread(h, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
+	}
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		return r.refuseUnread(h, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
+	}
+	n, hint := requestCost(h)
+	ok, err := c.admit(n, true)
+	if !ok || err != nil {
+		<-c.sem
+		if err != nil {
+			return err
+		}
+		return r.refuseUnread(h, CodeUnavailable, errNoBudget)
+	}
+	p, err := r.readPayload(h)
+	if err != nil {
+		<-c.sem
+		c.release(n)
+		return err
+	}
+	c.handlers.Add(1)
+	c.inflight.Add(1)
+	go func() {
+		defer c.handlers.Done()
+		defer c.inflight.Done() // after the reply is written
+		resp, err := c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
+		c.answer(h, resp, err, n, hint, true)
+	}()
+	return nil
+}
+
+// answer writes a handler's result as the reply to request h. n bytes
+// are held for the request, hint of them for its reply; the difference
+// to the real reply is settled first, and everything is released once
+// the reply is written (or the Conn closes). With slot set, the handler
+// slot is given back as soon as the reply's turn to be written comes:
+// a peer that sends its next request only after this reply must find a
+// slot free, while replies waiting their turn keep theirs, so that at
+// most MaxConcurrent of them wait.
+func (c *Conn) answer(h Header, resp []byte, err error, n, hint int64, slot bool) {
+	deadline := time.Now().Add(c.cfg.WriteTimeout)
+	rh := Header{Type: h.Type, Flags: FlagReply, ID: h.ID}
+	if err != nil {
+		var re *RemoteError
+		if !errors.As(err, &re) {
+			re = &RemoteError{Code: CodeInternal, Message: err.Error()}
+		}
+		rh.Type, resp = TypeError, AppendError(nil, re.Code, re.Message)
+	} else if len(resp) > int(c.cfg.MaxPayload) {
+		rh.Type, resp = TypeError, AppendError(nil, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
+	}
+	if d := frameCost(len(resp)) - hint; d > 0 {
+		c.force(d)
+		n += d
+	} else if d < 0 {
+		c.release(-d)
+		n += d
+	}
+	c.writeReply(rh, resp, n, deadline, slot)
+}
+
+// sendError writes an error reply from a goroutine that may wait for
+// the write lock. Failing to write it means the Conn is closing anyway.
+func (c *Conn) sendError(id uint64, code uint16, msg string) {
+	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
+}
+
+// refuseUnread skips request h's payload without reading it into
+// memory and answers it with an error.
+func (r *reader) refuseUnread(h Header, code uint16, msg string) error {
+	if err := r.discard(int(h.Length)); err != nil {
+		return err
+	}
+	return r.refuse(h.ID, code, msg)
+}
+
+// refuse answers a request with an error. The error reply is held like
+// any other (it is small: it waits for room in the Conn's bound but not
+// in a shared Budget).
+func (r *reader) refuse(id uint64, code uint16, msg string) error {
+	p := AppendError(nil, code, msg)
+	n := frameCost(len(p))
+	if _, err := r.c.admit(n, false); err != nil {
+		return err
+	}
+	return r.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
+}
+
+// protocolErr tells the peer what it did wrong (best effort) and
+// returns err for the holder of the read side to close the Conn with.
+func (r *reader) protocolErr(id uint64, err error) error {
+	code := CodeProtocol
+	if errors.Is(err, ErrFrameTooLarge) {
+		code = CodeTooLarge
+	}
+	// The Conn closes right after: the reply is held without waiting.
+	p := AppendError(nil, code, err.Error())
+	n := frameCost(len(p))
+	r.c.force(n)
+	r.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
+	return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: err}
+}
