@@ -17,14 +17,18 @@
 // # Conn
 //
 // [NewConn] wraps a connected socket in a [Conn]. A Conn keeps its fd in
-// blocking mode and gives it a dedicated reader goroutine that sits in
-// read(2), as a C program would, answers pings and echoes itself
-// without allocating, hands other requests to the [Handler], and passes
-// replies to the goroutines blocked in [Conn.Call]. Writes take a mutex
-// and go out as one blocking sendmsg(2) whose wait is cut into short
+// blocking mode and reads it as a C program would, in read(2). The read
+// side is one token: a caller of [Conn.Call] that is alone in waiting
+// takes it and reads its own reply on its own thread (leader/follower),
+// handing it to the next waiting caller when done; otherwise a
+// background reader holds it, answers pings and echoes itself without
+// allocating, hands other requests to the [Handler] and passes replies
+// to the callers waiting for them. Writes are serialised by a FIFO lock
+// and go out as blocking sendmsg(2) calls whose wait is cut into short
 // slices (SO_SNDTIMEO), between which the writer checks its deadline, so
-// a peer that stops reading cannot block a writer forever. With
-// [ConnConfig].Poll the Conn waits through the Go runtime's poller
+// a peer that stops reading cannot block a writer forever; what a Conn
+// holds for its peer is bounded ([ConnConfig].MaxBuffered, [Budget]).
+// With [ConnConfig].Poll the Conn waits through the Go runtime's poller
 // instead: slower per round trip, but without an OS thread per idle
 // connection; servers switch to it past [ServerConfig].PollAbove
 // clients. Every fd this package creates is close-on-exec.
