@@ -20,8 +20,8 @@ import (
 func TestPing(t *testing.T) {
 	t.Parallel()
 	c, h := dialHelper(t, "serve", ipc.ConnConfig{Name: "test"})
-	if p := c.Peer(); p.Name != "serve" || int(p.PID) != h.cmd.Process.Pid || p.MinVersion != ipc.MinProtocolVersion || p.MaxVersion != ipc.ProtocolVersion {
-		t.Errorf("Peer() = %+v, want serve, pid %d, versions %d..%d", p, h.cmd.Process.Pid, ipc.MinProtocolVersion, ipc.ProtocolVersion)
+	if p := c.Peer(); p.Name != "serve" || int(p.PID) != h.Cmd.Process.Pid || p.MinVersion != ipc.MinProtocolVersion || p.MaxVersion != ipc.ProtocolVersion {
+		t.Errorf("Peer() = %+v, want serve, pid %d, versions %d..%d", p, h.Cmd.Process.Pid, ipc.MinProtocolVersion, ipc.ProtocolVersion)
 	}
 	if v := c.Version(); v != ipc.ProtocolVersion {
 		t.Errorf("Version() = %d, want %d", v, ipc.ProtocolVersion)

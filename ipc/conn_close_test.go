@@ -59,7 +59,7 @@ func TestPeerKilled(t *testing.T) {
 	for range 3 {
 		recv(t, blocked, "report of a blocked handler")
 	}
-	if err := h.cmd.Process.Kill(); err != nil {
+	if err := h.Cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {

@@ -362,9 +362,9 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 	rd := bufio.NewReader(ch)
 	line, err := rd.ReadString('\n')
 	if err != nil {
-		h.cmd.Process.Kill()
+		h.Cmd.Process.Kill()
 		h.wait(t)
-		t.Fatalf("helper: %v; stderr:\n%s", err, h.stderr)
+		t.Fatalf("helper: %v; stderr:\n%s", err, h.Stderr.String())
 	}
 	var limit int
 	if _, err := fmt.Sscanf(line, "limit %d", &limit); err != nil || limit <= 0 || limit >= hostileRlimit {
@@ -381,9 +381,9 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 		var b [1]byte
 		if n, err := hostileRead(fd, b[:]); n != 1 || err != nil {
-			h.cmd.Process.Kill()
+			h.Cmd.Process.Kill()
 			h.wait(t)
-			t.Fatalf("client %d of %d: read %d bytes, %v; want its echo; helper stderr:\n%s", i, clients, n, err, h.stderr)
+			t.Fatalf("client %d of %d: read %d bytes, %v; want its echo; helper stderr:\n%s", i, clients, n, err, h.Stderr.String())
 		}
 	}
 	rc, err := ch.SyscallConn()
@@ -397,9 +397,9 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 	ch.SetReadDeadline(time.Now().Add(udsWait))
 	line, err = rd.ReadString('\n')
 	if err != nil {
-		h.cmd.Process.Kill()
+		h.Cmd.Process.Kill()
 		h.wait(t)
-		t.Fatalf("helper stats: %v; stderr:\n%s", err, h.stderr)
+		t.Fatalf("helper stats: %v; stderr:\n%s", err, h.Stderr.String())
 	}
 	h.exitOK(t)
 	var active, accepted, evicted int
@@ -410,7 +410,7 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 	if active > limit || accepted != clients {
 		t.Errorf("%d active, %d accepted; want at most %d active and all %d accepted", active, accepted, limit, clients)
 	}
-	stderr := h.stderr.String()
+	stderr := h.Stderr.String()
 	if !strings.Contains(stderr, "max_conns=15000") || !strings.Contains(stderr, fmt.Sprintf("lowered_to=%d", limit)) {
 		t.Errorf("no warning about the lowered MaxConns; stderr:\n%s", stderr)
 	}

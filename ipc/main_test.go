@@ -3,20 +3,14 @@
 package ipc_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,8 +24,20 @@ import (
 // the child end of a socketpair as fd 3, and TestMain runs that role
 // instead of the tests.
 
-// helperEnv names the helper role a child process must play.
-const helperEnv = "PAIRVISOR_IPC_HELPER"
+// harness runs the roles; see testutil.Harness.
+var harness = testutil.NewHarness(testutil.HarnessConfig{})
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+func registerHelper(role string, f func(args ...string) int) { harness.Register(role, f) }
+
+func init() {
+	registerHelper("serve", helperServe)
+	registerHelper("mute", helperMute)
+	for _, g := range garbageCases {
+		registerHelper("garbage-"+g.name, func(...string) int { return helperGarbage(g) })
+	}
+}
 
 // Bounds on waits for helper processes. They are generous because the
 // suite runs under -race on two cores; a healthy run takes milliseconds.
@@ -40,198 +46,25 @@ const (
 	helperExitTimeout  = 10 * time.Second
 )
 
-// helpers maps a role to its implementation, which returns the exit code.
-// It is filled in init and read-only afterwards.
-var helpers = map[string]func(args ...string) int{}
-
-// helperUsed records the roles a test started. Once every test has run and
-// passed, a registered role that no test used fails the run.
-var helperUsed sync.Map
-
-func registerHelper(role string, f func(args ...string) int) {
-	if helpers[role] != nil {
-		panic("duplicate helper role " + role)
-	}
-	helpers[role] = f
-}
-
-func init() {
-	// Panic, with the creating stack, when a started exec.Cmd is garbage
-	// collected without Wait (exec_test.go does the same).
-	godebug := os.Getenv("GODEBUG")
-	if godebug != "" {
-		godebug += ","
-	}
-	os.Setenv("GODEBUG", godebug+"execwait=2")
-
-	registerHelper("serve", helperServe)
-	registerHelper("mute", helperMute)
-	for _, g := range garbageCases {
-		registerHelper("garbage-"+g.name, func(...string) int { return helperGarbage(g) })
-	}
-}
-
-func TestMain(m *testing.M) {
-	if role := os.Getenv(helperEnv); role != "" {
-		f := helpers[role]
-		if f == nil {
-			fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
-			os.Exit(2)
-		}
-		os.Exit(f(os.Args[1:]...))
-	}
-	flag.Parse()
-
-	// Create the runtime's netpoller descriptors (epoll, eventfd) now, so
-	// that their lazy creation by the first pipe a test opens is not
-	// counted as a leak.
-	if r, w, err := os.Pipe(); err == nil {
-		r.Close()
-		w.Close()
-	}
-	fds0, fdErr := openFDs()
-	goroutines0 := runtime.NumGoroutine()
-
-	code := m.Run()
-
-	if code == 0 && flagValue("test.run") == "" && flagValue("test.list") == "" &&
-		flagValue("test.skip") == "" && flagValue("test.fuzzworker") != "true" {
-		for role := range helpers {
-			if _, ok := helperUsed.Load(role); !ok {
-				fmt.Fprintf(os.Stderr, "helper role %q registered but never used\n", role)
-				code = 1
-			}
-		}
-	}
-	// The fuzzing engine keeps goroutines of its own (os/signal's loop)
-	// running after m.Run: no goroutine count to compare then.
-	if code == 0 && flagValue("test.fuzz") == "" {
-		if err := checkLeaks(fds0, fdErr, goroutines0); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = 1
-		}
-	}
-	// A couple of GC cycles give the execwait=2 finalizers a chance to
-	// report an exec.Cmd that was started but never waited for.
-	runtime.GC()
-	runtime.GC()
-	os.Exit(code)
-}
-
-func flagValue(name string) string {
-	if f := flag.Lookup(name); f != nil {
-		return f.Value.String()
-	}
-	return ""
-}
-
-// checkLeaks reports descriptors or goroutines left over by the tests. It
-// retries for a bounded time: a Conn's reader, a helper's Wait goroutine
-// or os/exec's copying goroutine may be a few scheduling rounds from
-// exiting when the last test returns.
-func checkLeaks(fds0 []string, fdErr error, goroutines0 int) error {
-	// No collections meanwhile: the finalizer of an unreachable *os.File
-	// would close a leaked descriptor and hide it.
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var problems []string
-		if fdErr == nil {
-			fds, err := openFDs()
-			if err != nil {
-				problems = append(problems, err.Error())
-			} else if len(fds) != len(fds0) {
-				problems = append(problems, fmt.Sprintf("%d descriptors open at start, %d now:\n  before: %s\n  after:  %s",
-					len(fds0), len(fds), strings.Join(fds0, " "), strings.Join(fds, " ")))
-			}
-		}
-		if stacks := leakedGoroutines(); len(stacks) > 0 {
-			problems = append(problems, fmt.Sprintf("%d goroutines left by tests (%d running, %d at start):\n\n%s",
-				len(stacks), runtime.NumGoroutine(), goroutines0, strings.Join(stacks, "\n\n")))
-		} else if n := runtime.NumGoroutine(); n > goroutines0 {
-			problems = append(problems, fmt.Sprintf("%d goroutines running, %d at start:\n\n%s", n, goroutines0, testutil.Stacks()))
-		}
-		if len(problems) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errors.New("leak check failed:\n" + strings.Join(problems, "\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// openFDs lists this process's open descriptors as "fd->target".
-func openFDs() ([]string, error) {
-	open, err := testutil.OpenFDs()
-	if err != nil {
-		return nil, err
-	}
-	var fds []string
-	for _, fd := range open {
-		fds = append(fds, fd.String())
-	}
-	return fds, nil
-}
-
-// leakedGoroutines returns the stacks of goroutines, other than the
-// caller's, that run code of this package, its tests or os/exec.
-func leakedGoroutines() []string {
-	var leaked []string
-	for i, g := range strings.Split(testutil.Stacks(), "\n\n") {
-		if i == 0 { // the calling goroutine
-			continue
-		}
-		if strings.Contains(g, "pairvisor/pairvisor/ipc") || strings.Contains(g, "os/exec.") {
-			leaked = append(leaked, g)
-		}
-	}
-	return leaked
-}
-
-// helper is a child process playing a role, with our end of its channel.
+// helper is a child process playing a role.
 type helper struct {
-	role   string
-	cmd    *exec.Cmd
-	stderr *bytes.Buffer // written by os/exec until Wait returns
-	waited bool
+	*testutil.Process
+	waited bool // a test waited for it: its cleanup does not
 }
 
 // startHelper starts role in a child process. It returns our end of the
 // socketpair whose other end is the child's fd 3; the caller owns it.
-// The child is killed and waited for at cleanup if the test has not
-// waited for it.
+// The child is killed and reaped at cleanup if still running.
 func startHelper(tb testing.TB, role string, args ...string) (*helper, *os.File) {
 	tb.Helper()
-	if helpers[role] == nil {
-		tb.Fatalf("unknown helper role %q", role)
-	}
-	helperUsed.Store(role, true)
 	parent, child, err := ipc.Socketpair()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	h := &helper{role: role, stderr: new(bytes.Buffer)}
-	h.cmd = exec.Command(os.Args[0], args...)
-	// A race-enabled binary sleeps a second before exiting unless told
-	// otherwise; helpers exit often.
-	race := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	h.cmd.Env = append(os.Environ(), helperEnv+"="+role, "GORACE="+race)
-	h.cmd.ExtraFiles = []*os.File{child}
-	h.cmd.Stderr = h.stderr
-	err = h.cmd.Start()
-	child.Close() // the child has its copy; ours would hide its EOF
-	if err != nil {
-		parent.Close()
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if !h.waited {
-			h.cmd.Process.Kill()
-			h.wait(tb)
-		}
-	})
-	return h, parent
+	cmd := harness.Command(tb, role, args...)
+	cmd.ExtraFiles = []*os.File{child}
+	defer child.Close() // the child has its copy; ours would hide its EOF
+	return &helper{Process: testutil.StartProcess(tb, cmd)}, parent
 }
 
 // dialHelper starts role and establishes a Conn with it. At cleanup the
@@ -243,9 +76,7 @@ func dialHelper(tb testing.TB, role string, cfg ipc.ConnConfig, args ...string) 
 	defer cancel()
 	c, err := ipc.NewConn(ctx, f, cfg)
 	if err != nil {
-		h.cmd.Process.Kill()
-		h.wait(tb)
-		tb.Fatalf("NewConn with helper %s: %v", role, err)
+		tb.Fatalf("NewConn with helper %s: %v\n%s", role, err, h.Output())
 	}
 	tb.Cleanup(func() {
 		c.Close()
@@ -261,25 +92,14 @@ func dialHelper(tb testing.TB, role string, cfg ipc.ConnConfig, args ...string) 
 func (h *helper) wait(tb testing.TB) error {
 	tb.Helper()
 	h.waited = true
-	done := make(chan error, 1)
-	go func() { done <- h.cmd.Wait() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(helperExitTimeout):
-		h.cmd.Process.Kill()
-		err := <-done
-		tb.Errorf("helper %s did not exit within %v; killed (%v); stderr:\n%s", h.role, helperExitTimeout, err, h.stderr)
-		return err
-	}
+	return h.Wait(tb, helperExitTimeout)
 }
 
 // exitOK waits for the helper and fails the test unless it exited 0.
 func (h *helper) exitOK(tb testing.TB) {
 	tb.Helper()
-	if err := h.wait(tb); err != nil {
-		tb.Errorf("helper %s: %v; stderr:\n%s", h.role, err, h.stderr)
-	}
+	h.waited = true
+	h.WaitOK(tb, helperExitTimeout)
 }
 
 // Messages understood by the serve helper's handler. Any other
