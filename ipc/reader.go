@@ -149,7 +149,7 @@ func (c *Conn) background(r *reader) {
 		if err := c.sock.lead(false); err != nil {
 			r.err = &OpError{Op: "read", Addr: c.cfg.Addr, Err: err}
 		} else if r.err == nil {
-			why = r.run(nil, nil)
+			why = r.run(context.Background(), nil) // ctx matters only to a leader
 		}
 		if why == stopEnded {
 			c.teardown(r)
