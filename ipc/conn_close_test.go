@@ -86,15 +86,7 @@ func TestPeerKilled(t *testing.T) {
 // has a call pending on it.
 func TestPeerCloses(t *testing.T) {
 	t.Parallel()
-	blk := newBlocker(0)
-	a, b := pair(t, ipc.ConnConfig{}, ipc.ConnConfig{Handler: blk.handle})
-	errc := make(chan error, 1)
-	cctx := ctxTimeout(t, waitTimeout)
-	go func() {
-		_, err := a.Call(cctx, ipc.TypeMessage, []byte(msgBlock), nil)
-		errc <- err
-	}()
-	recv(t, blk.started, "handler start")
+	a, b, errc := pendingCall(t)
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -109,15 +101,7 @@ func TestPeerCloses(t *testing.T) {
 
 func TestClose(t *testing.T) {
 	t.Parallel()
-	blk := newBlocker(0)
-	a, b := pair(t, ipc.ConnConfig{}, ipc.ConnConfig{Handler: blk.handle})
-	errc := make(chan error, 1)
-	cctx := ctxTimeout(t, waitTimeout)
-	go func() {
-		_, err := a.Call(cctx, ipc.TypeMessage, []byte(msgBlock), nil)
-		errc <- err
-	}()
-	recv(t, blk.started, "handler start")
+	a, b, errc := pendingCall(t)
 
 	const closers = 8
 	closed := make(chan error, closers)
@@ -192,4 +176,20 @@ func TestCloseDuringWrite(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pendingCall returns an in-process pair whose a side has a call pending
+// in b's handler, and the channel that gets the call's result.
+func pendingCall(t *testing.T) (a, b *ipc.Conn, errc chan error) {
+	t.Helper()
+	blk := newBlocker(0)
+	a, b = pair(t, ipc.ConnConfig{}, ipc.ConnConfig{Handler: blk.handle})
+	errc = make(chan error, 1)
+	cctx := ctxTimeout(t, waitTimeout)
+	go func() {
+		_, err := a.Call(cctx, ipc.TypeMessage, []byte(msgBlock), nil)
+		errc <- err
+	}()
+	recv(t, blk.started, "handler start")
+	return a, b, errc
 }

@@ -310,3 +310,20 @@ func logTail(out string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// readyWorkerReport starts a supervisor of one roleName worker, waits
+// until it is ready and returns the run and what the worker wrote to its
+// envFile before its hello.
+func readyWorkerReport(t *testing.T, roleName string) (*run, []byte) {
+	t.Helper()
+	file := tempFile(t, roleName)
+	cfg := testConfig(t, roleName, 1)
+	cfg.Env = append(cfg.Env, envFile+"="+file)
+	r := startSupervisor(t, cfg)
+	r.waitReady()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, b
+}

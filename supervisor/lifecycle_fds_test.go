@@ -78,15 +78,7 @@ func TestWorkersInheritOnlyTheContract(t *testing.T) {
 	}
 	defer unix.Close(fd)
 
-	file := tempFile(t, "fds.json")
-	cfg := testConfig(t, "fd-report", 1)
-	cfg.Env = append(cfg.Env, envFile+"="+file)
-	r := startSupervisor(t, cfg)
-	r.waitReady()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, b := readyWorkerReport(t, "fd-report")
 	var rep fdReport
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatalf("%s: %v", b, err)

@@ -263,15 +263,7 @@ func joinGroupWorker(w *worker.Worker, file string) int {
 // process group, where the orphan sweeper would leave it alone.
 func TestDescendantCannotJoinOurGroup(t *testing.T) {
 	t.Parallel()
-	file := tempFile(t, "join")
-	cfg := testConfig(t, "join-group", 1)
-	cfg.Env = append(cfg.Env, envFile+"="+file)
-	r := startSupervisor(t, cfg)
-	r.waitReady()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, b := readyWorkerReport(t, "join-group")
 	if !strings.HasPrefix(string(b), "refused") {
 		t.Errorf("a worker's child joined the supervisor's process group (%s)", b)
 	}
