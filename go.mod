@@ -3,6 +3,7 @@ module github.com/pairvisor/pairvisor
 go 1.26.8
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/hashicorp/go-hclog v1.6.3
 	golang.org/x/sys v0.50.0
 )
