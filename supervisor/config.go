@@ -5,6 +5,9 @@ package supervisor
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -14,16 +17,20 @@ import (
 
 // Defaults for the zero fields of [Config].
 const (
-	DefaultWorkers       = 1
-	DefaultPingInterval  = time.Second
-	DefaultPingTimeout   = time.Second
-	DefaultPingMisses    = 3
-	DefaultStartTimeout  = 10 * time.Second
-	DefaultStopTimeout   = 5 * time.Second
-	DefaultBackoffMin    = 100 * time.Millisecond
-	DefaultBackoffMax    = 30 * time.Second
-	DefaultHealthyAfter  = 10 * time.Second
-	DefaultRestartWindow = time.Minute
+	DefaultWorkers        = 1
+	DefaultPingInterval   = time.Second
+	DefaultPingTimeout    = time.Second
+	DefaultPingMisses     = 3
+	DefaultStartTimeout   = 10 * time.Second
+	DefaultStopTimeout    = 5 * time.Second
+	DefaultBackoffMin     = 100 * time.Millisecond
+	DefaultBackoffMax     = 30 * time.Second
+	DefaultHealthyAfter   = 10 * time.Second
+	DefaultRestartWindow  = time.Minute
+	DefaultReadyAfter     = time.Second
+	DefaultHealthInterval = 10 * time.Second
+	DefaultHealthTimeout  = 5 * time.Second
+	DefaultHealthMisses   = 3
 )
 
 // RestartPolicy says when a worker that ended is started again.
@@ -54,23 +61,105 @@ func ParseRestartPolicy(s string) (RestartPolicy, error) {
 	return 0, fmt.Errorf("supervisor: unknown restart policy %q (want always, on-failure or never)", s)
 }
 
+// ReadyMode says how a worker shows that it is ready.
+type ReadyMode uint8
+
+// Ready modes.
+const (
+	// ReadyHello: a worker speaking the protocol is ready at its hello
+	// on fd 3 and health-checked with pings.
+	ReadyHello ReadyMode = iota
+	// ReadyNotify: a worker is ready when it sends "READY=1" to the
+	// NOTIFY_SOCKET the supervisor gives it (the sd_notify protocol of
+	// systemd's Type=notify); see docs/PROTOCOL.md, "Readiness".
+	ReadyNotify
+	// ReadyStarted: a worker is ready once it has stayed alive
+	// ReadyAfter; its health is its liveness (plus HealthCmd).
+	ReadyStarted
+)
+
+var readyNames = [...]string{"hello", "notify", "started"}
+
+// String returns the mode's name, as ParseReadyMode takes it.
+func (m ReadyMode) String() string {
+	if int(m) < len(readyNames) {
+		return readyNames[m]
+	}
+	return fmt.Sprintf("ReadyMode(%d)", m)
+}
+
+// ParseReadyMode parses "hello", "notify" or "started".
+func ParseReadyMode(s string) (ReadyMode, error) {
+	for i, n := range readyNames {
+		if n == s {
+			return ReadyMode(i), nil
+		}
+	}
+	return 0, fmt.Errorf("supervisor: unknown ready mode %q (want hello, notify or started)", s)
+}
+
 // Config configures a [Supervisor]. A zero field means its default.
 type Config struct {
 	// Workers is the number of workers to keep running (default 1).
 	Workers int
 
-	// Executable is the program to start as each worker. Empty means
-	// this process's own executable (os.Executable), re-executed: the
+	// Name names the program the workers run: each worker logs under
+	// "NAME.N" and Status carries it (default "worker").
+	Name string
+
+	// Executable is the program to start as each worker: a path, or a
+	// bare name looked up in PATH as a shell does (exec.LookPath); New
+	// fails with ErrExecutable if it is missing or not executable.
+	// Empty means this process's own executable (os.Executable),
+	// re-executed: the
 	// program calls worker.FromEnv early in main to tell the two roles
 	// apart.
 	Executable string
 
-	// Args are the worker's arguments, not counting argv[0].
+	// Args are the worker's arguments, not counting argv[0]. In Args,
+	// in Env's values and in HealthCmd, "%i" stands for the worker's
+	// slot number (1 … Workers) and "%%" for a literal "%", as in a
+	// systemd template unit, so that copies can differ (ports, data
+	// directories); any other "%" is left as it is.
 	Args []string
 
 	// Env is added to the supervisor's environment for each worker,
 	// after the PAIRVISOR_ contract variables are stripped from it.
 	Env []string
+
+	// Ready is how a worker shows that it is ready (default
+	// [ReadyHello]): only ready workers are sent requests and
+	// health-checked, and StartTimeout bounds the wait.
+	Ready ReadyMode
+	// ReadyAfter is, for [ReadyStarted], how long a worker must stay
+	// alive to count as ready (default 1s), like supervisord's
+	// startsecs. StartTimeout does not apply then.
+	ReadyAfter time.Duration
+	// Watchdog is, for [ReadyNotify], the interval passed to each worker
+	// as WATCHDOG_USEC: a ready worker that sends no "WATCHDOG=1" for
+	// that long, or sends "WATCHDOG=trigger", is hung, killed and
+	// restarted, as under systemd's WatchdogSec. Zero: no watchdog.
+	Watchdog time.Duration
+
+	// HealthCmd, if set, is a command (argv, "%i" expanded) run for
+	// every ready worker each HealthInterval (default 10s), whatever the
+	// Ready mode: a nonzero exit, or no exit within HealthTimeout
+	// (default 5s; the command's process group is then killed), is a
+	// miss, and HealthMisses misses in a row (default 3) declare the
+	// worker hung. Its output goes to the worker's log, at most 4 KiB
+	// of it per run. It runs in the supervisor's environment plus
+	// PAIRVISOR_PROBE_WORKER (the slot number) and PAIRVISOR_PROBE_PID
+	// (the worker's pid); PATH is searched for HealthCmd[0].
+	HealthCmd      []string
+	HealthInterval time.Duration
+	HealthTimeout  time.Duration
+	HealthMisses   int
+
+	// StopSignal is the signal that asks a worker to stop (default
+	// SIGTERM): sent at half of StopTimeout to a worker that has a
+	// channel (after the shutdown message), at once to one that has
+	// none (a program that does not speak the protocol).
+	StopSignal syscall.Signal
 
 	// Dir is the workers' working directory; empty means ours.
 	Dir string
@@ -86,14 +175,16 @@ type Config struct {
 	// then killed and restarted under the policy (default 3).
 	PingMisses int
 
-	// StartTimeout bounds the time from spawn to the worker's hello
-	// (default 10s). A worker is "starting" until its hello: it is
-	// neither sent requests nor pinged before then.
+	// StartTimeout bounds the time from spawn to the worker's
+	// readiness, its hello or its "READY=1" (default 10s); a worker not
+	// ready by then is killed. A worker is "starting" until ready: it is
+	// neither sent requests nor health-checked before then.
 	StartTimeout time.Duration
 
 	// StopTimeout bounds a graceful stop: the shutdown message at once,
-	// SIGTERM to the worker's process group at half the timeout, SIGKILL
-	// at the end (default 5s).
+	// StopSignal to the worker's process group at half the timeout (at
+	// once to a worker without a channel), SIGKILL at the end
+	// (default 5s).
 	StopTimeout time.Duration
 
 	// Restart is the restart policy (default [RestartOnFailure]).
@@ -154,6 +245,54 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("supervisor: finding own executable: %w", err)
 		}
 		c.Executable = exe
+	} else {
+		exe, err := exec.LookPath(c.Executable)
+		if err != nil {
+			return c, fmt.Errorf("%w: %w", ErrExecutable, err)
+		}
+		if !filepath.IsAbs(exe) {
+			if exe, err = filepath.Abs(exe); err != nil {
+				return c, fmt.Errorf("%w: %w", ErrExecutable, err)
+			}
+		}
+		c.Executable = exe
+	}
+	if c.Name == "" {
+		c.Name = "worker"
+	}
+	if c.Ready > ReadyStarted {
+		return c, fmt.Errorf("supervisor: unknown Ready mode %d", c.Ready)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"ReadyAfter", c.ReadyAfter}, {"Watchdog", c.Watchdog}, {"HealthInterval", c.HealthInterval}, {"HealthTimeout", c.HealthTimeout}} {
+		if d.v < 0 {
+			return c, fmt.Errorf("supervisor: %s is %v, want a positive duration or zero for the default", d.name, d.v)
+		}
+	}
+	if c.Watchdog > 0 && c.Ready != ReadyNotify {
+		return c, fmt.Errorf("supervisor: Watchdog needs Ready: ReadyNotify (the worker feeds it with WATCHDOG=1)")
+	}
+	if len(c.HealthCmd) > 0 {
+		if c.HealthCmd[0] == "" {
+			return c, fmt.Errorf("supervisor: HealthCmd has an empty command name")
+		}
+		c.HealthCmd = append([]string(nil), c.HealthCmd...)
+	}
+	def0 := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def0(&c.ReadyAfter, DefaultReadyAfter)
+	def0(&c.HealthInterval, DefaultHealthInterval)
+	def0(&c.HealthTimeout, DefaultHealthTimeout)
+	if c.HealthMisses <= 0 {
+		c.HealthMisses = DefaultHealthMisses
+	}
+	if c.StopSignal == 0 {
+		c.StopSignal = syscall.SIGTERM
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {

@@ -24,6 +24,15 @@ var (
 
 	// ErrAlreadyRun is returned by a second call to Run.
 	ErrAlreadyRun = errors.New("supervisor: Run called twice")
+
+	// ErrExecutable is returned by New when Config.Executable names no
+	// executable file (not found in PATH, or not executable).
+	ErrExecutable = errors.New("supervisor: cannot run the executable")
+
+	// ErrWorkersFailed is returned by Run when every worker ended for
+	// good (the restart policy restarts none of them) and at least one
+	// of them did not exit with status 0.
+	ErrWorkersFailed = errors.New("supervisor: workers failed")
 )
 
 // ownSpawnError reports that the supervisor could not start a worker

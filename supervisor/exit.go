@@ -25,8 +25,9 @@ const (
 	ExitCode
 	// ExitSignal: the process was killed by Signal.
 	ExitSignal
-	// ExitHung: the process missed Misses health pings in a row and
-	// was killed.
+	// ExitHung: the process failed its health check (Check says
+	// which: Misses pings or health commands in a row, or its watchdog)
+	// and was killed.
 	ExitHung
 	// ExitNoHello: the process sent no hello within Timeout
 	// (Config.StartTimeout) and was killed.
@@ -42,9 +43,23 @@ const (
 	// ExitSpawnFailed: the process could not be started (Err says
 	// why).
 	ExitSpawnFailed
+	// ExitNotReady: the process did not send "READY=1" within Timeout
+	// (Config.StartTimeout; ReadyNotify) and was killed.
+	ExitNotReady
 )
 
-var exitKindNames = [...]string{"none", "exited", "signaled", "hung", "no-hello", "protocol", "channel-closed", "replaced", "spawn-failed"}
+// HealthCheck names the health check an ExitHung failed.
+type HealthCheck uint8
+
+// Health checks.
+const (
+	CheckPing            HealthCheck = iota // pings on the channel (ReadyHello)
+	CheckCommand                            // Config.HealthCmd
+	CheckWatchdog                           // no WATCHDOG=1 within Config.Watchdog (ReadyNotify)
+	CheckWatchdogTrigger                    // the worker sent WATCHDOG=trigger
+)
+
+var exitKindNames = [...]string{"none", "exited", "signaled", "hung", "no-hello", "protocol", "channel-closed", "replaced", "spawn-failed", "not-ready"}
 
 // String returns a short lower-case name of k.
 func (k ExitKind) String() string {
@@ -68,15 +83,18 @@ type ExitReason struct {
 	Signal     syscall.Signal
 	CoreDumped bool
 
-	// Misses counts the unanswered pings of an ExitHung.
+	// Check is the health check an ExitHung failed, and Misses how
+	// many of its pings or commands failed in a row.
+	Check  HealthCheck
 	Misses int
-	// Timeout is the StartTimeout an ExitNoHello ran out of.
+	// Timeout is the StartTimeout an ExitNoHello or ExitNotReady ran
+	// out of, or the Config.Watchdog interval of an ExitHung.
 	Timeout time.Duration
 	// Err is the cause of an ExitProtocol or ExitSpawnFailed.
 	Err error
 
-	// BeforeHello says the process ended before its hello: it never
-	// served.
+	// BeforeHello says the process ended before it was ready (its
+	// hello, READY=1, or ReadyAfter): it never served.
 	BeforeHello bool
 	// Stopped says the process ended as part of the supervisor's stop
 	// (Run's context ended, or the stop signal that ended it came
@@ -96,9 +114,20 @@ func (r ExitReason) String() string {
 	case ExitCode, ExitSignal:
 		s = r.status()
 	case ExitHung:
-		s = fmt.Sprintf("hung: %d pings unanswered", r.Misses)
+		switch r.Check {
+		case CheckCommand:
+			s = fmt.Sprintf("hung: health command failed %d times", r.Misses)
+		case CheckWatchdog:
+			s = fmt.Sprintf("hung: watchdog not fed within %v", r.Timeout)
+		case CheckWatchdogTrigger:
+			s = "hung: watchdog triggered by the worker"
+		default:
+			s = fmt.Sprintf("hung: %d pings unanswered", r.Misses)
+		}
 	case ExitNoHello:
 		s = fmt.Sprintf("no hello within %v: killed", r.Timeout)
+	case ExitNotReady:
+		s = fmt.Sprintf("not ready within %v: killed", r.Timeout)
 	case ExitProtocol:
 		s = fmt.Sprintf("protocol violation: %v", r.Err)
 	case ExitChannelClosed:
@@ -111,7 +140,7 @@ func (r ExitReason) String() string {
 		s = r.Kind.String()
 	}
 	if r.BeforeHello && (r.Kind == ExitCode || r.Kind == ExitSignal) {
-		s += " before its hello"
+		s += " before it was ready"
 	}
 	if r.Stopped {
 		s = "stopped: " + s

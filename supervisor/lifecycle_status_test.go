@@ -4,6 +4,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -72,8 +73,8 @@ func TestPingRTTIsTheCurrentWorkers(t *testing.T) {
 		if ws.LastPingRTTUS != 0 {
 			t.Errorf("exited worker shows a ping RTT: %+v", ws)
 		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
+		if err := r.stop(); !errors.Is(err, ErrWorkersFailed) {
+			t.Fatalf("Run returned %v, want ErrWorkersFailed (the only worker was killed)", err)
 		}
 	})
 	t.Run("replacement", func(t *testing.T) {

@@ -76,6 +76,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/ipc"
 )
@@ -150,6 +151,17 @@ type proc struct {
 	exited    bool // reaped
 	exitEarly bool // reaped before the loop heard it was spawned
 	dropped   bool // a replacement stopped because its slot's worker had ended
+
+	// ReadyNotify's watchdog: when it runs out (zero: not armed) and
+	// its interval (WATCHDOG_USEC= from the worker may change it).
+	wdAt    time.Time
+	wdEvery time.Duration
+	// HealthCmd: when the next runs (zero: none due), whether one runs,
+	// and the misses in a row.
+	hcAt      time.Time
+	hcRunning bool
+	hcMisses  int
+	reloading bool // sent RELOADING=1, no READY=1 since
 }
 
 // op is an operation the loop asks a process's tender to run.
@@ -194,6 +206,14 @@ type (
 	}
 	evClosed struct{ p *proc } // the channel closed; the tender has ended
 	evExited struct{ p *proc } // the process is reaped, its output drained
+	evNotice struct {
+		p *proc
+		n notice
+	}
+	evHealth struct {
+		p   *proc
+		err error // nil: the health command passed
+	}
 )
 
 // reloadReq asks the loop for a rolling restart; the answer goes to res
@@ -267,6 +287,10 @@ func (s *Supervisor) handle(ev any) {
 		s.probed(ev.p, ev.id, ev.err)
 	case evClosed:
 		s.closed(ev.p)
+	case evNotice:
+		s.noticed(ev.p, ev.n)
+	case evHealth:
+		s.healthChecked(ev.p, ev.err)
 	case evExited:
 		if ev.p.h == nil {
 			ev.p.exitEarly = true // handled once spawned
@@ -312,6 +336,16 @@ func (s *Supervisor) fireDue() {
 				s.expired(p, now)
 				fired = true
 			}
+			if !p.wdAt.IsZero() && !now.Before(p.wdAt) {
+				p.wdAt = time.Time{}
+				s.hung(p, ExitReason{Kind: ExitHung, Check: CheckWatchdog, Timeout: p.wdEvery})
+				fired = true
+			}
+			if !p.hcAt.IsZero() && !now.Before(p.hcAt) {
+				p.hcAt = time.Time{}
+				s.runHealthCmd(p)
+				fired = true
+			}
 		}
 	}
 }
@@ -335,6 +369,8 @@ func (s *Supervisor) earliest() time.Time {
 	}
 	for p := range s.procs {
 		at(p.deadline)
+		at(p.wdAt)
+		at(p.hcAt)
 	}
 	return next
 }
@@ -343,8 +379,17 @@ func (s *Supervisor) earliest() time.Time {
 func (s *Supervisor) expired(p *proc, now time.Time) {
 	switch p.phase {
 	case phHello:
-		p.verdict = ExitReason{Kind: ExitNoHello, Timeout: s.cfg.StartTimeout}
-		s.kill(p)
+		switch s.cfg.Ready {
+		case ReadyStarted:
+			s.becameReady(p) // alive for ReadyAfter
+		case ReadyNotify:
+			p.verdict = ExitReason{Kind: ExitNotReady, Timeout: s.cfg.StartTimeout}
+			p.log.Error("worker not ready in time; killing it", "reason", p.verdict)
+			s.kill(p)
+		default:
+			p.verdict = ExitReason{Kind: ExitNoHello, Timeout: s.cfg.StartTimeout}
+			s.kill(p)
+		}
 	case phVerify:
 		p.endVerify() // the tender's ping fails: evVerified
 	case phClosing:
@@ -357,12 +402,12 @@ func (s *Supervisor) expired(p *proc, now time.Time) {
 		half := s.cfg.StopTimeout / 2
 		switch p.stopStep {
 		case 1:
-			p.log.Warn("worker did not stop; sending SIGTERM", "timeout", half)
+			p.log.Warn("worker did not stop; sending "+sigName(s.cfg.StopSignal), "timeout", half)
 			p.stopEnd()
-			s.signal(p, syscall.SIGTERM)
+			s.signal(p, s.cfg.StopSignal)
 			p.stopStep, p.deadline = 2, now.Add(half)
 		case 2:
-			p.log.Warn("worker ignored SIGTERM; sending SIGKILL", "timeout", half)
+			p.log.Warn("worker ignored "+sigName(s.cfg.StopSignal)+"; sending SIGKILL", "timeout", half)
 			s.signal(p, syscall.SIGKILL)
 			p.stopStep = 3
 		}
@@ -401,6 +446,10 @@ func (s *Supervisor) tend(p *proc) {
 		return
 	}
 	s.send(evSpawned{p, h})
+	if s.cfg.Ready == ReadyNotify {
+		s.tenders.Add(1)
+		go s.listenNotify(p, h)
+	}
 	c, err := h.hello(p.helloCtx)
 	if !s.send(evHello{p, c, err}) {
 		// The loop has returned and will never close c: do it here,
@@ -414,7 +463,7 @@ func (s *Supervisor) tend(p *proc) {
 	if err != nil {
 		return
 	}
-	if p.verifyCtx != nil {
+	if p.verifyCtx != nil && s.cfg.Ready == ReadyHello {
 		_, err := c.Ping(p.verifyCtx)
 		s.send(evVerified{p, err})
 	}
@@ -449,9 +498,13 @@ func (s *Supervisor) tend(p *proc) {
 func (s *Supervisor) spawned(p *proc, h handle) {
 	now := s.now()
 	p.h, p.pid, p.started = h, h.pid(), now
-	p.log = s.log.Named(workerLogName(p.sl.id)).With("worker", p.sl.id, "pid", p.pid)
+	p.log = s.log.Named(s.workerLogName(p.sl.id)).With("worker", p.sl.id, "pid", p.pid)
 	p.log.Info("starting")
-	p.phase, p.deadline = phHello, now.Add(s.cfg.StartTimeout)
+	start := s.cfg.StartTimeout
+	if s.cfg.Ready == ReadyStarted {
+		start = s.cfg.ReadyAfter
+	}
+	p.phase, p.deadline = phHello, now.Add(start)
 	sl := p.sl
 	if p.role == roleCur {
 		sl.pid, sl.since = p.pid, now
@@ -500,6 +553,10 @@ func (s *Supervisor) spawnFailed(p *proc, err error) {
 
 // helloed: p's hello arrived (c), or the channel failed first (err).
 func (s *Supervisor) helloed(p *proc, c channel, err error) {
+	if s.cfg.Ready != ReadyHello {
+		s.optionalHello(p, c, err)
+		return
+	}
 	if err != nil {
 		if p.exited || p.phase != phHello {
 			return
@@ -530,12 +587,15 @@ func (s *Supervisor) ready(p *proc) {
 	sl := p.sl
 	p.phase, p.deadline = phReady, time.Time{}
 	p.everReady, p.readyAt = true, now
-	p.probe = newProber(s)
 	sl.setState(StateReady, now)
 	sl.rtt = 0
 	s.dirty = true
 	p.log.Info("ready", "startup", now.Sub(p.started).Round(time.Microsecond), "restarts", sl.restarts)
-	s.route(sl.id-1, p.conn)
+	s.armHealth(p, now)
+	if p.conn != nil && !p.connDone {
+		p.probe = newProber(s)
+		s.route(sl.id-1, p.conn)
+	}
 	if !sl.wasReady {
 		sl.wasReady = true
 		if s.upCount++; s.upCount == len(s.slots) {
@@ -548,6 +608,12 @@ func (s *Supervisor) ready(p *proc) {
 // closed: p's channel closed and its tender ended.
 func (s *Supervisor) closed(p *proc) {
 	p.connDone = true
+	if s.cfg.Ready != ReadyHello {
+		// The channel was optional: the worker lives on without it.
+		s.unroute(p)
+		p.probe = nil
+		return
+	}
 	if p.exited || p.role != roleCur || p.phase != phReady {
 		return
 	}
@@ -566,6 +632,7 @@ func (s *Supervisor) kill(p *proc) {
 	s.unroute(p)
 	p.endHello()
 	p.phase, p.deadline = phKilled, time.Time{}
+	p.wdAt, p.hcAt = time.Time{}, time.Time{}
 	s.signal(p, syscall.SIGKILL)
 }
 
@@ -585,10 +652,14 @@ func (s *Supervisor) stopProc(p *proc) {
 	case phSpawning, phKilled, phStopping:
 		return // killed once spawned (s.stopping), or on its way
 	case phHello:
-		s.kill(p)
-		return
+		if s.cfg.Ready == ReadyHello {
+			s.kill(p)
+			return
+		}
+		p.endHello() // a program that may never speak the protocol is asked to stop by signal
 	}
 	s.unroute(p)
+	p.wdAt, p.hcAt = time.Time{}, time.Time{}
 	if p.role == roleCur && p.phase == phReady && s.stopping {
 		p.sl.setState(StateStopping, s.now())
 		s.dirty = true
@@ -600,6 +671,13 @@ func (s *Supervisor) stopProc(p *proc) {
 	ctx, p.stopEnd = context.WithCancel(p.ctx)
 	if p.conn != nil && !p.connDone && !p.closeSent {
 		p.ops <- op{kind: opStop, ctx: ctx, log: p.log}
+	} else if p.conn == nil {
+		// A worker that never had a channel (it does not speak the
+		// protocol): the stop signal at once, SIGKILL at the end of
+		// StopTimeout.
+		p.stopEnd()
+		s.signal(p, s.cfg.StopSignal)
+		p.stopStep, p.deadline = 2, s.now().Add(s.cfg.StopTimeout)
 	}
 	if s.killed {
 		s.killNow(p)
@@ -722,6 +800,7 @@ func (s *Supervisor) slotEnded(sl *slot, pid int, r ExitReason, failed bool, upt
 	if !(s.cfg.Restart == RestartAlways || s.cfg.Restart == RestartOnFailure && failed) {
 		s.log.Info("worker ended; not restarting", "worker", sl.id, "pid", pid, "reason", r, "policy", s.cfg.Restart.String())
 		sl.setState(StateExited, now)
+		s.stopIfAllEnded()
 		return
 	}
 	if s.crashLoop() {
@@ -740,6 +819,27 @@ func (s *Supervisor) slotEnded(sl *slot, pid int, r ExitReason, failed bool, upt
 	sl.nextStart, sl.retrying = now.Add(delay), false
 	sl.setState(StateBackoff, now)
 	s.log.Info("backing off", "worker", sl.id, "pid", pid, "delay", delay, "reason", r)
+}
+
+// stopIfAllEnded ends Run once every worker has ended for good (the
+// restart policy restarts none of them): nothing is left to supervise.
+// Run then returns nil if each exited with status 0, else an error
+// wrapping ErrWorkersFailed.
+func (s *Supervisor) stopIfAllEnded() {
+	failed := 0
+	for _, sl := range s.slots {
+		if sl.state != StateExited || sl.cur != nil || sl.repl != nil {
+			return
+		}
+		if !sl.exit.success() {
+			failed++
+		}
+	}
+	if failed > 0 {
+		s.crashErr = fmt.Errorf("%w: %d of %d workers ended without success", ErrWorkersFailed, failed, len(s.slots))
+	}
+	s.log.Info("every worker has ended and none is restarted; stopping", "failed", failed)
+	s.beginStop()
 }
 
 // jitter returns a delay of 50–100 % of step.
@@ -798,7 +898,7 @@ func (s *Supervisor) tick(now time.Time) {
 	s.dirty = true
 	for _, sl := range s.slots {
 		p := sl.cur
-		if p == nil || p.phase != phReady {
+		if p == nil || p.phase != phReady || p.probe == nil {
 			continue
 		}
 		v, next := p.probe.judge(now, p.conn, s.cfg.PingTimeout)
@@ -848,9 +948,19 @@ func (s *Supervisor) missed(p *proc) {
 	if p.misses < s.cfg.PingMisses {
 		return
 	}
-	p.verdict = ExitReason{Kind: ExitHung, Misses: p.misses}
+	s.hung(p, ExitReason{Kind: ExitHung, Check: CheckPing, Misses: p.misses})
+}
+
+// hung kills p, which failed its health check as r says.
+func (s *Supervisor) hung(p *proc, r ExitReason) {
+	if p.exited || p.phase != phReady {
+		return
+	}
+	p.verdict = r
 	p.log.Error("worker hung; killing it", "reason", p.verdict)
-	p.sl.setState(StateHung, s.now())
+	if p.role == roleCur {
+		p.sl.setState(StateHung, s.now())
+	}
 	s.dirty = true
 	s.kill(p)
 }
@@ -873,7 +983,7 @@ func (s *Supervisor) beginStop() {
 			sl.exit, sl.pid = r, 0
 		}
 		sl.nextStart = time.Time{}
-		if sl.cur == nil && sl.state != StateFailed {
+		if sl.cur == nil && sl.state != StateFailed && sl.state != StateExited {
 			sl.setState(StateStopped, now)
 		}
 		if sl.cur != nil {
@@ -904,4 +1014,9 @@ func isProtocolError(err error) bool {
 	return errors.As(err, &fe) || errors.Is(err, ipc.ErrStalled)
 }
 
-func workerLogName(id int) string { return "worker." + strconv.Itoa(id) }
+func (s *Supervisor) workerLogName(id int) string { return workerLogName(s.cfg.Name, id) }
+
+func workerLogName(name string, id int) string { return name + "." + strconv.Itoa(id) }
+
+// sigName names sig as the logs show it ("SIGTERM").
+func sigName(sig syscall.Signal) string { return unix.SignalName(sig) }

@@ -160,6 +160,7 @@ func (sp *fakeSpawner) start(id int, exited func()) (handle, error) {
 		signals:  make(chan sigRec, 10),
 		startAt:  sp.clk.now(),
 		shutdown: exitOnShutdown,
+		notices:  make(chan notice, 16),
 	}
 	fp.conn = &fakeConn{p: fp, done: make(chan struct{}), shutdowns: make(chan time.Time, 4)}
 	fp.conn.autoPong.Store(true)
@@ -226,6 +227,7 @@ type fakeProc struct {
 	shutdown   int         // exitOnShutdown, ignoreShutdown or answerAndLinger; set before the hello
 	ignoreTerm atomic.Bool // SIGTERM does not end it
 	helloErr   error       // the hello fails with this; set before sayHello
+	notices    chan notice // what notice returns (ReadyNotify)
 
 	mu    sync.Mutex
 	ended bool
@@ -233,6 +235,20 @@ type fakeProc struct {
 }
 
 func (fp *fakeProc) pid() int { return fp.pd }
+
+// notice returns what the test sends with notify, until the process
+// ends.
+func (fp *fakeProc) notice() (notice, error) {
+	select {
+	case n := <-fp.notices:
+		return n, nil
+	case <-fp.gone:
+		return notice{}, errNoNotices
+	}
+}
+
+// notify makes the worker send n to its notify socket.
+func (fp *fakeProc) notify(n notice) { fp.notices <- n }
 
 // sayHello makes the worker say hello (or fail it with helloErr).
 func (fp *fakeProc) sayHello() { close(fp.helloed) }

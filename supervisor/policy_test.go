@@ -71,6 +71,13 @@ func TestPolicyRestart(t *testing.T) {
 					if ws.State != StateExited {
 						t.Errorf("state %s, want exited", ws.State)
 					}
+					// Nothing left to supervise: Run returns by itself.
+					err := r.wait()
+					if end.failed != errors.Is(err, ErrWorkersFailed) || !end.failed && err != nil {
+						t.Errorf("Run returned %v after %s under %s", err, end.name, policy)
+					}
+					r.sp.none(t)
+					return
 				} else {
 					if ws.State != StateBackoff || ws.NextStart == nil {
 						t.Fatalf("state %s, next start %v; want backoff", ws.State, ws.NextStart)
@@ -540,7 +547,7 @@ func TestPolicyStopOrder(t *testing.T) {
 		if len(fp.conn.shutdowns) != 0 {
 			t.Error("a worker without hello was sent a shutdown request")
 		}
-		if ws := slotOf(r.s.Status(), 1); ws.Exit != stopped(beforeHello(sigkill)) || ws.LastExit != "stopped: killed by signal SIGKILL before its hello" {
+		if ws := slotOf(r.s.Status(), 1); ws.Exit != stopped(beforeHello(sigkill)) || ws.LastExit != "stopped: killed by signal SIGKILL before it was ready" {
 			t.Errorf("after the stop: %+v", ws)
 		}
 	})
@@ -720,10 +727,10 @@ func TestExitReasonString(t *testing.T) {
 	}{
 		{ExitReason{}, ""},
 		{exit3, "exited with status 3"},
-		{beforeHello(exit3), "exited with status 3 before its hello"},
+		{beforeHello(exit3), "exited with status 3 before it was ready"},
 		{ExitReason{Kind: ExitSignal, Signal: syscall.SIGSEGV, CoreDumped: true}, "killed by signal SIGSEGV (core dumped)"},
 		{stopped(sigkill), "stopped: killed by signal SIGKILL"},
-		{stopped(beforeHello(sigterm)), "stopped: killed by signal SIGTERM before its hello"},
+		{stopped(beforeHello(sigterm)), "stopped: killed by signal SIGTERM before it was ready"},
 		{ExitReason{Kind: ExitHung, Misses: 3, Signal: syscall.SIGKILL}, "hung: 3 pings unanswered"},
 		{ExitReason{Kind: ExitNoHello, Timeout: 300 * time.Millisecond, Signal: syscall.SIGKILL}, "no hello within 300ms: killed"},
 		{ExitReason{Kind: ExitChannelClosed, Code: 0}, "channel closed: exited with status 0"},

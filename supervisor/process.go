@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/sdnotify"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -121,6 +122,8 @@ type process struct {
 	log hclog.Logger
 	end *os.File // the parent's end of the channel; hello takes it
 
+	notify *sdnotify.Socket // ReadyNotify: its socket, closed once reaped; nil otherwise
+
 	outR, errR *os.File
 	relays     sync.WaitGroup
 
@@ -155,19 +158,14 @@ type spawnRequest struct {
 // workerEnv returns the environment for worker id: ours without any
 // PAIRVISOR_ variables, then the contract, then extra.
 func workerEnv(id int, level hclog.Level, extra []string) []string {
-	env := make([]string, 0, len(os.Environ())+4+len(extra))
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PAIRVISOR_") {
-			env = append(env, kv)
-		}
-	}
+	env := withoutContract(os.Environ())
 	env = append(env,
 		ipc.EnvWorker+"="+strconv.Itoa(id),
 		ipc.EnvParentPID+"="+strconv.Itoa(os.Getpid()),
 		ipc.EnvFD+"="+strconv.Itoa(ipc.ChannelFD),
 		ipc.EnvLogLevel+"="+strings.ToLower(level.String()),
 	)
-	return append(env, extra...)
+	return append(env, expandAll(extra, id, true)...)
 }
 
 // start starts worker id with the child's end of a fresh socketpair as
@@ -202,10 +200,21 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 		outW.Close()
 		return nil, own(err)
 	}
+	env := workerEnv(id, sp.cfg.Logger.GetLevel(), sp.cfg.Env)
+	var notify *sdnotify.Socket
+	if sp.cfg.Ready == ReadyNotify {
+		if notify, err = sdnotify.Listen(); err != nil {
+			for _, f := range []*os.File{parentEnd, childEnd, outR, outW, errR, errW} {
+				f.Close()
+			}
+			return nil, own(err)
+		}
+		env = append(env, notifyEnv(notify, sp.cfg.Watchdog)...)
+	}
 	cmd := &exec.Cmd{
 		Path:       sp.cfg.Executable,
-		Args:       append([]string{sp.cfg.Executable}, sp.cfg.Args...),
-		Env:        workerEnv(id, sp.cfg.Logger.GetLevel(), sp.cfg.Env),
+		Args:       append([]string{sp.cfg.Executable}, expandAll(sp.cfg.Args, id, false)...),
+		Env:        env,
 		Dir:        sp.cfg.Dir,
 		Stdout:     outW,
 		Stderr:     errW,
@@ -230,6 +239,9 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 		parentEnd.Close()
 		outR.Close()
 		errR.Close()
+		if notify != nil {
+			notify.Close()
+		}
 		var own *ownSpawnError
 		if errors.As(err, &own) || ownFault(err) {
 			return nil, &ownSpawnError{fmt.Errorf("supervisor: starting worker %d: %w", id, err)}
@@ -238,8 +250,8 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 	}
 	pid := cmd.Process.Pid
 	sp.sweeper.addWorker(pid)
-	p := &process{sp: sp, id: id, pd: pid, cmd: cmd, end: parentEnd, outR: outR, errR: errR}
-	p.log = sp.log.Named("worker."+strconv.Itoa(id)).With("worker", id, "pid", pid)
+	p := &process{sp: sp, id: id, pd: pid, cmd: cmd, end: parentEnd, outR: outR, errR: errR, notify: notify}
+	p.log = sp.log.Named(workerLogName(sp.cfg.Name, id)).With("worker", id, "pid", pid)
 	p.relays.Add(2)
 	lim := newOutputLimit(time.Now) // one budget for both streams of a worker
 	go func() { defer p.relays.Done(); relayTo(outR, p.log, "stdout", lim) }()
@@ -283,6 +295,9 @@ func (p *process) wait() {
 	p.done = true
 	p.mu.Unlock()
 	p.sp.sweeper.workerReaped(p.pd) // its children, re-parented to us, are the sweeper's now
+	if p.notify != nil {
+		p.notify.Close() // ends the notify reader (listenNotify)
+	}
 
 	drained := make(chan struct{})
 	go func() { p.relays.Wait(); close(drained) }()

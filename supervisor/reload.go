@@ -152,13 +152,17 @@ func (s *Supervisor) handover(p *proc) {
 	p.role, old.role = roleCur, roleReplaced
 	p.phase, p.deadline = phReady, time.Time{}
 	p.everReady, p.readyAt = true, now
-	p.probe = newProber(s)
 	sl.pid, sl.rtt, sl.exit = p.pid, 0, ExitReason{Kind: ExitReplaced}
+	sl.statusText, sl.errno = "", 0
 	sl.setState(StateReady, now)
 	sl.since = now
 	s.dirty = true
 	p.log.Info("ready", "startup", now.Sub(p.started).Round(time.Microsecond), "replacing_pid", old.pid)
-	s.route(sl.id-1, p.conn)
+	s.armHealth(p, now)
+	if p.conn != nil && !p.connDone {
+		p.probe = newProber(s)
+		s.route(sl.id-1, p.conn)
+	}
 	if r := s.rolling; r != nil && r.p == p {
 		r.p, r.old = nil, old
 	}

@@ -19,11 +19,16 @@ const (
 	StateExited   State = "exited"   // ended; the policy says no restart
 	StateFailed   State = "failed"   // gave up: crash loop
 	StateStopped  State = "stopped"  // stopped with the supervisor
+
+	// StateReloading: a ReadyNotify worker sent RELOADING=1 and no
+	// READY=1 since; it is not sent requests meanwhile.
+	StateReloading State = "reloading"
 )
 
 // WorkerStatus describes one worker slot. Its JSON form is part of the
 // documented `supervisor status --json` output.
 type WorkerStatus struct {
+	Program       string     `json:"program,omitempty"` // Config.Name
 	ID            int        `json:"id"`
 	PID           int        `json:"pid"`              // 0 when no process runs
 	State         State      `json:"state"`            //
@@ -33,6 +38,11 @@ type WorkerStatus struct {
 	LastExit      string     `json:"last_exit,omitempty"`
 	NextStart     *time.Time `json:"next_start,omitempty"` // while backing off
 
+	// StatusText and Errno are what a ReadyNotify worker last sent as
+	// STATUS= and ERRNO=.
+	StatusText string `json:"status_text,omitempty"`
+	Errno      int    `json:"errno,omitempty"`
+
 	// Exit is how the slot's last process ended (the zero ExitReason
 	// if none has); LastExit is its String form, kept for the JSON
 	// output.
@@ -41,6 +51,7 @@ type WorkerStatus struct {
 
 // Status is a snapshot of a supervisor.
 type Status struct {
+	Name          string         `json:"name,omitempty"` // Config.Name
 	PID           int            `json:"pid"`
 	StartedAt     time.Time      `json:"started_at"`
 	UptimeSeconds float64        `json:"uptime_seconds"`
@@ -66,6 +77,9 @@ type slot struct {
 	retrying  bool          // nextStart retries a start the supervisor's shortage defeated
 	grace     *pendingEnd   // an end by a stop signal, waiting to see whether Run stops too
 	wasReady  bool          // a process of the slot has been ready
+
+	statusText string // STATUS= from the slot's process (ReadyNotify)
+	errno      int    // ERRNO= likewise
 
 	// Attempts to start a worker that the supervisor's own shortage
 	// defeated since the last start, and the next retry step.
@@ -94,6 +108,8 @@ func (sl *slot) status() WorkerStatus {
 		LastPingRTTUS: float64(sl.rtt.Nanoseconds()) / 1e3,
 		LastExit:      sl.exit.String(),
 		Exit:          sl.exit,
+		StatusText:    sl.statusText,
+		Errno:         sl.errno,
 	}
 	if sl.state == StateBackoff && !sl.nextStart.IsZero() {
 		t := sl.nextStart

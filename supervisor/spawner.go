@@ -50,6 +50,10 @@ type handle interface {
 	// status is how the process ended (ExitCode or ExitSignal). It is
 	// valid once exited was called.
 	status() ExitReason
+	// notice blocks for the worker's next sd_notify datagram
+	// (ReadyNotify) and returns errNoNotices once the process is reaped,
+	// or at once if it has no notify socket. One goroutine calls it.
+	notice() (notice, error)
 }
 
 // channel is the loop's and the router's view of a worker's

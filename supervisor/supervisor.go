@@ -40,6 +40,7 @@ type Supervisor struct {
 	tenders  sync.WaitGroup
 	stats    stats
 	routed   func(*routes) // if set (by tests, before Run), sees every routing table published
+	checker  checker       // runs Config.HealthCmd; tests may replace it before Run
 
 	// The loop's own (loop.go, reload.go).
 	slots              []*slot
@@ -82,6 +83,7 @@ func New(cfg Config) (*Supervisor, error) {
 		procs:    make(map[*proc]struct{}),
 	}
 	s.sp = newRealSpawner(&s.cfg)
+	s.checker = s.runHealthCommand
 	for i := range cfg.Workers {
 		s.slots = append(s.slots, &slot{id: i + 1, state: StateStarting, backoff: cfg.BackoffMin})
 	}
@@ -251,6 +253,7 @@ func (s *Supervisor) publish() {
 	}
 	for i, sl := range s.slots {
 		sn.workers[i] = sl.status()
+		sn.workers[i].Program = s.cfg.Name
 	}
 	if old := s.snap.Swap(sn); old != nil {
 		close(old.changed)
@@ -261,7 +264,7 @@ func (s *Supervisor) publish() {
 // one the loop published last, taken between two of its steps.
 func (s *Supervisor) Status() Status {
 	sn := s.snap.Load()
-	st := Status{PID: os.Getpid(), StartedAt: sn.startedAt, Workers: slices.Clone(sn.workers)}
+	st := Status{Name: s.cfg.Name, PID: os.Getpid(), StartedAt: sn.startedAt, Workers: slices.Clone(sn.workers)}
 	if !sn.startedAt.IsZero() {
 		st.UptimeSeconds = s.cfg.now().Sub(sn.startedAt).Seconds()
 	}

@@ -494,23 +494,23 @@ func TestRestartPolicy(t *testing.T) {
 		r.waitReady()
 		victim := r.s.Status().Workers[0].PID
 		kill(t, victim, syscall.SIGKILL)
-		// Once exited, the slot only waits for the stop: no restart
-		// can follow.
+		// Once every worker has exited for good, nothing is left to
+		// supervise: Run returns by itself, with the failure.
 		ws := r.waitStatus("worker exited", func(st Status) bool { return st.Workers[0].State == StateExited }).Workers[0]
 		if ws.PID != 0 || ws.Restarts != 0 || !killedBy(ws.Exit, syscall.SIGKILL) {
 			t.Errorf("after kill -9 under never: %+v", ws)
 		}
 		checkReaped(t, victim)
+		if err := r.wait(time.Minute); !errors.Is(err, ErrWorkersFailed) {
+			t.Fatalf("Run returned %v, want ErrWorkersFailed", err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
-		if _, err := r.s.Echo(ctx, []byte("x"), nil); !errors.Is(err, ErrNoWorker) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("Echo with no worker left: %v, want ErrNoWorker and DeadlineExceeded", err)
+		if _, err := r.s.Echo(ctx, []byte("x"), nil); !errors.Is(err, ErrNotRunning) {
+			t.Errorf("Echo with no worker left: %v, want ErrNotRunning", err)
 		}
-		if err := r.stop(); err != nil {
-			t.Fatal(err)
-		}
-		if ws := r.s.Status().Workers[0]; ws.State != StateStopped {
-			t.Errorf("after stop: %+v", ws)
+		if ws := r.s.Status().Workers[0]; ws.State != StateExited {
+			t.Errorf("after Run: %+v", ws)
 		}
 	})
 	t.Run("exit0-on-failure", func(t *testing.T) {

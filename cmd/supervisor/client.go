@@ -11,12 +11,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/ipc"
 	"github.com/pairvisor/pairvisor/supervisor"
@@ -221,12 +224,12 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 func printStatus(w io.Writer, doc statusDoc) {
 	fmt.Fprintf(w, "%s pid %d, up %v, socket %s, %d client(s) connected\n", doc.Mode, doc.PID,
 		(time.Duration(doc.UptimeSeconds * float64(time.Second))).Round(time.Second), doc.Socket, doc.Connections.Active)
-	if len(doc.Workers) == 0 {
+	if len(doc.Workers) == 0 && len(doc.Programs) == 0 {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tPID\tSTATE\tRESTARTS\tLAST PING\tLAST EXIT")
-	for _, ws := range doc.Workers {
+	fmt.Fprintln(tw, "PROGRAM\tWORKER\tPID\tSTATE\tRESTARTS\tLAST PING\tLAST EXIT\tSTATUS")
+	row := func(ws supervisor.WorkerStatus) {
 		rtt := "-"
 		if ws.LastPingRTTUS > 0 {
 			rtt = fmt.Sprintf("%.0fµs", ws.LastPingRTTUS)
@@ -235,49 +238,110 @@ func printStatus(w io.Writer, doc statusDoc) {
 		if ws.NextStart != nil {
 			state += fmt.Sprintf(" (restart in %v)", time.Until(*ws.NextStart).Round(time.Millisecond))
 		}
-		last := ws.LastExit
-		if last == "" {
-			last = "-"
+		dash := func(s string) string {
+			if s == "" {
+				return "-"
+			}
+			return s
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%d\t%s\t%s\n", ws.ID, ws.PID, state, ws.Restarts, rtt, last)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\t%s\t%s\n", dash(ws.Program), ws.ID, ws.PID, state, ws.Restarts, rtt, dash(ws.LastExit), dash(quoteText(ws.StatusText)))
+	}
+	if len(doc.Programs) == 0 {
+		for _, ws := range doc.Workers {
+			row(ws)
+		}
+	}
+	for _, p := range doc.Programs {
+		if len(p.Workers) == 0 || p.State != supervisor.ProgramReady && p.State != supervisor.ProgramStarting {
+			why := string(p.State)
+			if p.Error != "" {
+				why += ": " + p.Error
+			}
+			fmt.Fprintf(tw, "%s\t-\t-\t%s\t-\t-\t-\t-\n", p.Name, why)
+		}
+		for _, ws := range p.Workers {
+			row(ws)
+		}
 	}
 	tw.Flush()
 }
 
+// quoteText returns s with control characters escaped, as Go quotes
+// them, so that a worker's STATUS= cannot break the table.
+func quoteText(s string) string {
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
+}
+
 func reloadCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("reload", "reload --socket PATH [--timeout 2m]", stderr)
-	var cf clientFlags
-	cf.register(fs, 2*time.Minute)
-	if st, ok := parseFlags(fs, args, stdout); !ok {
-		return st
+	return controlCmd("reload")(args, stdout, stderr)
+}
+
+// controlCmd returns the command that sends a control request op
+// (reload, restart, stop, start) for the program named by its argument
+// (reload: optional; none means every program, and re-reading the
+// config file).
+func controlCmd(op string) func(args []string, stdout, stderr io.Writer) int {
+	return func(args []string, stdout, stderr io.Writer) int {
+		usage := op + " --socket PATH NAME [--timeout 2m]"
+		if op == "reload" {
+			usage = "reload --socket PATH [NAME] [--timeout 2m]"
+		}
+		fs := newFlagSet(op, usage, stderr)
+		var cf clientFlags
+		cf.register(fs, 2*time.Minute)
+		if st, ok := parseFlags(fs, args, stdout); !ok {
+			return st
+		}
+		err := cf.check()
+		name := fs.Arg(0)
+		switch {
+		case err != nil:
+		case fs.NArg() > 1:
+			err = fmt.Errorf("want at most one program NAME, got %q", fs.Args())
+		case op != "reload" && name == "":
+			err = errors.New("name the program (see supervisor status)")
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "supervisor %s: %v\n", op, err)
+			return exitUsage
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
+		defer cancel()
+		c, err := cf.dial(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "supervisor %s: %s\n", op, reason(cf.socket, err))
+			return exitFail
+		}
+		defer c.Close()
+		var payload []byte
+		if op != "reload" || name != "" {
+			payload, _ = json.Marshal(controlRequest{Op: op, Program: name})
+		}
+		if _, err := c.Call(ctx, ipc.TypeReload, payload, nil); err != nil {
+			fmt.Fprintf(stderr, "supervisor %s: %s\n", op, reason(cf.socket, err))
+			return exitFail
+		}
+		switch {
+		case op == "reload" && name == "":
+			fmt.Fprintln(stdout, "rolling restart done")
+		case op == "reload":
+			fmt.Fprintf(stdout, "rolling restart of %s done\n", name)
+		default:
+			fmt.Fprintf(stdout, "%s %s done\n", op, name)
+		}
+		return exitOK
 	}
-	if err := cf.check(); err != nil {
-		fmt.Fprintln(stderr, "supervisor reload:", err)
-		return exitUsage
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
-	defer cancel()
-	c, err := cf.dial(ctx)
-	if err != nil {
-		fmt.Fprintln(stderr, "supervisor reload:", reason(cf.socket, err))
-		return exitFail
-	}
-	defer c.Close()
-	if _, err := c.Call(ctx, ipc.TypeReload, nil, nil); err != nil {
-		fmt.Fprintln(stderr, "supervisor reload:", reason(cf.socket, err))
-		return exitFail
-	}
-	fmt.Fprintln(stdout, "rolling restart done")
-	return exitOK
 }
 
 // frontDoor answers framed clients of `run --socket`: echoes and
-// messages go to the workers, status and reload to the supervisor.
-// With no worker ready, echoes and messages are refused at once (an
-// unavailable error that says so) rather than left to wait for one
-// until the client gives up.
-func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.Handler {
-	rd := &readiness{sup: sup}
+// messages go to the workers of the front program (the first), status
+// and control requests (reload, and restart, stop or start of a
+// program: see controlRequest) to the group. With no worker ready,
+// echoes and messages are refused at once (an unavailable error that
+// says so) rather than left to wait for one until the client gives up.
+func frontDoor(g *supervisor.Group, front string, srv **ipc.Server, socket, configPath string, log hclog.Logger) ipc.Handler {
+	rd := &readiness{g: g, name: front}
 	return func(ctx context.Context, req ipc.Request) ([]byte, error) {
 		var (
 			out []byte
@@ -285,7 +349,8 @@ func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.
 		)
 		switch req.Type {
 		case ipc.TypeEcho, ipc.TypeMessage:
-			if why, none := rd.none(); none {
+			sup, why := rd.ready()
+			if sup == nil {
 				return nil, &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: why}
 			}
 			if req.Type == ipc.TypeEcho {
@@ -294,17 +359,56 @@ func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.
 				out, err = sup.Call(ctx, ipc.TypeMessage, req.Payload, nil)
 			}
 		case ipc.TypeReload:
-			err = sup.Reload(ctx)
+			var cr controlRequest
+			if len(req.Payload) > 0 {
+				if jerr := json.Unmarshal(req.Payload, &cr); jerr != nil {
+					return nil, &ipc.RemoteError{Code: ipc.CodeBadRequest, Message: "malformed control request: " + jerr.Error()}
+				}
+			}
+			err = control(ctx, g, configPath, cr, log)
 		case ipc.TypeStatus:
-			return json.Marshal(statusDoc{Status: sup.Status(), Mode: "run", Version: version, Socket: socket, Connections: (*srv).Stats()})
+			return json.Marshal(groupStatusDoc(g, "run", socket, (*srv).Stats()))
 		default:
 			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served here"}
 		}
-		if errors.Is(err, supervisor.ErrNoWorker) || errors.Is(err, supervisor.ErrNotRunning) {
+		switch {
+		case errors.Is(err, supervisor.ErrNoWorker) || errors.Is(err, supervisor.ErrNotRunning):
 			err = &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: err.Error()}
+		case errors.Is(err, supervisor.ErrNoProgram), errors.Is(err, errBadControl):
+			err = &ipc.RemoteError{Code: ipc.CodeBadRequest, Message: err.Error()}
 		}
 		return out, err
 	}
+}
+
+// controlRequest is the optional JSON payload of a RELOAD request: an
+// empty payload reloads every program (and re-reads the config file).
+type controlRequest struct {
+	Op      string `json:"op"`      // "reload" (default), "restart", "stop" or "start"
+	Program string `json:"program"` // required but for reload
+}
+
+var errBadControl = errors.New("bad control request")
+
+// control carries out cr.
+func control(ctx context.Context, g *supervisor.Group, configPath string, cr controlRequest, log hclog.Logger) error {
+	if cr.Op != "" && cr.Op != "reload" && cr.Program == "" {
+		return fmt.Errorf("%w: %s needs a program name", errBadControl, cr.Op)
+	}
+	switch cr.Op {
+	case "", "reload":
+		return reload(ctx, g, configPath, cr.Program, log)
+	case "restart":
+		log.Info("restarting program", "program", cr.Program)
+		return g.Restart(ctx, cr.Program)
+	case "stop":
+		log.Info("stopping program on request", "program", cr.Program)
+		return g.Stop(ctx, cr.Program)
+	case "start":
+		log.Info("starting program on request", "program", cr.Program)
+		return g.Start(ctx, cr.Program)
+	}
+	return fmt.Errorf("%w: unknown op %q (want reload, restart, stop or start)", errBadControl, cr.Op)
 }
 
 // readinessTTL is how long the front door trusts that some worker is
@@ -316,30 +420,36 @@ const readinessTTL = 50 * time.Millisecond
 // an atomic load and a clock read, not a Status (which allocates and
 // takes every slot's lock); a negative one is always checked afresh.
 type readiness struct {
-	sup     *supervisor.Supervisor
+	g       *supervisor.Group
+	name    string
 	checked atomic.Int64 // time.Now().UnixNano() when some worker was last seen ready
 }
 
-// none reports whether no worker is ready, and then why.
-func (r *readiness) none() (string, bool) {
-	if time.Now().UnixNano()-r.checked.Load() < int64(readinessTTL) {
-		return "", false
+// ready returns the front program's supervisor if some worker of it is
+// ready, else nil and why not.
+func (r *readiness) ready() (*supervisor.Supervisor, string) {
+	sup := r.g.Supervisor(r.name)
+	if sup == nil {
+		return nil, fmt.Sprintf("no ready worker (program %s is not running)", r.name)
 	}
-	st := r.sup.Status()
+	if time.Now().UnixNano()-r.checked.Load() < int64(readinessTTL) {
+		return sup, ""
+	}
+	st := sup.Status()
 	counts := map[supervisor.State]int{}
 	for _, w := range st.Workers {
 		if w.State == supervisor.StateReady {
 			r.checked.Store(time.Now().UnixNano())
-			return "", false
+			return sup, ""
 		}
 		counts[w.State]++
 	}
 	var parts []string
 	for _, s := range []supervisor.State{supervisor.StateStarting, supervisor.StateBackoff, supervisor.StateHung,
-		supervisor.StateStopping, supervisor.StateExited, supervisor.StateFailed, supervisor.StateStopped} {
+		supervisor.StateStopping, supervisor.StateReloading, supervisor.StateExited, supervisor.StateFailed, supervisor.StateStopped} {
 		if counts[s] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
 		}
 	}
-	return fmt.Sprintf("no ready worker (of %d: %s)", len(st.Workers), strings.Join(parts, ", ")), true
+	return nil, fmt.Sprintf("no ready worker (of %d: %s)", len(st.Workers), strings.Join(parts, ", "))
 }

@@ -79,18 +79,18 @@ func TestRunSIGTERMWithWorkers(t *testing.T) {
 func TestFrontDoorNoWorker(t *testing.T) {
 	t.Parallel()
 	sock := filepath.Join(tempDir(t), "s")
-	// One worker, not restarted once killed.
-	run := cliStart(t, "run", "--workers", "1", "--socket", sock, "--echo-interval", "0", "--restart", "never")
+	// One worker, restarted only after an hour once killed.
+	run := cliStart(t, "run", "--workers", "1", "--socket", sock, "--echo-interval", "0", "--backoff-min", "1h", "--backoff-max", "1h")
 	run.waitSocket(t, sock)
 	pids := readyWorkers(t, sock, 1)
 	syscall.Kill(pids[0], syscall.SIGKILL)
 	poll(t, "the worker to be gone", func() bool {
 		_, doc := statusJSON(t, sock)
-		return doc.Workers[0].State == "exited"
+		return doc.Workers[0].State == "backoff"
 	}, run.Output)
 
 	r := cliWant(t, exitFail, cliOpts{}, "echo", "--socket", sock, "--timeout", "1h", "hello")
-	if want := sock + ": no ready worker (of 1: 1 exited)"; !strings.Contains(r.stderr, want) {
+	if want := sock + ": no ready worker (of 1: 1 backoff)"; !strings.Contains(r.stderr, want) {
 		t.Errorf("echo with no worker: stderr does not say %q\n%s", want, r)
 	}
 	// Messages likewise, through the library.

@@ -20,6 +20,10 @@ import (
 	"github.com/pairvisor/pairvisor/worker"
 )
 
+// takesArgs are the commands with positional arguments (checked by
+// each); the others refuse any.
+var takesArgs = map[string]bool{"echo": true, "run": true, "reload": true, "restart": true, "stop": true, "start": true, "check-config": true}
+
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "0.1.0-dev"
 
@@ -45,7 +49,11 @@ func init() {
 		{"ping", "ping a server's socket; exit 0 only if every ping is answered in time", pingCmd},
 		{"echo", "send MESSAGE (or stdin) through a server's socket and print the echo", echoCmd},
 		{"status", "show a server's pid, uptime and workers", statusCmd},
-		{"reload", "ask a running supervisor for a rolling restart of its workers", reloadCmd},
+		{"reload", "roll a running supervisor's workers: every program's, or NAME's (re-reads --config)", reloadCmd},
+		{"restart", "stop a program of a running supervisor and start it again", controlCmd("restart")},
+		{"stop", "stop a program of a running supervisor; it stays stopped until start", controlCmd("stop")},
+		{"start", "start a stopped program of a running supervisor", controlCmd("start")},
+		{"check-config", "check a config file for run --config, starting nothing", checkConfigCmd},
 		{"bench", "measure ping latency, echo throughput and spawn time", benchCmd},
 		{"version", "print the version", versionCmd},
 	}
@@ -149,7 +157,7 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (status int, 
 		fs.Usage()
 		return exitUsage, false
 	}
-	if fs.NArg() > 0 && fs.Name() != "echo" {
+	if fs.NArg() > 0 && !takesArgs[fs.Name()] {
 		fmt.Fprintf(fs.Output(), "supervisor %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
 		return exitUsage, false
 	}

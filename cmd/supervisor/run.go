@@ -5,12 +5,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,37 +25,86 @@ import (
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
-// supervisorFlags are the flags that configure a supervisor.Config.
+// supervisorFlags are the flags that configure one program (a
+// supervisor.Config). With --config they may not be given: the file
+// says it all.
 type supervisorFlags struct {
-	workers       int
-	pingInterval  time.Duration
-	pingTimeout   time.Duration
-	pingMisses    int
-	startTimeout  time.Duration
-	stopTimeout   time.Duration
-	restart       string
-	healthyAfter  time.Duration
-	maxRestarts   int
-	restartWindow time.Duration
+	name           string
+	workers        int
+	ready          string
+	readyAfter     time.Duration
+	watchdog       time.Duration
+	healthCmd      string
+	healthInterval time.Duration
+	healthTimeout  time.Duration
+	healthMisses   int
+	pingInterval   time.Duration
+	pingTimeout    time.Duration
+	pingMisses     int
+	startTimeout   time.Duration
+	stopTimeout    time.Duration
+	stopSignal     string
+	restart        string
+	backoffMin     time.Duration
+	backoffMax     time.Duration
+	healthyAfter   time.Duration
+	maxRestarts    int
+	restartWindow  time.Duration
 }
 
+// programFlagNames are the flags of supervisorFlags: per program, so
+// not allowed with --config.
+var programFlagNames = []string{"name", "workers", "ready", "start-secs", "watchdog", "health-cmd", "health-interval",
+	"health-timeout", "health-misses", "ping-interval", "ping-timeout", "ping-misses", "start-timeout", "stop-timeout",
+	"stop-signal", "restart", "backoff-min", "backoff-max", "healthy-after", "max-restarts", "restart-window"}
+
 func (f *supervisorFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.name, "name", "worker", "the program's name: workers log as NAME.N")
 	fs.IntVar(&f.workers, "workers", 2, "number of workers to run, at most what RLIMIT_NOFILE allows")
+	fs.StringVar(&f.ready, "ready", "hello", "when a worker is ready: hello (it speaks the protocol), notify (it sends READY=1 to $NOTIFY_SOCKET) or started (it stayed up --start-secs)")
+	fs.DurationVar(&f.readyAfter, "start-secs", supervisor.DefaultReadyAfter, "--ready started: time a worker must stay up to be ready (positive)")
+	fs.DurationVar(&f.watchdog, "watchdog", 0, "--ready notify: WATCHDOG_USEC for the workers; one that sends no WATCHDOG=1 for this long is killed as hung (0: none)")
+	fs.StringVar(&f.healthCmd, "health-cmd", "", "shell command run for each ready worker every --health-interval (%i: its number); a nonzero exit or timeout is a miss")
+	fs.DurationVar(&f.healthInterval, "health-interval", supervisor.DefaultHealthInterval, "time between runs of --health-cmd (positive)")
+	fs.DurationVar(&f.healthTimeout, "health-timeout", supervisor.DefaultHealthTimeout, "time --health-cmd has to exit (positive)")
+	fs.IntVar(&f.healthMisses, "health-misses", supervisor.DefaultHealthMisses, "consecutive --health-cmd misses that declare a worker hung (at least 1)")
 	fs.DurationVar(&f.pingInterval, "ping-interval", supervisor.DefaultPingInterval, "time between health pings to each worker (positive)")
 	fs.DurationVar(&f.pingTimeout, "ping-timeout", supervisor.DefaultPingTimeout, "time a worker has to answer a ping (positive)")
 	fs.IntVar(&f.pingMisses, "ping-misses", supervisor.DefaultPingMisses, "consecutive unanswered pings that declare a worker hung (it is then killed and restarted; at least 1)")
-	fs.DurationVar(&f.startTimeout, "start-timeout", supervisor.DefaultStartTimeout, "time a new worker has to say hello before it is killed (positive)")
-	fs.DurationVar(&f.stopTimeout, "stop-timeout", supervisor.DefaultStopTimeout, "graceful stop: shutdown message, SIGTERM at half this, SIGKILL at the end (positive)")
+	fs.DurationVar(&f.startTimeout, "start-timeout", supervisor.DefaultStartTimeout, "time a new worker has to become ready before it is killed (positive)")
+	fs.DurationVar(&f.stopTimeout, "stop-timeout", supervisor.DefaultStopTimeout, "graceful stop: shutdown message, --stop-signal at half this (at once without a channel), SIGKILL at the end (positive)")
+	fs.StringVar(&f.stopSignal, "stop-signal", "TERM", "signal that asks a worker to stop: TERM, INT, HUP, QUIT, USR1 or USR2")
 	fs.StringVar(&f.restart, "restart", "on-failure", "restart policy: always, on-failure or never")
+	fs.DurationVar(&f.backoffMin, "backoff-min", supervisor.DefaultBackoffMin, "first delay before a restart; it doubles up to --backoff-max (positive)")
+	fs.DurationVar(&f.backoffMax, "backoff-max", supervisor.DefaultBackoffMax, "longest delay before a restart (positive, at least --backoff-min)")
 	fs.DurationVar(&f.healthyAfter, "healthy-after", supervisor.DefaultHealthyAfter, "time a worker must stay ready for its restart backoff to reset (positive)")
 	fs.IntVar(&f.maxRestarts, "max-restarts", 0, "give up and exit 1 after more than this many restarts within --restart-window (0: no limit)")
 	fs.DurationVar(&f.restartWindow, "restart-window", supervisor.DefaultRestartWindow, "window for --max-restarts (positive)")
+}
+
+// stopSignals are the signals --stop-signal and stop_signal accept.
+var stopSignals = map[string]syscall.Signal{"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "HUP": syscall.SIGHUP,
+	"QUIT": syscall.SIGQUIT, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "KILL": syscall.SIGKILL}
+
+// parseStopSignal parses "TERM" or "SIGTERM" (any case).
+func parseStopSignal(s string) (syscall.Signal, bool) {
+	sig, ok := stopSignals[strings.TrimPrefix(strings.ToUpper(s), "SIG")]
+	return sig, ok
 }
 
 // check validates the flags; its errors are usage errors.
 func (f *supervisorFlags) check() error {
 	if _, err := supervisor.ParseRestartPolicy(f.restart); err != nil {
 		return fmt.Errorf("--restart must be always, on-failure or never, got %q", f.restart)
+	}
+	if _, err := supervisor.ParseReadyMode(f.ready); err != nil {
+		return fmt.Errorf("--ready must be hello, notify or started, got %q", f.ready)
+	}
+	if _, ok := parseStopSignal(f.stopSignal); !ok {
+		return fmt.Errorf("--stop-signal must be TERM, INT, HUP, QUIT, USR1, USR2 or KILL, got %q", f.stopSignal)
+	}
+	if !validName(f.name) {
+		return fmt.Errorf("--name must be 1 to 63 of a-z, 0-9, '_' and '-', starting with a letter or digit, got %q", f.name)
 	}
 	limit := fdLimit()
 	maxWorkers := max((limit-fdReserve)/fdsPerWorker, 1)
@@ -63,41 +115,103 @@ func (f *supervisorFlags) check() error {
 	if f.maxRestarts < 0 {
 		return fmt.Errorf("--max-restarts must be 0 (no limit) or positive, got %d", f.maxRestarts)
 	}
-	return firstError(
+	if f.watchdog != 0 && f.ready != "notify" {
+		return fmt.Errorf("--watchdog needs --ready notify (the worker feeds it with WATCHDOG=1), got --ready %s", f.ready)
+	}
+	err := firstError(
+		positive("start-secs", f.readyAfter),
+		zeroOrPositive("watchdog", f.watchdog, "no watchdog"),
+		positive("health-interval", f.healthInterval),
+		positive("health-timeout", f.healthTimeout),
+		atLeast("health-misses", f.healthMisses, 1),
 		positive("ping-interval", f.pingInterval),
 		positive("ping-timeout", f.pingTimeout),
 		atLeast("ping-misses", f.pingMisses, 1),
 		positive("start-timeout", f.startTimeout),
 		positive("stop-timeout", f.stopTimeout),
+		positive("backoff-min", f.backoffMin),
+		positive("backoff-max", f.backoffMax),
 		positive("healthy-after", f.healthyAfter),
 		positive("restart-window", f.restartWindow),
 	)
+	if err == nil && f.backoffMax < f.backoffMin {
+		err = fmt.Errorf("--backoff-max must be at least --backoff-min (%v), got %v", f.backoffMin, f.backoffMax)
+	}
+	return err
+}
+
+// validName reports whether s may name a program.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+		case (r == '_' || r == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // config returns the supervisor.Config of flags that passed check.
-func (f *supervisorFlags) config(log hclog.Logger) supervisor.Config {
+func (f *supervisorFlags) config() supervisor.Config {
 	policy, _ := supervisor.ParseRestartPolicy(f.restart)
-	return supervisor.Config{
-		Workers:       f.workers,
-		PingInterval:  f.pingInterval,
-		PingTimeout:   f.pingTimeout,
-		PingMisses:    f.pingMisses,
-		StartTimeout:  f.startTimeout,
-		StopTimeout:   f.stopTimeout,
-		Restart:       policy,
-		HealthyAfter:  f.healthyAfter,
-		MaxRestarts:   f.maxRestarts,
-		RestartWindow: f.restartWindow,
-		Logger:        log,
+	ready, _ := supervisor.ParseReadyMode(f.ready)
+	sig, _ := parseStopSignal(f.stopSignal)
+	cfg := supervisor.Config{
+		Name:           f.name,
+		Workers:        f.workers,
+		Ready:          ready,
+		ReadyAfter:     f.readyAfter,
+		Watchdog:       f.watchdog,
+		HealthInterval: f.healthInterval,
+		HealthTimeout:  f.healthTimeout,
+		HealthMisses:   f.healthMisses,
+		PingInterval:   f.pingInterval,
+		PingTimeout:    f.pingTimeout,
+		PingMisses:     f.pingMisses,
+		StartTimeout:   f.startTimeout,
+		StopTimeout:    f.stopTimeout,
+		StopSignal:     sig,
+		Restart:        policy,
+		BackoffMin:     f.backoffMin,
+		BackoffMax:     f.backoffMax,
+		HealthyAfter:   f.healthyAfter,
+		MaxRestarts:    f.maxRestarts,
+		RestartWindow:  f.restartWindow,
 	}
+	if f.healthCmd != "" {
+		cfg.HealthCmd = []string{"/bin/sh", "-c", f.healthCmd}
+	}
+	return cfg
 }
 
 // killAfterStop bounds how long a stop may take beyond --stop-timeout
 // before the CLI kills whatever is left.
 const killAfterStop = 5 * time.Second
 
+// resolveCommand finds CMD as a shell would (PATH for a bare name) and
+// checks that it can be executed; its error is a usage error.
+func resolveCommand(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		var ee *exec.Error
+		if errors.As(err, &ee) && errors.Is(ee.Err, exec.ErrNotFound) {
+			if strings.Contains(name, "/") {
+				return "", fmt.Errorf("command %s: no such file", name)
+			}
+			return "", fmt.Errorf("command %s: not found in PATH", name)
+		}
+		return "", fmt.Errorf("command %s: %v", name, errors.Unwrap(err))
+	}
+	return path, nil
+}
+
 func runCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("run", "run [--workers N] [--duration D] [--socket PATH] [flags]", stderr)
+	fs := newFlagSet("run", "run [flags] [-- CMD [ARGS...]]  |  run --config FILE [flags]", stderr)
 	var (
 		sf           supervisorFlags
 		lf           logFlags
@@ -105,44 +219,81 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		duration     time.Duration
 		echoInterval time.Duration
 		echoMax      int
+		configPath   string
 	)
 	sf.register(fs)
 	lf.register(fs)
 	lsf.register(fs, false)
+	fs.StringVar(&configPath, "config", "", "run the programs of this TOML file (see docs/CONFIG.md); SIGHUP re-reads it")
 	fs.DurationVar(&duration, "duration", 0, "stop by itself after this long and print a summary; exit 1 if any echo or worker failed (0: run until SIGINT/SIGTERM)")
-	fs.DurationVar(&echoInterval, "echo-interval", 50*time.Millisecond, "time between echo requests sent to the workers (0: no echo traffic)")
+	fs.DurationVar(&echoInterval, "echo-interval", 50*time.Millisecond, "time between echo requests sent to the built-in workers (0: no echo traffic; never with a command)")
 	fs.IntVar(&echoMax, "echo-max", 64<<10, "largest echo payload in bytes, 0 to 16 MiB; sizes are drawn between 0 and this")
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
 	}
-	err := firstError(
-		sf.check(),
-		zeroOrPositive("duration", duration, "none: run until SIGINT or SIGTERM"),
-		zeroOrPositive("echo-interval", echoInterval, "no echo traffic"),
-		between("echo-max", echoMax, 0, ipc.MaxPayload, "the largest message is 16 MiB"),
-	)
-	if err == nil {
-		err = lsf.check(fs, fdReserve+sf.workers*fdsPerWorker)
-	}
-	if err != nil {
+	usage := func(err error) int {
 		fmt.Fprintln(stderr, "supervisor run:", err)
 		return exitUsage
+	}
+	command := fs.Args()
+	var err error
+	if configPath != "" {
+		for _, n := range programFlagNames {
+			if isSet(fs, n) {
+				return usage(fmt.Errorf("--%s is a program setting: with --config, set it in the file", n))
+			}
+		}
+		if len(command) > 0 {
+			return usage(errors.New("a command and --config do not go together: name the command in the file"))
+		}
+	} else {
+		err = sf.check()
+	}
+	if err == nil {
+		err = firstError(
+			zeroOrPositive("duration", duration, "none: run until SIGINT or SIGTERM"),
+			zeroOrPositive("echo-interval", echoInterval, "no echo traffic"),
+			between("echo-max", echoMax, 0, ipc.MaxPayload, "the largest message is 16 MiB"),
+		)
+	}
+	var programs []supervisor.Program
+	switch {
+	case err != nil:
+	case configPath != "":
+		echoInterval = 0 // the programs are the user's: no built-in echo traffic
+		programs, err = loadPrograms(configPath)
+	default:
+		cfg := sf.config()
+		if len(command) > 0 {
+			// A command of the user's: no built-in echo traffic.
+			echoInterval = 0
+			if cfg.Executable, err = resolveCommand(command[0]); err == nil {
+				cfg.Args = command[1:]
+			}
+		}
+		programs = []supervisor.Program{{Name: cfg.Name, Config: cfg}}
+	}
+	if err == nil {
+		err = lsf.check(fs, fdReserve+totalWorkers(programs)*fdsPerWorker)
+	}
+	if err != nil {
+		return usage(err)
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
+		return usage(err)
+	}
+	g, err := supervisor.NewGroup(programs, log)
+	if err != nil {
 		fmt.Fprintln(stderr, "supervisor run:", err)
 		return exitUsage
 	}
-	cfg := sf.config(log)
-	sup, err := supervisor.New(cfg)
-	if err != nil {
-		fmt.Fprintln(stderr, "supervisor run:", err)
-		return exitFail
-	}
+	front := programs[0].Name // echoes and messages from the front door go to the first program
+	stopTimeout := maxStopTimeout(programs)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stopSignals := handleSignals(ctx, cancel, sup, log)
+	stopSignals := handleSignals(ctx, cancel, g, configPath, log)
 	defer stopSignals()
 	if duration > 0 {
 		t := time.AfterFunc(duration, cancel)
@@ -156,7 +307,8 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "supervisor run:", err)
 			return exitFail
 		}
-		scfg.Handler = frontDoor(sup, &srv, l.Addr())
+		scfg.Name = "supervisor"
+		scfg.Handler = frontDoor(g, front, &srv, l.Addr(), configPath, log)
 		scfg.ForwardEcho = true
 		srv = ipc.NewServer(l, scfg)
 	}
@@ -170,7 +322,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	runDone := make(chan struct{})
 	go func() {
 		defer func() { done <- struct{}{} }()
-		tr.run(ctx, sup, echoInterval, echoMax, log)
+		tr.run(ctx, g, front, echoInterval, echoMax, log)
 	}()
 	go func() {
 		defer func() { done <- struct{}{} }()
@@ -195,12 +347,16 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		select {
 		case <-runDone:
-		case <-time.After(cfg.StopTimeout + killAfterStop):
-			log.Warn("the stop is taking too long; killing the workers", "stop_timeout", cfg.StopTimeout)
-			sup.Kill()
+		case <-time.After(stopTimeout + killAfterStop):
+			log.Warn("the stop is taking too long; killing the workers", "stop_timeout", stopTimeout)
+			for _, ps := range g.Status() {
+				if s := g.Supervisor(ps.Name); s != nil {
+					s.Kill()
+				}
+			}
 		}
 	}()
-	runErr := sup.Run(ctx)
+	runErr := g.Run(ctx)
 	close(runDone)
 	cancel()
 	<-done
@@ -212,13 +368,14 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	// SIGINT or SIGTERM is a success whatever workers did during its
 	// life (their failures are in the log and in status). Both fail on
 	// a crash loop, a failed socket server, or an echo that came back
-	// different.
-	st := sup.Stats()
+	// different. A run whose workers all ended for good ends by itself:
+	// 0 if every one exited 0, else 1.
+	st := g.Stats()
 	ok := runErr == nil && serveErr == nil && tr.mismatches.Load() == 0
 	if duration > 0 {
 		ok = ok && st.Failures == 0 && tr.errors.Load() == 0
 	}
-	printSummary(stdout, time.Since(start), cfg.Workers, st, &tr, ok)
+	printSummary(stdout, time.Since(start), totalWorkers(programs), st, &tr, ok)
 	if runErr != nil {
 		fmt.Fprintln(stderr, "supervisor run:", runErr)
 	}
@@ -228,10 +385,29 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// totalWorkers counts the workers of programs.
+func totalWorkers(programs []supervisor.Program) int {
+	n := 0
+	for _, p := range programs {
+		n += max(p.Config.Workers, 1)
+	}
+	return n
+}
+
+// maxStopTimeout is the longest stop timeout of programs.
+func maxStopTimeout(programs []supervisor.Program) time.Duration {
+	d := supervisor.DefaultStopTimeout
+	for _, p := range programs {
+		d = max(d, p.Config.StopTimeout)
+	}
+	return d
+}
+
 // handleSignals turns the first SIGINT or SIGTERM into a graceful stop
-// and the second into an immediate kill; SIGHUP asks for a rolling
-// restart. The returned function stops listening.
-func handleSignals(ctx context.Context, stop context.CancelFunc, sup *supervisor.Supervisor, log hclog.Logger) func() {
+// and the second into an immediate kill; SIGHUP re-reads the config
+// file (with --config) or asks for a rolling restart of every program.
+// The returned function stops listening.
+func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.Group, configPath string, log hclog.Logger) func() {
 	ch := make(chan os.Signal, 4)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	quit := make(chan struct{})
@@ -248,12 +424,11 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, sup *supervisor
 			case sig := <-ch:
 				switch {
 				case sig == syscall.SIGHUP:
-					log.Info("SIGHUP: rolling restart")
 					reloads.Add(1)
 					go func() {
 						defer reloads.Done()
-						if err := sup.Reload(ctx); err != nil && ctx.Err() == nil {
-							log.Error("rolling restart failed", "error", err)
+						if err := reload(ctx, g, configPath, "", log); err != nil && ctx.Err() == nil {
+							log.Error("reload failed", "error", err)
 						}
 					}()
 				case !stopping:
@@ -262,7 +437,11 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, sup *supervisor
 					stop()
 				default:
 					log.Warn("killing workers at once", "signal", sig.String())
-					sup.Kill()
+					for _, ps := range g.Status() {
+						if s := g.Supervisor(ps.Name); s != nil {
+							s.Kill()
+						}
+					}
 				}
 			}
 		}
@@ -274,14 +453,39 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, sup *supervisor
 	}
 }
 
+// reload re-reads the config file and applies it (with --config and no
+// program named), or rolls the program name (every program if "").
+// A file that fails to load changes nothing.
+func reload(ctx context.Context, g *supervisor.Group, configPath, name string, log hclog.Logger) error {
+	if configPath == "" || name != "" {
+		log.Info("rolling restart", "program", name)
+		return g.Reload(ctx, name)
+	}
+	log.Info("re-reading the config file", "file", configPath)
+	programs, err := loadPrograms(configPath)
+	if err != nil {
+		return fmt.Errorf("config file not applied, nothing changed: %w", err)
+	}
+	d, err := g.Replace(ctx, programs)
+	if err != nil {
+		return err
+	}
+	log.Info("config file applied", "added", d.Added, "removed", d.Removed, "changed", d.Changed, "unchanged", d.Unchanged)
+	return nil
+}
+
 // traffic sends echo requests to the workers and checks every reply
 // byte for byte.
 type traffic struct {
 	sent, verified, bytes, mismatches, errors atomic.Uint64
 }
 
-func (t *traffic) run(ctx context.Context, sup *supervisor.Supervisor, every time.Duration, maxSize int, log hclog.Logger) {
+func (t *traffic) run(ctx context.Context, g *supervisor.Group, name string, every time.Duration, maxSize int, log hclog.Logger) {
 	if every <= 0 {
+		return
+	}
+	sup, err := g.Await(ctx, name)
+	if err != nil {
 		return
 	}
 	select {

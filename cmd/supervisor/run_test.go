@@ -66,7 +66,7 @@ func TestRunSocket(t *testing.T) {
 	}
 	r := cliWant(t, exitOK, cliOpts{}, "status", "--socket", sock)
 	for _, pid := range pids {
-		if !regexp.MustCompile(`(?m)^\d+\s+` + strconv.Itoa(pid) + `\s+ready\s`).MatchString(r.stdout) {
+		if !regexp.MustCompile(`(?m)^worker\s+\d+\s+` + strconv.Itoa(pid) + `\s+ready\s`).MatchString(r.stdout) {
 			t.Errorf("status does not list worker pid %d as ready:\n%s", pid, r)
 		}
 	}

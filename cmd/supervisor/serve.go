@@ -24,6 +24,41 @@ type statusDoc struct {
 	Version     string          `json:"version"`
 	Socket      string          `json:"socket"`
 	Connections ipc.ServerStats `json:"connections"`
+	// Programs groups the workers (all of which are also in Workers) by
+	// program, in the order of the command line or config file.
+	Programs []programDoc `json:"programs,omitempty"`
+}
+
+// programDoc is one program in a status document.
+type programDoc struct {
+	Name    string                    `json:"name"`
+	State   supervisor.ProgramState   `json:"state"`
+	After   []string                  `json:"after,omitempty"`
+	Error   string                    `json:"error,omitempty"`
+	Workers []supervisor.WorkerStatus `json:"workers"`
+}
+
+// processStart is when this process started, for status's uptime.
+var processStart = time.Now()
+
+// groupStatusDoc returns the status document of a run.
+func groupStatusDoc(g *supervisor.Group, mode, socket string, conns ipc.ServerStats) statusDoc {
+	doc := statusDoc{
+		Status:      supervisor.Status{PID: os.Getpid(), StartedAt: processStart, UptimeSeconds: time.Since(processStart).Seconds(), Workers: []supervisor.WorkerStatus{}},
+		Mode:        mode,
+		Version:     version,
+		Socket:      socket,
+		Connections: conns,
+	}
+	for _, ps := range g.Status() {
+		ws := ps.Status.Workers
+		if ws == nil {
+			ws = []supervisor.WorkerStatus{}
+		}
+		doc.Workers = append(doc.Workers, ws...)
+		doc.Programs = append(doc.Programs, programDoc{Name: ps.Name, State: ps.State, After: ps.After, Error: ps.Error, Workers: ws})
+	}
+	return doc
 }
 
 func serveCmd(args []string, stdout, stderr io.Writer) int {

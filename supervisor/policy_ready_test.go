@@ -1,0 +1,189 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Policy tests of the Ready modes, the watchdog and the health command,
+// on the fake spawner and clock.
+
+// TestPolicyReadyStarted: a ReadyStarted worker is ready once it has
+// lived ReadyAfter, not before; one that dies sooner failed to start.
+func TestPolicyReadyStarted(t *testing.T) {
+	t.Parallel()
+	const secs = 3 * time.Second
+	r := startPolicy(t, Config{Ready: ReadyStarted, ReadyAfter: secs, BackoffMin: time.Second, BackoffMax: time.Second})
+	fp := r.sp.next(t)
+	r.clk.waitArmed(t, r.t0.Add(secs))
+	if st := slotOf(r.s.Status(), 1).State; st != StateStarting {
+		t.Fatalf("state %s before ReadyAfter, want starting", st)
+	}
+	r.clk.set(r.t0.Add(secs))
+	r.awaitReady()
+	fp.exit(exit1)
+	ws := r.backoff()
+	r.clk.set(*ws.NextStart)
+	fp = r.sp.next(t)
+	fp.exit(exit3) // before ReadyAfter
+	ws = r.backoff()
+	if !ws.Exit.BeforeHello || ws.LastExit != "exited with status 3 before it was ready" {
+		t.Errorf("early exit: %+v", ws)
+	}
+	r.finishWith(2)
+}
+
+// TestPolicyReadyNotify: READY=1 makes a ReadyNotify worker ready;
+// STATUS= and ERRNO= show in Status; RELOADING=1 takes it out of
+// readiness until READY=1; EXTEND_TIMEOUT_USEC= extends the start
+// timeout; one never ready within StartTimeout is killed (ExitNotReady).
+func TestPolicyReadyNotify(t *testing.T) {
+	t.Parallel()
+	const start = 10 * time.Second
+	r := startPolicy(t, Config{Ready: ReadyNotify, StartTimeout: start, BackoffMin: time.Second, BackoffMax: time.Second})
+	fp := r.sp.next(t)
+	fp.notify(notice{extend: 15 * time.Second, status: "loading", hasStatus: true})
+	r.await("the status text", func(st Status) bool { return slotOf(st, 1).StatusText == "loading" })
+	r.clk.waitArmed(t, r.t0.Add(15*time.Second))
+	r.clk.set(r.t0.Add(start)) // the first timeout passes, extended
+	fp.notify(notice{ready: true, status: "serving", hasStatus: true, errno: 0, hasErrno: true})
+	ws := slotOf(r.await("ready", func(st Status) bool { return slotOf(st, 1).State == StateReady }), 1)
+	if ws.StatusText != "serving" {
+		t.Errorf("status text %q", ws.StatusText)
+	}
+	fp.notify(notice{reloading: true})
+	r.await("reloading", func(st Status) bool { return slotOf(st, 1).State == StateReloading })
+	fp.notify(notice{ready: true})
+	r.awaitReady()
+	fp.noSignal(t)
+
+	fp.exit(exit1)
+	ws = r.backoff()
+	r.clk.set(*ws.NextStart)
+	fp = r.sp.next(t)
+	at := r.clk.now().Add(start)
+	r.clk.waitArmed(t, at)
+	r.clk.set(at)
+	fp.wantSignal(t, syscall.SIGKILL, at)
+	ws = r.backoff()
+	if ws.Exit.Kind != ExitNotReady || ws.Exit.Timeout != start {
+		t.Errorf("exit %+v, want not-ready after %v", ws.Exit, start)
+	}
+	r.finishWith(2)
+}
+
+// TestPolicyWatchdog: a ready ReadyNotify worker must send WATCHDOG=1
+// within each Watchdog interval (WATCHDOG_USEC= changes it); one that
+// stops is killed as hung, and so is one that sends WATCHDOG=trigger.
+func TestPolicyWatchdog(t *testing.T) {
+	t.Parallel()
+	const wd = 2 * time.Second
+	r := startPolicy(t, Config{Ready: ReadyNotify, Watchdog: wd, BackoffMin: time.Second, BackoffMax: time.Second})
+	fp := r.sp.next(t)
+	fp.notify(notice{ready: true})
+	r.awaitReady()
+	for i := 1; i <= 3; i++ {
+		r.clk.waitArmed(t, r.clk.now().Add(wd))
+		r.clk.advance(wd - time.Millisecond)
+		fp.notify(notice{watchdog: true})
+		r.clk.waitArmed(t, r.clk.now().Add(wd)) // re-armed from now
+	}
+	fp.noSignal(t)
+	fp.notify(notice{watchdog: true, watchdogEvery: 5 * time.Second})
+	at := r.clk.now().Add(5 * time.Second)
+	r.clk.waitArmed(t, at)
+	r.clk.set(at)
+	fp.wantSignal(t, syscall.SIGKILL, at)
+	ws := r.backoff()
+	if ws.Exit.Kind != ExitHung || ws.Exit.Check != CheckWatchdog || ws.LastExit != "hung: watchdog not fed within 5s" {
+		t.Errorf("exit %+v (%q)", ws.Exit, ws.LastExit)
+	}
+
+	r.clk.set(*ws.NextStart)
+	fp = r.sp.next(t)
+	fp.notify(notice{ready: true})
+	r.awaitReady()
+	fp.notify(notice{trigger: true})
+	fp.wantSignal(t, syscall.SIGKILL, time.Time{})
+	ws = r.backoff()
+	if ws.Exit.Check != CheckWatchdogTrigger {
+		t.Errorf("exit %+v", ws.Exit)
+	}
+	r.finishWith(2)
+}
+
+// TestPolicyHealthCommand: the health command runs each HealthInterval
+// while a worker is ready; HealthMisses failures in a row declare it
+// hung; a pass resets the count.
+func TestPolicyHealthCommand(t *testing.T) {
+	t.Parallel()
+	const every = 10 * time.Second
+	results := make(chan error)
+	calls := make(chan int, 10)
+	r := startPolicy(t, Config{Ready: ReadyStarted, ReadyAfter: time.Second, HealthCmd: []string{"check"}, HealthInterval: every, HealthMisses: 2, BackoffMin: time.Second, BackoffMax: time.Second},
+		func(s *Supervisor, _ *fakeSpawner) {
+			s.checker = func(ctx context.Context, id, pid int, _ hclog.Logger) error {
+				calls <- id
+				select {
+				case err := <-results:
+					return err
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		})
+	fp := r.sp.next(t)
+	r.clk.waitArmed(t, r.t0.Add(time.Second))
+	r.clk.set(r.t0.Add(time.Second))
+	r.awaitReady()
+	fail := errors.New("exit status 1")
+	for i, res := range []error{fail, nil, fail, fail} {
+		at := r.clk.now().Add(every)
+		r.clk.waitArmed(t, at)
+		r.clk.set(at)
+		select {
+		case <-calls:
+		case <-time.After(policyWait):
+			t.Fatalf("health command %d not run", i)
+		}
+		results <- res
+		if i < 3 {
+			fp.noSignal(t)
+		}
+	}
+	fp.wantSignal(t, syscall.SIGKILL, time.Time{})
+	ws := r.backoff()
+	if ws.Exit.Kind != ExitHung || ws.Exit.Check != CheckCommand || ws.Exit.Misses != 2 {
+		t.Errorf("exit %+v", ws.Exit)
+	}
+	r.finishWith(1)
+}
+
+// TestPolicyStopWithoutChannel: a worker without a channel is sent
+// StopSignal at once on stop, and SIGKILL at the end of StopTimeout.
+func TestPolicyStopWithoutChannel(t *testing.T) {
+	t.Parallel()
+	const stop = 4 * time.Second
+	r := startPolicy(t, Config{Ready: ReadyStarted, ReadyAfter: time.Second, StopTimeout: stop, StopSignal: syscall.SIGINT})
+	fp := r.sp.next(t)
+	fp.ignoreTerm.Store(true)
+	r.clk.waitArmed(t, r.t0.Add(time.Second))
+	r.clk.set(r.t0.Add(time.Second))
+	r.awaitReady()
+	r.cancel()
+	now := r.clk.now()
+	fp.wantSignal(t, syscall.SIGINT, now)
+	r.clk.waitArmed(t, now.Add(stop))
+	r.clk.set(now.Add(stop))
+	fp.wantSignal(t, syscall.SIGKILL, now.Add(stop))
+	if err := r.wait(); err != nil {
+		t.Fatal(err)
+	}
+}
