@@ -58,6 +58,29 @@
 // the context ended: not a failure, not restarted, and Run returns nil.
 // Otherwise it is a failure like any other.
 //
+// # Readiness and health beyond the hello
+//
+// Config.Ready says when a worker is ready: at its hello (ReadyHello, the
+// default), at "READY=1" on the sd_notify socket each worker process is given in
+// NOTIFY_SOCKET (ReadyNotify: a program written for systemd's Type=notify runs
+// unchanged; STATUS=, RELOADING=1, STOPPING=1, EXTEND_TIMEOUT_USEC=, ERRNO= and
+// the watchdog are understood, see docs/PROTOCOL.md), or once it has stayed
+// alive Config.ReadyAfter (ReadyStarted). Outside ReadyHello the channel on fd 3
+// is optional. Config.Watchdog and Config.HealthCmd add health checks; failing
+// one makes the worker hung (ExitHung, with Check saying which).
+//
+// When every worker has ended and the policy restarts none of them, Run returns
+// by itself: nil if each exited 0, else an error wrapping ErrWorkersFailed.
+//
+// # Several programs
+//
+// A Group runs several named programs, each a Supervisor, starting a program
+// once those it names in Program.After are ready (every worker ready once) and
+// stopping in the reverse order. Start, Stop, Restart and Reload act on one
+// program; Replace applies a new set of programs, starting the added, stopping
+// the removed, restarting the changed and leaving the rest alone. One goroutine,
+// the group loop, owns the programs; group.go's top comment lists the hand-offs.
+//
 // # Orphans
 //
 // While Run runs, the process is a child subreaper

@@ -156,6 +156,7 @@ type proc struct {
 	// its interval (WATCHDOG_USEC= from the worker may change it).
 	wdAt    time.Time
 	wdEvery time.Duration
+	wdOff   bool // the worker turned it off (WATCHDOG_USEC=0)
 	// HealthCmd: when the next runs (zero: none due), whether one runs,
 	// and the misses in a row.
 	hcAt      time.Time

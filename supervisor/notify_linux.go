@@ -77,17 +77,18 @@ func (p *process) notice() (notice, error) {
 			continue // Read closed its descriptor: that is the answer
 		}
 		return notice{
-			ready:         m.Ready,
-			reloading:     m.Reloading,
-			stopping:      m.Stopping,
-			watchdog:      m.Watchdog,
-			trigger:       m.WatchdogTrigger,
-			status:        m.Status,
-			hasStatus:     m.HasStatus,
-			watchdogEvery: m.WatchdogInterval,
-			extend:        m.ExtendTimeout,
-			errno:         m.Errno,
-			hasErrno:      m.HasErrno,
+			ready:            m.Ready,
+			reloading:        m.Reloading,
+			stopping:         m.Stopping,
+			watchdog:         m.Watchdog,
+			trigger:          m.WatchdogTrigger,
+			status:           m.Status,
+			hasStatus:        m.HasStatus,
+			watchdogEvery:    m.WatchdogInterval,
+			hasWatchdogEvery: m.HasWatchdogInterval,
+			extend:           m.ExtendTimeout,
+			errno:            m.Errno,
+			hasErrno:         m.HasErrno,
 		}, nil
 	}
 }

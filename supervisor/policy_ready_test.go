@@ -96,7 +96,7 @@ func TestPolicyWatchdog(t *testing.T) {
 		r.clk.waitArmed(t, r.clk.now().Add(wd)) // re-armed from now
 	}
 	fp.noSignal(t)
-	fp.notify(notice{watchdog: true, watchdogEvery: 5 * time.Second})
+	fp.notify(notice{watchdog: true, watchdogEvery: 5 * time.Second, hasWatchdogEvery: true})
 	at := r.clk.now().Add(5 * time.Second)
 	r.clk.waitArmed(t, at)
 	r.clk.set(at)

@@ -21,7 +21,8 @@ type notice struct {
 	watchdog, trigger          bool
 	status                     string
 	hasStatus                  bool
-	watchdogEvery              time.Duration // WATCHDOG_USEC=; 0: absent
+	watchdogEvery              time.Duration // WATCHDOG_USEC=
+	hasWatchdogEvery           bool          //
 	extend                     time.Duration // EXTEND_TIMEOUT_USEC=; 0: absent
 	errno                      int
 	hasErrno                   bool
@@ -85,10 +86,12 @@ func (s *Supervisor) becameReady(p *proc) {
 // watchdog and the health command.
 func (s *Supervisor) armHealth(p *proc, now time.Time) {
 	if s.cfg.Ready == ReadyNotify && s.cfg.Watchdog > 0 {
-		if p.wdEvery == 0 {
+		if p.wdEvery == 0 && !p.wdOff {
 			p.wdEvery = s.cfg.Watchdog
 		}
-		p.wdAt = now.Add(p.wdEvery)
+		if p.wdEvery > 0 {
+			p.wdAt = now.Add(p.wdEvery)
+		}
 	}
 	if len(s.cfg.HealthCmd) > 0 {
 		p.hcAt = now.Add(s.cfg.HealthInterval)
@@ -116,9 +119,13 @@ func (s *Supervisor) noticed(p *proc, n notice) {
 			p.deadline = d
 		}
 	}
-	if n.watchdogEvery > 0 {
+	if n.hasWatchdogEvery {
+		// As under systemd, 0 turns the watchdog off.
 		p.wdEvery = n.watchdogEvery
-		if !p.wdAt.IsZero() {
+		switch {
+		case p.wdEvery == 0:
+			p.wdAt, p.wdOff = time.Time{}, true
+		case !p.wdAt.IsZero() || p.phase == phReady && s.cfg.Watchdog > 0:
 			p.wdAt = now.Add(p.wdEvery)
 		}
 	}

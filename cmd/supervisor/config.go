@@ -60,6 +60,7 @@ func toProgram(p config.Program) (supervisor.Program, error) {
 			Dir:            p.Dir,
 			Ready:          ready,
 			ReadyAfter:     p.ReadyAfter,
+			Watchdog:       p.Watchdog,
 			HealthCmd:      p.HealthCmd,
 			HealthInterval: p.HealthInterval,
 			HealthTimeout:  p.HealthTimeout,

@@ -68,6 +68,7 @@ type Program struct {
 
 	Ready      string        // ReadyHello, ReadyNotify or ReadyStarted
 	ReadyAfter time.Duration // ReadyStarted only: alive this long is ready (key start_secs)
+	Watchdog   time.Duration // ReadyNotify only: WATCHDOG_USEC (key watchdog); 0: none
 
 	// HealthCmd is an exec probe (argv; no shell), run every
 	// HealthInterval with HealthTimeout; HealthMisses consecutive
@@ -304,6 +305,7 @@ func (f *File) Format() []byte {
 		num("workers", p.Workers)
 		str("ready", p.Ready)
 		dur("start_secs", p.ReadyAfter)
+		dur("watchdog", p.Watchdog)
 		list("health_cmd", p.HealthCmd)
 		dur("health_interval", p.HealthInterval)
 		dur("health_timeout", p.HealthTimeout)

@@ -18,6 +18,7 @@
 //	workers = 1                         # 1 to 10000 (default 1)
 //	ready = "notify"                    # "hello" (default) | "notify" | "started"
 //	start_secs = "1s"                   # ready = "started" only: alive this long is ready
+//	watchdog = "30s"                    # ready = "notify" only: WATCHDOG_USEC; no WATCHDOG=1 for this long = hung
 //	health_cmd = ["pg_isready", "-p", "54%i"]  # exec probe: an array, run without a shell
 //	health_interval = "10s"             # health_cmd only
 //	health_timeout = "5s"               # health_cmd only

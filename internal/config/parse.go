@@ -326,6 +326,7 @@ var fields = map[string]func(c *checker, p *Program, it item){
 		}
 	},
 	"start_secs": func(c *checker, p *Program, it item) { p.ReadyAfter = c.duration(it) },
+	"watchdog":   func(c *checker, p *Program, it item) { p.Watchdog = c.duration(it) },
 	"health_cmd": func(c *checker, p *Program, it item) {
 		if _, ok := it.val.(string); ok {
 			c.invalid(it, `must be an array (the command and its arguments, run without a shell), got %s; for a shell command write ["sh", "-c", "..."]`, describe(it.val))
@@ -468,6 +469,7 @@ func (c *checker) program(name string, val any) Program {
 		}
 	}
 	only(p.Ready == ReadyStarted, fmt.Sprintf(`with ready = "started" (ready is %q)`, p.Ready), "start_secs")
+	only(p.Ready == ReadyNotify, fmt.Sprintf(`with ready = "notify" (ready is %q)`, p.Ready), "watchdog")
 	only(p.Ready == ReadyHello, fmt.Sprintf(`with ready = "hello" (ready is %q)`, p.Ready), "ping_interval", "ping_timeout", "ping_misses")
 	_, health := set["health_cmd"]
 	only(health, "with health_cmd", "health_interval", "health_timeout", "health_misses")
