@@ -11,10 +11,13 @@ package supervisor
 //     member: its Program, its current Supervisor run, its state, whether
 //     an operator stopped it, and the requests waiting for it (Start,
 //     Stop, Restart, Replace). Nothing else reads or writes members.
-//   - Each Supervisor run has two goroutines: one running Supervisor.Run
-//     and one waiting for Supervisor.Ready; each reports to the loop by
-//     event (grpReady, grpEnded) and selects on the loop's end, so none
-//     blocks on a loop that has returned.
+//   - Each run of a program (a Supervisor) has two goroutines: one
+//     running Supervisor.Run and one waiting for Supervisor.Ready; each
+//     reports to the loop by event (grpReady, grpEnded, carrying the
+//     *progRun) and selects on the loop's end, so none blocks on a loop
+//     that has returned. Which member a run serves (run.m) is the
+//     loop's: a changed program's successor run is handed to its member
+//     when it is ready, and the run it replaces is retired.
 //   - Callers ask the loop through Group.reqs and wait on the request's
 //     own buffered answer channel; Status and Supervisor read the
 //     snapshot the loop publishes after each step.
@@ -68,6 +71,9 @@ type ProgramStatus struct {
 	After  []string     `json:"after,omitempty"`
 	Error  string       `json:"error,omitempty"` // why it failed
 	Status Status       `json:"status"`          // its Supervisor's; zero before its first start
+	// Next is the status of the run that will replace the current one
+	// once ready, after Replace changed the program's settings.
+	Next *Status `json:"next,omitempty"`
 }
 
 // Diff says what Group.Replace changed.
@@ -99,39 +105,44 @@ type Group struct {
 
 	// The loop's own.
 	members  []*member // in Program order
+	retiring int       // retired runs not yet ended
 	stopping bool
 	err      error
 }
 
 type member struct {
 	prog    Program
-	sup     *Supervisor // the current run; nil when none
-	cancel  context.CancelFunc
-	ended   chan struct{} // closed when the current run's Run returned
+	cur     *progRun // the current run; nil when none
+	next    *progRun // Replace: the changed program's run, until it is ready
 	state   ProgramState
 	held    bool // stopped by Stop: stays stopped until Start
 	removed bool // removed by Replace: dropped once stopped
 	err     error
 	waiters []chan error // Stop and Restart calls waiting for the run to end
-	next    *Program     // Replace: the changed program to start once this run ended
+}
+
+// progRun is one Supervisor run of a program.
+type progRun struct {
+	m       *member // the member it serves (the loop's)
+	prog    Program
+	sup     *Supervisor
+	cancel  context.CancelFunc
+	retired bool // replaced by a successor: being stopped, serves nobody
 }
 
 type groupSnap struct {
 	progs   []ProgramStatus
 	sups    map[string]*Supervisor
+	nexts   map[string]*Supervisor
 	done    bool
 	changed chan struct{} // closed when a newer snapshot replaces this one
 }
 
 // Group events and requests.
 type (
-	grpReady struct {
-		m   *member
-		sup *Supervisor
-	}
+	grpReady struct{ r *progRun }
 	grpEnded struct {
-		m   *member
-		sup *Supervisor
+		r   *progRun
 		err error
 	}
 	grpReq struct {
@@ -266,9 +277,9 @@ func (g *Group) loop(ctx context.Context) {
 		case ev := <-g.events:
 			switch ev := ev.(type) {
 			case grpReady:
-				g.ready(ev.m, ev.sup)
+				g.ready(ev.r)
 			case grpEnded:
-				g.ended(ev.m, ev.sup, ev.err)
+				g.ended(ev.r, ev.err)
 			}
 		case r := <-g.reqs:
 			switch r := r.(type) {
@@ -289,10 +300,10 @@ func (g *Group) loop(ctx context.Context) {
 // finished reports whether the loop is done: stopping and no run left,
 // or every program ended by itself.
 func (g *Group) finished() bool {
-	running, ended, failed := 0, 0, 0
+	running, ended, failed := g.retiring, 0, 0
 	for _, m := range g.members {
 		switch {
-		case m.sup != nil:
+		case m.cur != nil || m.next != nil:
 			running++
 		case m.state == ProgramExited:
 			ended++
@@ -321,7 +332,7 @@ func (g *Group) startReady() {
 		return
 	}
 	for _, m := range g.members {
-		if m.sup != nil || m.held || m.removed || m.state == ProgramExited || m.state == ProgramFailed {
+		if m.cur != nil || m.held || m.removed || m.state == ProgramExited || m.state == ProgramFailed {
 			continue
 		}
 		if g.depsReady(m) {
@@ -350,36 +361,46 @@ func (g *Group) member(name string) *member {
 	return nil
 }
 
-// launch starts a run of m's program.
+// launch starts a run of m's program as its current run.
 func (g *Group) launch(m *member) {
-	cfg := m.prog.Config
-	cfg.Name = m.prog.Name
-	cfg.Logger = g.log.With("program", m.prog.Name)
-	sup, err := New(cfg)
+	r, err := g.start(m, m.prog)
 	if err != nil {
 		m.state, m.err = ProgramFailed, err
 		g.log.Error("cannot start program", "program", m.prog.Name, "error", err)
 		return
 	}
+	m.cur, m.state, m.err = r, ProgramStarting, nil
+}
+
+// start starts a run of prog for m.
+func (g *Group) start(m *member, prog Program) (*progRun, error) {
+	cfg := prog.Config
+	cfg.Name = prog.Name
+	cfg.Logger = g.log.With("program", prog.Name)
+	sup, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m.sup, m.cancel, m.ended, m.state, m.err = sup, cancel, make(chan struct{}), ProgramStarting, nil
-	g.log.Info("starting program", "program", m.prog.Name, "workers", sup.cfg.Workers)
-	ended := m.ended
+	r := &progRun{m: m, prog: prog, sup: sup, cancel: cancel}
+	g.log.Info("starting program", "program", prog.Name, "workers", sup.cfg.Workers)
+	ended := make(chan struct{})
 	g.runs.Add(2)
 	go func() {
 		defer g.runs.Done()
 		err := sup.Run(ctx)
 		close(ended)
-		g.send(grpEnded{m, sup, err})
+		g.send(grpEnded{r, err})
 	}()
 	go func() {
 		defer g.runs.Done()
 		select {
 		case <-sup.Ready():
-			g.send(grpReady{m, sup})
+			g.send(grpReady{r})
 		case <-ended:
 		}
 	}()
+	return r, nil
 }
 
 func (g *Group) send(ev any) {
@@ -389,26 +410,73 @@ func (g *Group) send(ev any) {
 	}
 }
 
-// ready: every worker of m's run sup has been ready once.
-func (g *Group) ready(m *member, sup *Supervisor) {
-	if m.sup != sup || m.state != ProgramStarting {
+// ready: every worker of run r has been ready once.
+func (g *Group) ready(r *progRun) {
+	m := r.m
+	switch {
+	case r.retired, m.state == ProgramStopping:
+	case r == m.next:
+		// A changed program's new run is ready: it takes over, and the
+		// run it replaces stops.
+		old := m.cur
+		m.cur, m.next, m.prog, m.state = r, nil, r.prog, ProgramReady
+		g.log.Info("changed program ready; stopping its previous run", "program", m.prog.Name)
+		if old != nil {
+			g.retire(old)
+		}
+		g.startReady()
+	case r == m.cur && m.state == ProgramStarting:
+		m.state = ProgramReady
+		g.log.Info("program ready", "program", m.prog.Name)
+		g.startReady()
+	}
+}
+
+// retire stops r, which no member serves any more.
+func (g *Group) retire(r *progRun) {
+	r.retired = true
+	g.retiring++
+	r.cancel()
+}
+
+// ended: run r returned err.
+func (g *Group) ended(r *progRun, err error) {
+	g.pastMu.Lock()
+	g.past = addStats(g.past, r.sup.Stats())
+	m := r.m
+	wasNext := r == m.next
+	switch {
+	case r.retired:
+		g.retiring--
+	case wasNext:
+		m.next = nil
+	case r == m.cur:
+		m.cur = nil
+	}
+	g.publish() // without r: Stats counts it once
+	g.pastMu.Unlock()
+	switch {
+	case r.retired:
+		g.log.Info("previous run of a changed program stopped", "program", r.prog.Name)
+	case wasNext && m.cur != nil && m.state != ProgramStopping:
+		// A changed program's new run ended before it was ready: the
+		// current run goes on with the previous settings.
+		g.log.Error("changed program failed to start; its previous run goes on", "program", r.prog.Name, "error", err)
+	default:
+		g.curEnded(m, err)
+	}
+	if g.stopping {
+		g.stopNext()
 		return
 	}
-	m.state = ProgramReady
-	g.log.Info("program ready", "program", m.prog.Name)
 	g.startReady()
 }
 
-// ended: m's run sup returned err.
-func (g *Group) ended(m *member, sup *Supervisor, err error) {
-	if m.sup != sup {
-		return
+// curEnded: m's current run (or its successor, in a stop) returned err.
+func (g *Group) curEnded(m *member, err error) {
+	if m.cur != nil || m.next != nil {
+		return // the other run of a stopping member is still ending
 	}
-	m.sup, m.cancel = nil, nil
-	g.pastMu.Lock()
-	g.past = addStats(g.past, sup.Stats())
-	g.publish() // without sup: Stats counts it once
-	g.pastMu.Unlock()
 	asked := m.state == ProgramStopping
 	switch {
 	case errors.Is(err, ErrCrashLoop):
@@ -435,15 +503,6 @@ func (g *Group) ended(m *member, sup *Supervisor, err error) {
 	if m.removed {
 		g.members = slices.DeleteFunc(g.members, func(x *member) bool { return x == m })
 	}
-	if m.next != nil && !g.stopping {
-		m.prog, m.next = *m.next, nil
-		m.state, m.err = ProgramWaiting, nil
-	}
-	if g.stopping {
-		g.stopNext()
-		return
-	}
-	g.startReady()
 }
 
 // beginStop stops every program, dependents first.
@@ -453,7 +512,7 @@ func (g *Group) beginStop() {
 	}
 	g.stopping = true
 	for _, m := range g.members {
-		if m.sup == nil && m.state != ProgramExited && m.state != ProgramFailed {
+		if m.cur == nil && m.next == nil && m.state != ProgramExited && m.state != ProgramFailed {
 			m.state = ProgramStopped
 		}
 	}
@@ -464,7 +523,7 @@ func (g *Group) beginStop() {
 // after.
 func (g *Group) stopNext() {
 	for _, m := range g.members {
-		if m.sup == nil || m.state == ProgramStopping {
+		if m.cur == nil && m.next == nil || m.state == ProgramStopping {
 			continue
 		}
 		if !g.needed(m) {
@@ -476,21 +535,25 @@ func (g *Group) stopNext() {
 // needed reports whether a running program starts after m.
 func (g *Group) needed(m *member) bool {
 	for _, o := range g.members {
-		if o.sup != nil && slices.Contains(o.prog.After, m.prog.Name) {
+		if (o.cur != nil || o.next != nil) && slices.Contains(o.prog.After, m.prog.Name) {
 			return true
 		}
 	}
 	return false
 }
 
-// stop ends m's run.
+// stop ends m's runs.
 func (g *Group) stop(m *member) {
-	if m.sup == nil || m.state == ProgramStopping {
+	if m.cur == nil && m.next == nil || m.state == ProgramStopping {
 		return
 	}
 	m.state = ProgramStopping
 	g.log.Info("stopping program", "program", m.prog.Name)
-	m.cancel()
+	for _, r := range []*progRun{m.cur, m.next} {
+		if r != nil {
+			r.cancel()
+		}
+	}
 }
 
 // request applies Start, Stop, Restart or Reload.
@@ -520,7 +583,7 @@ func (g *Group) request(r grpReq) {
 	case "stop", "restart":
 		m := targets[0]
 		m.held = r.op == "stop"
-		if m.sup == nil {
+		if m.cur == nil && m.next == nil {
 			if r.op == "stop" {
 				m.state = ProgramStopped
 			} else {
@@ -535,8 +598,8 @@ func (g *Group) request(r grpReq) {
 	case "reload":
 		var sups []*Supervisor
 		for _, m := range targets {
-			if m.sup != nil {
-				sups = append(sups, m.sup)
+			if m.cur != nil {
+				sups = append(sups, m.cur.sup)
 			}
 		}
 		// Rolling restarts take a while: run them off the loop, which
@@ -582,11 +645,24 @@ func (g *Group) replace(progs []Program) (Diff, error) {
 			d.Unchanged = append(d.Unchanged, p.Name)
 		default:
 			d.Changed = append(d.Changed, p.Name)
-			if m.sup != nil {
-				np := p
-				m.next = &np
-				g.stop(m)
-			} else {
+			switch {
+			case m.cur != nil && m.state != ProgramStopping:
+				// Blue/green: the new run starts beside the current one
+				// and takes over once ready (ready above); a successor of
+				// an earlier change that is not ready yet is dropped.
+				if m.next != nil {
+					g.retire(m.next)
+					m.next = nil
+				}
+				r, err := g.start(m, p)
+				if err != nil {
+					g.log.Error("changed program cannot start; its previous run goes on", "program", p.Name, "error", err)
+				} else {
+					m.next = r
+				}
+			case m.cur != nil:
+				m.prog = p // stopping: starts with the new settings if started again
+			default:
 				m.prog = p
 				if m.state == ProgramExited || m.state == ProgramFailed {
 					m.state = ProgramWaiting
@@ -600,7 +676,7 @@ func (g *Group) replace(progs []Program) (Diff, error) {
 			continue
 		}
 		d.Removed = append(d.Removed, m.prog.Name)
-		if m.sup != nil {
+		if m.cur != nil || m.next != nil {
 			m.removed = true
 			members = append(members, m) // until it has stopped
 			g.stop(m)
@@ -626,14 +702,17 @@ func sameProgram(a, b Program) bool {
 
 // publish publishes the loop's view for Status and Supervisor.
 func (g *Group) publish() {
-	sn := &groupSnap{sups: map[string]*Supervisor{}, changed: make(chan struct{})}
+	sn := &groupSnap{sups: map[string]*Supervisor{}, nexts: map[string]*Supervisor{}, changed: make(chan struct{})}
 	for _, m := range g.members {
 		ps := ProgramStatus{Name: m.prog.Name, State: m.state, After: m.prog.After}
 		if m.err != nil {
 			ps.Error = m.err.Error()
 		}
-		if m.sup != nil {
-			sn.sups[m.prog.Name] = m.sup
+		if m.cur != nil {
+			sn.sups[m.prog.Name] = m.cur.sup
+		}
+		if m.next != nil {
+			sn.nexts[m.prog.Name] = m.next.sup
 		}
 		sn.progs = append(sn.progs, ps)
 	}
@@ -669,6 +748,10 @@ func (g *Group) Status() []ProgramStatus {
 		if s := sn.sups[out[i].Name]; s != nil {
 			out[i].Status = s.Status()
 		}
+		if s := sn.nexts[out[i].Name]; s != nil {
+			st := s.Status()
+			out[i].Next = &st
+		}
 	}
 	return out
 }
@@ -680,6 +763,9 @@ func (g *Group) Stats() Stats {
 	st := g.past
 	sn := g.snap.Load()
 	for _, s := range sn.sups {
+		st = addStats(st, s.Stats())
+	}
+	for _, s := range sn.nexts {
 		st = addStats(st, s.Stats())
 	}
 	g.pastMu.Unlock()

@@ -318,18 +318,17 @@ func controlCmd(op string) func(args []string, stdout, stderr io.Writer) int {
 		if op != "reload" || name != "" {
 			payload, _ = json.Marshal(controlRequest{Op: op, Program: name})
 		}
-		if _, err := c.Call(ctx, ipc.TypeReload, payload, nil); err != nil {
+		reply, err := c.Call(ctx, ipc.TypeReload, payload, nil)
+		if err != nil {
 			fmt.Fprintf(stderr, "supervisor %s: %s\n", op, reason(cf.socket, err))
 			return exitFail
 		}
-		switch {
-		case op == "reload" && name == "":
-			fmt.Fprintln(stdout, "rolling restart done")
-		case op == "reload":
-			fmt.Fprintf(stdout, "rolling restart of %s done\n", name)
-		default:
-			fmt.Fprintf(stdout, "%s %s done\n", op, name)
+		// The server says what it did in one line; an older one says
+		// nothing.
+		if len(reply) == 0 {
+			reply = []byte("rolling restart done")
 		}
+		fmt.Fprintln(stdout, quoteText(string(reply)))
 		return exitOK
 	}
 }
@@ -365,7 +364,9 @@ func frontDoor(g *supervisor.Group, front string, srv **ipc.Server, socket, conf
 					return nil, &ipc.RemoteError{Code: ipc.CodeBadRequest, Message: "malformed control request: " + jerr.Error()}
 				}
 			}
-			err = control(ctx, g, configPath, cr, log)
+			var done string
+			done, err = control(ctx, g, configPath, cr, log)
+			out = []byte(done)
 		case ipc.TypeStatus:
 			return json.Marshal(groupStatusDoc(g, "run", socket, (*srv).Stats()))
 		default:
@@ -391,24 +392,31 @@ type controlRequest struct {
 var errBadControl = errors.New("bad control request")
 
 // control carries out cr.
-func control(ctx context.Context, g *supervisor.Group, configPath string, cr controlRequest, log hclog.Logger) error {
+// control carries out cr and returns a line saying what was done.
+func control(ctx context.Context, g *supervisor.Group, configPath string, cr controlRequest, log hclog.Logger) (string, error) {
 	if cr.Op != "" && cr.Op != "reload" && cr.Program == "" {
-		return fmt.Errorf("%w: %s needs a program name", errBadControl, cr.Op)
+		return "", fmt.Errorf("%w: %s needs a program name", errBadControl, cr.Op)
 	}
+	var err error
 	switch cr.Op {
 	case "", "reload":
 		return reload(ctx, g, configPath, cr.Program, log)
 	case "restart":
 		log.Info("restarting program", "program", cr.Program)
-		return g.Restart(ctx, cr.Program)
+		err = g.Restart(ctx, cr.Program)
 	case "stop":
 		log.Info("stopping program on request", "program", cr.Program)
-		return g.Stop(ctx, cr.Program)
+		err = g.Stop(ctx, cr.Program)
 	case "start":
 		log.Info("starting program on request", "program", cr.Program)
-		return g.Start(ctx, cr.Program)
+		err = g.Start(ctx, cr.Program)
+	default:
+		return "", fmt.Errorf("%w: unknown op %q (want reload, restart, stop or start)", errBadControl, cr.Op)
 	}
-	return fmt.Errorf("%w: unknown op %q (want reload, restart, stop or start)", errBadControl, cr.Op)
+	if err != nil {
+		return "", err
+	}
+	return cr.Op + " " + cr.Program + " done", nil
 }
 
 // readinessTTL is how long the front door trusts that some worker is

@@ -427,7 +427,7 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.G
 					reloads.Add(1)
 					go func() {
 						defer reloads.Done()
-						if err := reload(ctx, g, configPath, "", log); err != nil && ctx.Err() == nil {
+						if _, err := reload(ctx, g, configPath, "", log); err != nil && ctx.Err() == nil {
 							log.Error("reload failed", "error", err)
 						}
 					}()
@@ -456,22 +456,36 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.G
 // reload re-reads the config file and applies it (with --config and no
 // program named), or rolls the program name (every program if "").
 // A file that fails to load changes nothing.
-func reload(ctx context.Context, g *supervisor.Group, configPath, name string, log hclog.Logger) error {
+// It returns a line saying what was done.
+func reload(ctx context.Context, g *supervisor.Group, configPath, name string, log hclog.Logger) (string, error) {
 	if configPath == "" || name != "" {
 		log.Info("rolling restart", "program", name)
-		return g.Reload(ctx, name)
+		if err := g.Reload(ctx, name); err != nil {
+			return "", err
+		}
+		if name != "" {
+			return "rolling restart of " + name + " done", nil
+		}
+		return "rolling restart done", nil
 	}
 	log.Info("re-reading the config file", "file", configPath)
 	programs, err := loadPrograms(configPath)
 	if err != nil {
-		return fmt.Errorf("config file not applied, nothing changed: %w", err)
+		return "", fmt.Errorf("config file not applied, nothing changed: %w", err)
 	}
 	d, err := g.Replace(ctx, programs)
 	if err != nil {
-		return err
+		return "", err
 	}
 	log.Info("config file applied", "added", d.Added, "removed", d.Removed, "changed", d.Changed, "unchanged", d.Unchanged)
-	return nil
+	list := func(names []string) string {
+		if len(names) == 0 {
+			return "none"
+		}
+		return strings.Join(names, " ")
+	}
+	return fmt.Sprintf("config file applied: added %s; removed %s; changed %s; unchanged %s",
+		list(d.Added), list(d.Removed), list(d.Changed), list(d.Unchanged)), nil
 }
 
 // traffic sends echo requests to the workers and checks every reply
