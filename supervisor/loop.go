@@ -78,6 +78,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // exitGrace is how long a worker whose channel closed has to exit on
@@ -431,7 +432,7 @@ func (s *Supervisor) tend(p *proc) {
 				}
 				s.send(evProbed{p, id, err})
 			case opStop:
-				if _, err := c.Call(o.ctx, ipc.TypeShutdown, nil, nil); err != nil {
+				if _, err := c.Call(o.ctx, wire.TypeShutdown, nil, nil); err != nil {
 					o.log.Debug("shutdown request failed", "error", err)
 				}
 				c.Close() // EOF tells the worker too
@@ -900,7 +901,7 @@ func (sl *slot) setState(st State, now time.Time) {
 // must still count as a failure, or on-failure would leave its slot
 // empty.
 func isProtocolError(err error) bool {
-	var fe *ipc.FrameError
+	var fe *wire.FrameError
 	return errors.As(err, &fe) || errors.Is(err, ipc.ErrStalled)
 }
 

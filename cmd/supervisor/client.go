@@ -18,13 +18,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
 // reason turns a client error into the one-line reason scripts see.
 func reason(path string, err error) string {
-	var remote *ipc.RemoteError
+	var remote *wire.RemoteError
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return "no such socket: " + path
@@ -147,13 +149,13 @@ func echoCmd(args []string, stdout, stderr io.Writer) int {
 		// Read one byte more than a message can hold, to tell a full
 		// message from a larger one without reading the rest.
 		var err error
-		if msg, err = io.ReadAll(io.LimitReader(os.Stdin, ipc.MaxPayload+1)); err != nil {
+		if msg, err = io.ReadAll(io.LimitReader(os.Stdin, wire.MaxPayload+1)); err != nil {
 			fmt.Fprintln(stderr, "supervisor echo: reading stdin:", err)
 			return exitFail
 		}
 	}
-	if len(msg) > ipc.MaxPayload {
-		fmt.Fprintf(stderr, "supervisor echo: the message is larger than %d MiB (%d bytes), the most one echo carries\n", ipc.MaxPayload>>20, ipc.MaxPayload)
+	if len(msg) > wire.MaxPayload {
+		fmt.Fprintf(stderr, "supervisor echo: the message is larger than %d MiB (%d bytes), the most one echo carries\n", wire.MaxPayload>>20, wire.MaxPayload)
 		return exitFail
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
@@ -200,7 +202,7 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	defer c.Close()
-	raw, err := c.Call(ctx, ipc.TypeStatus, nil, nil)
+	raw, err := c.Call(ctx, wire.TypeStatus, nil, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor status:", reason(cf.socket, err))
 		return exitFail
@@ -263,7 +265,7 @@ func reloadCmd(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	defer c.Close()
-	if _, err := c.Call(ctx, ipc.TypeReload, nil, nil); err != nil {
+	if _, err := c.Call(ctx, wire.TypeReload, nil, nil); err != nil {
 		fmt.Fprintln(stderr, "supervisor reload:", reason(cf.socket, err))
 		return exitFail
 	}
@@ -276,7 +278,7 @@ func reloadCmd(args []string, stdout, stderr io.Writer) int {
 // With no worker ready, echoes and messages are refused at once (an
 // unavailable error that says so) rather than left to wait for one
 // until the client gives up.
-func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.Handler {
+func frontDoor(sup *supervisor.Supervisor, srv **frontdoor.Server, socket string) ipc.Handler {
 	rd := &readiness{sup: sup}
 	return func(ctx context.Context, req ipc.Request) ([]byte, error) {
 		var (
@@ -284,24 +286,24 @@ func frontDoor(sup *supervisor.Supervisor, srv **ipc.Server, socket string) ipc.
 			err error
 		)
 		switch req.Type {
-		case ipc.TypeEcho, ipc.TypeMessage:
+		case wire.TypeEcho, wire.TypeMessage:
 			if why, none := rd.none(); none {
-				return nil, &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: why}
+				return nil, &wire.RemoteError{Code: wire.CodeUnavailable, Message: why}
 			}
-			if req.Type == ipc.TypeEcho {
+			if req.Type == wire.TypeEcho {
 				out, err = sup.Echo(ctx, req.Payload, nil)
 			} else {
-				out, err = sup.Call(ctx, ipc.TypeMessage, req.Payload, nil)
+				out, err = sup.Call(ctx, wire.TypeMessage, req.Payload, nil)
 			}
-		case ipc.TypeReload:
+		case wire.TypeReload:
 			err = sup.Reload(ctx)
-		case ipc.TypeStatus:
+		case wire.TypeStatus:
 			return json.Marshal(statusDoc{Status: sup.Status(), Mode: "run", Version: version, Socket: socket, Connections: (*srv).Stats()})
 		default:
-			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served here"}
+			return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: req.Type.String() + " is not served here"}
 		}
 		if errors.Is(err, supervisor.ErrNoWorker) || errors.Is(err, supervisor.ErrNotRunning) {
-			err = &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: err.Error()}
+			err = &wire.RemoteError{Code: wire.CodeUnavailable, Message: err.Error()}
 		}
 		return out, err
 	}

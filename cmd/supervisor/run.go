@@ -18,7 +18,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
@@ -119,7 +120,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		sf.check(),
 		zeroOrPositive("duration", duration, "none: run until SIGINT or SIGTERM"),
 		zeroOrPositive("echo-interval", echoInterval, "no echo traffic"),
-		between("echo-max", echoMax, 0, ipc.MaxPayload, "the largest message is 16 MiB"),
+		between("echo-max", echoMax, 0, wire.MaxPayload, "the largest message is 16 MiB"),
 	)
 	if err == nil {
 		err = lsf.check(fs, fdReserve+sf.workers*fdsPerWorker)
@@ -149,7 +150,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		defer t.Stop()
 	}
 
-	var srv *ipc.Server
+	var srv *frontdoor.Server
 	if lsf.socket != "" {
 		l, scfg, err := lsf.listen(log)
 		if err != nil {
@@ -158,7 +159,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		scfg.Handler = frontDoor(sup, &srv, l.Addr())
 		scfg.ForwardEcho = true
-		srv = ipc.NewServer(l, scfg)
+		srv = frontdoor.New(l, scfg)
 	}
 
 	start := time.Now()

@@ -6,7 +6,7 @@
 //	go run ./examples/uds-echo server ./uds_socket &
 //	go run ./examples/uds-echo client ./uds_socket
 //
-// The server binds with pairvisor's ipc.Listen, which removes a stale
+// The server binds with pairvisor's listen.New, which removes a stale
 // socket left by a crash but refuses to steal a live server's socket or
 // to delete a file that is not a socket (the seed unlinks whatever is
 // there), and gives the socket mode 0600 so only its owner may connect.
@@ -23,9 +23,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/pairvisor/pairvisor/ipc/listen"
 	"golang.org/x/sys/unix"
-
-	"github.com/pairvisor/pairvisor/ipc"
 )
 
 func main() {
@@ -41,25 +40,25 @@ func main() {
 }
 
 func server(path string) {
-	l, err := ipc.Listen(path, ipc.ListenConfig{}) // 0600
+	l, err := listen.New(path, listen.Config{}) // 0600
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer l.Close() // removes the socket file
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	go func() { <-ctx.Done(); l.Close() }() // removes the socket file
 	fmt.Println("starting up on", path)
 	for {
-		fd, cred, err := l.Accept()
+		p, err := l.Accept(ctx)
 		if err != nil {
-			return // closed
+			return // interrupted
 		}
 		go func() {
-			conn := os.NewFile(uintptr(fd), "client")
+			conn := p.File // the connection; this goroutine owns it
 			defer conn.Close()
-			fmt.Printf("connection from pid %d uid %d\n", cred.Pid, cred.Uid)
+			fmt.Printf("connection from pid %d uid %d\n", p.Cred.PID, p.Cred.UID)
 			n, _ := io.Copy(conn, conn) // echo until the client closes
-			fmt.Printf("echoed %d bytes to pid %d\n", n, cred.Pid)
+			fmt.Printf("echoed %d bytes to pid %d\n", n, p.Cred.PID)
 		}()
 	}
 }
