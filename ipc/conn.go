@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 // How a Conn works: its goroutines, its locks and its hand-offs. This

@@ -51,7 +51,7 @@ func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
 	if err := checkPath(path); err != nil {
 		return nil, &OpError{Op: "dial", Addr: path, Err: err}
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fd, err := socket()
 	if err != nil {
 		return nil, &OpError{Op: "dial", Addr: path, Err: os.NewSyscallError("socket", err)}
 	}
@@ -104,17 +104,17 @@ func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
 // sends anything: the server must run as root, as our effective uid or
 // as one of trust.
 func checkServerCred(fd int, trust []uint32) error {
-	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	uid, pid, err := serverCred(fd)
 	if err != nil {
-		return os.NewSyscallError("getsockopt SO_PEERCRED", err)
+		return err
 	}
 	euid := uint32(os.Geteuid())
-	if uc.Uid == 0 || uc.Uid == euid || slices.Contains(trust, uc.Uid) {
+	if uid == 0 || uid == euid || slices.Contains(trust, uid) {
 		return nil
 	}
-	who := fmt.Sprintf("uid %d", uc.Uid)
-	if uc.Pid != 0 {
-		who += fmt.Sprintf(", pid %d", uc.Pid)
+	who := fmt.Sprintf("uid %d", uid)
+	if pid != 0 {
+		who += fmt.Sprintf(", pid %d", pid)
 	}
 	want := fmt.Sprintf("root or uid %d", euid)
 	if len(trust) > 0 {

@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 import (
@@ -393,6 +391,6 @@ func (c *Conn) advance(n int) bool {
 		return true
 	}
 	c.msg.Iov = &iov[0]
-	c.msg.Iovlen = uint64(len(iov))
+	c.msg.SetIovlen(len(iov))
 	return false
 }

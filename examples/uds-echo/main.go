@@ -1,5 +1,3 @@
-//go:build linux
-
 // Command uds-echo is the seed's Unix socket echo server and client
 // (socket_echo_server_uds.py, socket_echo_client_uds.py) in Go.
 //
@@ -19,12 +17,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/pairvisor/pairvisor/ipc/listen"
-	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -64,15 +62,11 @@ func server(path string) {
 }
 
 func client(path string) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fmt.Println("connecting to", path)
+	sock, err := net.Dial("unix", path)
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("connecting to", path)
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		log.Fatal(err)
-	}
-	sock := os.NewFile(uintptr(fd), path)
 	defer sock.Close()
 
 	message := []byte("This is the message.  It will be repeated.")
