@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 import (
@@ -7,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Memory held on a peer's behalf. A Conn counts every byte it holds for
@@ -49,7 +49,7 @@ const errNoBudget = "server busy: no room to buffer the request; try again later
 // once the reply is written or the Conn has closed. When the Budget has
 // no room, the Conn waits a short while (100 ms) for other Conns to give
 // some back and then skips the request unread and answers it with
-// [CodeUnavailable]; the client may try again. Pongs and error replies
+// [wire.CodeUnavailable]; the client may try again. Pongs and error replies
 // are small and are counted without waiting. A request larger than the
 // limit is taken only while nothing else is held.
 //
@@ -124,16 +124,16 @@ func (b *Budget) release(n int64) {
 }
 
 // frameCost is what a frame with a payload of n bytes counts.
-func frameCost(n int) int64 { return int64(HeaderSize + n) }
+func frameCost(n int) int64 { return int64(wire.HeaderSize + n) }
 
 // requestCost is what a request for the Handler counts when the reader
 // takes it in (n), and how much of that is room for its reply (hint):
 // an echo's reply is its payload, any other's is unknown until the
 // Handler returns and counts as a bare header until then (answer
 // settles the difference).
-func requestCost(h Header) (n, hint int64) {
-	hint = HeaderSize
-	if h.Type == TypeEcho {
+func requestCost(h wire.Header) (n, hint int64) {
+	hint = wire.HeaderSize
+	if h.Type == wire.TypeEcho {
 		hint = frameCost(int(h.Length))
 	}
 	return frameCost(int(h.Length)) + hint, hint

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // echoBack is a Handler that returns the request's payload, as a front
@@ -25,10 +26,10 @@ func echoBack(_ context.Context, req ipc.Request) ([]byte, error) { return req.P
 // Conn closed its end). It returns the number of whole requests
 // written.
 func floodEchoes(raw *os.File, size int) int {
-	frame := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, ID: 1}, make([]byte, size))
+	frame := wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, ID: 1}, make([]byte, size))
 	n := 0
 	for id := uint64(1); ; id++ {
-		ipc.PutHeader(frame, ipc.Header{Type: ipc.TypeEcho, Length: uint32(size), ID: id})
+		wire.PutHeader(frame, wire.Header{Type: wire.TypeEcho, Length: uint32(size), ID: id})
 		if _, err := raw.Write(frame); err != nil {
 			return n
 		}
@@ -105,7 +106,7 @@ func TestBackPressure(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() {
 				for id := range uint64(count) {
-					if _, err := raw.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, ID: id + 1}, payload)); err != nil {
+					if _, err := raw.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, ID: id + 1}, payload)); err != nil {
 						errc <- fmt.Errorf("request %d: %w", id+1, err)
 						return
 					}
@@ -114,12 +115,12 @@ func TestBackPressure(t *testing.T) {
 			}()
 			// Read nothing until the Conn holds as much as it may.
 			testutil.Poll(t, waitTimeout, time.Millisecond, "the Conn to fill its bound",
-				func() bool { return ipc.HeldBytes(c)+2*(size+ipc.HeaderSize) > bound },
+				func() bool { return ipc.HeldBytes(c)+2*(size+wire.HeaderSize) > bound },
 				func() string { return fmt.Sprintf("%d bytes held", ipc.HeldBytes(c)) })
 			seen := make(map[uint64]bool)
 			for range count {
 				h, p := readRaw(t, raw)
-				if h.Type != ipc.TypeEcho || !h.IsReply() || seen[h.ID] || !bytes.Equal(p, payload) {
+				if h.Type != wire.TypeEcho || !h.IsReply() || seen[h.ID] || !bytes.Equal(p, payload) {
 					t.Fatalf("got %v with %d bytes, want the echo of a request not yet answered", h, len(p))
 				}
 				seen[h.ID] = true
@@ -155,14 +156,14 @@ func TestReplyNotWrittenCloses(t *testing.T) {
 	}()
 	// Its header has gone out: the call holds the write lock until the
 	// other 8 MiB have, and we read no more.
-	var hb [ipc.HeaderSize]byte
+	var hb [wire.HeaderSize]byte
 	if _, err := io.ReadFull(raw, hb[:]); err != nil {
 		t.Fatal(err)
 	}
-	if h, err := ipc.ParseHeader(hb[:], 0); err != nil || h.Type != ipc.TypeEcho {
+	if h, err := wire.ParseHeader(hb[:], 0); err != nil || h.Type != wire.TypeEcho {
 		t.Fatalf("first frame %v (%v), want the echo request", h, err)
 	}
-	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 1}, nil))
+	writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 1}, nil))
 	waitDone(t, c)
 	if err := c.Err(); !errors.Is(err, ipc.ErrStalled) {
 		t.Fatalf("Err() = %v, want ErrStalled", err)
@@ -201,9 +202,9 @@ func TestSharedBudget(t *testing.T) {
 			ctx := ctxTimeout(t, waitTimeout)
 			payload := randBytes(5, size)
 			_, err := client.Echo(ctx, payload, nil)
-			var re *ipc.RemoteError
-			if !errors.As(err, &re) || re.Code != ipc.CodeUnavailable {
-				t.Fatalf("echo while the budget is used up: %v, want error code %d", err, ipc.CodeUnavailable)
+			var re *wire.RemoteError
+			if !errors.As(err, &re) || re.Code != wire.CodeUnavailable {
+				t.Fatalf("echo while the budget is used up: %v, want error code %d", err, wire.CodeUnavailable)
 			}
 			if _, err := client.Ping(ctx); err != nil {
 				t.Fatalf("ping while the budget is used up: %v", err)
@@ -236,12 +237,12 @@ func TestSharedBudget(t *testing.T) {
 func TestReceived(t *testing.T) {
 	t.Parallel()
 	c, raw := rawPeer(t, ipc.ConnConfig{})
-	want := uint64(ipc.HeaderSize + len(rawHello(1, 1)))
+	want := uint64(wire.HeaderSize + len(rawHello(1, 1)))
 	if got := c.Received(); got != want {
 		t.Fatalf("Received after the hello = %d, want %d", got, want)
 	}
 	// A reply to no call: the Conn reads and skips it.
-	frame := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 99}, make([]byte, 1<<20))
+	frame := wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: 99}, make([]byte, 1<<20))
 	for _, part := range [][]byte{frame[:len(frame)/2], frame[len(frame)/2:]} {
 		writeRaw(t, raw, part)
 		want += uint64(len(part))

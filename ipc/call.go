@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 import (
@@ -8,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Requests sent by this side and the wait for their replies. The comment
@@ -15,7 +15,7 @@ import (
 
 // A call is a request of ours waiting for its reply.
 type call struct {
-	typ   Type
+	typ   wire.Type
 	dst   []byte
 	reply []byte
 	err   error
@@ -57,7 +57,7 @@ func (c *Conn) putCall(cl *call) {
 // time. It does not allocate.
 func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 	start := time.Now()
-	if _, err := c.Call(ctx, TypePing, nil, nil); err != nil {
+	if _, err := c.Call(ctx, wire.TypePing, nil, nil); err != nil {
 		return 0, err
 	}
 	return time.Since(start), nil
@@ -76,7 +76,7 @@ func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 // must wait behind other frames with the WriteTimeout as its bound).
 func (c *Conn) Probe(ctx context.Context, done func(id uint64, err error)) (uint64, error) {
 	cl := callPool.Get().(*call)
-	cl.typ, cl.probe = TypePing, done
+	cl.typ, cl.probe = wire.TypePing, done
 	c.pmu.Lock()
 	if c.closed {
 		err := c.err
@@ -89,7 +89,7 @@ func (c *Conn) Probe(ctx context.Context, done func(id uint64, err error)) (uint
 	cl.id = id
 	c.pending[id] = cl
 	c.pmu.Unlock()
-	if err := c.writeFrame(ctx, c.cfg.WriteTimeout, Header{Type: TypePing, ID: id}, nil); err != nil {
+	if err := c.writeFrame(ctx, c.cfg.WriteTimeout, wire.Header{Type: wire.TypePing, ID: id}, nil); err != nil {
 		if c.unregister(id) {
 			c.putCall(cl)
 		}
@@ -125,7 +125,7 @@ func (c *Conn) Forget(id uint64) bool {
 // Echo sends payload and returns what the peer sent back, read into dst
 // when it is large enough (otherwise into a new slice).
 func (c *Conn) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
-	return c.Call(ctx, TypeEcho, payload, dst)
+	return c.Call(ctx, wire.TypeEcho, payload, dst)
 }
 
 // Call sends a request of type t and waits for its reply. The reply's
@@ -135,13 +135,13 @@ func (c *Conn) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
 //
 // Call returns when the reply arrives, the Conn closes, or ctx ends; a
 // Call reading its own reply notices ctx ending within 20 ms. An error
-// reply is returned as a *[RemoteError]. If ctx ends while the reply is
+// reply is returned as a *[wire.RemoteError]. If ctx ends while the reply is
 // already being read into dst, Call cannot hand dst back until the read
 // is done, so it closes the Conn (reason [ErrStalled]) to end the read at
 // once; with a nil dst it simply abandons the reply.
-func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, error) {
+func (c *Conn) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]byte, error) {
 	if len(payload) > int(c.cfg.MaxPayload) {
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", len(payload), c.cfg.MaxPayload)}}
+		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: &wire.FrameError{Err: wire.ErrFrameTooLarge, Detail: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", len(payload), c.cfg.MaxPayload)}}
 	}
 	cl := callPool.Get().(*call)
 	cl.typ, cl.dst = t, dst
@@ -157,7 +157,7 @@ func (c *Conn) Call(ctx context.Context, t Type, payload, dst []byte) ([]byte, e
 	c.pending[id] = cl
 	c.pmu.Unlock()
 
-	if err := c.writeFrame(ctx, 0, Header{Type: t, ID: id}, payload); err != nil {
+	if err := c.writeFrame(ctx, 0, wire.Header{Type: t, ID: id}, payload); err != nil {
 		if c.unregister(id) {
 			c.putCall(cl)
 		}

@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 // How a Conn works: its goroutines, its locks and its hand-offs. This
@@ -114,6 +112,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,14 +121,14 @@ const (
 	DefaultMaxConcurrent = 64
 	DefaultWriteTimeout  = 10 * time.Second
 
-	// DefaultMaxBuffered is room for one request of [MaxPayload] bytes
+	// DefaultMaxBuffered is room for one request of [wire.MaxPayload] bytes
 	// handed to a Handler together with its reply of the same size
 	// (2 × 16 MiB, the most one forwarded echo can need), plus 64 KiB
 	// for the pongs and error replies that may wait beside them. Less
 	// would refuse a valid request forever; more only lets one peer
 	// queue more unread replies, which is what the bound is there to
 	// stop. See [ConnConfig.MaxBuffered].
-	DefaultMaxBuffered = 2*MaxPayload + 64<<10
+	DefaultMaxBuffered = 2*wire.MaxPayload + 64<<10
 )
 
 // Tuning. docs/BENCHMARKS.md ("Why the Conn reads the way it does")
@@ -176,7 +175,7 @@ type ConnConfig struct {
 	Name string
 
 	// Handler answers message, status, shutdown and reload requests.
-	// Nil refuses them with [CodeUnsupported].
+	// Nil refuses them with [wire.CodeUnsupported].
 	Handler Handler
 
 	// ForwardEcho hands echo requests to Handler instead of answering
@@ -185,12 +184,12 @@ type ConnConfig struct {
 	ForwardEcho bool
 
 	// MaxPayload bounds the payload of frames we accept and send. Zero
-	// means [MaxPayload]; larger values are lowered to it.
+	// means [wire.MaxPayload]; larger values are lowered to it.
 	MaxPayload uint32
 
 	// MaxConcurrent bounds the requests handed to the Handler and not
 	// yet answered (a request keeps its slot until its reply's turn to
-	// be written comes); requests over the bound get [CodeUnavailable].
+	// be written comes); requests over the bound get [wire.CodeUnavailable].
 	// Zero means [DefaultMaxConcurrent].
 	MaxConcurrent int
 
@@ -219,7 +218,7 @@ type ConnConfig struct {
 	// Budget, if not nil, is a bound on the bytes held (as for
 	// MaxBuffered) by all the Conns sharing it, on top of each Conn's
 	// own. A request that finds no room in it within a short wait is
-	// skipped unread and answered with [CodeUnavailable], so that one
+	// skipped unread and answered with [wire.CodeUnavailable], so that one
 	// Conn never waits long for others' peers. Nil means no shared
 	// bound.
 	Budget *Budget
@@ -234,7 +233,7 @@ type ConnConfig struct {
 	// of a thread blocked in read(2). It costs some microseconds per
 	// round trip, and callers no longer read their own replies, but an
 	// idle connection holds no OS thread: servers use it for their many
-	// clients (ServerConfig.PollAbove).
+	// clients.
 	Poll bool
 
 	// Addr names the socket in errors and logs; empty for socketpairs.
@@ -265,14 +264,14 @@ type Conn struct {
 	cfg  ConnConfig
 	log  hclog.Logger
 	sock *sock
-	peer Hello
+	peer wire.Hello
 	ver  uint16
 
 	// Write side (write.go): one frame at a time, from preallocated
 	// iovecs, under wlock (see the comment at the top of this file).
 	wlock   chan struct{}
 	wclosed bool // the fd is closed; under wlock
-	whdr    [HeaderSize]byte
+	whdr    [wire.HeaderSize]byte
 	iov     [2]unix.Iovec
 	msg     unix.Msghdr
 	wsem    chan struct{}  // bounds replyLater's goroutines
@@ -325,6 +324,20 @@ var _ io.Closer = (*Conn)(nil)
 // it on [Conn.Close]; on error nothing is left open. NewConn blocks
 // until the peer's hello arrives or ctx ends.
 func NewConn(ctx context.Context, f *os.File, cfg ConnConfig) (*Conn, error) {
+	return NewConnPrefixed(ctx, f, nil, cfg)
+}
+
+// NewConnPrefixed is [NewConn] for a socket whose first bytes have
+// already been read from it, by a server that tells protocols apart by
+// them: the Conn takes prefix as the start of the stream (normally the
+// peer's hello header) and reads on from the socket after it. prefix
+// may hold at most [wire.HeaderSize] bytes; the Conn keeps no reference
+// to it. f is closed in every case, as with NewConn.
+func NewConnPrefixed(ctx context.Context, f *os.File, prefix []byte, cfg ConnConfig) (*Conn, error) {
+	if len(prefix) > wire.HeaderSize {
+		f.Close()
+		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: fmt.Errorf("prefix of %d bytes, at most %d allowed", len(prefix), wire.HeaderSize)}
+	}
 	fd, err := takeFile(f)
 	if err != nil {
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
@@ -333,14 +346,14 @@ func NewConn(ctx context.Context, f *os.File, cfg ConnConfig) (*Conn, error) {
 		unix.Close(fd)
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: ErrNotSocket}
 	}
-	return newConn(ctx, fd, cfg, nil)
+	return newConn(ctx, fd, cfg, prefix)
 }
 
 // newConn takes ownership of fd (closed on error too). prefix holds
 // bytes already read from fd that belong to the stream.
 func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn, error) {
-	if cfg.MaxPayload == 0 || cfg.MaxPayload > MaxPayload {
-		cfg.MaxPayload = MaxPayload
+	if cfg.MaxPayload == 0 || cfg.MaxPayload > wire.MaxPayload {
+		cfg.MaxPayload = wire.MaxPayload
 	}
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = DefaultMaxConcurrent
@@ -382,9 +395,9 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
-	c.iov[0].SetLen(HeaderSize)
-	hello := AppendHello(make([]byte, 0, 64), Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion, PID: uint32(os.Getpid()), Name: cfg.Name})
-	if err := c.writeFrame(ctx, 0, Header{Type: TypeHello}, hello); err != nil {
+	c.iov[0].SetLen(wire.HeaderSize)
+	hello := wire.AppendHello(make([]byte, 0, 64), wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: wire.ProtocolVersion, PID: uint32(os.Getpid()), Name: cfg.Name})
+	if err := c.writeFrame(ctx, 0, wire.Header{Type: wire.TypeHello}, hello); err != nil {
 		c.cancel()
 		s.close()
 		return nil, err
@@ -406,7 +419,7 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 }
 
 // Peer returns the hello the peer sent.
-func (c *Conn) Peer() Hello { return c.peer }
+func (c *Conn) Peer() wire.Hello { return c.peer }
 
 // Version returns the negotiated protocol version.
 func (c *Conn) Version() uint16 { return c.ver }
@@ -424,7 +437,7 @@ func (c *Conn) Received() uint64 { return c.received.Load() }
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Err returns why the Conn closed: an error wrapping [ErrClosed] after
-// Close or a peer's EOF, a *[FrameError] after a protocol violation. It
+// Close or a peer's EOF, a *[wire.FrameError] after a protocol violation. It
 // returns nil while the Conn is open.
 func (c *Conn) Err() error {
 	select {

@@ -15,16 +15,17 @@ import (
 	"testing"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 func TestPing(t *testing.T) {
 	t.Parallel()
 	c, h := dialHelper(t, "serve", ipc.ConnConfig{Name: "test"})
-	if p := c.Peer(); p.Name != "serve" || int(p.PID) != h.Cmd.Process.Pid || p.MinVersion != ipc.MinProtocolVersion || p.MaxVersion != ipc.ProtocolVersion {
-		t.Errorf("Peer() = %+v, want serve, pid %d, versions %d..%d", p, h.Cmd.Process.Pid, ipc.MinProtocolVersion, ipc.ProtocolVersion)
+	if p := c.Peer(); p.Name != "serve" || int(p.PID) != h.Cmd.Process.Pid || p.MinVersion != wire.MinProtocolVersion || p.MaxVersion != wire.ProtocolVersion {
+		t.Errorf("Peer() = %+v, want serve, pid %d, versions %d..%d", p, h.Cmd.Process.Pid, wire.MinProtocolVersion, wire.ProtocolVersion)
 	}
-	if v := c.Version(); v != ipc.ProtocolVersion {
-		t.Errorf("Version() = %d, want %d", v, ipc.ProtocolVersion)
+	if v := c.Version(); v != wire.ProtocolVersion {
+		t.Errorf("Version() = %d, want %d", v, wire.ProtocolVersion)
 	}
 	ctx := ctxTimeout(t, waitTimeout)
 	for range 100 {
@@ -98,7 +99,7 @@ func TestConcurrentCalls(t *testing.T) {
 					case 2:
 						got, err = c.Echo(ctx, payload, nil)
 					case 3:
-						got, err = c.Call(ctx, ipc.TypeMessage, payload, nil)
+						got, err = c.Call(ctx, wire.TypeMessage, payload, nil)
 					}
 					if err != nil {
 						return fmt.Errorf("goroutine %d call %d: %w", g, i, err)
@@ -182,25 +183,25 @@ func TestHandler(t *testing.T) {
 	ctx := ctxTimeout(t, waitTimeout)
 
 	for _, p := range []string{"", "hello", strings.Repeat("x", 100<<10)} {
-		got, err := c.Call(ctx, ipc.TypeMessage, []byte(p), nil)
+		got, err := c.Call(ctx, wire.TypeMessage, []byte(p), nil)
 		if err != nil || string(got) != p {
 			t.Errorf("message of %d bytes: got %d bytes, %v", len(p), len(got), err)
 		}
 	}
 
 	for _, tc := range []struct {
-		typ     ipc.Type
+		typ     wire.Type
 		payload string
-		code    uint16
+		code    wire.Code
 		msg     string
 	}{
-		{ipc.TypeMessage, msgError + "42:no such thing", 42, "no such thing"},
-		{ipc.TypeMessage, msgError + "3:busy", ipc.CodeUnavailable, "busy"},
-		{ipc.TypeMessage, msgFail + "it broke", ipc.CodeInternal, "it broke"},
-		{ipc.TypeStatus, "", ipc.CodeUnsupported, "serve answers messages only"},
+		{wire.TypeMessage, msgError + "42:no such thing", 42, "no such thing"},
+		{wire.TypeMessage, msgError + "3:busy", wire.CodeUnavailable, "busy"},
+		{wire.TypeMessage, msgFail + "it broke", wire.CodeInternal, "it broke"},
+		{wire.TypeStatus, "", wire.CodeUnsupported, "serve answers messages only"},
 	} {
 		_, err := c.Call(ctx, tc.typ, []byte(tc.payload), nil)
-		var re *ipc.RemoteError
+		var re *wire.RemoteError
 		if !errors.As(err, &re) {
 			t.Errorf("%s %q: error %v (%T), want a *RemoteError", tc.typ, tc.payload, err, err)
 			continue
@@ -221,10 +222,10 @@ func TestHandler(t *testing.T) {
 func TestNoHandler(t *testing.T) {
 	t.Parallel()
 	a, _ := pair(t, ipc.ConnConfig{}, ipc.ConnConfig{})
-	_, err := a.Call(ctxTimeout(t, waitTimeout), ipc.TypeMessage, []byte("hi"), nil)
-	var re *ipc.RemoteError
-	if !errors.As(err, &re) || re.Code != ipc.CodeUnsupported {
-		t.Fatalf("message to a Conn without a handler: %v, want error code %d", err, ipc.CodeUnsupported)
+	_, err := a.Call(ctxTimeout(t, waitTimeout), wire.TypeMessage, []byte("hi"), nil)
+	var re *wire.RemoteError
+	if !errors.As(err, &re) || re.Code != wire.CodeUnsupported {
+		t.Fatalf("message to a Conn without a handler: %v, want error code %d", err, wire.CodeUnsupported)
 	}
 }
 
@@ -240,7 +241,7 @@ func TestHandlerCallback(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.Call(ctx, ipc.TypeMessage, []byte(msgBlock), nil)
+		_, err := c.Call(ctx, wire.TypeMessage, []byte(msgBlock), nil)
 		errc <- err
 	}()
 	if p := recv(t, got, "call back from the helper's handler"); p != msgBlocked {

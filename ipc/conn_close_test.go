@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 func TestNoHello(t *testing.T) {
@@ -52,7 +53,7 @@ func TestPeerKilled(t *testing.T) {
 	errc := make(chan error, 3)
 	for range 3 {
 		go func() {
-			_, err := c.Call(ctx, ipc.TypeMessage, []byte(msgBlock), nil)
+			_, err := c.Call(ctx, wire.TypeMessage, []byte(msgBlock), nil)
 			errc <- err
 		}()
 	}
@@ -134,7 +135,7 @@ func TestClose(t *testing.T) {
 	if _, err := a.Echo(ctx, []byte("x"), make([]byte, 10)); !errors.Is(err, ipc.ErrClosed) {
 		t.Errorf("Echo after Close: %v", err)
 	}
-	_, err := a.Call(ctx, ipc.TypeMessage, nil, nil)
+	_, err := a.Call(ctx, wire.TypeMessage, nil, nil)
 	var oe *ipc.OpError
 	if !errors.Is(err, ipc.ErrClosed) || !errors.As(err, &oe) || oe.Op != "call message" {
 		t.Errorf("Call after Close: %v", err)
@@ -187,7 +188,7 @@ func pendingCall(t *testing.T) (a, b *ipc.Conn, errc chan error) {
 	errc = make(chan error, 1)
 	cctx := ctxTimeout(t, waitTimeout)
 	go func() {
-		_, err := a.Call(cctx, ipc.TypeMessage, []byte(msgBlock), nil)
+		_, err := a.Call(cctx, wire.TypeMessage, []byte(msgBlock), nil)
 		errc <- err
 	}()
 	recv(t, blk.started, "handler start")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // TestContextEnds checks that a call whose peer handler never answers
@@ -46,7 +47,7 @@ func TestContextEnds(t *testing.T) {
 			defer cancel()
 			errc := make(chan error, 1)
 			go func() {
-				_, err := a.Call(ctx, ipc.TypeMessage, []byte(msgBlock), tc.dst)
+				_, err := a.Call(ctx, wire.TypeMessage, []byte(msgBlock), tc.dst)
 				errc <- err
 			}()
 			recv(t, blk.started, "handler start")
@@ -90,7 +91,7 @@ func TestContextEnds(t *testing.T) {
 	if _, err := a.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := a.Call(ctx, ipc.TypeMessage, []byte("after"), nil); err != nil || string(got) != "after" {
+	if got, err := a.Call(ctx, wire.TypeMessage, []byte("after"), nil); err != nil || string(got) != "after" {
 		t.Fatalf("message after late replies: %q, %v", got, err)
 	}
 	if err := a.Err(); err != nil {
@@ -113,7 +114,7 @@ func TestStalledReply(t *testing.T) {
 		t.Run(fmt.Sprintf("dst=%v/lead=%v", withDst, tc.lead), func(t *testing.T) {
 			c, raw := rawPeer(t, ipc.ConnConfig{})
 			if tc.lead {
-				warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+				warmUp(t, c, raw, func() wire.Header { h, _ := readRaw(t, raw); return h })
 			}
 			var dst []byte
 			if withDst {
@@ -127,8 +128,8 @@ func TestStalledReply(t *testing.T) {
 				errc <- err
 			}()
 			h, _ := readRaw(t, raw)
-			reply := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, make([]byte, 1000))
-			writeRaw(t, raw, reply[:ipc.HeaderSize+10])
+			reply := wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: h.ID}, make([]byte, 1000))
+			writeRaw(t, raw, reply[:wire.HeaderSize+10])
 			// Wait until the holder of the read side (the caller itself,
 			// or the background reader) has taken the call and sits in
 			// read(2) for the rest of the payload.
@@ -147,17 +148,17 @@ func TestStalledReply(t *testing.T) {
 			if err := c.Err(); err != nil {
 				t.Fatalf("Conn closed: %v", err)
 			}
-			writeRaw(t, raw, reply[ipc.HeaderSize+10:])
+			writeRaw(t, raw, reply[wire.HeaderSize+10:])
 			pctx := ctxTimeout(t, waitTimeout)
 			go func() {
 				_, err := c.Ping(pctx)
 				errc <- err
 			}()
 			h, _ = readRaw(t, raw)
-			if h.Type != ipc.TypePing {
+			if h.Type != wire.TypePing {
 				t.Fatalf("got %v, want a ping", h)
 			}
-			writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, Flags: ipc.FlagReply, ID: h.ID}, nil))
+			writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, Flags: wire.FlagReply, ID: h.ID}, nil))
 			if err := recv(t, errc, "pong"); err != nil {
 				t.Fatal(err)
 			}

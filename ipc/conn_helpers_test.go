@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // waitTimeout bounds every wait for something that should happen at
@@ -92,8 +93,8 @@ func rawPeer(tb testing.TB, cfg ipc.ConnConfig) (*ipc.Conn, *os.File) {
 		c, err = ipc.NewConn(ctx, fc, cfg)
 		ch <- err
 	}()
-	writeRaw(tb, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello}, rawHello(1, 1)))
-	if h, _ := readRaw(tb, raw); h.Type != ipc.TypeHello || h.IsReply() {
+	writeRaw(tb, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(1, 1)))
+	if h, _ := readRaw(tb, raw); h.Type != wire.TypeHello || h.IsReply() {
 		tb.Fatalf("first frame from a Conn is %v, want a hello", h)
 	}
 	if err := <-ch; err != nil {
@@ -104,7 +105,7 @@ func rawPeer(tb testing.TB, cfg ipc.ConnConfig) (*ipc.Conn, *os.File) {
 }
 
 func rawHello(lo, hi uint16) []byte {
-	return ipc.AppendHello(nil, ipc.Hello{MinVersion: lo, MaxVersion: hi, PID: 1, Name: "raw"})
+	return wire.AppendHello(nil, wire.Hello{MinVersion: lo, MaxVersion: hi, PID: 1, Name: "raw"})
 }
 
 func writeRaw(tb testing.TB, f *os.File, b []byte) {
@@ -114,9 +115,9 @@ func writeRaw(tb testing.TB, f *os.File, b []byte) {
 	}
 }
 
-func readRaw(tb testing.TB, f *os.File) (ipc.Header, []byte) {
+func readRaw(tb testing.TB, f *os.File) (wire.Header, []byte) {
 	tb.Helper()
-	h, p, err := ipc.ReadFrame(f, 0)
+	h, p, err := wire.ReadFrame(f, 0)
 	if err != nil {
 		tb.Fatalf("reading a frame from the Conn: %v", err)
 	}
@@ -179,7 +180,7 @@ func wantOpFrameError(tb testing.TB, err, want error) {
 	if !errors.As(err, &oe) {
 		tb.Fatalf("error %q (%T) is not an *OpError", err, err)
 	}
-	var fe *ipc.FrameError
+	var fe *wire.FrameError
 	if !errors.As(oe.Err, &fe) {
 		tb.Fatalf("error %q: the *OpError does not wrap a *FrameError", err)
 	}

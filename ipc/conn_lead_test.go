@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Who reads a reply: a caller alone in waiting reads its own (it leads),
@@ -43,7 +44,7 @@ func echoCheck(ctx context.Context, c *ipc.Conn, p, dst []byte) error {
 
 // callUnanswered makes a message call that the test does not answer.
 func callUnanswered(ctx context.Context, c *ipc.Conn, errc chan<- error) {
-	_, err := c.Call(ctx, ipc.TypeMessage, []byte("never answered"), nil)
+	_, err := c.Call(ctx, wire.TypeMessage, []byte("never answered"), nil)
 	errc <- err
 }
 
@@ -51,7 +52,7 @@ func callUnanswered(ctx context.Context, c *ipc.Conn, errc chan<- error) {
 // the read side is left idle for the next caller (see handOn).
 func warmUp(t *testing.T, c *ipc.Conn, raw interface {
 	Write([]byte) (int, error)
-}, rawRead func() ipc.Header) {
+}, rawRead func() wire.Header) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -59,7 +60,7 @@ func warmUp(t *testing.T, c *ipc.Conn, raw interface {
 		errc <- err
 	}()
 	h := rawRead()
-	if _, err := raw.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, Flags: ipc.FlagReply, ID: h.ID}, nil)); err != nil {
+	if _, err := raw.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, Flags: wire.FlagReply, ID: h.ID}, nil)); err != nil {
 		t.Fatal(err)
 	}
 	if err := recv(t, errc, "pong"); err != nil {
@@ -76,7 +77,7 @@ func warmUp(t *testing.T, c *ipc.Conn, raw interface {
 // the test runs, and a test can catch it at it.
 func feedStrays(raw *os.File) (stop func()) {
 	quit, done := make(chan struct{}), make(chan struct{})
-	stray := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 1 << 40}, []byte("stray"))
+	stray := wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: 1 << 40}, []byte("stray"))
 	go func() {
 		defer close(done)
 		tick := time.NewTicker(500 * time.Microsecond)
@@ -106,14 +107,14 @@ func feedStrays(raw *os.File) (stop func()) {
 // parallel with others.
 func TestLoneCallerReadsItsReply(t *testing.T) {
 	c, raw := rawPeer(t, ipc.ConnConfig{})
-	warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+	warmUp(t, c, raw, func() wire.Header { h, _ := readRaw(t, raw); return h })
 	errc := make(chan error, 1)
 	go echoFirst(ctxTimeout(t, waitTimeout), c, []byte("mine"), nil, errc)
 	h, p := readRaw(t, raw)
 	stop := feedStrays(raw)
 	waitStack(t, "ipc.(*Conn).lead(", "ipc_test.echoFirst(")
 	stop()
-	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, p))
+	writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: h.ID}, p))
 	if err := recv(t, errc, "echo result"); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +124,7 @@ func TestLoneCallerReadsItsReply(t *testing.T) {
 // follows; once the leader has its reply, the follower reads its own.
 func TestReadSidePassesToFollower(t *testing.T) {
 	c, raw := rawPeer(t, ipc.ConnConfig{})
-	warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+	warmUp(t, c, raw, func() wire.Header { h, _ := readRaw(t, raw); return h })
 	ctx := ctxTimeout(t, waitTimeout)
 	errA, errB := make(chan error, 1), make(chan error, 1)
 	go echoFirst(ctx, c, []byte("a"), nil, errA)
@@ -134,14 +135,14 @@ func TestReadSidePassesToFollower(t *testing.T) {
 	go echoSecond(ctx, c, []byte("b"), nil, errB)
 	hb, _ := readRaw(t, raw)
 	waitStack(t, "ipc.(*Conn).follow(", "ipc_test.echoSecond(")
-	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: ha.ID}, []byte("a")))
+	writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: ha.ID}, []byte("a")))
 	if err := recv(t, errA, "a's echo"); err != nil {
 		t.Fatal(err)
 	}
 	stop = feedStrays(raw)
 	waitStack(t, "ipc.(*Conn).lead(", "ipc_test.echoSecond(")
 	stop()
-	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: hb.ID}, []byte("b")))
+	writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: hb.ID}, []byte("b")))
 	if err := recv(t, errB, "b's echo"); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +158,7 @@ func TestLeaderContext(t *testing.T) {
 	}{{"silent", false}, {"busy", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, raw := rawPeer(t, ipc.ConnConfig{})
-			warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+			warmUp(t, c, raw, func() wire.Header { h, _ := readRaw(t, raw); return h })
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			errc := make(chan error, 1)
@@ -165,8 +166,8 @@ func TestLeaderContext(t *testing.T) {
 			readRaw(t, raw)
 			waitStack(t, "ipc.(*Conn).await(", "ipc_test.callUnanswered(") // leading or following
 			// A ping from the peer is answered while the caller waits.
-			writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 77}, nil))
-			if h, _ := readRaw(t, raw); h.Type != ipc.TypePing || !h.IsReply() || h.ID != 77 {
+			writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 77}, nil))
+			if h, _ := readRaw(t, raw); h.Type != wire.TypePing || !h.IsReply() || h.ID != 77 {
 				t.Fatalf("got %+v, want the pong", h)
 			}
 			stop := make(chan struct{})
@@ -175,7 +176,7 @@ func TestLeaderContext(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					stray := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 1 << 40}, make([]byte, 100))
+					stray := wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: 1 << 40}, make([]byte, 100))
 					for {
 						select {
 						case <-stop:
@@ -205,7 +206,7 @@ func TestLeaderContext(t *testing.T) {
 // TestLeaderClose: Close ends a leading caller's wait at once.
 func TestLeaderClose(t *testing.T) {
 	c, raw := rawPeer(t, ipc.ConnConfig{})
-	warmUp(t, c, raw, func() ipc.Header { h, _ := readRaw(t, raw); return h })
+	warmUp(t, c, raw, func() wire.Header { h, _ := readRaw(t, raw); return h })
 	errc := make(chan error, 1)
 	go echoFirst(ctxTimeout(t, 3*waitTimeout), c, []byte("x"), make([]byte, 0, 10), errc)
 	readRaw(t, raw)
@@ -266,7 +267,7 @@ func TestMixedCallersStress(t *testing.T) {
 							case 3:
 								got, err = c.Echo(ctx, payload, nil)
 							case 4:
-								got, err = c.Call(ctx, ipc.TypeMessage, payload, nil)
+								got, err = c.Call(ctx, wire.TypeMessage, payload, nil)
 							}
 							cancel()
 							switch {
@@ -320,7 +321,7 @@ func TestCallsOutliveTheirConn(t *testing.T) {
 	errc := make(chan error, stale)
 	for range stale {
 		go func() {
-			_, err := a.Call(ctxTimeout(t, waitTimeout), ipc.TypeMessage, []byte(msgBlock), nil)
+			_, err := a.Call(ctxTimeout(t, waitTimeout), wire.TypeMessage, []byte(msgBlock), nil)
 			errc <- err
 		}()
 	}
@@ -342,7 +343,7 @@ func TestCallsOutliveTheirConn(t *testing.T) {
 	replies := make(chan error, 2)
 	for range 2 {
 		go func() {
-			_, err := c.Call(ctx, ipc.TypeMessage, []byte("wait"), nil)
+			_, err := c.Call(ctx, wire.TypeMessage, []byte("wait"), nil)
 			replies <- err
 		}()
 	}
@@ -368,7 +369,7 @@ func TestCallsOutliveTheirConn(t *testing.T) {
 	waitStack(t, "ipc.(*Conn).lockW(", "ipc.(*Conn).Ping(")
 	// A request from the peer makes the background reader pass the read
 	// side on to a follower, as it does at the next frame boundary.
-	writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeMessage, ID: 5}, nil))
+	writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeMessage, ID: 5}, nil))
 	cancel()
 	for range stale {
 		recv(t, queued, "return of a queued ping")
@@ -376,17 +377,17 @@ func TestCallsOutliveTheirConn(t *testing.T) {
 	// Now the peer reads and answers: every reply must still be read.
 	go func() {
 		for {
-			h, p, err := ipc.ReadFrame(raw, 0)
+			h, p, err := wire.ReadFrame(raw, 0)
 			if err != nil {
 				return
 			}
-			if h.Type == ipc.TypeEcho && !h.IsReply() {
-				raw.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, p))
+			if h.Type == wire.TypeEcho && !h.IsReply() {
+				raw.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: h.ID}, p))
 			}
 		}
 	}()
 	for _, id := range ids {
-		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeMessage, Flags: ipc.FlagReply, ID: id}, nil))
+		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeMessage, Flags: wire.FlagReply, ID: id}, nil))
 	}
 	for range 2 {
 		if err := recv(t, replies, "a follower's reply"); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 func TestIdleTimeout(t *testing.T) {
@@ -60,7 +61,7 @@ func TestHandlerLimit(t *testing.T) {
 	errc := make(chan error, 2)
 	for range 2 {
 		go func() {
-			got, err := a.Call(ctx, ipc.TypeMessage, []byte(msgBlock), nil)
+			got, err := a.Call(ctx, wire.TypeMessage, []byte(msgBlock), nil)
 			if err == nil && len(got) != 3 {
 				err = fmt.Errorf("reply of %d bytes, want 3", len(got))
 			}
@@ -69,10 +70,10 @@ func TestHandlerLimit(t *testing.T) {
 	}
 	recv(t, blk.started, "handler start")
 	recv(t, blk.started, "handler start")
-	_, err := a.Call(ctx, ipc.TypeMessage, []byte(msgBlock), nil)
-	var re *ipc.RemoteError
-	if !errors.As(err, &re) || re.Code != ipc.CodeUnavailable {
-		t.Errorf("third concurrent request: %v, want error code %d", err, ipc.CodeUnavailable)
+	_, err := a.Call(ctx, wire.TypeMessage, []byte(msgBlock), nil)
+	var re *wire.RemoteError
+	if !errors.As(err, &re) || re.Code != wire.CodeUnavailable {
+		t.Errorf("third concurrent request: %v, want error code %d", err, wire.CodeUnavailable)
 	}
 	close(blk.release)
 	for range 2 {
@@ -96,7 +97,7 @@ func TestHandlerLimitSequential(t *testing.T) {
 	for range limit {
 		go func() {
 			for i := range calls {
-				if _, err := a.Call(ctx, ipc.TypeMessage, []byte("m"), nil); err != nil {
+				if _, err := a.Call(ctx, wire.TypeMessage, []byte("m"), nil); err != nil {
 					errc <- fmt.Errorf("call %d: %w", i, err)
 					return
 				}

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // TestRawPeer speaks the protocol by hand to check the wire behaviour of
@@ -24,9 +25,9 @@ func TestRawPeer(t *testing.T) {
 	t.Run("pong", func(t *testing.T) {
 		t.Parallel()
 		_, raw := rawPeer(t, ipc.ConnConfig{})
-		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 42}, []byte("abc")))
+		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 42}, []byte("abc")))
 		h, p := readRaw(t, raw)
-		if h != (ipc.Header{Type: ipc.TypePing, Flags: ipc.FlagReply, Length: 3, ID: 42}) || string(p) != "abc" {
+		if h != (wire.Header{Type: wire.TypePing, Flags: wire.FlagReply, Length: 3, ID: 42}) || string(p) != "abc" {
 			t.Fatalf("pong: %+v %q", h, p)
 		}
 	})
@@ -38,23 +39,23 @@ func TestRawPeer(t *testing.T) {
 		// goroutine.
 		werr := make(chan error, 1)
 		go func() {
-			_, err := raw.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, ID: 1 << 60}, payload))
+			_, err := raw.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, ID: 1 << 60}, payload))
 			werr <- err
 		}()
 		h, p := readRaw(t, raw)
 		if err := recv(t, werr, "end of write"); err != nil {
 			t.Fatal(err)
 		}
-		if h.Type != ipc.TypeEcho || !h.IsReply() || h.ID != 1<<60 || !bytes.Equal(p, payload) {
+		if h.Type != wire.TypeEcho || !h.IsReply() || h.ID != 1<<60 || !bytes.Equal(p, payload) {
 			t.Fatalf("echo reply %+v with %d bytes", h, len(p))
 		}
 	})
 	t.Run("stray-reply", func(t *testing.T) {
 		t.Parallel()
 		c, raw := rawPeer(t, ipc.ConnConfig{})
-		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 999}, make([]byte, 50<<10)))
-		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 1}, nil))
-		if h, _ := readRaw(t, raw); h.Type != ipc.TypePing || h.ID != 1 {
+		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: 999}, make([]byte, 50<<10)))
+		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 1}, nil))
+		if h, _ := readRaw(t, raw); h.Type != wire.TypePing || h.ID != 1 {
 			t.Fatalf("got %+v, want the pong", h)
 		}
 		if err := c.Err(); err != nil {
@@ -64,25 +65,25 @@ func TestRawPeer(t *testing.T) {
 	t.Run("no-handler", func(t *testing.T) {
 		t.Parallel()
 		_, raw := rawPeer(t, ipc.ConnConfig{})
-		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeReload, ID: 5}, nil))
+		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeReload, ID: 5}, nil))
 		h, p := readRaw(t, raw)
-		if h.Type != ipc.TypeError || !h.IsReply() || h.ID != 5 || ipc.ParseError(p).Code != ipc.CodeUnsupported {
+		if h.Type != wire.TypeError || !h.IsReply() || h.ID != 5 || wire.ParseError(p).Code != wire.CodeUnsupported {
 			t.Fatalf("reload to a Conn without a handler: %+v %q", h, p)
 		}
 	})
 	t.Run("big-ping", func(t *testing.T) {
 		t.Parallel()
 		c, raw := rawPeer(t, ipc.ConnConfig{})
-		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 6}, make([]byte, ipc.MaxPingPayload+1)))
+		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 6}, make([]byte, wire.MaxPingPayload+1)))
 		h, p := readRaw(t, raw)
-		if h.Type != ipc.TypeError || h.ID != 6 || ipc.ParseError(p).Code != ipc.CodeTooLarge {
-			t.Fatalf("oversized ping: got %+v %q, want error code %d", h, p, ipc.CodeTooLarge)
+		if h.Type != wire.TypeError || h.ID != 6 || wire.ParseError(p).Code != wire.CodeTooLarge {
+			t.Fatalf("oversized ping: got %+v %q, want error code %d", h, p, wire.CodeTooLarge)
 		}
-		if _, _, err := ipc.ReadFrame(raw, 0); err != io.EOF {
+		if _, _, err := wire.ReadFrame(raw, 0); err != io.EOF {
 			t.Fatalf("after the error frame: %v, want EOF", err)
 		}
 		waitDone(t, c)
-		wantOpFrameError(t, c.Err(), ipc.ErrFrameTooLarge)
+		wantOpFrameError(t, c.Err(), wire.ErrFrameTooLarge)
 	})
 	t.Run("wrong-reply-type", func(t *testing.T) {
 		t.Parallel()
@@ -94,7 +95,7 @@ func TestRawPeer(t *testing.T) {
 			errc <- err
 		}()
 		h, _ := readRaw(t, raw)
-		writeRaw(t, raw, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: h.ID}, nil))
+		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: h.ID}, nil))
 		if err := recv(t, errc, "ping result"); !errors.Is(err, ipc.ErrUnexpected) {
 			t.Errorf("ping answered by an echo reply: %v, want ErrUnexpected", err)
 		}
@@ -110,12 +111,12 @@ func TestHandshakeRefused(t *testing.T) {
 		name  string
 		frame []byte
 		want  error
-		code  uint16 // of the error frame sent back; 0 for none
+		code  wire.Code // of the error frame sent back; 0 for none
 	}{
-		{"version", ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello}, rawHello(2, 3)), ipc.ErrVersion, ipc.CodeVersion},
-		{"bad-hello", ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello}, rawHello(0, 1)), ipc.ErrBadPayload, ipc.CodeProtocol},
-		{"hello-reply", ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello, Flags: ipc.FlagReply}, rawHello(1, 1)), ipc.ErrUnexpected, ipc.CodeProtocol},
-		{"error", ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeError, Flags: ipc.FlagReply}, ipc.AppendError(nil, ipc.CodeShutdown, "going away")), nil, 0},
+		{"version", wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(2, 3)), ipc.ErrVersion, wire.CodeVersion},
+		{"bad-hello", wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(0, 1)), wire.ErrBadPayload, wire.CodeProtocol},
+		{"hello-reply", wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello, Flags: wire.FlagReply}, rawHello(1, 1)), ipc.ErrUnexpected, wire.CodeProtocol},
+		{"error", wire.AppendFrame(nil, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply}, wire.AppendError(nil, wire.CodeShutdown, "going away")), nil, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -131,8 +132,8 @@ func TestHandshakeRefused(t *testing.T) {
 				t.Fatal("NewConn succeeded")
 			}
 			if tc.want == nil {
-				var re *ipc.RemoteError
-				if !errors.As(err, &re) || re.Code != ipc.CodeShutdown || re.Message != "going away" {
+				var re *wire.RemoteError
+				if !errors.As(err, &re) || re.Code != wire.CodeShutdown || re.Message != "going away" {
 					t.Fatalf("NewConn: %v, want the peer's error", err)
 				}
 			} else if !errors.Is(err, tc.want) {
@@ -140,7 +141,7 @@ func TestHandshakeRefused(t *testing.T) {
 			}
 			var frames []string
 			for {
-				h, p, err := ipc.ReadFrame(raw, 0)
+				h, p, err := wire.ReadFrame(raw, 0)
 				if err == io.EOF {
 					break
 				}
@@ -148,8 +149,8 @@ func TestHandshakeRefused(t *testing.T) {
 					t.Fatal(err)
 				}
 				s := h.Type.String()
-				if h.Type == ipc.TypeError {
-					s += fmt.Sprint(ipc.ParseError(p).Code)
+				if h.Type == wire.TypeError {
+					s += fmt.Sprint(uint16(wire.ParseError(p).Code))
 				}
 				frames = append(frames, s)
 			}
@@ -200,7 +201,7 @@ func TestMaxPayload(t *testing.T) {
 
 	// Refused before anything is sent; the Conn stays open.
 	_, err := a.Echo(ctx, make([]byte, limit+1), nil)
-	wantOpFrameError(t, err, ipc.ErrFrameTooLarge)
+	wantOpFrameError(t, err, wire.ErrFrameTooLarge)
 	if !strings.Contains(err.Error(), "exceeds the limit of 1024") {
 		t.Errorf("error %q does not give the limit", err)
 	}
@@ -213,12 +214,12 @@ func TestMaxPayload(t *testing.T) {
 
 	// A peer that sends more than our limit is told so, and we close.
 	_, err = b.Echo(ctx, make([]byte, limit+1), nil)
-	var re *ipc.RemoteError
-	if !errors.As(err, &re) || re.Code != ipc.CodeTooLarge {
-		t.Errorf("oversized echo to a limited peer: %v, want error code %d", err, ipc.CodeTooLarge)
+	var re *wire.RemoteError
+	if !errors.As(err, &re) || re.Code != wire.CodeTooLarge {
+		t.Errorf("oversized echo to a limited peer: %v, want error code %d", err, wire.CodeTooLarge)
 	}
 	waitDone(t, a)
-	wantOpFrameError(t, a.Err(), ipc.ErrFrameTooLarge)
+	wantOpFrameError(t, a.Err(), wire.ErrFrameTooLarge)
 	waitDone(t, b)
 	if err := b.Err(); !errors.Is(err, ipc.ErrPeerClosed) {
 		t.Errorf("peer: Err() = %v, want ErrPeerClosed", err)

@@ -1,18 +1,26 @@
-// Package ipc is pairvisor's transport: connected Unix stream sockets
-// (a socketpair between a supervisor and a worker, or a connection to a
-// socket path) carrying a small framed, versioned protocol. It knows
-// nothing of processes; packages supervisor and worker build on it.
+// Package ipc is pairvisor's connection engine: a [Conn] runs the
+// framed, versioned protocol over one connected Unix stream socket (a
+// socketpair between a supervisor and a worker from [Socketpair], a
+// connection to a socket path from [Dial], or any connected socket given
+// to [NewConn]).
+//
+// It is not the codec, the listener or a server: package ipc/wire
+// encodes and decodes frames (and builds on every OS); package
+// ipc/listen creates socket paths safely and accepts connections with
+// their peers' credentials; serving many clients is the job of the
+// program that accepts them. It knows nothing of processes either:
+// packages supervisor and worker build on it.
 //
 // # Frames
 //
 // Every frame is a 16-byte header (magic 0xC1 'P', type, flags, payload
-// length, request id) followed by the payload. docs/PROTOCOL.md is the
-// full specification, detailed enough to write a peer in another
-// language. Each side first sends a hello with the protocol versions it
-// speaks; the higher version both speak is used. Requests carry an id
-// chosen by the sender and replies echo it, so any number of requests
-// may be in flight in both directions at once: a health-check ping
-// never waits for a 1 MiB echo's reply.
+// length, request id) followed by the payload; package wire has the
+// details and docs/PROTOCOL.md the full specification, detailed enough
+// to write a peer in another language. Each side first sends a hello
+// with the protocol versions it speaks; the higher version both speak is
+// used. Requests carry an id chosen by the sender and replies echo it,
+// so any number of requests may be in flight in both directions at once:
+// a health-check ping never waits for a 1 MiB echo's reply.
 //
 // # Conn
 //
@@ -30,20 +38,21 @@
 // holds for its peer is bounded ([ConnConfig].MaxBuffered, [Budget]).
 // With [ConnConfig].Poll the Conn waits through the Go runtime's poller
 // instead: slower per round trip, but without an OS thread per idle
-// connection; servers switch to it past [ServerConfig].PollAbove
-// clients. Every fd this package creates is close-on-exec.
+// connection, which suits a server with many clients. Every fd this
+// package creates is close-on-exec.
 //
 // # Health probes
 //
 // [Conn.Probe] sends a ping whose pong runs a callback on the reader
-// goroutine, so a supervisor can health-check many workers from one
-// tick without a goroutine waking for each pong.
+// goroutine, so a supervisor can health-check many workers from one tick
+// without a goroutine waking for each pong.
 //
 // # Errors
 //
 // Failed operations return an *[OpError] naming the operation and the
-// socket path. Malformed input yields a *[FrameError] wrapping one of
-// the sentinel errors ([ErrFrameTooLarge], [ErrUnknownType],
-// [ErrTruncated], ...); the Conn that read it is closed, never left
-// half-read. Error replies from the peer are *[RemoteError] values.
+// socket path. Malformed input yields a *[wire.FrameError] wrapping one
+// of the sentinel errors ([wire.ErrFrameTooLarge],
+// [wire.ErrUnknownType], [wire.ErrTruncated], ...); the Conn that read
+// it is closed, never left half-read. Error replies from the peer are
+// *[wire.RemoteError] values.
 package ipc

@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 import (
@@ -8,8 +6,9 @@ import (
 )
 
 // Sentinel errors. Test for them with errors.Is; the values returned
-// by this package wrap them in a *[FrameError] or *[OpError] that adds
-// the detail.
+// by this package wrap them in a *[wire.FrameError] or *[OpError] that
+// adds the detail. Malformed frames are reported with package wire's
+// sentinels ([wire.ErrFrameTooLarge], ...).
 var (
 	// ErrClosed is returned by calls on a Conn that has been closed,
 	// by either side or after a protocol error.
@@ -18,24 +17,6 @@ var (
 	// ErrPeerClosed reports that the peer closed its end (EOF between
 	// frames). It wraps ErrClosed.
 	ErrPeerClosed = fmt.Errorf("%w by peer", ErrClosed)
-
-	// ErrTruncated reports a stream that ended inside a frame.
-	ErrTruncated = errors.New("ipc: truncated frame")
-
-	// ErrBadMagic reports a frame that does not start with 0xC1 'P'.
-	ErrBadMagic = errors.New("ipc: bad frame magic")
-
-	// ErrUnknownType reports a frame type this version does not define.
-	ErrUnknownType = errors.New("ipc: unknown frame type")
-
-	// ErrBadFlags reports undefined flag bits.
-	ErrBadFlags = errors.New("ipc: undefined frame flags")
-
-	// ErrFrameTooLarge reports a payload length over the limit.
-	ErrFrameTooLarge = errors.New("ipc: frame too large")
-
-	// ErrBadPayload reports a payload that does not decode for its type.
-	ErrBadPayload = errors.New("ipc: malformed payload")
 
 	// ErrUnexpected reports a frame that is valid on its own but not
 	// allowed where it arrived (a request before the hello, a second
@@ -61,22 +42,6 @@ var (
 	ErrUntrustedPeer = errors.New("ipc: server runs as an untrusted user")
 )
 
-// FrameError describes a malformed or unexpected frame. The Conn that
-// read it is closed.
-type FrameError struct {
-	Err    error  // one of the sentinel errors above
-	Detail string // what exactly was wrong
-}
-
-func (e *FrameError) Error() string {
-	if e.Detail == "" {
-		return e.Err.Error()
-	}
-	return e.Err.Error() + ": " + e.Detail
-}
-
-func (e *FrameError) Unwrap() error { return e.Err }
-
 // OpError is the error type returned by the functions and methods of
 // this package that touch the operating system or the peer. It names the
 // operation and, where there is one, the socket path.
@@ -95,16 +60,6 @@ func (e *OpError) Error() string {
 }
 
 func (e *OpError) Unwrap() error { return e.Err }
-
-// RemoteError is an error reply received from the peer.
-type RemoteError struct {
-	Code    uint16 // one of the Code constants
-	Message string
-}
-
-func (e *RemoteError) Error() string {
-	return fmt.Sprintf("peer replied with error %d: %s", e.Code, e.Message)
-}
 
 // ErrIdle reports a Conn closed because nothing arrived within its
 // IdleTimeout.

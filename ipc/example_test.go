@@ -14,7 +14,7 @@ import (
 
 // A parent starts a child with one end of a socketpair as its fd 3,
 // establishes a Conn on the other end and pings the child. The child
-// does the same with ipc.NewConn(ctx, os.NewFile(ipc.ChannelFD, "channel"), cfg).
+// does the same with ipc.NewConn(ctx, os.NewFile(contract.ChannelFD, "channel"), cfg).
 func Example() {
 	parent, child, err := ipc.Socketpair()
 	if err != nil {

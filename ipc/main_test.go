@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // The test binary doubles as the peer process, in the style of os/exec's
@@ -131,7 +133,7 @@ func helperServe(...string) int {
 		return serveHandler(ctx, conn, req)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), helperHelloTimeout)
-	c, err := ipc.NewConn(ctx, os.NewFile(ipc.ChannelFD, "channel"), ipc.ConnConfig{Name: "serve", Handler: handler})
+	c, err := ipc.NewConn(ctx, os.NewFile(contract.ChannelFD, "channel"), ipc.ConnConfig{Name: "serve", Handler: handler})
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
@@ -150,10 +152,10 @@ func helperServe(...string) int {
 func serveHandler(ctx context.Context, c *ipc.Conn, req ipc.Request) ([]byte, error) {
 	p := string(req.Payload)
 	switch {
-	case req.Type != ipc.TypeMessage:
-		return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: "serve answers messages only"}
+	case req.Type != wire.TypeMessage:
+		return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: "serve answers messages only"}
 	case p == msgBlock:
-		if _, err := c.Call(ctx, ipc.TypeMessage, []byte(msgBlocked), nil); err != nil {
+		if _, err := c.Call(ctx, wire.TypeMessage, []byte(msgBlocked), nil); err != nil {
 			return nil, err
 		}
 		<-ctx.Done()
@@ -164,7 +166,7 @@ func serveHandler(ctx context.Context, c *ipc.Conn, req ipc.Request) ([]byte, er
 		if err != nil {
 			return nil, err
 		}
-		return nil, &ipc.RemoteError{Code: uint16(n), Message: text}
+		return nil, &wire.RemoteError{Code: wire.Code(n), Message: text}
 	case strings.HasPrefix(p, msgFail):
 		return nil, errors.New(strings.TrimPrefix(p, msgFail))
 	}
@@ -173,7 +175,7 @@ func serveHandler(ctx context.Context, c *ipc.Conn, req ipc.Request) ([]byte, er
 
 // helperMute never sends a hello. It reads fd 3 until EOF.
 func helperMute(...string) int {
-	f := os.NewFile(ipc.ChannelFD, "channel")
+	f := os.NewFile(contract.ChannelFD, "channel")
 	if _, err := io.Copy(io.Discard, f); err != nil {
 		fmt.Fprintln(os.Stderr, "mute:", err)
 		return 1
@@ -186,8 +188,8 @@ func helperMute(...string) int {
 type garbageCase struct {
 	name  string
 	bytes []byte
-	want  error  // the sentinel the receiving Conn's error wraps
-	code  uint16 // the code of the error frame it sends back; 0 for none
+	want  error     // the sentinel the receiving Conn's error wraps
+	code  wire.Code // the code of the error frame it sends back; 0 for none
 	// closeWrite makes the helper shut down its sending side after the
 	// garbage; the Conn then sees the stream end.
 	closeWrite bool
@@ -195,29 +197,29 @@ type garbageCase struct {
 	afterHello bool
 }
 
-func header(t ipc.Type, flags uint8, length uint32, id uint64) []byte {
-	b := make([]byte, ipc.HeaderSize)
-	ipc.PutHeader(b, ipc.Header{Type: t, Flags: flags, Length: length, ID: id})
+func header(t wire.Type, flags uint8, length uint32, id uint64) []byte {
+	b := make([]byte, wire.HeaderSize)
+	wire.PutHeader(b, wire.Header{Type: t, Flags: flags, Length: length, ID: id})
 	return b
 }
 
 var garbageCases = []garbageCase{
 	// Instead of a hello.
-	{name: "magic", bytes: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want: ipc.ErrBadMagic, code: ipc.CodeProtocol},
-	{name: "type", bytes: header(9, 0, 0, 7), want: ipc.ErrUnknownType, code: ipc.CodeProtocol},
-	{name: "flags", bytes: header(ipc.TypePing, 0x80, 0, 7), want: ipc.ErrBadFlags, code: ipc.CodeProtocol},
-	{name: "length", bytes: header(ipc.TypeHello, 0, 0xFFFFFFFF, 0), want: ipc.ErrFrameTooLarge, code: ipc.CodeTooLarge},
-	{name: "hello-length", bytes: header(ipc.TypeHello, 0, 1000, 0), want: ipc.ErrBadPayload, code: ipc.CodeProtocol},
-	{name: "not-hello", bytes: header(ipc.TypePing, 0, 0, 7), want: ipc.ErrUnexpected, code: ipc.CodeProtocol},
-	{name: "truncated", bytes: append(header(ipc.TypeHello, 0, 100, 0), make([]byte, 40)...), want: ipc.ErrTruncated, closeWrite: true},
-	{name: "truncated-header", bytes: header(ipc.TypeHello, 0, 100, 0)[:10], want: ipc.ErrTruncated, closeWrite: true},
+	{name: "magic", bytes: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want: wire.ErrBadMagic, code: wire.CodeProtocol},
+	{name: "type", bytes: header(9, 0, 0, 7), want: wire.ErrUnknownType, code: wire.CodeProtocol},
+	{name: "flags", bytes: header(wire.TypePing, 0x80, 0, 7), want: wire.ErrBadFlags, code: wire.CodeProtocol},
+	{name: "length", bytes: header(wire.TypeHello, 0, 0xFFFFFFFF, 0), want: wire.ErrFrameTooLarge, code: wire.CodeTooLarge},
+	{name: "hello-length", bytes: header(wire.TypeHello, 0, 1000, 0), want: wire.ErrBadPayload, code: wire.CodeProtocol},
+	{name: "not-hello", bytes: header(wire.TypePing, 0, 0, 7), want: ipc.ErrUnexpected, code: wire.CodeProtocol},
+	{name: "truncated", bytes: append(header(wire.TypeHello, 0, 100, 0), make([]byte, 40)...), want: wire.ErrTruncated, closeWrite: true},
+	{name: "truncated-header", bytes: header(wire.TypeHello, 0, 100, 0)[:10], want: wire.ErrTruncated, closeWrite: true},
 
 	// After a valid hello.
-	{name: "after-hello-magic", afterHello: true, bytes: []byte("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"), want: ipc.ErrBadMagic, code: ipc.CodeProtocol},
-	{name: "after-hello-type", afterHello: true, bytes: header(0, 0, 0, 7), want: ipc.ErrUnknownType, code: ipc.CodeProtocol},
-	{name: "after-hello-length", afterHello: true, bytes: header(ipc.TypeEcho, 0, 0xFFFFFFFF, 7), want: ipc.ErrFrameTooLarge, code: ipc.CodeTooLarge},
-	{name: "after-hello-second-hello", afterHello: true, bytes: header(ipc.TypeHello, 0, 0, 7), want: ipc.ErrUnexpected, code: ipc.CodeProtocol},
-	{name: "after-hello-truncated", afterHello: true, bytes: append(header(ipc.TypeEcho, 0, 100, 7), make([]byte, 40)...), want: ipc.ErrTruncated, closeWrite: true},
+	{name: "after-hello-magic", afterHello: true, bytes: []byte("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"), want: wire.ErrBadMagic, code: wire.CodeProtocol},
+	{name: "after-hello-type", afterHello: true, bytes: header(0, 0, 0, 7), want: wire.ErrUnknownType, code: wire.CodeProtocol},
+	{name: "after-hello-length", afterHello: true, bytes: header(wire.TypeEcho, 0, 0xFFFFFFFF, 7), want: wire.ErrFrameTooLarge, code: wire.CodeTooLarge},
+	{name: "after-hello-second-hello", afterHello: true, bytes: header(wire.TypeHello, 0, 0, 7), want: ipc.ErrUnexpected, code: wire.CodeProtocol},
+	{name: "after-hello-truncated", afterHello: true, bytes: append(header(wire.TypeEcho, 0, 100, 7), make([]byte, 40)...), want: wire.ErrTruncated, closeWrite: true},
 }
 
 // helperGarbage writes g's bytes to fd 3, preceded by a valid hello if
@@ -225,11 +227,11 @@ var garbageCases = []garbageCase{
 // hello, then the error frame g.code calls for. It exits 1 if anything
 // else arrives.
 func helperGarbage(g garbageCase) int {
-	f := os.NewFile(ipc.ChannelFD, "channel")
+	f := os.NewFile(contract.ChannelFD, "channel")
 	var out []byte
 	if g.afterHello {
-		hello := ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 1, PID: uint32(os.Getpid()), Name: "garbage"})
-		out = ipc.AppendFrame(out, ipc.Header{Type: ipc.TypeHello}, hello)
+		hello := wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, PID: uint32(os.Getpid()), Name: "garbage"})
+		out = wire.AppendFrame(out, wire.Header{Type: wire.TypeHello}, hello)
 	}
 	out = append(out, g.bytes...)
 	if _, err := f.Write(out); err != nil {
@@ -248,7 +250,7 @@ func helperGarbage(g garbageCase) int {
 	}
 	var got []string
 	for {
-		h, p, err := ipc.ReadFrame(f, 0)
+		h, p, err := wire.ReadFrame(f, 0)
 		if err == io.EOF {
 			break
 		}
@@ -257,8 +259,8 @@ func helperGarbage(g garbageCase) int {
 			return 1
 		}
 		s := h.Type.String()
-		if h.Type == ipc.TypeError {
-			s += ":" + strconv.Itoa(int(ipc.ParseError(p).Code))
+		if h.Type == wire.TypeError {
+			s += ":" + strconv.Itoa(int(wire.ParseError(p).Code))
 		}
 		got = append(got, s)
 	}

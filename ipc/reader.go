@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 import (
@@ -11,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -239,32 +238,32 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 			case err == io.EOF && r.r == r.w:
 				err = ErrPeerClosed
 			case err == io.EOF:
-				err = r.readErr(&FrameError{Err: ErrTruncated, Detail: fmt.Sprintf("stream ended after %d of %d header bytes", r.w-r.r, HeaderSize)})
+				err = r.readErr(&wire.FrameError{Err: wire.ErrTruncated, Detail: fmt.Sprintf("stream ended after %d of %d header bytes", r.w-r.r, wire.HeaderSize)})
 			default:
 				err = r.readErr(err)
 			}
 			return r.stopOn(err)
 		}
-		h, err := ParseHeader(r.buf[r.r:r.w], c.cfg.MaxPayload)
+		h, err := wire.ParseHeader(r.buf[r.r:r.w], c.cfg.MaxPayload)
 		if err != nil {
 			return r.stopOn(r.protocolErr(h.ID, err))
 		}
 		if lead != nil && !h.IsReply() {
 			return stopRequest
 		}
-		r.r += HeaderSize
+		r.r += wire.HeaderSize
 		r.large = h.Length >= alignThreshold
 		switch {
 		case !r.hello:
 			err = r.readHello(h)
 		case h.IsReply():
 			err = r.deliver(h)
-		case h.Type == TypePing:
-			err = r.answerInline(h, MaxPingPayload)
-		case h.Type == TypeEcho && !c.cfg.ForwardEcho:
+		case h.Type == wire.TypePing:
+			err = r.answerInline(h, wire.MaxPingPayload)
+		case h.Type == wire.TypeEcho && !c.cfg.ForwardEcho:
 			err = r.answerInline(h, c.cfg.MaxPayload)
-		case h.Type == TypeHello || h.Type == TypeError:
-			err = r.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request after the handshake", h.Type)})
+		case h.Type == wire.TypeHello || h.Type == wire.TypeError:
+			err = r.protocolErr(h.ID, &wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request after the handshake", h.Type)})
 		default:
 			err = r.dispatch(h)
 		}
@@ -286,7 +285,7 @@ func (r *reader) stopOn(err error) stop {
 }
 
 // deliver reads a reply and hands it to the call waiting for it.
-func (r *reader) deliver(h Header) error {
+func (r *reader) deliver(h wire.Header) error {
 	c := r.c
 	c.pmu.Lock()
 	cl := c.claim(h.ID)
@@ -294,14 +293,14 @@ func (r *reader) deliver(h Header) error {
 	n := int(h.Length)
 	p := partial{active: true, cl: cl}
 	switch {
-	case cl == nil && h.Type == TypeError && h.ID == 0:
+	case cl == nil && h.Type == wire.TypeError && h.ID == 0:
 		p.kind, p.buf = partConnErr, make([]byte, n)
 	case cl == nil: // its caller gave up
 		p.kind, p.left = partDiscard, n
-	case h.Type == TypeError:
+	case h.Type == wire.TypeError:
 		p.kind, p.buf = partError, make([]byte, n)
 	case h.Type != cl.typ:
-		err := r.protocolErr(0, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s reply to %s request %d", h.Type, cl.typ, h.ID)})
+		err := r.protocolErr(0, &wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s reply to %s request %d", h.Type, cl.typ, h.ID)})
 		cl.err = closeErr(err)
 		c.finish(cl)
 		return err
@@ -351,9 +350,9 @@ func (r *reader) finishPart() error {
 	case partReply:
 		cl.reply = buf
 	case partError:
-		cl.err = ParseError(buf)
+		cl.err = wire.ParseError(buf)
 	case partConnErr:
-		return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: ParseError(buf)}
+		return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: wire.ParseError(buf)}
 	case partDiscard:
 		return nil
 	}
@@ -364,32 +363,32 @@ func (r *reader) finishPart() error {
 	return nil
 }
 
-func (r *reader) readHello(h Header) error {
+func (r *reader) readHello(h wire.Header) error {
 	c := r.c
-	if h.Type != TypeHello || h.IsReply() {
-		if h.Type == TypeError && h.IsReply() {
+	if h.Type != wire.TypeHello || h.IsReply() {
+		if h.Type == wire.TypeError && h.IsReply() {
 			p, err := r.readPayload(h)
 			if err != nil {
 				return err
 			}
-			return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: ParseError(p)}
+			return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: wire.ParseError(p)}
 		}
-		return r.protocolErr(h.ID, &FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("first frame is %s, want hello", h.Type)})
+		return r.protocolErr(h.ID, &wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("first frame is %s, want hello", h.Type)})
 	}
-	if h.Length > maxHelloPayload {
-		return r.protocolErr(0, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, limit %d", h.Length, maxHelloPayload)})
+	if h.Length > wire.MaxHelloPayload {
+		return r.protocolErr(0, &wire.FrameError{Err: wire.ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, limit %d", h.Length, wire.MaxHelloPayload)})
 	}
 	p, err := r.readPayload(h)
 	if err != nil {
 		return err
 	}
-	peer, err := ParseHello(p)
+	peer, err := wire.ParseHello(p)
 	if err != nil {
 		return r.protocolErr(0, err)
 	}
-	v, err := negotiate(Hello{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion}, peer)
+	v, err := negotiate(wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: wire.ProtocolVersion}, peer)
 	if err != nil {
-		c.sendError(0, CodeVersion, err.Error())
+		c.sendError(0, wire.CodeVersion, err.Error())
 		return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: err}
 	}
 	c.peer, c.ver = peer, v
@@ -400,7 +399,7 @@ func (r *reader) readHello(h Header) error {
 
 func (r *reader) readErr(err error) error {
 	if err == io.EOF {
-		err = &FrameError{Err: ErrTruncated, Detail: "stream ended inside a frame"}
+		err = &wire.FrameError{Err: wire.ErrTruncated, Detail: "stream ended inside a frame"}
 	} else if errors.Is(err, unix.EAGAIN) {
 		err = fmt.Errorf("%w: nothing received for %v", ErrIdle, r.c.cfg.IdleTimeout)
 	}
@@ -415,7 +414,7 @@ func (r *reader) fill(n int) error { return r.fillTo(n, false) }
 // large frame it reads no more than the header: the next frame is
 // likely large too, and its payload is better read straight into its
 // destination, aligned, than into buf and then copied (see readInto).
-func (r *reader) fillHeader() error { return r.fillTo(HeaderSize, r.large) }
+func (r *reader) fillHeader() error { return r.fillTo(wire.HeaderSize, r.large) }
 
 func (r *reader) fillTo(n int, exact bool) error {
 	if r.w-r.r >= n {
@@ -561,7 +560,7 @@ func (r *reader) discard(n int) error {
 
 // readPayload reads h's payload into a new slice (background reader
 // only: it never stops half way).
-func (r *reader) readPayload(h Header) ([]byte, error) {
+func (r *reader) readPayload(h wire.Header) ([]byte, error) {
 	n := int(h.Length)
 	if n == 0 {
 		return nil, nil
@@ -599,4 +598,13 @@ func (r *reader) payloadView(n int) ([]byte, error) {
 	m := copy(p, r.buf[r.r:r.w])
 	r.r += m
 	return p, r.readInto(p, &m)
+}
+
+// negotiate returns the highest version both hellos speak.
+func negotiate(a, b wire.Hello) (uint16, error) {
+	v := min(a.MaxVersion, b.MaxVersion)
+	if v < max(a.MinVersion, b.MinVersion) {
+		return 0, &wire.FrameError{Err: ErrVersion, Detail: fmt.Sprintf("we speak %d..%d, peer %q speaks %d..%d", a.MinVersion, a.MaxVersion, b.Name, b.MinVersion, b.MaxVersion)}
+	}
+	return v, nil
 }

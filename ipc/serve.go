@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 import (
@@ -7,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Requests from the peer. Only the background reader takes them in (a
@@ -16,7 +16,7 @@ import (
 
 // Request is a request passed to a [Handler]. The handler owns Payload.
 type Request struct {
-	Type    Type
+	Type    wire.Type
 	Payload []byte
 }
 
@@ -26,8 +26,8 @@ type Request struct {
 // arrived before it has been answered, and later ones are refused.
 // Each call runs in its own goroutine; ctx is cancelled when the Conn
 // closes, and a handler must return soon after. A returned
-// *[RemoteError] is sent as is; any other error is sent as
-// [CodeInternal] with the error's text. A Handler must not call Close
+// *[wire.RemoteError] is sent as is; any other error is sent as
+// [wire.CodeInternal] with the error's text. A Handler must not call Close
 // on its own Conn (Close waits for handlers to return).
 type Handler func(ctx context.Context, req Request) ([]byte, error)
 
@@ -36,25 +36,25 @@ type Handler func(ctx context.Context, req Request) ([]byte, error)
 // The reply is held (budget.go) from before its payload is read until
 // it is written. An echo that finds no room in the shared Budget is
 // skipped and refused; a pong is too small to be refused.
-func (r *reader) answerInline(h Header, limit uint32) error {
+func (r *reader) answerInline(h wire.Header, limit uint32) error {
 	c := r.c
 	if h.Length > limit {
-		return r.protocolErr(h.ID, &FrameError{Err: ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
+		return r.protocolErr(h.ID, &wire.FrameError{Err: wire.ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
 	}
 	n := frameCost(int(h.Length))
-	ok, err := c.admit(n, h.Type != TypePing)
+	ok, err := c.admit(n, h.Type != wire.TypePing)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return r.refuseUnread(h, CodeUnavailable, errNoBudget)
+		return r.refuseUnread(h, wire.CodeUnavailable, errNoBudget)
 	}
 	p, err := r.payloadView(int(h.Length))
 	if err != nil {
 		c.release(n)
 		return r.readErr(err)
 	}
-	return r.reply(Header{Type: h.Type, Flags: FlagReply, ID: h.ID}, p, n)
+	return r.reply(wire.Header{Type: h.Type, Flags: wire.FlagReply, ID: h.ID}, p, n)
 }
 
 // dispatch runs the Handler for a request in its own goroutine.
@@ -69,19 +69,19 @@ func (r *reader) answerInline(h Header, limit uint32) error {
 // is held (budget.go) with room for its reply from before its payload
 // is read until the reply is written, and keeps its handler slot until
 // the reply's turn to be written comes.
-func (r *reader) dispatch(h Header) error {
+func (r *reader) dispatch(h wire.Header) error {
 	c := r.c
 	switch {
 	case r.draining:
-		return r.refuseUnread(h, CodeShutdown, "shutting down")
-	case h.Type == TypeShutdown:
+		return r.refuseUnread(h, wire.CodeShutdown, "shutting down")
+	case h.Type == wire.TypeShutdown:
 		n, hint := requestCost(h)
 		ok, err := c.admit(n, true)
 		if err != nil {
 			return err
 		}
 		if !ok {
-			return r.refuseUnread(h, CodeUnavailable, errNoBudget)
+			return r.refuseUnread(h, wire.CodeUnavailable, errNoBudget)
 		}
 		p, err := r.readPayload(h)
 		if err != nil {
@@ -104,12 +104,12 @@ func (r *reader) dispatch(h Header) error {
 		}()
 		return nil
 	case c.cfg.Handler == nil:
-		return r.refuseUnread(h, CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
+		return r.refuseUnread(h, wire.CodeUnsupported, fmt.Sprintf("no handler for %s requests", h.Type))
 	}
 	select {
 	case c.sem <- struct{}{}:
 	default:
-		return r.refuseUnread(h, CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
+		return r.refuseUnread(h, wire.CodeUnavailable, fmt.Sprintf("more than %d requests in flight", c.cfg.MaxConcurrent))
 	}
 	n, hint := requestCost(h)
 	ok, err := c.admit(n, true)
@@ -118,7 +118,7 @@ func (r *reader) dispatch(h Header) error {
 		if err != nil {
 			return err
 		}
-		return r.refuseUnread(h, CodeUnavailable, errNoBudget)
+		return r.refuseUnread(h, wire.CodeUnavailable, errNoBudget)
 	}
 	p, err := r.readPayload(h)
 	if err != nil {
@@ -145,17 +145,17 @@ func (r *reader) dispatch(h Header) error {
 // a peer that sends its next request only after this reply must find a
 // slot free, while replies waiting their turn keep theirs, so that at
 // most MaxConcurrent of them wait.
-func (c *Conn) answer(h Header, resp []byte, err error, n, hint int64, slot bool) {
+func (c *Conn) answer(h wire.Header, resp []byte, err error, n, hint int64, slot bool) {
 	deadline := time.Now().Add(c.cfg.WriteTimeout)
-	rh := Header{Type: h.Type, Flags: FlagReply, ID: h.ID}
+	rh := wire.Header{Type: h.Type, Flags: wire.FlagReply, ID: h.ID}
 	if err != nil {
-		var re *RemoteError
+		var re *wire.RemoteError
 		if !errors.As(err, &re) {
-			re = &RemoteError{Code: CodeInternal, Message: err.Error()}
+			re = &wire.RemoteError{Code: wire.CodeInternal, Message: err.Error()}
 		}
-		rh.Type, resp = TypeError, AppendError(nil, re.Code, re.Message)
+		rh.Type, resp = wire.TypeError, wire.AppendError(nil, re.Code, re.Message)
 	} else if len(resp) > int(c.cfg.MaxPayload) {
-		rh.Type, resp = TypeError, AppendError(nil, CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
+		rh.Type, resp = wire.TypeError, wire.AppendError(nil, wire.CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
 	}
 	if d := frameCost(len(resp)) - hint; d > 0 {
 		c.force(d)
@@ -169,13 +169,13 @@ func (c *Conn) answer(h Header, resp []byte, err error, n, hint int64, slot bool
 
 // sendError writes an error reply from a goroutine that may wait for
 // the write lock. Failing to write it means the Conn is closing anyway.
-func (c *Conn) sendError(id uint64, code uint16, msg string) {
-	c.writeFrame(context.Background(), c.cfg.WriteTimeout, Header{Type: TypeError, Flags: FlagReply, ID: id}, AppendError(nil, code, msg))
+func (c *Conn) sendError(id uint64, code wire.Code, msg string) {
+	c.writeFrame(context.Background(), c.cfg.WriteTimeout, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: id}, wire.AppendError(nil, code, msg))
 }
 
 // refuseUnread skips request h's payload without reading it into
 // memory and answers it with an error.
-func (r *reader) refuseUnread(h Header, code uint16, msg string) error {
+func (r *reader) refuseUnread(h wire.Header, code wire.Code, msg string) error {
 	if err := r.discard(int(h.Length)); err != nil {
 		return err
 	}
@@ -185,26 +185,26 @@ func (r *reader) refuseUnread(h Header, code uint16, msg string) error {
 // refuse answers a request with an error. The error reply is held like
 // any other (it is small: it waits for room in the Conn's bound but not
 // in a shared Budget).
-func (r *reader) refuse(id uint64, code uint16, msg string) error {
-	p := AppendError(nil, code, msg)
+func (r *reader) refuse(id uint64, code wire.Code, msg string) error {
+	p := wire.AppendError(nil, code, msg)
 	n := frameCost(len(p))
 	if _, err := r.c.admit(n, false); err != nil {
 		return err
 	}
-	return r.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
+	return r.reply(wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: id}, p, n)
 }
 
 // protocolErr tells the peer what it did wrong (best effort) and
 // returns err for the holder of the read side to close the Conn with.
 func (r *reader) protocolErr(id uint64, err error) error {
-	code := CodeProtocol
-	if errors.Is(err, ErrFrameTooLarge) {
-		code = CodeTooLarge
+	code := wire.CodeProtocol
+	if errors.Is(err, wire.ErrFrameTooLarge) {
+		code = wire.CodeTooLarge
 	}
 	// The Conn closes right after: the reply is held without waiting.
-	p := AppendError(nil, code, err.Error())
+	p := wire.AppendError(nil, code, err.Error())
 	n := frameCost(len(p))
 	r.c.force(n)
-	r.reply(Header{Type: TypeError, Flags: FlagReply, ID: id}, p, n)
+	r.reply(wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: id}, p, n)
 	return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: err}
 }

@@ -11,25 +11,26 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // FuzzConnStream feeds arbitrary bytes, after a valid hello, to a real
 // Conn's reader over a socketpair. Whatever arrives, the Conn must not
 // panic, must answer or refuse, and must end once the stream ends.
 func FuzzConnStream(f *testing.F) {
-	ping := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 1}, nil)
-	echo := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, ID: 2}, []byte("echo me"))
-	msg := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeMessage, ID: 3}, []byte("hi"))
-	shut := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeShutdown, ID: 4}, nil)
-	reply := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, Flags: ipc.FlagReply, ID: 9}, nil)
+	ping := wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 1}, nil)
+	echo := wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, ID: 2}, []byte("echo me"))
+	msg := wire.AppendFrame(nil, wire.Header{Type: wire.TypeMessage, ID: 3}, []byte("hi"))
+	shut := wire.AppendFrame(nil, wire.Header{Type: wire.TypeShutdown, ID: 4}, nil)
+	reply := wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, Flags: wire.FlagReply, ID: 9}, nil)
 	f.Add(ping)
 	f.Add(append(append(append([]byte{}, echo...), msg...), shut...))
 	f.Add(append(append([]byte{}, reply...), ping[:7]...))
 	f.Add([]byte{0xC1, 'P', 0xFF, 0, 0, 0, 0, 0})
 	f.Add([]byte{0xC1, 'P', 3, 0, 0xFF, 0xFF, 0xFF, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
-	hello := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello},
-		ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 1, Name: "fuzz"}))
+	hello := wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello},
+		wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, Name: "fuzz"}))
 
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		if len(stream) > 64<<10 {

@@ -1,5 +1,3 @@
-//go:build linux
-
 package ipc
 
 import (
@@ -12,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -157,12 +156,12 @@ func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err erro
 
 // setFrame points the iovecs at h and p. The caller holds the write
 // lock.
-func (c *Conn) setFrame(h Header, p []byte) {
+func (c *Conn) setFrame(h wire.Header, p []byte) {
 	h.Length = uint32(len(p))
-	PutHeader(c.whdr[:], h)
+	wire.PutHeader(c.whdr[:], h)
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
-	c.iov[0].SetLen(HeaderSize)
+	c.iov[0].SetLen(wire.HeaderSize)
 	c.msg.Iovlen = 1
 	if len(p) > 0 {
 		c.iov[1].Base = unsafe.SliceData(p)
@@ -176,7 +175,7 @@ func (c *Conn) setFrame(h Header, p []byte) {
 // has no deadline and timeout is positive, after timeout (each). It
 // does not allocate unless it has to wait for the lock with a timeout
 // or leave the frame to finishLater.
-func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, p []byte) error {
+func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h wire.Header, p []byte) error {
 	if err := c.lockW(ctx, timeout); err != nil {
 		return c.writeErr(h, err)
 	}
@@ -207,7 +206,7 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h Header, 
 // deadline, the wait for the write lock included; if it is not, the
 // Conn is closed with ErrStalled. With slot set, a handler slot is
 // given back once the lock is taken (see answer).
-func (c *Conn) writeReply(h Header, p []byte, n int64, deadline time.Time, slot bool) {
+func (c *Conn) writeReply(h wire.Header, p []byte, n int64, deadline time.Time, slot bool) {
 	defer c.release(n)
 	err := c.lockW(context.Background(), max(time.Until(deadline), 1)) // > 0: a deadline
 	if slot {
@@ -236,7 +235,7 @@ func (c *Conn) writeReply(h Header, p []byte, n int64, deadline time.Time, slot 
 // finishLater. p may be a view of the read buffer or big. The n bytes
 // held for the reply are released once it is written, or has failed to
 // be.
-func (r *reader) reply(h Header, p []byte, n int64) error {
+func (r *reader) reply(h wire.Header, p []byte, n int64) error {
 	c := r.c
 	if !c.tryLockW() {
 		// A caller is writing, perhaps waiting for the peer to read,
@@ -276,7 +275,7 @@ func (r *reader) reply(h Header, p []byte, n int64) error {
 // At most MaxConcurrent wait at once; past that the reader waits too,
 // which pushes back on the peer, but for no longer than WriteTimeout:
 // then the Conn is closed with ErrStalled.
-func (c *Conn) replyLater(h Header, p []byte, n int64) error {
+func (c *Conn) replyLater(h wire.Header, p []byte, n int64) error {
 	deadline := time.Now().Add(c.cfg.WriteTimeout)
 	select {
 	case c.wsem <- struct{}{}:
@@ -350,7 +349,7 @@ func (c *Conn) finishLater(p []byte, lend bool, n int64) (kept bool) {
 
 // stalled closes the Conn because a reply of type h could not be
 // written within WriteTimeout.
-func (c *Conn) stalled(h Header, while string) {
+func (c *Conn) stalled(h wire.Header, while string) {
 	if while != "" {
 		while = ", " + while
 	}
@@ -359,7 +358,7 @@ func (c *Conn) stalled(h Header, while string) {
 
 // sendErr classifies a failed sendmsg. Half a frame on the wire with no
 // way to finish it loses the stream, so the Conn is closed.
-func (c *Conn) sendErr(err error, partial bool, h Header) error {
+func (c *Conn) sendErr(err error, partial bool, h wire.Header) error {
 	err = os.NewSyscallError("sendmsg", err)
 	if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
 		err = closeErr(err) // shut down by Close, or closed by the peer
@@ -370,7 +369,7 @@ func (c *Conn) sendErr(err error, partial bool, h Header) error {
 	return err
 }
 
-func (c *Conn) writeErr(h Header, err error) error {
+func (c *Conn) writeErr(h wire.Header, err error) error {
 	return &OpError{Op: "write " + h.Type.String(), Addr: c.cfg.Addr, Err: err}
 }
 
@@ -392,6 +391,6 @@ func (c *Conn) advance(n int) bool {
 		return true
 	}
 	c.msg.Iov = &iov[0]
-	c.msg.Iovlen = uint64(len(iov))
+	c.msg.SetIovlen(len(iov))
 	return false
 }

@@ -12,7 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 	"github.com/pairvisor/pairvisor/worker"
 )
@@ -44,7 +44,7 @@ func Example() {
 	defer stop()
 	go func() {
 		<-sup.Ready()
-		reply, err := sup.Call(ctx, ipc.TypeMessage, []byte("hello"), nil)
+		reply, err := sup.Call(ctx, wire.TypeMessage, []byte("hello"), nil)
 		fmt.Println(string(reply), err)
 		stop()
 	}()

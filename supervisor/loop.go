@@ -79,6 +79,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // exitGrace is how long a worker whose channel closed has to exit on
@@ -481,7 +482,7 @@ func (s *Supervisor) tend(p *proc) {
 				}
 				s.send(evProbed{p, id, err})
 			case opStop:
-				if _, err := c.Call(o.ctx, ipc.TypeShutdown, nil, nil); err != nil {
+				if _, err := c.Call(o.ctx, wire.TypeShutdown, nil, nil); err != nil {
 					o.log.Debug("shutdown request failed", "error", err)
 				}
 				c.Close() // EOF tells the worker too
@@ -1011,7 +1012,7 @@ func (sl *slot) setState(st State, now time.Time) {
 // must still count as a failure, or on-failure would leave its slot
 // empty.
 func isProtocolError(err error) bool {
-	var fe *ipc.FrameError
+	var fe *wire.FrameError
 	return errors.As(err, &fe) || errors.Is(err, ipc.ErrStalled)
 }
 

@@ -20,8 +20,8 @@ import (
 
 	"github.com/pairvisor/pairvisor/worker"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/testutil"
-	"github.com/pairvisor/pairvisor/ipc"
 )
 
 // The test binary is also every worker: Config.Executable defaults to
@@ -35,7 +35,7 @@ const (
 
 // A worker started without a role (the supervisor passes Config.Env on)
 // exits 2 rather than run the tests.
-var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: ipc.EnvWorker})
+var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: contract.EnvWorker})
 
 func TestMain(m *testing.M) {
 	for name, f := range workerRoles {

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // The fakes behind the policy tests: a clock that moves only when the
@@ -367,11 +368,11 @@ func (c *fakeConn) closeWith(err error) {
 	})
 }
 
-func (c *fakeConn) Call(ctx context.Context, t ipc.Type, payload, dst []byte) ([]byte, error) {
+func (c *fakeConn) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]byte, error) {
 	if err := c.Err(); err != nil {
 		return nil, err
 	}
-	if t != ipc.TypeShutdown {
+	if t != wire.TypeShutdown {
 		return append(dst[:0], payload...), nil
 	}
 	if c.onShutdown != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Policy tests: the loop on a fake spawner and a fake clock (see
@@ -694,11 +695,11 @@ func TestPolicyChannelClosed(t *testing.T) {
 		t.Parallel()
 		r := startPolicy(t, Config{BackoffMin: time.Second, BackoffMax: time.Second})
 		fp := r.ready(1)[0]
-		fp.conn.closeWith(&ipc.FrameError{Err: ipc.ErrBadMagic})
+		fp.conn.closeWith(&wire.FrameError{Err: wire.ErrBadMagic})
 		r.awaitUnrouted(1) // the loop saw the channel close before the exit
 		fp.exit(exit0)
 		ws := r.backoff()
-		if ws.Exit.Kind != ExitProtocol || ws.Exit.Code != 0 || !errors.Is(ws.Exit.Err, ipc.ErrBadMagic) {
+		if ws.Exit.Kind != ExitProtocol || ws.Exit.Code != 0 || !errors.Is(ws.Exit.Err, wire.ErrBadMagic) {
 			t.Errorf("exit %+v", ws.Exit)
 		}
 		r.finishWith(1)
@@ -707,7 +708,7 @@ func TestPolicyChannelClosed(t *testing.T) {
 		t.Parallel()
 		r := startPolicy(t, Config{BackoffMin: time.Second, BackoffMax: time.Second})
 		fp := r.sp.next(t)
-		fp.helloErr = &ipc.FrameError{Err: ipc.ErrVersion}
+		fp.helloErr = &wire.FrameError{Err: ipc.ErrVersion}
 		fp.sayHello()
 		fp.wantSignal(t, syscall.SIGKILL, time.Time{})
 		ws := r.backoff()

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/sdnotify"
 	"github.com/pairvisor/pairvisor/ipc"
 )
@@ -160,10 +161,10 @@ type spawnRequest struct {
 func workerEnv(id int, level hclog.Level, extra []string) []string {
 	env := withoutContract(os.Environ())
 	env = append(env,
-		ipc.EnvWorker+"="+strconv.Itoa(id),
-		ipc.EnvParentPID+"="+strconv.Itoa(os.Getpid()),
-		ipc.EnvFD+"="+strconv.Itoa(ipc.ChannelFD),
-		ipc.EnvLogLevel+"="+strings.ToLower(level.String()),
+		contract.EnvWorker+"="+strconv.Itoa(id),
+		contract.EnvParentPID+"="+strconv.Itoa(os.Getpid()),
+		contract.EnvFD+"="+strconv.Itoa(contract.ChannelFD),
+		contract.EnvLogLevel+"="+strings.ToLower(level.String()),
 	)
 	return append(env, expandAll(extra, id, true)...)
 }

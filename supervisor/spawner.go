@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // The spawner seam. The loop starts worker processes only through a
@@ -59,7 +60,7 @@ type handle interface {
 // channel is the loop's and the router's view of a worker's
 // connection; *ipc.Conn is the real one.
 type channel interface {
-	Call(ctx context.Context, t ipc.Type, payload, dst []byte) ([]byte, error)
+	Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]byte, error)
 	Ping(ctx context.Context) (time.Duration, error)
 	Probe(ctx context.Context, done func(id uint64, err error)) (uint64, error)
 	Forget(id uint64) bool

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Supervisor keeps Config.Workers worker processes running, each
@@ -200,8 +201,8 @@ func (rt *routes) pick(rr *atomic.Uint64, skip []channel) channel {
 // and status requests that fail because their worker went away (a
 // restart, a rolling restart) are retried on another worker, so callers
 // do not see restarts. The routing takes no lock.
-func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) ([]byte, error) {
-	retry := t == ipc.TypePing || t == ipc.TypeEcho || t == ipc.TypeStatus
+func (s *Supervisor) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]byte, error) {
+	retry := t == wire.TypePing || t == wire.TypeEcho || t == wire.TypeStatus
 	var failed []channel // workers that went away under this call
 	for attempt := 0; ; attempt++ {
 		rt := s.routes.Load()
@@ -224,8 +225,8 @@ func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) 
 		if err == nil || !retry || ctx.Err() != nil || attempt > 2*len(rt.conns) {
 			return reply, err
 		}
-		var re *ipc.RemoteError
-		if !errors.Is(err, ipc.ErrClosed) && !(errors.As(err, &re) && re.Code == ipc.CodeShutdown) {
+		var re *wire.RemoteError
+		if !errors.Is(err, ipc.ErrClosed) && !(errors.As(err, &re) && re.Code == wire.CodeShutdown) {
 			return reply, err
 		}
 		failed = append(failed, c)
@@ -235,7 +236,7 @@ func (s *Supervisor) Call(ctx context.Context, t ipc.Type, payload, dst []byte) 
 // Echo sends payload to a ready worker and returns its echo, read into
 // dst when it is large enough.
 func (s *Supervisor) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
-	return s.Call(ctx, ipc.TypeEcho, payload, dst)
+	return s.Call(ctx, wire.TypeEcho, payload, dst)
 }
 
 // publish publishes a new snapshot if something changed since the last.

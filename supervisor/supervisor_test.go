@@ -19,9 +19,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/pairvisor/pairvisor/ipc"
-
 	"github.com/pairvisor/pairvisor/internal/testutil"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 func TestNewDefaults(t *testing.T) {
@@ -214,7 +213,7 @@ func TestEchoAndStatus(t *testing.T) {
 		}
 	}
 	// Application messages reach the worker's handler (which echoes).
-	got, err := r.s.Call(ctx, ipc.TypeMessage, []byte("hello worker"), nil)
+	got, err := r.s.Call(ctx, wire.TypeMessage, []byte("hello worker"), nil)
 	if err != nil || string(got) != "hello worker" {
 		t.Errorf("Call(message) = %q, %v", got, err)
 	}

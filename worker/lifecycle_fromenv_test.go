@@ -13,24 +13,24 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/testutil"
-	"github.com/pairvisor/pairvisor/ipc"
 )
 
 // Tests of FromEnv: who is a worker, and what taking over leaves.
 
 func TestFromEnvNotAWorker(t *testing.T) {
-	if _, ok := os.LookupEnv(ipc.EnvWorker); ok {
-		t.Setenv(ipc.EnvWorker, "") // restored at the end
-		os.Unsetenv(ipc.EnvWorker)
+	if _, ok := os.LookupEnv(contract.EnvWorker); ok {
+		t.Setenv(contract.EnvWorker, "") // restored at the end
+		os.Unsetenv(contract.EnvWorker)
 	}
-	t.Setenv(ipc.EnvParentPID, "not-looked-at")
+	t.Setenv(contract.EnvParentPID, "not-looked-at")
 	t.Setenv("PAIRVISOR_SOMETHING", "else")
 	w, err := FromEnv()
 	if w != nil || err != nil {
-		t.Fatalf("FromEnv without %s = %v, %v; want nil, nil", ipc.EnvWorker, w, err)
+		t.Fatalf("FromEnv without %s = %v, %v; want nil, nil", contract.EnvWorker, w, err)
 	}
-	if os.Getenv(ipc.EnvParentPID) != "not-looked-at" || os.Getenv("PAIRVISOR_SOMETHING") != "else" {
+	if os.Getenv(contract.EnvParentPID) != "not-looked-at" || os.Getenv("PAIRVISOR_SOMETHING") != "else" {
 		t.Error("FromEnv changed the environment of a process that is not a worker")
 	}
 }
@@ -49,8 +49,8 @@ func TestFromEnvRefuses(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			t.Setenv(ipc.EnvWorker, c.id)
-			t.Setenv(ipc.EnvParentPID, c.ppid)
+			t.Setenv(contract.EnvWorker, c.id)
+			t.Setenv(contract.EnvParentPID, c.ppid)
 			t.Setenv("PAIRVISOR_OTHER", "x")
 			w, err := FromEnv()
 			if w != nil || err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, ErrNotWorker) {
@@ -84,7 +84,7 @@ func TestFromEnvNotSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rep := readReport(t, startChild(t, "report", f, contract("1")...))
+	rep := readReport(t, startChild(t, "report", f, contractEnv("1")...))
 	if !rep.Nil || !rep.NotSocket || !rep.NotWorker {
 		t.Errorf("FromEnv with a regular file as fd 3: %+v, want nil and ErrNotSocket wrapped with ErrNotWorker", rep)
 	}
@@ -93,7 +93,7 @@ func TestFromEnvNotSocket(t *testing.T) {
 func TestFromEnvTakesOver(t *testing.T) {
 	t.Parallel()
 	_, childEnd := socketpair(t)
-	rep := readReport(t, startChild(t, "report", childEnd, append(contract("7"), ipc.EnvLogLevel+"=warn", "PAIRVISOR_EXTRA=1")...))
+	rep := readReport(t, startChild(t, "report", childEnd, append(contractEnv("7"), contract.EnvLogLevel+"=warn", "PAIRVISOR_EXTRA=1")...))
 	if rep.Nil || rep.Err != "" || rep.ID != 7 || rep.Level != "warn" {
 		t.Errorf("FromEnv in a worker: %+v, want worker 7 at level warn", rep)
 	}
@@ -121,7 +121,7 @@ func TestFromEnvChecksSocketPeer(t *testing.T) {
 		// variables and the socket from its own supervisor would.
 		_, childEnd := socketpair(t)
 		wrapper := []string{"/bin/sh", "-c", `PAIRVISOR_PARENT_PID=$$ "$0"; exit $?`}
-		rep := readReport(t, startChildVia(t, wrapper, "report", childEnd, ipc.EnvWorker+"=1", ipc.EnvFD+"=3"))
+		rep := readReport(t, startChildVia(t, wrapper, "report", childEnd, contract.EnvWorker+"=1", contract.EnvFD+"=3"))
 		if rep.PPID == os.Getpid() {
 			t.Fatalf("set-up: the child's parent is the test process, not the shell: %+v", rep)
 		}
@@ -140,7 +140,7 @@ func TestFromEnvChecksSocketPeer(t *testing.T) {
 		}
 		f := os.NewFile(uintptr(fd), "unconnected")
 		defer f.Close()
-		rep := readReport(t, startChild(t, "report", f, contract("1")...))
+		rep := readReport(t, startChild(t, "report", f, contractEnv("1")...))
 		if rep.PPID != os.Getpid() {
 			t.Fatalf("set-up: the child's parent is %d, not us", rep.PPID)
 		}
@@ -155,7 +155,7 @@ func TestFromEnvChecksSocketPeer(t *testing.T) {
 func TestFD3CloseOnExecAtInit(t *testing.T) {
 	t.Parallel()
 	_, childEnd := socketpair(t)
-	c := startChild(t, "fd3-flags", childEnd, contract("1")...)
+	c := startChild(t, "fd3-flags", childEnd, contractEnv("1")...)
 	if l := c.Line(t, childWait); l != "cloexec: true" {
 		t.Errorf("before FromEnv, the child said %q, want fd 3 close-on-exec", l)
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
@@ -25,7 +26,7 @@ import (
 
 // A child with the worker contract but no role (none of these tests
 // starts one) must not run the tests.
-var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: ipc.EnvWorker})
+var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: contract.EnvWorker})
 
 func TestMain(m *testing.M) { harness.Main(m) }
 
@@ -71,7 +72,7 @@ func reportRole(...string) int {
 			rep.Env = append(rep.Env, kv)
 		}
 	}
-	if flags, err := fcntlGetfd(ipc.ChannelFD); err == nil {
+	if flags, err := fcntlGetfd(contract.ChannelFD); err == nil {
 		rep.CloExec = flags&syscall.FD_CLOEXEC != 0
 	}
 	json.NewEncoder(os.Stdout).Encode(rep)
@@ -117,7 +118,7 @@ func serveUntil(ctx context.Context, handler func(ctx context.Context, msg []byt
 // fd3FlagsRole prints whether fd 3 is close-on-exec before FromEnv is
 // called: the package's init must have marked it already.
 func fd3FlagsRole(...string) int {
-	flags, err := fcntlGetfd(ipc.ChannelFD)
+	flags, err := fcntlGetfd(contract.ChannelFD)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1
@@ -173,11 +174,11 @@ func socketpair(t *testing.T) (parent, child *os.File) {
 	return parent, child
 }
 
-// contract returns the contract variables naming us as the parent.
-func contract(id string) []string {
+// contractEnv returns the contract variables naming us as the parent.
+func contractEnv(id string) []string {
 	return []string{
-		ipc.EnvWorker + "=" + id,
-		ipc.EnvParentPID + "=" + strconv.Itoa(os.Getpid()),
-		ipc.EnvFD + "=3",
+		contract.EnvWorker + "=" + id,
+		contract.EnvParentPID + "=" + strconv.Itoa(os.Getpid()),
+		contract.EnvFD + "=3",
 	}
 }

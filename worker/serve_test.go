@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Tests of Serve, with a real worker process at the other end of a
@@ -25,7 +27,7 @@ func startWorker(t *testing.T, role, id string) (*testutil.Process, *ipc.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := startChild(t, role, childEnd, append(contract(id), ipc.EnvLogLevel+"=debug")...)
+	c := startChild(t, role, childEnd, append(contractEnv(id), contract.EnvLogLevel+"=debug")...)
 	childEnd.Close() // the child has its copy; EOF must mean it is gone
 	conn, err := ipc.NewConn(callCtx(t), parent, ipc.ConnConfig{Name: "test-supervisor"})
 	if err != nil {
@@ -60,12 +62,12 @@ func TestServeEndsOnEOF(t *testing.T) {
 	if _, err := conn.Ping(ctx); err != nil {
 		t.Fatalf("ping: %v", err)
 	}
-	got, err := conn.Call(ctx, ipc.TypeMessage, []byte("hi"), nil)
+	got, err := conn.Call(ctx, wire.TypeMessage, []byte("hi"), nil)
 	if err != nil || string(got) != "hi" {
 		t.Errorf("message: %q, %v; want the handler's echo", got, err)
 	}
-	var re *ipc.RemoteError
-	if _, err := conn.Call(ctx, ipc.TypeStatus, nil, nil); !errors.As(err, &re) || re.Code != ipc.CodeUnsupported {
+	var re *wire.RemoteError
+	if _, err := conn.Call(ctx, wire.TypeStatus, nil, nil); !errors.As(err, &re) || re.Code != wire.CodeUnsupported {
 		t.Errorf("status request to a worker: %v, want a remote error with CodeUnsupported", err)
 	}
 	conn.Close()
@@ -78,7 +80,7 @@ func TestServeShutdown(t *testing.T) {
 	ctx := callCtx(t)
 	slow := make(chan error, 1)
 	go func() {
-		got, err := conn.Call(ctx, ipc.TypeMessage, []byte("slow"), nil)
+		got, err := conn.Call(ctx, wire.TypeMessage, []byte("slow"), nil)
 		if err == nil && string(got) != "done" {
 			err = fmt.Errorf("reply %q", got)
 		}
@@ -88,7 +90,7 @@ func TestServeShutdown(t *testing.T) {
 		t.Fatalf("child said %q", l)
 	}
 	// The shutdown waits for the message in progress.
-	if _, err := conn.Call(ctx, ipc.TypeShutdown, nil, nil); err != nil {
+	if _, err := conn.Call(ctx, wire.TypeShutdown, nil, nil); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
 	if err := testutil.Receive(t, slow, childWait, "the reply to the message in progress"); err != nil {
@@ -96,8 +98,8 @@ func TestServeShutdown(t *testing.T) {
 	}
 	// New messages are refused once the shutdown is under way; pings
 	// are still answered.
-	var re *ipc.RemoteError
-	if _, err := conn.Call(ctx, ipc.TypeMessage, []byte("late"), nil); !errors.As(err, &re) || re.Code != ipc.CodeShutdown {
+	var re *wire.RemoteError
+	if _, err := conn.Call(ctx, wire.TypeMessage, []byte("late"), nil); !errors.As(err, &re) || re.Code != wire.CodeShutdown {
 		t.Errorf("message after the shutdown: %v, want CodeShutdown", err)
 	}
 	if _, err := conn.Ping(ctx); err != nil {
@@ -116,7 +118,7 @@ func TestServeShutdownLinger(t *testing.T) {
 	t.Parallel()
 	c, conn := startWorker(t, "serve", "1")
 	start := time.Now()
-	if _, err := conn.Call(callCtx(t), ipc.TypeShutdown, nil, nil); err != nil {
+	if _, err := conn.Call(callCtx(t), wire.TypeShutdown, nil, nil); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
 	select {

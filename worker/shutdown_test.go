@@ -8,7 +8,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // A message that reaches the worker before the shutdown request is
@@ -17,23 +19,23 @@ func TestShutdownAnswersEarlierMessages(t *testing.T) {
 	refused := 0
 	for iter := 0; iter < 30; iter++ {
 		parent, childEnd, _ := ipc.Socketpair()
-		c := startChild(t, "serve", childEnd, append(contract("1"), ipc.EnvLogLevel+"=debug")...)
+		c := startChild(t, "serve", childEnd, append(contractEnv("1"), contract.EnvLogLevel+"=debug")...)
 		childEnd.Close()
-		hello := ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 1, PID: uint32(os.Getpid()), Name: "raw"})
-		parent.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello}, hello))
-		if _, _, err := ipc.ReadFrame(parent, 1<<20); err != nil {
+		hello := wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, PID: uint32(os.Getpid()), Name: "raw"})
+		parent.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, hello))
+		if _, _, err := wire.ReadFrame(parent, 1<<20); err != nil {
 			t.Fatal(err)
 		}
 		// One write: the message is on the wire before the shutdown.
-		buf := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeMessage, ID: 1}, []byte("x"))
-		buf = ipc.AppendFrame(buf, ipc.Header{Type: ipc.TypeShutdown, ID: 2}, nil)
+		buf := wire.AppendFrame(nil, wire.Header{Type: wire.TypeMessage, ID: 1}, []byte("x"))
+		buf = wire.AppendFrame(buf, wire.Header{Type: wire.TypeShutdown, ID: 2}, nil)
 		parent.Write(buf)
 		for i := 0; i < 2; i++ {
-			h, p, err := ipc.ReadFrame(parent, 1<<20)
+			h, p, err := wire.ReadFrame(parent, 1<<20)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h.ID == 1 && h.Type == ipc.TypeError {
+			if h.ID == 1 && h.Type == wire.TypeError {
 				refused++
 				_ = p
 			}
@@ -58,12 +60,12 @@ func TestShutdownReplyComesLast(t *testing.T) {
 		errs := make(chan error, 20)
 		for i := 0; i < 20; i++ {
 			wg.Add(1)
-			go func() { defer wg.Done(); _, err := conn.Call(ctx, ipc.TypeMessage, []byte("slow"), nil); errs <- err }()
+			go func() { defer wg.Done(); _, err := conn.Call(ctx, wire.TypeMessage, []byte("slow"), nil); errs <- err }()
 		}
 		for i := 0; i < 20; i++ {
 			c.Line(t, childWait)
 		}
-		conn.Call(ctx, ipc.TypeShutdown, nil, nil)
+		conn.Call(ctx, wire.TypeShutdown, nil, nil)
 		conn.Close()
 		wg.Wait()
 		close(errs)

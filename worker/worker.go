@@ -15,7 +15,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // ErrNotWorker reports that the environment marks this process as a
@@ -36,8 +38,8 @@ var ErrNotSocket = errors.New("worker: inherited channel is not a socket")
 // if one is started before FromEnv. It is one fcntl, and only in a
 // process that the environment calls a worker.
 func init() {
-	if _, ok := os.LookupEnv(ipc.EnvWorker); ok {
-		unix.CloseOnExec(ipc.ChannelFD)
+	if _, ok := os.LookupEnv(contract.EnvWorker); ok {
+		unix.CloseOnExec(contract.ChannelFD)
 	}
 }
 
@@ -50,7 +52,7 @@ const shutdownLinger = time.Second
 type Config struct {
 	// Handler answers application messages. It runs in its own
 	// goroutine per message; ctx is cancelled when the channel closes.
-	// Nil refuses messages with ipc.CodeUnsupported.
+	// Nil refuses messages with wire.CodeUnsupported.
 	Handler func(ctx context.Context, msg []byte) ([]byte, error)
 
 	// Logger receives the worker's own log lines. Nil means
@@ -79,7 +81,7 @@ func (w *Worker) Call(ctx context.Context, msg []byte) ([]byte, error) {
 	if c == nil {
 		return nil, ErrNotServing
 	}
-	return c.Call(ctx, ipc.TypeMessage, msg, nil)
+	return c.Call(ctx, wire.TypeMessage, msg, nil)
 }
 
 // FromEnv reports whether this process was started as a worker. When
@@ -104,41 +106,41 @@ func (w *Worker) Call(ctx context.Context, msg []byte) ([]byte, error) {
 //
 // Call FromEnv early in main, before anything else can fork.
 func FromEnv() (*Worker, error) {
-	idStr, ok := os.LookupEnv(ipc.EnvWorker)
+	idStr, ok := os.LookupEnv(contract.EnvWorker)
 	if !ok {
 		return nil, nil
 	}
-	ppidStr := os.Getenv(ipc.EnvParentPID)
-	level := hclog.LevelFromString(os.Getenv(ipc.EnvLogLevel))
+	ppidStr := os.Getenv(contract.EnvParentPID)
+	level := hclog.LevelFromString(os.Getenv(contract.EnvLogLevel))
 	for _, kv := range os.Environ() {
 		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "PAIRVISOR_") {
 			os.Unsetenv(k)
 		}
 	}
-	unix.CloseOnExec(ipc.ChannelFD) // in case the variable was set after init
+	unix.CloseOnExec(contract.ChannelFD) // in case the variable was set after init
 	id, err := strconv.Atoi(idStr)
 	if err != nil || id < 1 {
-		return nil, fmt.Errorf("%w: %s=%q is not a worker id", ErrNotWorker, ipc.EnvWorker, idStr)
+		return nil, fmt.Errorf("%w: %s=%q is not a worker id", ErrNotWorker, contract.EnvWorker, idStr)
 	}
 	ppid := os.Getppid()
 	if want, err := strconv.Atoi(ppidStr); err != nil || want != ppid {
-		return nil, fmt.Errorf("%w: %s=%q but the parent is pid %d: environment inherited from elsewhere", ErrNotWorker, ipc.EnvParentPID, ppidStr, ppid)
+		return nil, fmt.Errorf("%w: %s=%q but the parent is pid %d: environment inherited from elsewhere", ErrNotWorker, contract.EnvParentPID, ppidStr, ppid)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(ipc.ChannelFD, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return nil, fmt.Errorf("%w: %w (fd %d)", ErrNotWorker, ErrNotSocket, ipc.ChannelFD)
+	if err := unix.Fstat(contract.ChannelFD, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("%w: %w (fd %d)", ErrNotWorker, ErrNotSocket, contract.ChannelFD)
 	}
-	cred, err := unix.GetsockoptUcred(ipc.ChannelFD, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	cred, err := unix.GetsockoptUcred(contract.ChannelFD, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the peer of fd %d: %w", ErrNotWorker, ipc.ChannelFD, os.NewSyscallError("getsockopt", err))
+		return nil, fmt.Errorf("%w: reading the peer of fd %d: %w", ErrNotWorker, contract.ChannelFD, os.NewSyscallError("getsockopt", err))
 	}
 	if int(cred.Pid) != ppid {
-		return nil, fmt.Errorf("%w: fd %d's peer is pid %d, not the parent %d: socket inherited from elsewhere", ErrNotWorker, ipc.ChannelFD, cred.Pid, ppid)
+		return nil, fmt.Errorf("%w: fd %d's peer is pid %d, not the parent %d: socket inherited from elsewhere", ErrNotWorker, contract.ChannelFD, cred.Pid, ppid)
 	}
 	if level == hclog.NoLevel {
 		level = hclog.Info
 	}
-	return &Worker{id: id, file: os.NewFile(ipc.ChannelFD, "pairvisor-channel"), level: level}, nil
+	return &Worker{id: id, file: os.NewFile(contract.ChannelFD, "pairvisor-channel"), level: level}, nil
 }
 
 // ID returns the worker's id (1 for the first worker).
@@ -167,18 +169,18 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 	shutdown := make(chan struct{})
 	handle := func(hctx context.Context, req ipc.Request) ([]byte, error) {
 		switch req.Type {
-		case ipc.TypeMessage:
+		case wire.TypeMessage:
 			if cfg.Handler == nil {
-				return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: "worker has no message handler"}
+				return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: "worker has no message handler"}
 			}
 			return cfg.Handler(hctx, req.Payload)
-		case ipc.TypeShutdown:
+		case wire.TypeShutdown:
 			// The Conn calls this once, after answering every earlier
 			// request, and refuses later ones.
 			close(shutdown)
 			return nil, nil
 		default:
-			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served by workers"}
+			return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: req.Type.String() + " is not served by workers"}
 		}
 	}
 	conn, err := ipc.NewConn(ctx, w.file, ipc.ConnConfig{

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
@@ -91,7 +92,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 		limit := fdLimit()
 		err = firstError(
 			between("clients", clients, 1, max(limit-fdReserve, 1), fmt.Sprintf("RLIMIT_NOFILE is %d, one descriptor per client", limit)),
-			between("size", size, 0, ipc.MaxPayload, "the largest message is 16 MiB"),
+			between("size", size, 0, wire.MaxPayload, "the largest message is 16 MiB"),
 			positive("duration", loadFor),
 		)
 	} else {
@@ -142,7 +143,7 @@ func runBench(pings, warmup int, echoFor time.Duration, spawns int) (*benchResul
 	case <-time.After(10 * time.Second):
 		return nil, errors.New("worker did not start within 10s")
 	}
-	call := func() error { _, err := sup.Call(ctx, ipc.TypePing, nil, nil); return err }
+	call := func() error { _, err := sup.Call(ctx, wire.TypePing, nil, nil); return err }
 	if res.Ping, err = measurePings(call, pings, warmup); err != nil {
 		return nil, fmt.Errorf("ping: %w", err)
 	}
@@ -286,7 +287,7 @@ func benchSpawn(n int) (spawnResult, error) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- sup.Run(ctx) }()
-		_, err = sup.Call(ctx, ipc.TypePing, nil, nil)
+		_, err = sup.Call(ctx, wire.TypePing, nil, nil)
 		d := time.Since(t0)
 		cancel()
 		<-done

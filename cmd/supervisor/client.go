@@ -21,13 +21,15 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
 // reason turns a client error into the one-line reason scripts see.
 func reason(path string, err error) string {
-	var remote *ipc.RemoteError
+	var remote *wire.RemoteError
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return "no such socket: " + path
@@ -150,13 +152,13 @@ func echoCmd(args []string, stdout, stderr io.Writer) int {
 		// Read one byte more than a message can hold, to tell a full
 		// message from a larger one without reading the rest.
 		var err error
-		if msg, err = io.ReadAll(io.LimitReader(os.Stdin, ipc.MaxPayload+1)); err != nil {
+		if msg, err = io.ReadAll(io.LimitReader(os.Stdin, wire.MaxPayload+1)); err != nil {
 			fmt.Fprintln(stderr, "supervisor echo: reading stdin:", err)
 			return exitFail
 		}
 	}
-	if len(msg) > ipc.MaxPayload {
-		fmt.Fprintf(stderr, "supervisor echo: the message is larger than %d MiB (%d bytes), the most one echo carries\n", ipc.MaxPayload>>20, ipc.MaxPayload)
+	if len(msg) > wire.MaxPayload {
+		fmt.Fprintf(stderr, "supervisor echo: the message is larger than %d MiB (%d bytes), the most one echo carries\n", wire.MaxPayload>>20, wire.MaxPayload)
 		return exitFail
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cf.timeout)
@@ -203,7 +205,7 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	defer c.Close()
-	raw, err := c.Call(ctx, ipc.TypeStatus, nil, nil)
+	raw, err := c.Call(ctx, wire.TypeStatus, nil, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor status:", reason(cf.socket, err))
 		return exitFail
@@ -318,7 +320,7 @@ func controlCmd(op string) func(args []string, stdout, stderr io.Writer) int {
 		if op != "reload" || name != "" {
 			payload, _ = json.Marshal(controlRequest{Op: op, Program: name})
 		}
-		reply, err := c.Call(ctx, ipc.TypeReload, payload, nil)
+		reply, err := c.Call(ctx, wire.TypeReload, payload, nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "supervisor %s: %s\n", op, reason(cf.socket, err))
 			return exitFail
@@ -339,7 +341,7 @@ func controlCmd(op string) func(args []string, stdout, stderr io.Writer) int {
 // program: see controlRequest) to the group. With no worker ready,
 // echoes and messages are refused at once (an unavailable error that
 // says so) rather than left to wait for one until the client gives up.
-func frontDoor(g *supervisor.Group, front string, srv **ipc.Server, socket, configPath string, log hclog.Logger) ipc.Handler {
+func frontDoor(g *supervisor.Group, front string, srv **frontdoor.Server, socket, configPath string, log hclog.Logger) ipc.Handler {
 	rd := &readiness{g: g, name: front}
 	return func(ctx context.Context, req ipc.Request) ([]byte, error) {
 		var (
@@ -347,36 +349,36 @@ func frontDoor(g *supervisor.Group, front string, srv **ipc.Server, socket, conf
 			err error
 		)
 		switch req.Type {
-		case ipc.TypeEcho, ipc.TypeMessage:
+		case wire.TypeEcho, wire.TypeMessage:
 			sup, why := rd.ready()
 			if sup == nil {
-				return nil, &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: why}
+				return nil, &wire.RemoteError{Code: wire.CodeUnavailable, Message: why}
 			}
-			if req.Type == ipc.TypeEcho {
+			if req.Type == wire.TypeEcho {
 				out, err = sup.Echo(ctx, req.Payload, nil)
 			} else {
-				out, err = sup.Call(ctx, ipc.TypeMessage, req.Payload, nil)
+				out, err = sup.Call(ctx, wire.TypeMessage, req.Payload, nil)
 			}
-		case ipc.TypeReload:
+		case wire.TypeReload:
 			var cr controlRequest
 			if len(req.Payload) > 0 {
 				if jerr := json.Unmarshal(req.Payload, &cr); jerr != nil {
-					return nil, &ipc.RemoteError{Code: ipc.CodeBadRequest, Message: "malformed control request: " + jerr.Error()}
+					return nil, &wire.RemoteError{Code: wire.CodeBadRequest, Message: "malformed control request: " + jerr.Error()}
 				}
 			}
 			var done string
 			done, err = control(ctx, g, configPath, cr, log)
 			out = []byte(done)
-		case ipc.TypeStatus:
+		case wire.TypeStatus:
 			return json.Marshal(groupStatusDoc(g, "run", socket, (*srv).Stats()))
 		default:
-			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served here"}
+			return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: req.Type.String() + " is not served here"}
 		}
 		switch {
 		case errors.Is(err, supervisor.ErrNoWorker) || errors.Is(err, supervisor.ErrNotRunning):
-			err = &ipc.RemoteError{Code: ipc.CodeUnavailable, Message: err.Error()}
+			err = &wire.RemoteError{Code: wire.CodeUnavailable, Message: err.Error()}
 		case errors.Is(err, supervisor.ErrNoProgram), errors.Is(err, errBadControl):
-			err = &ipc.RemoteError{Code: ipc.CodeBadRequest, Message: err.Error()}
+			err = &wire.RemoteError{Code: wire.CodeBadRequest, Message: err.Error()}
 		}
 		return out, err
 	}

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 )
 
 // Tests of the clients (ping, echo, status, reload) against sockets
@@ -60,7 +60,7 @@ func TestPingFailures(t *testing.T) {
 		t.Parallel()
 		wdir, exe := otherUser(t)
 		sock := filepath.Join(wdir, "s")
-		l, err := ipc.Listen(sock, ipc.ListenConfig{}) // 0600, root's
+		l, err := listen.New(sock, listen.Config{}) // 0600, root's
 		if err != nil {
 			t.Fatal(err)
 		}

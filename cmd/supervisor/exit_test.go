@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // TestRunServiceExit: a run without --duration is a service; stopped
@@ -99,9 +100,9 @@ func TestFrontDoorNoWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_, err = c.Call(t.Context(), ipc.TypeMessage, []byte("x"), nil)
-	var re *ipc.RemoteError
-	if !errors.As(err, &re) || re.Code != ipc.CodeUnavailable || !strings.HasPrefix(re.Message, "no ready worker") {
+	_, err = c.Call(t.Context(), wire.TypeMessage, []byte("x"), nil)
+	var re *wire.RemoteError
+	if !errors.As(err, &re) || re.Code != wire.CodeUnavailable || !strings.HasPrefix(re.Message, "no ready worker") {
 		t.Errorf("message with no worker: %v, want an unavailable error saying no ready worker", err)
 	}
 	// The supervisor itself still answers.
@@ -125,7 +126,7 @@ func TestEchoLimit(t *testing.T) {
 	if want := "the message is larger than 16 MiB (16777216 bytes), the most one echo carries"; !strings.Contains(r.stderr, want) {
 		t.Errorf("stderr does not say %q:\n%s", want, r)
 	}
-	r = cliWant(t, exitFail, cliOpts{stdin: bytes.NewReader(make([]byte, ipc.MaxPayload))}, "echo", "--socket", sock)
+	r = cliWant(t, exitFail, cliOpts{stdin: bytes.NewReader(make([]byte, wire.MaxPayload))}, "echo", "--socket", sock)
 	if !strings.Contains(r.stderr, "no such socket") {
 		t.Errorf("16 MiB exactly is not refused for its size:\n%s", r)
 	}

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
 )
@@ -93,8 +94,8 @@ func TestStrayWorkerEnvIsIgnored(t *testing.T) {
 	defer ours.Close()
 	// sh is the CLI's parent and names itself, so only fd 3's peer
 	// credentials give the stray away; "; exit" keeps sh from exec'ing.
-	cmd := cliCommand(t, cliOpts{exe: "/bin/sh"}, "-c", ipc.EnvParentPID+`=$$ "$0" "$@"; exit $?`, testutil.Executable(), "version")
-	cmd.Env = append(cmd.Env, ipc.EnvWorker+"=1", ipc.EnvFD+"=3")
+	cmd := cliCommand(t, cliOpts{exe: "/bin/sh"}, "-c", contract.EnvParentPID+`=$$ "$0" "$@"; exit $?`, testutil.Executable(), "version")
+	cmd.Env = append(cmd.Env, contract.EnvWorker+"=1", contract.EnvFD+"=3")
 	cmd.ExtraFiles = []*os.File{theirs}
 	p := testutil.StartProcess(t, cmd)
 	theirs.Close()

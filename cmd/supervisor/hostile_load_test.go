@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Heavy load through `run --socket`: 300 clients echoing 1 MiB each
@@ -63,7 +64,7 @@ func TestRunHeavyLoad(t *testing.T) {
 				r.Read(payload)
 				for { // a busy server may ask us to come back (CodeUnavailable)
 					reply, err := c.Echo(ctx, payload, nil)
-					if re := (*ipc.RemoteError)(nil); errors.As(err, &re) && re.Code == ipc.CodeUnavailable {
+					if re := (*wire.RemoteError)(nil); errors.As(err, &re) && re.Code == wire.CodeUnavailable {
 						busy.Add(1)
 						time.Sleep(10 * time.Millisecond) // back off, as a client should
 						continue
@@ -173,17 +174,17 @@ func startGreedy(tb testing.TB, sock string, size int) <-chan int64 {
 	tb.Cleanup(func() { greedy.Close() })
 	done := make(chan int64, 1)
 	go func() {
-		frame := make([]byte, ipc.HeaderSize, ipc.HeaderSize+64)
-		frame = ipc.AppendHello(frame, ipc.Hello{MinVersion: ipc.MinProtocolVersion, MaxVersion: ipc.ProtocolVersion, Name: "greedy"})
-		ipc.PutHeader(frame, ipc.Header{Type: ipc.TypeHello, Length: uint32(len(frame) - ipc.HeaderSize)})
-		req := make([]byte, ipc.HeaderSize+size)
+		frame := make([]byte, wire.HeaderSize, wire.HeaderSize+64)
+		frame = wire.AppendHello(frame, wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: wire.ProtocolVersion, Name: "greedy"})
+		wire.PutHeader(frame, wire.Header{Type: wire.TypeHello, Length: uint32(len(frame) - wire.HeaderSize)})
+		req := make([]byte, wire.HeaderSize+size)
 		var sent int64
 		if _, err := greedy.Write(frame); err != nil {
 			done <- sent
 			return
 		}
 		for id := uint64(1); ; id++ {
-			ipc.PutHeader(req, ipc.Header{Type: ipc.TypeEcho, ID: id, Length: uint32(size)})
+			wire.PutHeader(req, wire.Header{Type: wire.TypeEcho, ID: id, Length: uint32(size)})
 			n, err := greedy.Write(req)
 			sent += int64(n)
 			if err != nil { // the server cut us off

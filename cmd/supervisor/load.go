@@ -13,7 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // busyBackoff is how long a load client waits after a "server busy"
@@ -47,7 +49,7 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 	conns := make([]*ipc.Conn, clients)
 	for i := range conns {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := ipc.Dial(ctx, socket, ipc.ConnConfig{Name: "load", Poll: clients > ipc.DefaultPollAbove})
+		c, err := ipc.Dial(ctx, socket, ipc.ConnConfig{Name: "load", Poll: clients > frontdoor.DefaultPollAbove})
 		cancel()
 		if err != nil {
 			for _, c := range conns[:i] {
@@ -77,9 +79,9 @@ func runLoad(stdout, stderr io.Writer, socket string, clients, size int, d time.
 				got, err := c.Echo(ctx, payload, dst)
 				rtt := time.Since(t0)
 				cancel()
-				var re *ipc.RemoteError
+				var re *wire.RemoteError
 				switch {
-				case errors.As(err, &re) && re.Code == ipc.CodeUnavailable:
+				case errors.As(err, &re) && re.Code == wire.CodeUnavailable:
 					// The server is at its memory bound: back off and
 					// try again, as a well-behaved client does.
 					busy.Add(1)

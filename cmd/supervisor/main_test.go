@@ -5,8 +5,8 @@ package main
 import (
 	"testing"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/internal/testutil"
-	"github.com/pairvisor/pairvisor/ipc"
 )
 
 // The test binary is also the supervisor binary (see testutil.Harness):
@@ -16,7 +16,7 @@ import (
 // which the supervisor strips with every PAIRVISOR_ variable; the worker
 // contract (PAIRVISOR_WORKER) marks them, and they run main too, which
 // makes them workers.
-var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: ipc.EnvWorker, DefaultRole: "cli"})
+var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: contract.EnvWorker, DefaultRole: "cli"})
 
 func init() {
 	harness.Register("cli", func(...string) int {

@@ -21,7 +21,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
@@ -253,7 +254,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		err = firstError(
 			zeroOrPositive("duration", duration, "none: run until SIGINT or SIGTERM"),
 			zeroOrPositive("echo-interval", echoInterval, "no echo traffic"),
-			between("echo-max", echoMax, 0, ipc.MaxPayload, "the largest message is 16 MiB"),
+			between("echo-max", echoMax, 0, wire.MaxPayload, "the largest message is 16 MiB"),
 		)
 	}
 	var programs []supervisor.Program
@@ -300,7 +301,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		defer t.Stop()
 	}
 
-	var srv *ipc.Server
+	var srv *frontdoor.Server
 	if lsf.socket != "" {
 		l, scfg, err := lsf.listen(log)
 		if err != nil {
@@ -310,7 +311,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		scfg.Name = "supervisor"
 		scfg.Handler = frontDoor(g, front, &srv, l.Addr(), configPath, log)
 		scfg.ForwardEcho = true
-		srv = ipc.NewServer(l, scfg)
+		srv = frontdoor.New(l, scfg)
 	}
 
 	start := time.Now()

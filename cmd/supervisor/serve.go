@@ -12,7 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
@@ -23,7 +25,7 @@ type statusDoc struct {
 	Mode        string          `json:"mode"` // "serve" or "run"
 	Version     string          `json:"version"`
 	Socket      string          `json:"socket"`
-	Connections ipc.ServerStats `json:"connections"`
+	Connections frontdoor.Stats `json:"connections"`
 	// Programs groups the workers (all of which are also in Workers) by
 	// program, in the order of the command line or config file.
 	Programs []programDoc `json:"programs,omitempty"`
@@ -42,7 +44,7 @@ type programDoc struct {
 var processStart = time.Now()
 
 // groupStatusDoc returns the status document of a run.
-func groupStatusDoc(g *supervisor.Group, mode, socket string, conns ipc.ServerStats) statusDoc {
+func groupStatusDoc(g *supervisor.Group, mode, socket string, conns frontdoor.Stats) statusDoc {
 	doc := statusDoc{
 		Status:      supervisor.Status{PID: os.Getpid(), StartedAt: processStart, UptimeSeconds: time.Since(processStart).Seconds(), Workers: []supervisor.WorkerStatus{}},
 		Mode:        mode,
@@ -94,11 +96,11 @@ func serveCmd(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	started := time.Now()
-	var srv *ipc.Server
+	var srv *frontdoor.Server
 	scfg.Name = "supervisor-serve"
 	scfg.Handler = func(ctx context.Context, req ipc.Request) ([]byte, error) {
-		if req.Type != ipc.TypeStatus {
-			return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " is not served by 'supervisor serve'"}
+		if req.Type != wire.TypeStatus {
+			return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: req.Type.String() + " is not served by 'supervisor serve'"}
 		}
 		return json.Marshal(statusDoc{
 			Status:      supervisor.Status{PID: os.Getpid(), StartedAt: started, UptimeSeconds: time.Since(started).Seconds(), Workers: []supervisor.WorkerStatus{}},
@@ -108,7 +110,7 @@ func serveCmd(args []string, stdout, stderr io.Writer) int {
 			Connections: srv.Stats(),
 		})
 	}
-	srv = ipc.NewServer(l, scfg)
+	srv = frontdoor.New(l, scfg)
 	log.Info("serving", "socket", l.Addr(), "pid", os.Getpid())
 	if err := srv.Serve(ctx); err != nil {
 		fmt.Fprintln(stderr, "supervisor serve:", err)

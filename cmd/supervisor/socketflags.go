@@ -14,7 +14,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 )
 
 // listenFlags are the flags of the commands that listen on a socket.
@@ -52,8 +54,8 @@ func (f *listenFlags) register(fs *flag.FlagSet, required bool) {
 	fs.Var(&f.allowGIDs, "allow-gid", "serve also peers with this gid (name or number; repeatable)")
 	fs.Var(&f.controlUIDs, "allow-control-uid", "let peers with this uid also reload, shut down and send messages (name or number; repeatable; our own uid and root always may)")
 	fs.Var(&f.controlGIDs, "allow-control-gid", "let peers in this group (primary or supplementary) also reload, shut down and send messages (repeatable)")
-	fs.IntVar(&f.maxConns, "max-conns", ipc.DefaultMaxConns, "most concurrent client connections, at most what RLIMIT_NOFILE leaves")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", ipc.DefaultIdleTimeout, "close client connections idle for this long (positive)")
+	fs.IntVar(&f.maxConns, "max-conns", frontdoor.DefaultMaxConns, "most concurrent client connections, at most what RLIMIT_NOFILE leaves")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", frontdoor.DefaultIdleTimeout, "close client connections idle for this long (positive)")
 }
 
 // check validates the flags and resolves the names in them; its errors
@@ -67,8 +69,8 @@ func (f *listenFlags) check(fs *flag.FlagSet, fdsInUse int) error {
 		return fmt.Errorf("--mode must be an octal permission from 0001 to 0777 (like 0600 or 0660), got %q", f.mode)
 	}
 	f.fileMode = os.FileMode(mode)
-	if f.socket != "" && f.socket[0] != '@' && len(f.socket) > ipc.MaxPathLen {
-		return fmt.Errorf("--socket must be a path of at most %d bytes (the kernel's sun_path), got %d bytes", ipc.MaxPathLen, len(f.socket))
+	if f.socket != "" && f.socket[0] != '@' && len(f.socket) > listen.MaxPathLen {
+		return fmt.Errorf("--socket must be a path of at most %d bytes (the kernel's sun_path), got %d bytes", listen.MaxPathLen, len(f.socket))
 	}
 	f.gid = -1
 	if f.group != "" {
@@ -96,9 +98,9 @@ func (f *listenFlags) check(fs *flag.FlagSet, fdsInUse int) error {
 	}
 	limit := fdLimit()
 	// The server keeps some descriptors for the rest of the process
-	// (ipc.MaxConnsLimit); the workers need theirs too.
-	room := min(limit-fdsInUse, ipc.MaxConnsLimit())
-	why := fmt.Sprintf("RLIMIT_NOFILE is %d, %d descriptors are needed besides the clients', and the server keeps %d for the rest of the process", limit, fdsInUse, limit-ipc.MaxConnsLimit())
+	// (frontdoor.MaxConnsLimit); the workers need theirs too.
+	room := min(limit-fdsInUse, frontdoor.MaxConnsLimit())
+	why := fmt.Sprintf("RLIMIT_NOFILE is %d, %d descriptors are needed besides the clients', and the server keeps %d for the rest of the process", limit, fdsInUse, limit-frontdoor.MaxConnsLimit())
 	if room < 1 {
 		return fmt.Errorf("no descriptor is left for the clients of --socket: %s; lower --workers or raise the limit", why)
 	}
@@ -111,22 +113,21 @@ func (f *listenFlags) check(fs *flag.FlagSet, fdsInUse int) error {
 
 // listen creates the listener and the server config the flags describe.
 // The flags must have passed check.
-func (f *listenFlags) listen(log hclog.Logger) (*ipc.Listener, ipc.ServerConfig, error) {
+func (f *listenFlags) listen(log hclog.Logger) (*listen.Listener, frontdoor.Config, error) {
 	if f.connsNote != "" {
 		log.Warn(f.connsNote)
 	}
-	l, err := ipc.Listen(f.socket, ipc.ListenConfig{Mode: f.fileMode, GID: f.gid, Logger: log})
+	l, err := listen.New(f.socket, listen.Config{Mode: f.fileMode, GID: f.gid, Logger: log})
 	if err != nil {
-		return nil, ipc.ServerConfig{}, err
+		return nil, frontdoor.Config{}, err
 	}
-	return l, ipc.ServerConfig{
+	return l, frontdoor.Config{
+		ConnConfig:  ipc.ConnConfig{Name: "supervisor", IdleTimeout: f.idleTimeout, Logger: log},
 		MaxConns:    f.maxConns,
-		IdleTimeout: f.idleTimeout,
 		AllowUIDs:   f.uids,
 		AllowGIDs:   f.gids,
 		ControlUIDs: f.ctlUIDs,
 		ControlGIDs: f.ctlGIDs,
-		Logger:      log,
 	}, nil
 }
 

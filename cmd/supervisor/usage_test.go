@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Tests of the command line itself: help, usage errors, version.
@@ -101,7 +101,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	t.Parallel()
-	want := fmt.Sprintf("supervisor %s (protocol %d)\n", version, ipc.ProtocolVersion)
+	want := fmt.Sprintf("supervisor %s (protocol %d)\n", version, wire.ProtocolVersion)
 	for _, arg := range []string{"version", "--version"} {
 		if r := cliWant(t, exitOK, cliOpts{}, arg); r.stdout != want {
 			t.Errorf("%s printed %q, want %q", arg, r.stdout, want)

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/worker"
 )
 
-const protocolVersion = ipc.ProtocolVersion
+const protocolVersion = wire.ProtocolVersion
 
 // workerMain is the worker role of this binary: an echo worker. Pings
 // and echoes are answered by the channel; application messages are

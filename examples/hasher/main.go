@@ -30,7 +30,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 	"github.com/pairvisor/pairvisor/worker"
 )
@@ -86,7 +86,7 @@ func supervise(words []string) int {
 	status := 0
 	for _, word := range words {
 		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
-		sum, err := sup.Call(cctx, ipc.TypeMessage, []byte(word), nil)
+		sum, err := sup.Call(cctx, wire.TypeMessage, []byte(word), nil)
 		ccancel()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "hasher:", err)

@@ -1,5 +1,3 @@
-//go:build linux
-
 // Command socketpair-pingpong is the seed's socketpair_fork.py done the
 // Go way. Go cannot safely fork a running program, so the parent
 // re-executes itself instead and hands the child its end of the

@@ -1,12 +1,10 @@
-//go:build linux
-
 // Command uds-echo is the seed's Unix socket echo server and client
 // (socket_echo_server_uds.py, socket_echo_client_uds.py) in Go.
 //
 //	go run ./examples/uds-echo server ./uds_socket &
 //	go run ./examples/uds-echo client ./uds_socket
 //
-// The server binds with pairvisor's ipc.Listen, which removes a stale
+// The server binds with pairvisor's listen.New, which removes a stale
 // socket left by a crash but refuses to steal a live server's socket or
 // to delete a file that is not a socket (the seed unlinks whatever is
 // there), and gives the socket mode 0600 so only its owner may connect.
@@ -19,13 +17,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 )
 
 func main() {
@@ -41,39 +38,35 @@ func main() {
 }
 
 func server(path string) {
-	l, err := ipc.Listen(path, ipc.ListenConfig{}) // 0600
+	l, err := listen.New(path, listen.Config{}) // 0600
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer l.Close() // removes the socket file
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	go func() { <-ctx.Done(); l.Close() }() // removes the socket file
 	fmt.Println("starting up on", path)
 	for {
-		fd, cred, err := l.Accept()
+		p, err := l.Accept(ctx)
 		if err != nil {
-			return // closed
+			return // interrupted
 		}
 		go func() {
-			conn := os.NewFile(uintptr(fd), "client")
+			conn := p.File // the connection; this goroutine owns it
 			defer conn.Close()
-			fmt.Printf("connection from pid %d uid %d\n", cred.Pid, cred.Uid)
+			fmt.Printf("connection from pid %d uid %d\n", p.Cred.PID, p.Cred.UID)
 			n, _ := io.Copy(conn, conn) // echo until the client closes
-			fmt.Printf("echoed %d bytes to pid %d\n", n, cred.Pid)
+			fmt.Printf("echoed %d bytes to pid %d\n", n, p.Cred.PID)
 		}()
 	}
 }
 
 func client(path string) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fmt.Println("connecting to", path)
+	sock, err := net.Dial("unix", path)
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("connecting to", path)
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		log.Fatal(err)
-	}
-	sock := os.NewFile(uintptr(fd), path)
 	defer sock.Close()
 
 	message := []byte("This is the message.  It will be repeated.")

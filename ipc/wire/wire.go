@@ -1,6 +1,4 @@
-//go:build linux
-
-package ipc
+package wire
 
 import (
 	"encoding/binary"
@@ -20,22 +18,23 @@ const (
 	Magic0 = 0xC1
 	Magic1 = 'P'
 
-	// ProtocolVersion is the highest protocol version this package
+	// ProtocolVersion is the highest protocol version pairvisor
 	// speaks; MinProtocolVersion the lowest.
 	ProtocolVersion    = 1
 	MinProtocolVersion = 1
 
 	// MaxPayload is the protocol's hard limit on a frame's payload
-	// (16 MiB). A Conn may be configured with a lower limit.
+	// (16 MiB). A receiver may be configured with a lower limit.
 	MaxPayload = 16 << 20
 
 	// MaxPingPayload bounds the opaque payload a ping may carry; the
 	// pong returns it unchanged.
 	MaxPingPayload = 64
 
-	// maxHelloPayload bounds a hello: 8 fixed bytes plus a name.
-	maxHelloPayload = 8 + maxNameLen
-	maxNameLen      = 256
+	// MaxHelloPayload bounds a hello's payload: 8 fixed bytes plus a
+	// name of at most MaxNameLen bytes.
+	MaxHelloPayload = 8 + MaxNameLen
+	MaxNameLen      = 256
 )
 
 // Type is a frame's message type.
@@ -153,8 +152,8 @@ func AppendFrame(dst []byte, h Header, payload []byte) []byte {
 // that ends inside a frame yields [ErrTruncated]; one that ends cleanly
 // before a frame yields io.EOF.
 //
-// ReadFrame suits simple clients and tests; [Conn] uses its own
-// buffered reader.
+// ReadFrame suits simple clients and tests; package ipc's Conn uses its
+// own buffered reader.
 func ReadFrame(r io.Reader, maxPayload uint32) (Header, []byte, error) {
 	var hb [HeaderSize]byte
 	if n, err := io.ReadFull(r, hb[:]); err != nil {
@@ -191,8 +190,8 @@ type Hello struct {
 // AppendHello appends h's encoding to dst.
 func AppendHello(dst []byte, h Hello) []byte {
 	name := h.Name
-	if len(name) > maxNameLen {
-		name = name[:maxNameLen]
+	if len(name) > MaxNameLen {
+		name = name[:MaxNameLen]
 	}
 	dst = binary.LittleEndian.AppendUint16(dst, h.MinVersion)
 	dst = binary.LittleEndian.AppendUint16(dst, h.MaxVersion)
@@ -202,8 +201,8 @@ func AppendHello(dst []byte, h Hello) []byte {
 
 // ParseHello decodes a hello payload.
 func ParseHello(p []byte) (Hello, error) {
-	if len(p) < 8 || len(p) > maxHelloPayload {
-		return Hello{}, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, want 8 to %d", len(p), maxHelloPayload)}
+	if len(p) < 8 || len(p) > MaxHelloPayload {
+		return Hello{}, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, want 8 to %d", len(p), MaxHelloPayload)}
 	}
 	h := Hello{
 		MinVersion: binary.LittleEndian.Uint16(p[0:2]),
@@ -217,32 +216,42 @@ func ParseHello(p []byte) (Hello, error) {
 	return h, nil
 }
 
-// negotiate returns the highest version both hellos speak.
-func negotiate(a, b Hello) (uint16, error) {
-	v := min(a.MaxVersion, b.MaxVersion)
-	if v < max(a.MinVersion, b.MinVersion) {
-		return 0, &FrameError{Err: ErrVersion, Detail: fmt.Sprintf("we speak %d..%d, peer %q speaks %d..%d", a.MinVersion, a.MaxVersion, b.Name, b.MinVersion, b.MaxVersion)}
-	}
-	return v, nil
+// Code is the error code carried by a [TypeError] frame.
+type Code uint16
+
+// Error codes. docs/PROTOCOL.md defines them; a peer may send codes
+// this version does not know, which [Code.String] prints as "code(N)".
+const (
+	CodeBadRequest  Code = 1 // malformed or unexpected request
+	CodeUnsupported Code = 2 // the peer has no handler for this type
+	CodeUnavailable Code = 3 // no worker can take the request now
+	CodeInternal    Code = 4 // the handler failed
+	CodeTooLarge    Code = 5 // the frame exceeded the receiver's limit
+	CodeShutdown    Code = 6 // the peer is shutting down
+	CodeVersion     Code = 7 // no common protocol version
+	CodeProtocol    Code = 8 // protocol violation; the sender closes after this frame
+	CodeDenied      Code = 9 // the peer may not make this request (a control request from a user without the right)
+)
+
+var codeNames = [...]string{
+	CodeBadRequest: "bad request", CodeUnsupported: "unsupported", CodeUnavailable: "unavailable",
+	CodeInternal: "internal", CodeTooLarge: "too large", CodeShutdown: "shutdown",
+	CodeVersion: "version", CodeProtocol: "protocol", CodeDenied: "denied",
 }
 
-// Error codes carried by a [TypeError] frame.
-const (
-	CodeBadRequest  uint16 = 1 // malformed or unexpected request
-	CodeUnsupported uint16 = 2 // the peer has no handler for this type
-	CodeUnavailable uint16 = 3 // no worker can take the request now
-	CodeInternal    uint16 = 4 // the handler failed
-	CodeTooLarge    uint16 = 5 // the frame exceeded the receiver's limit
-	CodeShutdown    uint16 = 6 // the peer is shutting down
-	CodeVersion     uint16 = 7 // no common protocol version
-	CodeProtocol    uint16 = 8 // protocol violation; the sender closes after this frame
-	CodeDenied      uint16 = 9 // the peer may not make this request (a control request from a user without the right)
-)
+// String returns the code's name ("unavailable"), or "code(N)" when
+// this version does not define it.
+func (c Code) String() string {
+	if int(c) < len(codeNames) && codeNames[c] != "" {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("code(%d)", uint16(c))
+}
 
 // AppendError appends an error payload: a little-endian uint16 code
 // followed by a UTF-8 message.
-func AppendError(dst []byte, code uint16, msg string) []byte {
-	return append(binary.LittleEndian.AppendUint16(dst, code), msg...)
+func AppendError(dst []byte, code Code, msg string) []byte {
+	return append(binary.LittleEndian.AppendUint16(dst, uint16(code)), msg...)
 }
 
 // ParseError decodes an error payload into a *[RemoteError].
@@ -250,5 +259,5 @@ func ParseError(p []byte) *RemoteError {
 	if len(p) < 2 {
 		return &RemoteError{Code: CodeProtocol, Message: "malformed error frame"}
 	}
-	return &RemoteError{Code: binary.LittleEndian.Uint16(p), Message: string(p[2:])}
+	return &RemoteError{Code: Code(binary.LittleEndian.Uint16(p)), Message: string(p[2:])}
 }

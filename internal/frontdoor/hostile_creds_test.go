@@ -1,6 +1,6 @@
 //go:build linux
 
-package ipc_test
+package frontdoor_test
 
 import (
 	"bufio"
@@ -19,8 +19,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Tests of the server against other local users: who may connect, who
@@ -311,29 +314,29 @@ func hostileHandler(ctx context.Context, req ipc.Request) ([]byte, error) {
 func TestHostileControlRequests(t *testing.T) {
 	t.Parallel()
 	readOnly := "ping:ok status:ok echo:ok"
-	denied := fmt.Sprintf("message:error%[1]d reload:error%[1]d shutdown:error%[1]d", ipc.CodeDenied)
+	denied := fmt.Sprintf("message:error%[1]d reload:error%[1]d shutdown:error%[1]d", wire.CodeDenied)
 	allowed := "message:ok reload:ok shutdown:ok"
 	ops := []string{"ping", "status", "echo", "message", "reload", "shutdown"}
 	cases := []struct {
 		name     string
 		abstract bool
-		cfg      ipc.ServerConfig
+		cfg      frontdoor.Config
 		groups   []int
 		want     string
 	}{
-		{name: "path-open", cfg: ipc.ServerConfig{}, want: readOnly + " " + denied},
-		{name: "path-control-uid", cfg: ipc.ServerConfig{ControlUIDs: []uint32{hostileNobody}}, want: readOnly + " " + allowed},
-		{name: "path-control-other-uid", cfg: ipc.ServerConfig{ControlUIDs: []uint32{hostileOther}}, want: readOnly + " " + denied},
-		{name: "path-control-supplementary-gid", cfg: ipc.ServerConfig{ControlGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup}, want: readOnly + " " + allowed},
-		{name: "path-control-gid-not-held", cfg: ipc.ServerConfig{ControlGIDs: []uint32{hostileGroup}}, want: readOnly + " " + denied},
-		{name: "path-allow-supplementary-gid", cfg: ipc.ServerConfig{AllowGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup}, want: readOnly + " " + denied},
-		{name: "path-allow-gid-among-many", cfg: ipc.ServerConfig{AllowGIDs: []uint32{hostileGroup}}, groups: hostileManyGroups(), want: readOnly + " " + denied},
-		{name: "path-allow-gid-not-held", cfg: ipc.ServerConfig{AllowGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup + 1}, want: "closed"},
-		{name: "abstract-no-list", abstract: true, cfg: ipc.ServerConfig{}, want: "closed"},
-		{name: "abstract-other-uid-listed", abstract: true, cfg: ipc.ServerConfig{AllowUIDs: []uint32{hostileOther}}, want: "closed"},
-		{name: "abstract-allow-uid", abstract: true, cfg: ipc.ServerConfig{AllowUIDs: []uint32{hostileNobody}}, want: readOnly + " " + denied},
-		{name: "abstract-control-uid", abstract: true, cfg: ipc.ServerConfig{ControlUIDs: []uint32{hostileNobody}}, want: readOnly + " " + allowed},
-		{name: "abstract-allow-supplementary-gid", abstract: true, cfg: ipc.ServerConfig{AllowGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup}, want: readOnly + " " + denied},
+		{name: "path-open", cfg: frontdoor.Config{}, want: readOnly + " " + denied},
+		{name: "path-control-uid", cfg: frontdoor.Config{ControlUIDs: []uint32{hostileNobody}}, want: readOnly + " " + allowed},
+		{name: "path-control-other-uid", cfg: frontdoor.Config{ControlUIDs: []uint32{hostileOther}}, want: readOnly + " " + denied},
+		{name: "path-control-supplementary-gid", cfg: frontdoor.Config{ControlGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup}, want: readOnly + " " + allowed},
+		{name: "path-control-gid-not-held", cfg: frontdoor.Config{ControlGIDs: []uint32{hostileGroup}}, want: readOnly + " " + denied},
+		{name: "path-allow-supplementary-gid", cfg: frontdoor.Config{AllowGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup}, want: readOnly + " " + denied},
+		{name: "path-allow-gid-among-many", cfg: frontdoor.Config{AllowGIDs: []uint32{hostileGroup}}, groups: hostileManyGroups(), want: readOnly + " " + denied},
+		{name: "path-allow-gid-not-held", cfg: frontdoor.Config{AllowGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup + 1}, want: "closed"},
+		{name: "abstract-no-list", abstract: true, cfg: frontdoor.Config{}, want: "closed"},
+		{name: "abstract-other-uid-listed", abstract: true, cfg: frontdoor.Config{AllowUIDs: []uint32{hostileOther}}, want: "closed"},
+		{name: "abstract-allow-uid", abstract: true, cfg: frontdoor.Config{AllowUIDs: []uint32{hostileNobody}}, want: readOnly + " " + denied},
+		{name: "abstract-control-uid", abstract: true, cfg: frontdoor.Config{ControlUIDs: []uint32{hostileNobody}}, want: readOnly + " " + allowed},
+		{name: "abstract-allow-supplementary-gid", abstract: true, cfg: frontdoor.Config{AllowGIDs: []uint32{hostileGroup}}, groups: []int{hostileGroup}, want: readOnly + " " + denied},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -341,9 +344,9 @@ func TestHostileControlRequests(t *testing.T) {
 			tc.cfg.Handler = hostileHandler
 			var s *udsServer
 			if tc.abstract {
-				s = udsServe(t, hostileAbstract(t), ipc.ListenConfig{}, tc.cfg)
+				s = udsServe(t, hostileAbstract(t), listen.Config{}, tc.cfg)
 			} else {
-				s = udsServe(t, filepath.Join(hostileDir(t), "s"), ipc.ListenConfig{Mode: 0o666, GID: -1}, tc.cfg)
+				s = udsServe(t, filepath.Join(hostileDir(t), "s"), listen.Config{Mode: 0o666, GID: -1}, tc.cfg)
 			}
 			uid := hostileNobody
 			got := hostileRun(t, uid, tc.groups, hostilePyClient, append([]string{s.path}, ops...)...)
@@ -353,13 +356,13 @@ func TestHostileControlRequests(t *testing.T) {
 			switch {
 			case tc.want == "closed":
 				s.logs.waitFor(t, "refused peer", fmt.Sprintf("uid=%d", uid))
-			case strings.Contains(tc.want, fmt.Sprintf("reload:error%d", ipc.CodeDenied)):
+			case strings.Contains(tc.want, fmt.Sprintf("reload:error%d", wire.CodeDenied)):
 				s.logs.waitFor(t, "denied control request", fmt.Sprintf("uid=%d", uid), "type=reload")
 			}
 			// The server's own uid may do anything, whatever the lists.
 			c := udsDial(t, s.path)
 			ctx := udsCtx(t, udsWait)
-			for _, typ := range []ipc.Type{ipc.TypeStatus, ipc.TypeMessage, ipc.TypeReload, ipc.TypeShutdown} {
+			for _, typ := range []wire.Type{wire.TypeStatus, wire.TypeMessage, wire.TypeReload, wire.TypeShutdown} {
 				if got, err := c.Call(ctx, typ, nil, nil); err != nil || string(got) != "done:"+typ.String() {
 					t.Errorf("own uid %s: %q, %v", typ, got, err)
 				}
@@ -426,12 +429,12 @@ func TestHostileListenAbstractHeld(t *testing.T) {
 	if l := srv.line(t); l != "listening" {
 		t.Fatalf("python server: %q", l)
 	}
-	l, err := ipc.Listen(name, ipc.ListenConfig{})
+	l, err := listen.New(name, listen.Config{})
 	if err == nil {
 		l.Close()
 		t.Fatal("Listen on a held abstract name succeeded")
 	}
-	if !errors.Is(err, ipc.ErrInUse) {
+	if !errors.Is(err, listen.ErrInUse) {
 		t.Errorf("Listen: %v, want ErrInUse", err)
 	}
 	msg := err.Error()
@@ -457,7 +460,7 @@ func TestHostileListenAbstractHeld(t *testing.T) {
 func TestHostileRefusedFlood(t *testing.T) {
 	t.Parallel()
 	const n = 2000
-	s := udsServe(t, filepath.Join(hostileDir(t), "s"), ipc.ListenConfig{Mode: 0o666, GID: -1}, ipc.ServerConfig{AllowUIDs: []uint32{4242}})
+	s := udsServe(t, filepath.Join(hostileDir(t), "s"), listen.Config{Mode: 0o666, GID: -1}, frontdoor.Config{AllowUIDs: []uint32{4242}})
 	start := time.Now()
 	if got := hostileRun(t, hostileNobody, nil, hostilePyFlood, s.path, strconv.Itoa(n), "churn"); got != fmt.Sprintf("done %d", n) {
 		t.Fatalf("flood: %q", got)
@@ -510,7 +513,7 @@ func TestHostileFullFlood(t *testing.T) {
 		maxConns = 4
 		n        = 1000
 	)
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{MaxConns: maxConns})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{MaxConns: maxConns})
 	for range maxConns {
 		udsDial(t, s.path)
 	}

@@ -1,13 +1,15 @@
 //go:build linux
 
-package ipc_test
+package listen_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 )
 
 // Tests of Listen and Listener: the rules of "A listener on a path".
@@ -33,38 +36,6 @@ import (
 // udsWait bounds every wait for something that should happen promptly.
 // It is generous for -race on two cores; exceeding it means a hang.
 const udsWait = 10 * time.Second
-
-// udsToolForOthers is testutil.RequireTool for a program that a test
-// runs as another user: it picks the first one in $PATH that every user
-// may run (a shim under /root, such as pyenv's, does not qualify).
-func udsToolForOthers(tb testing.TB, name string) string {
-	tb.Helper()
-	worldOK := func(p string) bool {
-		real, err := filepath.EvalSymlinks(p)
-		if err != nil {
-			return false
-		}
-		for q := real; ; q = filepath.Dir(q) {
-			st, err := os.Stat(q)
-			if err != nil || st.Mode().Perm()&0o001 == 0 {
-				return false
-			}
-			if q == "/" {
-				return true
-			}
-		}
-	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		if p := filepath.Join(dir, name); dir != "" && worldOK(p) {
-			return p
-		}
-	}
-	if os.Getenv("PAIRVISOR_REQUIRE_TOOLS") == "1" {
-		tb.Fatalf("%s is required (PAIRVISOR_REQUIRE_TOOLS=1) but there is none in $PATH that other users may run", name)
-	}
-	tb.Skipf("no %s in $PATH that other users may run", name)
-	return ""
-}
 
 // udsLog is a goroutine-safe buffer for hclog output.
 type udsLog struct {
@@ -97,9 +68,9 @@ func udsPoll(tb testing.TB, what string, cond func() bool, detail func() string)
 }
 
 // udsListen calls Listen and closes the Listener at cleanup.
-func udsListen(tb testing.TB, path string, cfg ipc.ListenConfig) *ipc.Listener {
+func udsListen(tb testing.TB, path string, cfg listen.Config) *listen.Listener {
 	tb.Helper()
-	l, err := ipc.Listen(path, cfg)
+	l, err := listen.New(path, cfg)
 	if err != nil {
 		tb.Fatalf("Listen(%q): %v", path, err)
 	}
@@ -148,16 +119,16 @@ func udsStale(tb testing.TB, path string) {
 
 // udsAccept accepts one connection within udsWait. The fd is closed at
 // cleanup.
-func udsAccept(tb testing.TB, l *ipc.Listener) (int, *unix.Ucred) {
+func udsAccept(tb testing.TB, l *listen.Listener) (int, *listen.Cred) {
 	tb.Helper()
 	type result struct {
 		fd   int
-		cred *unix.Ucred
+		cred *listen.Cred
 		err  error
 	}
 	ch := make(chan result, 1)
 	go func() {
-		fd, cred, err := l.Accept()
+		fd, cred, err := udsAcceptFD(l)
 		ch <- result{fd, cred, err}
 	}()
 	var r result
@@ -177,13 +148,30 @@ func udsAccept(tb testing.TB, l *ipc.Listener) (int, *unix.Ucred) {
 	return r.fd, r.cred
 }
 
+// udsAcceptFD accepts a connection on l and returns it as a blocking
+// descriptor, which the caller owns, for tests that read it with
+// SO_RCVTIMEO; Close ends it.
+func udsAcceptFD(l *listen.Listener) (int, *listen.Cred, error) {
+	p, err := l.Accept(context.Background())
+	if err != nil {
+		return -1, nil, err
+	}
+	// Fd puts the file (and so its copy) in blocking mode.
+	fd, err := unix.FcntlInt(p.File.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	p.File.Close()
+	if err != nil {
+		return -1, nil, err
+	}
+	return fd, &p.Cred, nil
+}
+
 // udsServes connects to path and checks that l accepts the connection
 // and that bytes flow both ways. Connections that are already closed
 // when accepted are skipped: a failed Listen probes a live server with
 // a connect, which leaves such a connection in its accept queue. It
 // returns both ends (closed at cleanup) and the accepted peer's
 // credentials.
-func udsServes(tb testing.TB, l *ipc.Listener, path string) (c, s int, cred *unix.Ucred) {
+func udsServes(tb testing.TB, l *listen.Listener, path string) (c, s int, cred *listen.Cred) {
 	tb.Helper()
 	c = udsMustConnect(tb, path)
 	if _, err := unix.Write(c, []byte{'x'}); err != nil {
@@ -313,7 +301,7 @@ func TestListenFresh(t *testing.T) {
 	t.Parallel()
 	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
-	l := udsListen(t, path, ipc.ListenConfig{})
+	l := udsListen(t, path, listen.Config{})
 	if l.Addr() != path {
 		t.Errorf("Addr() = %q, want %q", l.Addr(), path)
 	}
@@ -329,7 +317,7 @@ func TestListenFresh(t *testing.T) {
 		t.Errorf("lock file holds %q, want %q", lock, want)
 	}
 	_, _, cred := udsServes(t, l, path)
-	if cred.Pid != int32(os.Getpid()) || cred.Uid != uint32(os.Geteuid()) {
+	if cred.PID != int32(os.Getpid()) || cred.UID != uint32(os.Geteuid()) {
 		t.Errorf("peer credentials %+v, want pid %d uid %d", *cred, os.Getpid(), os.Geteuid())
 	}
 	if left := udsPVLeftovers(t, dir); len(left) > 0 {
@@ -342,7 +330,7 @@ func TestListenFresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	udsGone(t, path, path+".lock")
-	if _, _, err := l.Accept(); !errors.Is(err, ipc.ErrClosed) {
+	if _, err := l.Accept(t.Context()); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v, want ErrClosed", err)
 	}
 	if names := udsDirNames(dir); names != "[]" {
@@ -366,7 +354,7 @@ func TestListenStale(t *testing.T) {
 			if _, err := udsConnect(path); !errors.Is(err, unix.ECONNREFUSED) {
 				t.Fatalf("connect to the stale socket: %v, want ECONNREFUSED", err)
 			}
-			l := udsListen(t, path, ipc.ListenConfig{})
+			l := udsListen(t, path, listen.Config{})
 			udsSockStat(t, path)
 			udsServes(t, l, path) // the stale socket refused connections
 			l.Close()
@@ -383,14 +371,14 @@ func TestListenLiveServer(t *testing.T) {
 		t.Parallel()
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
-		l := udsListen(t, path, ipc.ListenConfig{})
+		l := udsListen(t, path, listen.Config{})
 		before := udsSockStat(t, path)
-		l2, err := ipc.Listen(path, ipc.ListenConfig{})
+		l2, err := listen.New(path, listen.Config{})
 		if err == nil {
 			l2.Close()
 			t.Fatal("second Listen succeeded")
 		}
-		if !errors.Is(err, ipc.ErrInUse) {
+		if !errors.Is(err, listen.ErrInUse) {
 			t.Errorf("second Listen: %v, want ErrInUse", err)
 		}
 		if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) {
@@ -455,12 +443,12 @@ sys.stdin.read()
 		}, func() string { return "stderr: " + stderr.String() })
 		before := udsSockStat(t, path)
 
-		l, err := ipc.Listen(path, ipc.ListenConfig{})
+		l, err := listen.New(path, listen.Config{})
 		if err == nil {
 			l.Close()
 			t.Fatal("Listen stole a live server's path")
 		}
-		if !errors.Is(err, ipc.ErrInUse) {
+		if !errors.Is(err, listen.ErrInUse) {
 			t.Errorf("Listen: %v, want ErrInUse", err)
 		}
 		if want := fmt.Sprintf("pid %d", cmd.Process.Pid); !strings.Contains(err.Error(), want) {
@@ -513,7 +501,7 @@ sys.stdin.read()
 		}
 		done := make(chan error, 1)
 		go func() {
-			l, err := ipc.Listen(path, ipc.ListenConfig{})
+			l, err := listen.New(path, listen.Config{})
 			if err == nil {
 				l.Close()
 			}
@@ -521,7 +509,7 @@ sys.stdin.read()
 		}()
 		select {
 		case err := <-done:
-			if !errors.Is(err, ipc.ErrInUse) {
+			if !errors.Is(err, listen.ErrInUse) {
 				t.Errorf("Listen: %v, want ErrInUse", err)
 			}
 		case <-time.After(udsWait):
@@ -596,17 +584,17 @@ func TestListenNotOurs(t *testing.T) {
 			if tc.target != "" {
 				targetBefore = udsSnapshot(t, filepath.Join(dir, tc.target))
 			}
-			l, err := ipc.Listen(path, ipc.ListenConfig{})
+			l, err := listen.New(path, listen.Config{})
 			if err == nil {
 				l.Close()
 				t.Fatalf("Listen over a %s succeeded", tc.name)
 			}
-			if !errors.Is(err, ipc.ErrNotOurs) {
+			if !errors.Is(err, listen.ErrNotOurs) {
 				t.Errorf("Listen: %v, want ErrNotOurs", err)
 			}
-			var op *ipc.OpError
-			if !errors.As(err, &op) || op.Op != "listen" || op.Addr != path {
-				t.Errorf("Listen error %#v is not an OpError for listen %s", err, path)
+			var op *os.PathError
+			if !errors.As(err, &op) || op.Op != "listen" || op.Path != path {
+				t.Errorf("Listen error %#v is not a PathError for listen %s", err, path)
 			}
 			if after := udsSnapshot(t, path); after != before {
 				t.Errorf("path changed:\nbefore %+v\nafter  %+v", before, after)
@@ -664,12 +652,12 @@ func TestListenForeignLock(t *testing.T) {
 			lock := path + ".lock"
 			tc.make(t, lock)
 			before := udsSnapshot(t, lock)
-			l, err := ipc.Listen(path, ipc.ListenConfig{})
+			l, err := listen.New(path, listen.Config{})
 			if err == nil {
 				l.Close()
 				t.Fatal("Listen with a foreign lock file succeeded")
 			}
-			if !errors.Is(err, ipc.ErrNotOurs) {
+			if !errors.Is(err, listen.ErrNotOurs) {
 				t.Errorf("Listen: %v, want ErrNotOurs", err)
 			}
 			if after := udsSnapshot(t, lock); after != before {
@@ -694,7 +682,7 @@ func TestListenRace(t *testing.T) {
 		start := make(chan struct{})
 		var (
 			wg        sync.WaitGroup
-			listeners = make([]*ipc.Listener, racers)
+			listeners = make([]*listen.Listener, racers)
 			errs      = make([]error, racers)
 		)
 		for i := range racers {
@@ -702,17 +690,17 @@ func TestListenRace(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				listeners[i], errs[i] = ipc.Listen(path, ipc.ListenConfig{})
+				listeners[i], errs[i] = listen.New(path, listen.Config{})
 			}()
 		}
 		close(start)
 		wg.Wait()
-		var winners []*ipc.Listener
+		var winners []*listen.Listener
 		for i, err := range errs {
 			switch {
 			case err == nil:
 				winners = append(winners, listeners[i])
-			case errors.Is(err, ipc.ErrLocked), errors.Is(err, ipc.ErrInUse):
+			case errors.Is(err, listen.ErrLocked), errors.Is(err, listen.ErrInUse):
 			default:
 				t.Errorf("round %d: racer %d: %v, want ErrLocked or ErrInUse", round, i, err)
 			}
@@ -747,35 +735,35 @@ func TestListenPathTooLong(t *testing.T) {
 		return p
 	}
 
-	long := pathOfLen(ipc.MaxPathLen+1, "socket-name-long")
-	l, err := ipc.Listen(long, ipc.ListenConfig{})
+	long := pathOfLen(listen.MaxPathLen+1, "socket-name-long")
+	l, err := listen.New(long, listen.Config{})
 	if err == nil {
 		l.Close()
 		t.Fatalf("Listen on a %d-byte path succeeded", len(long))
 	}
-	if !errors.Is(err, ipc.ErrPathTooLong) {
+	if !errors.Is(err, listen.ErrPathTooLong) {
 		t.Errorf("Listen: %v, want ErrPathTooLong", err)
 	}
-	if !strings.Contains(err.Error(), strconv.Itoa(ipc.MaxPathLen)) {
-		t.Errorf("error %q does not name the limit %d", err, ipc.MaxPathLen)
+	if !strings.Contains(err.Error(), strconv.Itoa(listen.MaxPathLen)) {
+		t.Errorf("error %q does not name the limit %d", err, listen.MaxPathLen)
 	}
 	if !strings.Contains(err.Error(), strconv.Itoa(len(long))) {
 		t.Errorf("error %q does not give the path's length %d", err, len(long))
 	}
 	udsGone(t, long, long+".lock")
-	if _, err := ipc.Dial(t.Context(), long, ipc.ConnConfig{}); !errors.Is(err, ipc.ErrPathTooLong) {
+	if _, err := ipc.Dial(t.Context(), long, ipc.ConnConfig{}); !errors.Is(err, listen.ErrPathTooLong) {
 		t.Errorf("Dial on a %d-byte path: %v, want ErrPathTooLong", len(long), err)
 	}
-	if l, err := ipc.Listen("@"+strings.Repeat("a", ipc.MaxPathLen), ipc.ListenConfig{}); !errors.Is(err, ipc.ErrPathTooLong) {
+	if l, err := listen.New("@"+strings.Repeat("a", listen.MaxPathLen), listen.Config{}); !errors.Is(err, listen.ErrPathTooLong) {
 		if err == nil {
 			l.Close()
 		}
-		t.Errorf("Listen on a %d-byte abstract name: %v, want ErrPathTooLong", ipc.MaxPathLen+1, err)
+		t.Errorf("Listen on a %d-byte abstract name: %v, want ErrPathTooLong", listen.MaxPathLen+1, err)
 	}
 
 	// Exactly the limit works.
-	exact := pathOfLen(ipc.MaxPathLen, "socket-name-long")
-	l = udsListen(t, exact, ipc.ListenConfig{})
+	exact := pathOfLen(listen.MaxPathLen, "socket-name-long")
+	l = udsListen(t, exact, listen.Config{})
 	udsServes(t, l, exact)
 	l.Close()
 	udsGone(t, exact, exact+".lock")
@@ -829,9 +817,9 @@ func TestListenMode(t *testing.T) {
 			if _, err := unix.InotifyAddWatch(ifd, dir, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_ATTRIB); err != nil {
 				t.Fatal(err)
 			}
-			cfg := ipc.ListenConfig{Mode: tc.mode, GID: -1}
+			cfg := listen.Config{Mode: tc.mode, GID: -1}
 			if tc.mode == 0 {
-				cfg = ipc.ListenConfig{} // the zero value
+				cfg = listen.Config{} // the zero value
 			}
 			l := udsListen(t, path, cfg)
 			st := udsSockStat(t, path)
@@ -858,7 +846,7 @@ func TestListenGID(t *testing.T) {
 	t.Run("default", func(t *testing.T) {
 		t.Parallel()
 		dir := testutil.ShortDir(t, "pv")
-		for i, cfg := range []ipc.ListenConfig{{}, {GID: -1}, {Mode: 0o660, GID: -1}} {
+		for i, cfg := range []listen.Config{{}, {GID: -1}, {Mode: 0o660, GID: -1}} {
 			path := filepath.Join(dir, strconv.Itoa(i))
 			udsListen(t, path, cfg)
 			if st := udsSockStat(t, path); st.Gid != uint32(os.Getegid()) {
@@ -885,7 +873,7 @@ func TestListenGID(t *testing.T) {
 		}
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
-		l := udsListen(t, path, ipc.ListenConfig{Mode: 0o660, GID: gid})
+		l := udsListen(t, path, listen.Config{Mode: 0o660, GID: gid})
 		st := udsSockStat(t, path)
 		if st.Gid != uint32(gid) || st.Mode&0o7777 != 0o660 {
 			t.Errorf("socket group %d mode %04o, want group %d mode 0660", st.Gid, st.Mode&0o7777, gid)
@@ -951,14 +939,14 @@ func TestListenUnprivileged(t *testing.T) {
 func udsUnprivilegedChecks(t *testing.T) {
 	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
-	l := udsListen(t, path, ipc.ListenConfig{})
+	l := udsListen(t, path, listen.Config{})
 	st := udsSockStat(t, path)
 	if st.Uid != uint32(os.Geteuid()) || st.Gid != uint32(os.Getegid()) || st.Mode&0o7777 != 0o600 {
 		t.Errorf("zero ListenConfig: socket %d:%d mode %04o, want %d:%d 0600", st.Uid, st.Gid, st.Mode&0o7777, os.Geteuid(), os.Getegid())
 	}
 	_, _, cred := udsServes(t, l, path)
-	if cred.Uid != uint32(os.Geteuid()) {
-		t.Errorf("peer uid %d, want %d", cred.Uid, os.Geteuid())
+	if cred.UID != uint32(os.Geteuid()) {
+		t.Errorf("peer uid %d, want %d", cred.UID, os.Geteuid())
 	}
 	l.Close()
 	udsGone(t, path, path+".lock")
@@ -966,7 +954,7 @@ func udsUnprivilegedChecks(t *testing.T) {
 	// A group we are not in: chown fails, and nothing is left behind.
 	groups, _ := os.Getgroups()
 	if os.Getegid() != 0 && !slices.Contains(groups, 0) {
-		l, err := ipc.Listen(path, ipc.ListenConfig{Mode: 0o660, GID: 0})
+		l, err := listen.New(path, listen.Config{Mode: 0o660, GID: 0})
 		if err == nil {
 			l.Close()
 			t.Fatal("Listen gave the socket to root's group as an unprivileged user")
@@ -1013,7 +1001,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		t.Parallel()
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
-		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: -1})
+		l := udsListen(t, path, listen.Config{WatchPeriod: -1})
 		theirs := replace(t, path, false)
 		l.Close()
 		if st := udsSockStat(t, path); st.Ino != theirs {
@@ -1026,7 +1014,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		var logs udsLog
-		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
+		l := udsListen(t, path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
 		theirs := replace(t, path, true)
 		logs.waitFor(t, "socket path now holds something else; leaving it alone")
 		l.Close()
@@ -1047,7 +1035,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		var logs udsLog
-		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
+		l := udsListen(t, path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
 		replace(t, path, false)
 		udsPoll(t, "the stale replacement to be reclaimed", func() bool {
 			fd, err := udsConnect(path) // the stale socket refuses
@@ -1065,7 +1053,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		t.Parallel()
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
-		l := udsListen(t, path, ipc.ListenConfig{WatchPeriod: -1})
+		l := udsListen(t, path, listen.Config{WatchPeriod: -1})
 		lock := path + ".lock"
 		if err := os.Remove(lock); err != nil {
 			t.Fatal(err)
@@ -1084,12 +1072,12 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		t.Parallel()
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
-		l := udsListen(t, path, ipc.ListenConfig{})
+		l := udsListen(t, path, listen.Config{})
 		accepted := make(chan error, 1)
 		go func() {
-			fd, _, err := l.Accept()
+			p, err := l.Accept(context.Background())
 			if err == nil {
-				unix.Close(fd)
+				p.File.Close()
 			}
 			accepted <- err
 		}()
@@ -1100,8 +1088,8 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		wg.Wait()
 		select {
 		case err := <-accepted:
-			if !errors.Is(err, ipc.ErrClosed) {
-				t.Errorf("Accept during Close: %v, want ErrClosed", err)
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("Accept during Close: %v, want net.ErrClosed", err)
 			}
 		case <-time.After(udsWait):
 			t.Fatal("Accept did not return after Close")
@@ -1115,7 +1103,7 @@ func TestListenRebind(t *testing.T) {
 	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
 	var logs udsLog
-	cfg := ipc.ListenConfig{Mode: 0o640, GID: -1, WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)}
+	cfg := listen.Config{Mode: 0o640, GID: -1, WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)}
 	wantGID := uint32(os.Getegid())
 	if os.Geteuid() == 0 {
 		cfg.GID, wantGID = 4243, 4243
@@ -1133,7 +1121,7 @@ func TestListenRebind(t *testing.T) {
 	}
 	accepted := make(chan result, 1)
 	go func() {
-		fd, _, err := l.Accept()
+		fd, _, err := udsAcceptFD(l)
 		accepted <- result{fd, err}
 	}()
 
@@ -1177,7 +1165,7 @@ func TestListenAbstract(t *testing.T) {
 	t.Parallel()
 	dir := testutil.ShortDir(t, "pv")
 	name := fmt.Sprintf("@pairvisor-test-%d-%s", os.Getpid(), filepath.Base(dir))
-	l := udsListen(t, name, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond})
+	l := udsListen(t, name, listen.Config{WatchPeriod: 50 * time.Millisecond})
 	if l.Addr() != name {
 		t.Errorf("Addr() = %q, want %q", l.Addr(), name)
 	}
@@ -1208,16 +1196,16 @@ func TestListenAbstract(t *testing.T) {
 	}
 
 	_, _, cred := udsServes(t, l, name)
-	if cred.Pid != int32(os.Getpid()) {
-		t.Errorf("peer pid %d, want %d", cred.Pid, os.Getpid())
+	if cred.PID != int32(os.Getpid()) {
+		t.Errorf("peer pid %d, want %d", cred.PID, os.Getpid())
 	}
 
-	l2, err := ipc.Listen(name, ipc.ListenConfig{})
+	l2, err := listen.New(name, listen.Config{})
 	if err == nil {
 		l2.Close()
 		t.Fatal("second Listen on the abstract name succeeded")
 	}
-	if !errors.Is(err, ipc.ErrInUse) {
+	if !errors.Is(err, listen.ErrInUse) {
 		t.Errorf("second Listen: %v, want ErrInUse", err)
 	}
 	if want := fmt.Sprintf("pid %d", os.Getpid()); !strings.Contains(err.Error(), want) {
@@ -1229,7 +1217,7 @@ func TestListenAbstract(t *testing.T) {
 		t.Errorf("%s still listed in /proc/net/unix after Close", name)
 	}
 	// The name is free again at once.
-	l3 := udsListen(t, name, ipc.ListenConfig{})
+	l3 := udsListen(t, name, listen.Config{})
 	l3.Close()
 }
 
@@ -1253,7 +1241,7 @@ func TestListenMissingDir(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(tc.dir, "pv.sock")
-			l, err := ipc.Listen(path, ipc.ListenConfig{})
+			l, err := listen.New(path, listen.Config{})
 			if err == nil {
 				l.Close()
 				t.Fatal("Listen succeeded")

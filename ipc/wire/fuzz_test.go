@@ -1,6 +1,4 @@
-//go:build linux
-
-package ipc_test
+package wire_test
 
 import (
 	"bytes"
@@ -12,7 +10,7 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // fuzzMaxPayload is the payload limit FuzzReadFrame decodes with: small,
@@ -30,15 +28,15 @@ const fuzzMaxPayload = 1024
 //
 // Seeds: the f.Add calls below and testdata/fuzz/FuzzReadFrame.
 func FuzzReadFrame(f *testing.F) {
-	hello := ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 1, PID: 1234, Name: "worker.1"})
-	f.Add(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello}, hello))
-	f.Add(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypePing, ID: 1}, nil))
-	f.Add(ipc.AppendFrame(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, ID: 2}, []byte("echo me")),
-		ipc.Header{Type: ipc.TypeEcho, Flags: ipc.FlagReply, ID: 2}, []byte("echo me")))
-	f.Add(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeError, Flags: ipc.FlagReply, ID: 9}, ipc.AppendError(nil, ipc.CodeTooLarge, "no")))
-	f.Add(header(ipc.TypeMessage, 0, fuzzMaxPayload+1, 3))
-	f.Add(header(ipc.TypeEcho, 0, 0xFFFFFFFF, 3))
-	f.Add(append(header(ipc.TypeEcho, 0, 10, 3), "short"...))
+	hello := wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, PID: 1234, Name: "worker.1"})
+	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, hello))
+	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 1}, nil))
+	f.Add(wire.AppendFrame(wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, ID: 2}, []byte("echo me")),
+		wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: 2}, []byte("echo me")))
+	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: 9}, wire.AppendError(nil, wire.CodeTooLarge, "no")))
+	f.Add(header(wire.TypeMessage, 0, fuzzMaxPayload+1, 3))
+	f.Add(header(wire.TypeEcho, 0, 0xFFFFFFFF, 3))
+	f.Add(append(header(wire.TypeEcho, 0, 10, 3), "short"...))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Add([]byte{})
 
@@ -53,7 +51,7 @@ func FuzzReadFrame(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.max > max(ipc.HeaderSize, fuzzMaxPayload) {
+		if r.max > max(wire.HeaderSize, fuzzMaxPayload) {
 			t.Fatalf("ReadFrame read into a buffer of %d bytes with a limit of %d", r.max, fuzzMaxPayload)
 		}
 		short, err := decodeStream(iotest.OneByteReader(bytes.NewReader(data)), data)
@@ -96,7 +94,7 @@ func (r *sizeReader) Read(p []byte) (int, error) {
 // fails, and returns how many it read. Its error reports misbehaviour.
 func decodeStream(r io.Reader, data []byte) (int, error) {
 	for n, off := 0, 0; ; n++ {
-		h, p, err := ipc.ReadFrame(r, fuzzMaxPayload)
+		h, p, err := wire.ReadFrame(r, fuzzMaxPayload)
 		rest := data[off:]
 		if err != nil {
 			if p != nil {
@@ -107,7 +105,7 @@ func decodeStream(r io.Reader, data []byte) (int, error) {
 				return n, fmt.Errorf("frame %d: ReadFrame error %v, want %v", n, err, want)
 			}
 			if want != io.EOF {
-				var fe *ipc.FrameError
+				var fe *wire.FrameError
 				if !errors.As(err, &fe) {
 					return n, fmt.Errorf("frame %d: error %v (%T) is not a *FrameError", n, err, err)
 				}
@@ -117,7 +115,7 @@ func decodeStream(r io.Reader, data []byte) (int, error) {
 		if int(h.Length) != len(p) || cap(p) > fuzzMaxPayload {
 			return n, fmt.Errorf("frame %d: header length %d, payload of %d bytes (cap %d)", n, h.Length, len(p), cap(p))
 		}
-		frame := ipc.AppendFrame(nil, h, p)
+		frame := wire.AppendFrame(nil, h, p)
 		if !bytes.HasPrefix(rest, frame) {
 			return n, fmt.Errorf("frame %d re-encodes as % x, but the input there is % x", n, frame, rest[:min(len(rest), len(frame))])
 		}
@@ -131,15 +129,15 @@ func expectedError(rest []byte) error {
 	switch {
 	case len(rest) == 0:
 		return io.EOF
-	case len(rest) < ipc.HeaderSize:
-		return ipc.ErrTruncated
+	case len(rest) < wire.HeaderSize:
+		return wire.ErrTruncated
 	}
-	h, err := ipc.ParseHeader(rest, fuzzMaxPayload)
+	h, err := wire.ParseHeader(rest, fuzzMaxPayload)
 	if err != nil {
 		return errors.Unwrap(err)
 	}
-	if len(rest) < ipc.HeaderSize+int(h.Length) {
-		return ipc.ErrTruncated
+	if len(rest) < wire.HeaderSize+int(h.Length) {
+		return wire.ErrTruncated
 	}
 	return nil
 }
@@ -148,13 +146,13 @@ func expectedError(rest []byte) error {
 // payloads the protocol allows, and that what it accepts re-encodes to
 // the same bytes.
 func FuzzParseHello(f *testing.F) {
-	f.Add(ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 1, PID: 1, Name: "supervisor"}))
-	f.Add(ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 7, PID: 1 << 31}))
+	f.Add(wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, PID: 1, Name: "supervisor"}))
+	f.Add(wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 7, PID: 1 << 31}))
 	f.Add([]byte{0, 0, 1, 0, 0, 0, 0, 0})
 	f.Add([]byte{2, 0, 1, 0})
 	f.Add(make([]byte, 265))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		h, err := ipc.ParseHello(p)
+		h, err := wire.ParseHello(p)
 		valid := len(p) >= 8 && len(p) <= 8+256
 		if valid {
 			lo, hi := binary.LittleEndian.Uint16(p), binary.LittleEndian.Uint16(p[2:])
@@ -164,13 +162,13 @@ func FuzzParseHello(f *testing.F) {
 			t.Fatalf("ParseHello(% x) error %v", p, err)
 		}
 		if err != nil {
-			var fe *ipc.FrameError
-			if !errors.Is(err, ipc.ErrBadPayload) || !errors.As(err, &fe) {
+			var fe *wire.FrameError
+			if !errors.Is(err, wire.ErrBadPayload) || !errors.As(err, &fe) {
 				t.Fatalf("ParseHello error %v (%T), want a *FrameError for ErrBadPayload", err, err)
 			}
 			return
 		}
-		if got := ipc.AppendHello(nil, h); !bytes.Equal(got, p) {
+		if got := wire.AppendHello(nil, h); !bytes.Equal(got, p) {
 			t.Fatalf("hello % x re-encodes as % x", p, got)
 		}
 	})

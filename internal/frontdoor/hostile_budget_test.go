@@ -1,6 +1,6 @@
 //go:build linux
 
-package ipc_test
+package frontdoor_test
 
 import (
 	"bytes"
@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // One server-wide bound on what clients hold: while one client's large
@@ -32,7 +35,7 @@ func TestServerBufferedTotal(t *testing.T) {
 		}
 		return req.Payload, nil
 	}
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{Handler: handler, ForwardEcho: true, MaxBuffered: 3 << 20})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: handler, ForwardEcho: true}, TotalBuffered: 3 << 20})
 	first, second := udsDial(t, s.path), udsDial(t, s.path)
 	payload := bytes.Repeat([]byte("x"), 1<<20) // 2 MiB held with its reply
 
@@ -47,8 +50,8 @@ func TestServerBufferedTotal(t *testing.T) {
 	testutil.Poll(t, udsWait, time.Millisecond, "the first request to reach the handler", func() bool { return calls.Load() == 1 }, nil)
 
 	_, err := second.Echo(udsCtx(t, udsWait), payload, nil)
-	var re *ipc.RemoteError
-	if !errors.As(err, &re) || re.Code != ipc.CodeUnavailable {
+	var re *wire.RemoteError
+	if !errors.As(err, &re) || re.Code != wire.CodeUnavailable {
 		t.Fatalf("a request over the server's total: want CodeUnavailable, got %v", err)
 	}
 	if _, err := second.Ping(udsCtx(t, udsWait)); err != nil {

@@ -1,30 +1,32 @@
-//go:build linux
-
-package ipc
+package frontdoor
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
+	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"golang.org/x/sys/unix"
 )
 
-// Defaults for [ServerConfig].
+// Defaults for [Config].
 const (
 	DefaultMaxConns = 1024
 
-	// DefaultServerBuffered bounds what all a server's clients may hold
-	// (ServerConfig.MaxBuffered): eight times one client's bound.
-	DefaultServerBuffered = 8 * DefaultMaxBuffered
-	DefaultIdleTimeout    = 5 * time.Minute
-	DefaultPollAbove      = 16
+	// DefaultTotalBuffered bounds what all a server's clients may hold
+	// (Config.TotalBuffered): eight times one client's bound.
+	DefaultTotalBuffered = 8 * ipc.DefaultMaxBuffered
+	DefaultIdleTimeout   = 5 * time.Minute
+	DefaultPollAbove     = 16
 
 	// helloWait bounds how long a connection that began with the frame
 	// magic may take to send the rest of its hello header before it is
@@ -33,23 +35,23 @@ const (
 
 	// handshakeWait bounds a framed client's whole hello.
 	handshakeWait = 5 * time.Second
-
-	// dialRetry is how often Dial retries a connect refused with EAGAIN
-	// (the server's accept queue is full).
-	dialRetry = 10 * time.Millisecond
 )
 
-// ServerConfig configures [Serve]. The zero value serves pings and
-// echoes to clients of the listener's own uid.
-type ServerConfig struct {
-	// Name is sent in the server's hello (default "supervisor").
-	Name string
-	// Handler answers framed clients' status, message, shutdown and
-	// reload requests, and echo requests when ForwardEcho is set. The
-	// requests that change state (message, shutdown, reload) reach it
-	// only from peers allowed to send them: see ControlUIDs.
-	Handler     Handler
-	ForwardEcho bool
+// Config configures a [Server]. The zero value serves pings and echoes
+// to clients of the listener's own uid.
+type Config struct {
+	// ConnConfig configures the Conn of each framed client. Its Name is
+	// sent in the server's hello (no default: the caller names its
+	// product). Its Handler answers framed clients' status, message,
+	// shutdown and reload requests, and echo requests when ForwardEcho
+	// is set; the requests that change state (message, shutdown,
+	// reload) reach it only from peers allowed to send them: see
+	// ControlUIDs. Its IdleTimeout also closes raw and unclassified
+	// clients, and defaults to [DefaultIdleTimeout] here (zero does not
+	// mean "none"). The server sets Addr and Poll itself, and gives
+	// every Conn one shared [ipc.Budget] of TotalBuffered bytes unless
+	// Budget is set. TrustUIDs is for dialling and is not used.
+	ipc.ConnConfig
 
 	// MaxConns bounds concurrent connections (default 1024). It is
 	// lowered, with a warning, to [MaxConnsLimit] when the open-file
@@ -66,23 +68,18 @@ type ServerConfig struct {
 	// Zero means a quarter of MaxConns (256 by default); negative means
 	// no bound.
 	MaxConnsPerUID int
-	// IdleTimeout closes a connection that sends nothing for this long
-	// (default 5m).
-	IdleTimeout time.Duration
-	// MaxBuffered bounds the bytes all framed clients together may
+	// TotalBuffered bounds the bytes all framed clients together may
 	// hold in the server's memory: requests being answered and replies
-	// not yet read (default [DefaultServerBuffered]). Each client also
-	// holds at most [DefaultMaxBuffered] (see [ConnConfig].MaxBuffered);
-	// a request that finds no room in the total is answered with
-	// [CodeUnavailable] unread, and the client may try again (see
-	// [Budget]).
-	MaxBuffered int64
-	// MaxPayload bounds framed clients' frames (default [MaxPayload]).
-	MaxPayload uint32
+	// not yet read (default [DefaultTotalBuffered]). Each client also
+	// holds at most ConnConfig.MaxBuffered (see [ipc.ConnConfig]); a
+	// request that finds no room in the total is answered with
+	// [wire.CodeUnavailable] unread, and the client may try again (see
+	// [ipc.Budget]).
+	TotalBuffered int64
 
 	// PollAbove: framed clients that connect while more than this many
 	// connections are open are served through the runtime's poller
-	// (ConnConfig.Poll) rather than a thread each, so that a thousand
+	// (ipc.ConnConfig.Poll) rather than a thread each, so that a thousand
 	// clients do not mean a thousand threads. Default 16; -1 polls
 	// always. Raw and unclassified clients are always served through
 	// the poller.
@@ -102,40 +99,39 @@ type ServerConfig struct {
 	// ControlUIDs and ControlGIDs name the peers, besides our own uid
 	// and root, that may send requests that change state (message,
 	// reload, shutdown); a group matches a peer's primary or
-	// supplementary group. Anyone else served gets [CodeDenied] for
+	// supplementary group. Anyone else served gets [wire.CodeDenied] for
 	// them, logged; ping, echo and status are open to every peer served.
 	// Being listed here also lets a peer connect, as AllowUIDs does.
 	ControlUIDs []uint32
 	ControlGIDs []uint32
-
-	// Logger receives connection events. Nil discards them.
-	Logger hclog.Logger
 }
 
-// ServerStats counts a server's connections.
-type ServerStats struct {
+// Stats counts a server's connections.
+type Stats struct {
 	Active   int64 `json:"active"`
 	Accepted int64 `json:"accepted"`
 	Refused  int64 `json:"refused"`
 	Framed   int64 `json:"framed"`
 	Raw      int64 `json:"raw"`
 	Evicted  int64 `json:"evicted"` // quiet connections closed to make room for a newcomer
-	Denied   int64 `json:"denied"`  // control requests refused with CodeDenied
+	Denied   int64 `json:"denied"`  // control requests refused with wire.CodeDenied
 }
 
-// Server serves connections accepted from a [Listener]: framed clients
-// speak the protocol, anything else is echoed byte for byte.
+// Server serves connections accepted from a [listen.Listener]: framed
+// clients speak the protocol, anything else is echoed byte for byte.
 type Server struct {
-	cfg        ServerConfig
+	cfg        Config
 	log        hclog.Logger
-	l          *Listener
+	l          *listen.Listener
+	abstract   bool // l is an abstract socket: no file mode guards it
 	euid       uint32
-	budget     *Budget // shared by every framed client's Conn
-	reserve    int     // slots of MaxConns kept for the privileged
-	wantGroups bool    // a group list needs peers' supplementary groups
+	budget     *ipc.Budget // shared by every framed client's Conn
+	reserve    int         // slots of MaxConns kept for the privileged
+	wantGroups bool        // a group list needs peers' supplementary groups
 
 	mu       sync.Mutex
-	stopping bool // set once Serve winds down; nothing registers after
+	stopping bool          // set once Serve winds down; nothing registers after
+	stop     chan struct{} // closed when Serve winds down: framed clients' goroutines close their Conns
 	slots    map[*connSlot]struct{}
 	uids     map[uint32]*uidConns
 	n        int // connections in the table
@@ -148,12 +144,9 @@ type Server struct {
 	active, accepted, refused, framed, raw, evicted, denied atomic.Int64
 }
 
-// NewServer returns a Server for l. It takes ownership of l: Serve
-// closes it when it returns.
-func NewServer(l *Listener, cfg ServerConfig) *Server {
-	if cfg.Name == "" {
-		cfg.Name = "supervisor"
-	}
+// New returns a Server for l. It takes ownership of l: Serve closes it
+// when it returns.
+func New(l *listen.Listener, cfg Config) *Server {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
@@ -170,8 +163,12 @@ func NewServer(l *Listener, cfg ServerConfig) *Server {
 		cfg.Logger.Warn("max_conns lowered to fit the open-file limit (RLIMIT_NOFILE)", "max_conns", cfg.MaxConns, "lowered_to", limit, "nofile", nofile())
 		cfg.MaxConns = limit
 	}
-	if cfg.MaxBuffered <= 0 {
-		cfg.MaxBuffered = DefaultServerBuffered
+	if cfg.TotalBuffered <= 0 {
+		cfg.TotalBuffered = DefaultTotalBuffered
+	}
+	budget := cfg.Budget
+	if budget == nil {
+		budget = ipc.NewBudget(cfg.TotalBuffered)
 	}
 	if cfg.MaxConnsPerUID == 0 {
 		cfg.MaxConnsPerUID = max(1, cfg.MaxConns/4)
@@ -181,8 +178,10 @@ func NewServer(l *Listener, cfg ServerConfig) *Server {
 		cfg:        cfg,
 		log:        log,
 		l:          l,
+		abstract:   strings.HasPrefix(l.Addr(), "@"),
 		euid:       uint32(os.Geteuid()),
-		budget:     NewBudget(cfg.MaxBuffered),
+		budget:     budget,
+		stop:       make(chan struct{}),
 		reserve:    min(reservedConns, cfg.MaxConns/4),
 		wantGroups: len(cfg.AllowGIDs) > 0 || len(cfg.ControlGIDs) > 0,
 		slots:      make(map[*connSlot]struct{}),
@@ -196,8 +195,8 @@ func NewServer(l *Listener, cfg ServerConfig) *Server {
 }
 
 // Stats returns the server's connection counters.
-func (s *Server) Stats() ServerStats {
-	return ServerStats{Active: s.active.Load(), Accepted: s.accepted.Load(), Refused: s.refused.Load(),
+func (s *Server) Stats() Stats {
+	return Stats{Active: s.active.Load(), Accepted: s.accepted.Load(), Refused: s.refused.Load(),
 		Framed: s.framed.Load(), Raw: s.raw.Load(), Evicted: s.evicted.Load(), Denied: s.denied.Load()}
 }
 
@@ -212,15 +211,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer stop()
 	var err error
 	for {
-		fd, cred, aerr := s.l.accept(unix.SOCK_CLOEXEC | unix.SOCK_NONBLOCK)
+		p, aerr := s.l.Accept(context.Background()) // ctx ending closes l: see stop
 		if aerr != nil {
-			if !errors.Is(aerr, ErrClosed) {
+			if !errors.Is(aerr, net.ErrClosed) {
 				err = aerr
 			}
 			break
 		}
 		s.accepted.Add(1)
-		sl := s.admit(fd, cred)
+		sl := s.admit(p)
 		if sl == nil {
 			continue
 		}
@@ -233,10 +232,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.l.Close()
 	s.mu.Lock()
 	s.stopping = true
+	close(s.stop) // framed clients' goroutines close their Conns
 	for sl := range s.slots {
-		if sl.conn != nil {
-			sl.conn.shutdown() // its serveConn goroutine waits for the rest
-		} else if sl.elem != nil {
+		if sl.conn == nil && sl.elem != nil {
 			sl.kick() // raw or unclassified
 		}
 	}
@@ -266,31 +264,19 @@ func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
 		return
 	}
 	poll := s.active.Load() > int64(s.cfg.PollAbove)
-	fd, err := s.handoff(sl, poll)
-	if err != nil {
+	if !s.handoff(sl) {
+		sl.f.Close()
 		s.release(sl)
-		if !errors.Is(err, ErrClosed) {
-			log.Debug("framed client lost", "error", err)
-		}
 		return
 	}
 	s.framed.Add(1)
-	handler := s.cfg.Handler
+	cfg := s.cfg.ConnConfig
 	if !sl.ctl {
-		handler = s.guard(sl.cred)
+		cfg.Handler = s.guard(sl.cred)
 	}
+	cfg.Budget, cfg.Poll, cfg.Addr, cfg.Logger = s.budget, poll, s.l.Addr(), log
 	hctx, cancel := context.WithTimeout(ctx, handshakeWait)
-	c, err := newConn(hctx, fd, ConnConfig{
-		Name:        s.cfg.Name,
-		Handler:     handler,
-		ForwardEcho: s.cfg.ForwardEcho,
-		MaxPayload:  s.cfg.MaxPayload,
-		IdleTimeout: s.cfg.IdleTimeout,
-		Budget:      s.budget,
-		Poll:        poll,
-		Addr:        s.l.Addr(),
-		Logger:      log,
-	}, prefix)
+	c, err := ipc.NewConnPrefixed(hctx, sl.f, prefix, cfg) // closes sl.f
 	cancel()
 	if err != nil {
 		s.release(sl)
@@ -304,9 +290,13 @@ func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
 	if stopping {
 		c.Close()
 	}
-	<-c.Done()
+	select {
+	case <-c.Done():
+	case <-s.stop:
+		c.Close()
+	}
 	s.release(sl)
-	if err := c.Err(); err != nil && !errors.Is(err, ErrClosed) {
+	if err := c.Err(); err != nil && !errors.Is(err, ipc.ErrClosed) {
 		log.Warn("dropped client", "error", err)
 	}
 }
@@ -316,18 +306,18 @@ func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
 // to helloWait) for a whole header and checks that it is a hello.
 func (s *Server) classify(sl *connSlot) ([]byte, bool, error) {
 	sl.f.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
-	buf := make([]byte, HeaderSize)
+	buf := make([]byte, wire.HeaderSize)
 	n, err := sl.f.Read(buf)
 	if err != nil {
 		return nil, false, err
 	}
 	s.touch(sl)
-	if buf[0] != Magic0 {
+	if buf[0] != wire.Magic0 {
 		return buf[:n], false, nil
 	}
-	if n < HeaderSize {
+	if n < wire.HeaderSize {
 		sl.f.SetReadDeadline(time.Now().Add(helloWait))
-		for n < HeaderSize {
+		for n < wire.HeaderSize {
 			k, err := sl.f.Read(buf[n:])
 			if err != nil {
 				break // too slow or gone: raw
@@ -335,8 +325,8 @@ func (s *Server) classify(sl *connSlot) ([]byte, bool, error) {
 			n += k
 		}
 	}
-	h, err := ParseHeader(buf[:n], s.cfg.MaxPayload)
-	framed := err == nil && h.Type == TypeHello && !h.IsReply() && h.ID == 0 && h.Length <= maxHelloPayload
+	h, err := wire.ParseHeader(buf[:n], s.cfg.MaxPayload)
+	framed := err == nil && h.Type == wire.TypeHello && !h.IsReply() && h.ID == 0 && h.Length <= wire.MaxHelloPayload
 	return buf[:n], framed, nil
 }
 
@@ -386,7 +376,7 @@ func (s *Server) serveRaw(sl *connSlot, first []byte) error {
 // pooled buffer, given back if there is nothing to read yet.
 func (sl *connSlot) rawRead(fd uintptr) bool {
 	buf := rawBufs.Get().(*[]byte)
-	n, err := readfd(int(fd), *buf)
+	n, err := readFD(int(fd), *buf)
 	if err == unix.EAGAIN {
 		rawBufs.Put(buf)
 		return false
@@ -434,72 +424,12 @@ func (sl *connSlot) rawWrite(fd uintptr) bool {
 	return true
 }
 
-// Dial connects to the server at path (or "@name"), exchanges hellos
-// and returns the Conn, which the caller must Close. ctx bounds the
-// connect and the hello. Before it sends anything, Dial checks who the
-// server is (SO_PEERCRED): root, the caller's effective uid, or one of
-// cfg.TrustUIDs; anyone else (another user who bound the name first)
-// fails with [ErrUntrustedPeer], naming the server's uid and pid.
-// Other errors name the cause: the socket does not exist
-// (errors.Is(err, os.ErrNotExist)), permission denied
-// (os.ErrPermission), nobody listening (unix.ECONNREFUSED), or the
-// deadline. While the server's accept queue is full, Dial keeps trying
-// to connect until ctx ends.
-func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = path
-	}
-	if cfg.Name == "" {
-		cfg.Name = "client"
-	}
-	if err := checkPath(path); err != nil {
-		return nil, &OpError{Op: "dial", Addr: path, Err: err}
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return nil, &OpError{Op: "dial", Addr: path, Err: os.NewSyscallError("socket", err)}
-	}
-	addr := &unix.SockaddrUnix{Name: path}
-	err = unix.Connect(fd, addr)
-	if errors.Is(err, unix.EAGAIN) {
-		// The server's accept queue is full. A Unix socket's
-		// non-blocking connect does not complete later by itself (the
-		// socket stays unconnected), so try again until there is room
-		// or ctx ends.
-		t := time.NewTimer(dialRetry)
-		for errors.Is(err, unix.EAGAIN) {
-			select {
-			case <-ctx.Done():
-				err = ctx.Err()
-			case <-t.C:
-				err = unix.Connect(fd, addr)
-				t.Reset(dialRetry)
-			}
-		}
-		t.Stop()
-	}
-	if errors.Is(err, unix.EINPROGRESS) {
-		deadline, _ := ctx.Deadline()
-		if err = waitWritable(fd, deadline, ctx.Done()); err == nil {
-			var soerr int
-			if soerr, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && soerr != 0 {
-				err = unix.Errno(soerr)
-			}
-		} else if err == errCanceled {
-			err = ctx.Err()
+// readFD is read(2) retried on EINTR.
+func readFD(fd int, p []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, p)
+		if err != unix.EINTR {
+			return n, err
 		}
 	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, &OpError{Op: "dial", Addr: path, Err: fmt.Errorf("connect: %w", err)}
-	}
-	if err := checkServerCred(fd, cfg.TrustUIDs); err != nil {
-		unix.Close(fd)
-		return nil, &OpError{Op: "dial", Addr: path, Err: err}
-	}
-	if err := unix.SetNonblock(fd, false); err != nil {
-		unix.Close(fd)
-		return nil, &OpError{Op: "dial", Addr: path, Err: os.NewSyscallError("fcntl", err)}
-	}
-	return newConn(ctx, fd, cfg, nil)
 }

@@ -1,6 +1,14 @@
-//go:build linux
-
-package ipc
+// Package contract is the process contract between a pairvisor
+// supervisor and its workers: the environment variables and the
+// descriptor number through which a supervisor hands a worker its
+// channel and settings. Package supervisor writes it and package worker
+// reads it; workers in other languages implement the same (see
+// docs/PROTOCOL.md, "Process contract").
+//
+// It holds names and numbers only. The channel itself and what flows
+// over it are package ipc's; starting and watching processes is package
+// supervisor's.
+package contract
 
 // The supervisor↔worker contract: how a supervisor hands a worker its
 // channel and settings. Workers in other languages implement exactly

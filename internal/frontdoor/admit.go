@@ -1,6 +1,4 @@
-//go:build linux
-
-package ipc
+package frontdoor
 
 import (
 	"container/list"
@@ -14,6 +12,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,7 +56,7 @@ const (
 // process: the open-file limit (RLIMIT_NOFILE's soft value, which the
 // Go runtime raises to the hard one at start-up) less an eighth of it,
 // and at least 64 descriptors, left for the rest of the process (the
-// listener, workers' sockets and pipes, log files). [NewServer] lowers
+// listener, workers' sockets and pipes, log files). [New] lowers
 // a larger MaxConns to it. It is at least 1.
 func MaxConnsLimit() int {
 	n := nofile()
@@ -69,6 +70,29 @@ func nofile() int64 {
 		return DefaultMaxConns + nofileHeadroom + DefaultMaxConns/8
 	}
 	return int64(min(rl.Cur, 1<<30))
+}
+
+// cred is who a connected peer is: the credentials the kernel recorded
+// when it connected and, where a group list asks for them, its
+// supplementary groups (see listen.Peer.Groups).
+type cred struct {
+	uid, gid uint32
+	pid      int32
+	groups   []uint32
+}
+
+// inGroup reports whether the peer's primary or a supplementary group
+// is in gids.
+func (c *cred) inGroup(gids []uint32) bool {
+	if slices.Contains(gids, c.gid) {
+		return true
+	}
+	for _, g := range c.groups {
+		if slices.Contains(gids, g) {
+			return true
+		}
+	}
+	return false
 }
 
 // connSlot is one accepted connection, from accept until its goroutine
@@ -85,7 +109,7 @@ type connSlot struct {
 	rc syscall.RawConn
 
 	// Guarded by Server.mu.
-	conn   *Conn         // once framed
+	conn   *ipc.Conn     // once framed
 	elem   *list.Element // in its uid's idle list while evictable
 	queued uint64        // the stamp the list position reflects
 	gone   bool          // counted out of the table: evicted or ended
@@ -117,7 +141,7 @@ func (s *Server) touch(sl *connSlot) { sl.stamp.Store(s.seq.Add(1)) }
 // read yet.
 func (sl *connSlot) unread() bool {
 	n := 0
-	sl.rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	sl.rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), fionread) })
 	return n > 0
 }
 
@@ -132,7 +156,7 @@ func (s *Server) privileged(uid uint32) bool { return uid == 0 || uid == s.euid 
 // path socket without allow-lists leaves that to the socket file's
 // mode; an abstract socket has no file, so it serves nobody unlisted.
 func (s *Server) mayConnect(c *cred) bool {
-	if !s.l.abstract && len(s.cfg.AllowUIDs) == 0 && len(s.cfg.AllowGIDs) == 0 {
+	if !s.abstract && len(s.cfg.AllowUIDs) == 0 && len(s.cfg.AllowGIDs) == 0 {
 		return true
 	}
 	return slices.Contains(s.cfg.AllowUIDs, c.uid) || c.inGroup(s.cfg.AllowGIDs) || s.mayControl(c)
@@ -144,13 +168,14 @@ func (s *Server) mayControl(c *cred) bool {
 	return slices.Contains(s.cfg.ControlUIDs, c.uid) || c.inGroup(s.cfg.ControlGIDs)
 }
 
-// admit decides on an accepted connection. It takes ownership of fd and
-// returns the connection's slot, or nil when it refused (and closed) it.
-func (s *Server) admit(fd int, uc *unix.Ucred) *connSlot {
-	c := cred{uid: uc.Uid, gid: uc.Gid, pid: uc.Pid}
+// admit decides on an accepted connection. It takes ownership of p.File
+// and returns the connection's slot, or nil when it refused (and
+// closed) it.
+func (s *Server) admit(p *listen.Peer) *connSlot {
+	c := cred{uid: p.Cred.UID, gid: p.Cred.GID, pid: p.Cred.PID}
 	priv := s.privileged(c.uid)
 	if !priv && s.wantGroups {
-		groups, err := peerGroups(fd, c.pid)
+		groups, err := p.Groups()
 		if err != nil {
 			s.log.Debug("cannot read a peer's supplementary groups", "uid", c.uid, "pid", c.pid, "error", err)
 		}
@@ -159,11 +184,11 @@ func (s *Server) admit(fd int, uc *unix.Ucred) *connSlot {
 	if !priv && !s.mayConnect(&c) {
 		s.refused.Add(1)
 		s.refusedLog.log("uid", c.uid, "gid", c.gid, "pid", c.pid)
-		unix.Close(fd)
+		p.File.Close()
 		return nil
 	}
 	sl := &connSlot{cred: c, priv: priv, ctl: priv || s.mayControl(&c)}
-	sl.f = os.NewFile(uintptr(fd), "pairvisor-client")
+	sl.f = p.File
 	rc, err := sl.f.SyscallConn()
 	if err != nil { // not for a socket; but never serve what we cannot wait on
 		sl.f.Close()
@@ -304,55 +329,37 @@ func (s *Server) release(sl *connSlot) {
 	s.mu.Unlock()
 }
 
-// handoff moves a framed client's fd out of the poller for a Conn: it
-// returns a duplicate (close-on-exec, in blocking mode unless poll) and
-// closes sl.f. It fails if the slot was evicted meanwhile or the
-// server is stopping; sl.f is closed in every case.
-func (s *Server) handoff(sl *connSlot, poll bool) (int, error) {
-	defer sl.f.Close()
+// handoff takes a framed client out of the eviction order, before its
+// file moves to a Conn. It reports false if the slot was evicted
+// meanwhile or the server is stopping; the caller still owns sl.f.
+func (s *Server) handoff(sl *connSlot) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if sl.gone || s.stopping {
-		s.mu.Unlock()
-		return -1, ErrClosed
+		return false
 	}
 	s.uids[sl.cred.uid].idle.Remove(sl.elem) // framed: no longer evictable
 	sl.elem = nil
-	s.mu.Unlock()
-	fd := -1
-	var err error
-	if cerr := sl.rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
-		return -1, cerr
-	}
-	if err != nil {
-		return -1, os.NewSyscallError("fcntl", err)
-	}
-	if !poll {
-		// The duplicate shares the poller's O_NONBLOCK.
-		if err := unix.SetNonblock(fd, false); err != nil {
-			unix.Close(fd)
-			return -1, os.NewSyscallError("fcntl", err)
-		}
-	}
-	return fd, nil
+	return true
 }
 
 // guard wraps the Handler for a peer that may not send control
 // requests: status and (forwarded) echo requests reach the Handler;
 // message, reload and shutdown requests, and any other type that may
 // change state, are refused with CodeDenied.
-func (s *Server) guard(c cred) Handler {
+func (s *Server) guard(c cred) ipc.Handler {
 	h := s.cfg.Handler
-	return func(ctx context.Context, req Request) ([]byte, error) {
+	return func(ctx context.Context, req ipc.Request) ([]byte, error) {
 		switch req.Type {
-		case TypeStatus, TypeEcho:
+		case wire.TypeStatus, wire.TypeEcho:
 			if h == nil {
-				return nil, &RemoteError{Code: CodeUnsupported, Message: fmt.Sprintf("no handler for %s requests", req.Type)}
+				return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: fmt.Sprintf("no handler for %s requests", req.Type)}
 			}
 			return h(ctx, req)
 		}
 		s.denied.Add(1)
 		s.deniedLog.log("type", req.Type.String(), "uid", c.uid, "gid", c.gid, "pid", c.pid)
-		return nil, &RemoteError{Code: CodeDenied, Message: fmt.Sprintf("%s requests are for the server's own uid, root and the control uids and gids; uid %d is none of them", req.Type, c.uid)}
+		return nil, &wire.RemoteError{Code: wire.CodeDenied, Message: fmt.Sprintf("%s requests are for the server's own uid, root and the control uids and gids; uid %d is none of them", req.Type, c.uid)}
 	}
 }
 

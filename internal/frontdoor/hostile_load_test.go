@@ -1,6 +1,6 @@
 //go:build linux
 
-package ipc_test
+package frontdoor_test
 
 import (
 	"bufio"
@@ -18,8 +18,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/contract"
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 )
 
 // Tests of the server under thread, descriptor and slot exhaustion:
@@ -39,7 +42,7 @@ const hostileRlimit = 256
 // on fd 3 once it serves, waits for EOF on fd 3, and writes its stats
 // ("active A accepted B evicted C") before exiting. It logs to stderr.
 func helperHostileRlimit(args ...string) int {
-	ch := os.NewFile(ipc.ChannelFD, "channel")
+	ch := os.NewFile(contract.ChannelFD, "channel")
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
 		fmt.Fprintln(os.Stderr, "getrlimit:", err)
@@ -50,17 +53,17 @@ func helperHostileRlimit(args ...string) int {
 		fmt.Fprintln(os.Stderr, "setrlimit:", err)
 		return 1
 	}
-	l, err := ipc.Listen(args[0], ipc.ListenConfig{})
+	l, err := listen.New(args[0], listen.Config{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		return 1
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "rlimit", Output: os.Stderr, Level: hclog.Debug})
-	srv := ipc.NewServer(l, ipc.ServerConfig{MaxConns: 15000, Logger: log})
+	srv := frontdoor.New(l, frontdoor.Config{ConnConfig: ipc.ConnConfig{Logger: log}, MaxConns: 15000})
 	served := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { served <- srv.Serve(ctx) }()
-	fmt.Fprintf(ch, "limit %d\n", ipc.MaxConnsLimit())
+	fmt.Fprintf(ch, "limit %d\n", frontdoor.MaxConnsLimit())
 	buf := make([]byte, 64)
 	for {
 		if _, err := ch.Read(buf); err != nil {
@@ -155,7 +158,7 @@ func hostileIdle(tb testing.TB, path string, n int) []int {
 func TestHostileIdleRawThreads(t *testing.T) {
 	const n = 3000
 	hostileNofile(t, 2*n)
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{MaxConns: n + 100})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{MaxConns: n + 100})
 	before := hostileThreads(t)
 	fds := hostileIdle(t, s.path, n)
 	// Half of them become raw clients (one echo, then silence); the
@@ -271,7 +274,7 @@ func (f *hostileFlooder) halt(tb testing.TB) {
 func TestHostileSlowlorisSameUID(t *testing.T) {
 	t.Parallel()
 	const maxConns = 64
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{MaxConns: maxConns})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{MaxConns: maxConns})
 	hostileIdle(t, s.path, 3*maxConns)
 	udsPoll(t, "the idle clients to be accepted", func() bool { return s.srv.Stats().Accepted == 3*maxConns }, nil)
 
@@ -323,7 +326,7 @@ func TestHostileSlowlorisOtherUID(t *testing.T) {
 		perUID   = maxConns / 4 // the default
 		flood    = 200
 	)
-	s := udsServe(t, filepath.Join(hostileDir(t), "s"), ipc.ListenConfig{Mode: 0o666, GID: -1}, ipc.ServerConfig{MaxConns: maxConns})
+	s := udsServe(t, filepath.Join(hostileDir(t), "s"), listen.Config{Mode: 0o666, GID: -1}, frontdoor.Config{MaxConns: maxConns})
 	p := hostileStart(t, hostileNobody, nil, hostilePyFlood, s.path, strconv.Itoa(flood))
 	if l := p.line(t); l != fmt.Sprintf("connected %d", flood) {
 		t.Fatalf("flood: %q", l)
@@ -426,7 +429,7 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 func TestHostileSlowReadersSameUID(t *testing.T) {
 	t.Parallel()
 	const maxConns = 8
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{MaxConns: maxConns})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{MaxConns: maxConns})
 	chunk := udsRandom(64 << 10)
 	for _, fd := range hostileIdle(t, s.path, maxConns) {
 		udsFill(t, fd, chunk)

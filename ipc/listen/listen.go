@@ -1,29 +1,24 @@
-//go:build linux
-
-package ipc
+package listen
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
-// MaxPathLen is the longest socket path the kernel accepts: sun_path
-// holds 108 bytes including the terminating NUL.
-const MaxPathLen = 107
-
-// Defaults for [ListenConfig].
+// Defaults for [Config].
 const (
 	DefaultSocketMode    os.FileMode = 0o600
 	DefaultWatchPeriod               = 2 * time.Second
@@ -34,28 +29,31 @@ const (
 // one left by a crash can be told from somebody else's file.
 const lockMagic = "pairvisor-lock "
 
-// Sentinel errors of [Listen].
+// Sentinel errors of [New].
 var (
 	// ErrInUse reports a live server already listening on the path.
-	ErrInUse = errors.New("ipc: a live server is listening there")
+	ErrInUse = errors.New("listen: a live server is listening there")
 	// ErrNotOurs reports something at the path (or its lock file) that
 	// pairvisor did not create; it is left untouched.
-	ErrNotOurs = errors.New("ipc: path is taken by something that is not a pairvisor socket")
+	ErrNotOurs = errors.New("listen: path is taken by something that is not a pairvisor socket")
 	// ErrPathTooLong reports a path longer than [MaxPathLen].
-	ErrPathTooLong = errors.New("ipc: socket path too long")
+	ErrPathTooLong = errors.New("listen: socket path too long")
 	// ErrLocked reports another server starting on the same path now.
-	ErrLocked = errors.New("ipc: another server holds the path's lock")
+	ErrLocked = errors.New("listen: another server holds the path's lock")
+	// ErrAbstractUnsupported reports an "@name" on a system without
+	// abstract sockets (all but Linux).
+	ErrAbstractUnsupported = errors.New("listen: abstract socket names (@name) exist on Linux only")
 )
 
-// ListenConfig says how [Listen] creates a socket. The zero value
+// Config says how [New] creates a socket. The zero value
 // creates a 0600 socket owned by the caller's uid and gid.
-type ListenConfig struct {
+type Config struct {
 	// Mode is the socket file's permission bits (default 0600). The
 	// file never exists with wider permissions, whatever the umask.
 	Mode os.FileMode
 	// GID, when not -1, is the group the socket file is given (use it
 	// with a group-accessible Mode such as 0660). Zero means root's
-	// group, except when Mode is zero too (as in the zero ListenConfig):
+	// group, except when Mode is zero too (as in the zero Config):
 	// then the caller's group is kept, as with -1.
 	GID int
 	// WatchPeriod is how often the path is checked: a socket file that
@@ -73,22 +71,27 @@ type ListenConfig struct {
 type Listener struct {
 	path     string
 	abstract bool
-	cfg      ListenConfig
+	cfg      Config
 	log      hclog.Logger
 
 	lock *os.File // held flock; nil for abstract names
 
-	// fd is the current listening fd, -1 once closed. Accept holds use
-	// for reading across accept4(2); Close and a rebind shut the fd
-	// down (waking Accept) and then take use for writing before they
-	// close or replace it, so accept4 never sees a closed fd number.
-	use sync.RWMutex
-	fd  atomic.Int32
+	// turn is held by the one Accept that waits in the poller; others
+	// wait for it in a select that their context also ends.
+	turn chan struct{}
+	done chan struct{} // closed by Close
 
-	mu     sync.Mutex // serialises Close and rebinds
-	ino    fileID     // identity of the socket file we created
+	mu sync.Mutex // guards what follows; serialises Close and rebinds
+	// lf is the listening socket: close-on-exec, non-blocking and
+	// registered with the runtime's poller. The Listener owns it; a
+	// rebind replaces it (closing the old one wakes an Accept waiting
+	// on it, which then takes the new one) and Close closes it. The Go
+	// runtime closes the descriptor only once no Accept is using it, so
+	// its number is never reused under one.
+	lf     *os.File
+	ino    fileID // identity of the socket file we created
 	closed bool
-	stop   chan struct{}
+	stop   chan struct{} // ends watch
 	wg     sync.WaitGroup
 
 	closeOnce sync.Once
@@ -98,13 +101,12 @@ type Listener struct {
 // once on some filesystems, so the change time (set by the rename that
 // put our socket in place) is part of it.
 type fileID struct {
-	dev, ino uint64
-	ctime    unix.Timespec
+	dev   uint64
+	ino   uint64
+	ctime unix.Timespec
 }
 
-func idOf(st *unix.Stat_t) fileID { return fileID{dev: st.Dev, ino: st.Ino, ctime: st.Ctim} }
-
-// Listen creates a listening socket at path, safely:
+// New creates a listening socket at path, safely:
 //
 //   - a path longer than [MaxPathLen] is refused with [ErrPathTooLong];
 //   - starts on the same path are serialised by an flock on path+".lock";
@@ -123,10 +125,10 @@ func idOf(st *unix.Stat_t) fileID { return fileID{dev: st.Dev, ino: st.Ino, ctim
 //
 // Names starting with "@" are Linux abstract sockets: no file, no lock,
 // nothing to clean up; guard them with peer credentials.
-func Listen(path string, cfg ListenConfig) (*Listener, error) {
+func New(path string, cfg Config) (*Listener, error) {
 	if cfg.Mode == 0 {
 		if cfg.GID == 0 {
-			cfg.GID = -1 // the zero ListenConfig keeps the caller's group
+			cfg.GID = -1 // the zero Config keeps the caller's group
 		}
 		cfg.Mode = DefaultSocketMode
 	}
@@ -137,20 +139,23 @@ func Listen(path string, cfg ListenConfig) (*Listener, error) {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	if err := checkPath(path); err != nil {
-		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+		return nil, &os.PathError{Op: "listen", Path: path, Err: err}
 	}
-	l := &Listener{path: path, cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
-	l.fd.Store(-1)
+	l := &Listener{path: path, cfg: cfg, log: cfg.Logger, stop: make(chan struct{}),
+		turn: make(chan struct{}, 1), done: make(chan struct{})}
 	if strings.HasPrefix(path, "@") {
+		if !abstractSupported {
+			return nil, &os.PathError{Op: "listen", Path: path, Err: ErrAbstractUnsupported}
+		}
 		l.abstract = true
 		fd, err := listenFD(path)
 		if err != nil {
 			if errors.Is(err, unix.EADDRINUSE) {
 				err = fmt.Errorf("%w%s", ErrInUse, describePeer(path))
 			}
-			return nil, &OpError{Op: "listen", Addr: path, Err: err}
+			return nil, &os.PathError{Op: "listen", Path: path, Err: err}
 		}
-		l.fd.Store(int32(fd))
+		l.lf = pollable(fd)
 		return l, nil
 	}
 	lock, err := acquireLock(path + ".lock")
@@ -165,19 +170,19 @@ func Listen(path string, cfg ListenConfig) (*Listener, error) {
 		}
 	}
 	if err != nil {
-		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+		return nil, &os.PathError{Op: "listen", Path: path, Err: err}
 	}
 	l.lock = lock
 	if err := clearStale(path); err != nil {
 		l.releaseLock()
-		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+		return nil, &os.PathError{Op: "listen", Path: path, Err: err}
 	}
 	fd, id, err := bindInPlace(path, cfg)
 	if err != nil {
 		l.releaseLock()
-		return nil, &OpError{Op: "listen", Addr: path, Err: err}
+		return nil, &os.PathError{Op: "listen", Path: path, Err: err}
 	}
-	l.fd.Store(int32(fd))
+	l.lf = pollable(fd)
 	l.ino = id
 	if cfg.WatchPeriod > 0 {
 		l.wg.Add(1)
@@ -291,13 +296,13 @@ func clearStale(path string) error {
 		return fmt.Errorf("checking the path: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fmt.Errorf("%w: it is %s; leaving it alone", ErrNotOurs, describeMode(st.Mode))
+		return fmt.Errorf("%w: it is %s; leaving it alone", ErrNotOurs, describeMode(uint32(st.Mode)))
 	}
 	// Non-blocking: a connect to a server whose accept queue is full
 	// would otherwise wait for as long as that server is stuck.
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	fd, err := socket(true)
 	if err != nil {
-		return os.NewSyscallError("socket", err)
+		return err
 	}
 	defer unix.Close(fd)
 	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
@@ -335,11 +340,11 @@ func describeMode(m uint32) string {
 // describeFD returns " (uid U, pid P)" for the server at the other end
 // of fd, or "" if the kernel does not say.
 func describeFD(fd int) string {
-	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	c, err := peerCred(fd)
 	if err != nil {
 		return ""
 	}
-	return describeCred(uc)
+	return c.describe()
 }
 
 // ours reports whether st, the file now at the path, is the socket this
@@ -360,7 +365,7 @@ func (l *Listener) ours(st *unix.Stat_t) bool {
 	if id.dev != want.dev || id.ino != want.ino || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return false
 	}
-	if uc := peerAt(l.path); uc == nil || uc.Pid != int32(os.Getpid()) {
+	if c, ok := peerAt(l.path); !ok || c.PID != int32(os.Getpid()) {
 		return false
 	}
 	l.mu.Lock()
@@ -374,35 +379,39 @@ func (l *Listener) ours(st *unix.Stat_t) bool {
 // describePeer returns " (uid U, pid P)" for the server listening at
 // addr, or "" if there is none or it cannot be reached.
 func describePeer(addr string) string {
-	if uc := peerAt(addr); uc != nil {
-		return describeCred(uc)
+	if c, ok := peerAt(addr); ok {
+		return c.describe()
 	}
 	return ""
 }
 
 // peerAt connects to addr and returns the listening process's
-// credentials, or nil.
-func peerAt(addr string) *unix.Ucred {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+// credentials; ok is false if there is none or it cannot be reached.
+func peerAt(addr string) (c Cred, ok bool) {
+	fd, err := socket(true)
 	if err != nil {
-		return nil
+		return Cred{}, false
 	}
 	defer unix.Close(fd)
 	if unix.Connect(fd, &unix.SockaddrUnix{Name: addr}) != nil {
-		return nil
+		return Cred{}, false
 	}
-	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
-		return nil
-	}
-	return uc
+	c, err = peerCred(fd)
+	return c, err == nil
+}
+
+// pollable wraps fd, a socket the caller owns, in a file registered
+// with the runtime's poller; the file owns fd from then on.
+func pollable(fd int) *os.File {
+	unix.SetNonblock(fd, true)
+	return os.NewFile(uintptr(fd), "pairvisor-listener")
 }
 
 // listenFD binds and listens on addr as is.
 func listenFD(addr string) (int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := socket(true)
 	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
+		return -1, err
 	}
 	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: addr}); err != nil {
 		unix.Close(fd)
@@ -418,7 +427,7 @@ func listenFD(addr string) (int, error) {
 // bindInPlace binds a socket in a fresh 0700 directory beside path,
 // sets its mode and group there, and renames it to path without
 // replacing anything that appeared meanwhile.
-func bindInPlace(path string, cfg ListenConfig) (int, fileID, error) {
+func bindInPlace(path string, cfg Config) (int, fileID, error) {
 	dir := filepath.Dir(path)
 	var tmpDir string
 	for tries := 0; ; tries++ {
@@ -459,7 +468,7 @@ func bindInPlace(path string, cfg ListenConfig) (int, fileID, error) {
 	if err := unix.Lstat(tmp, &st); err != nil {
 		return fail(err)
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+	if err := renameNoReplace(tmp, path); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fail(fmt.Errorf("%w: something appeared at the path while binding", ErrNotOurs))
 		}
@@ -520,64 +529,126 @@ func (l *Listener) watch() {
 			unix.Close(fd)
 			return
 		}
-		old := int(l.fd.Load())
+		old := l.lf
 		l.ino = id
-		unix.Shutdown(old, unix.SHUT_RDWR) // wakes Accept
-		l.use.Lock()
-		l.fd.Store(int32(fd))
-		unix.Close(old)
-		l.use.Unlock()
+		l.lf = pollable(fd)
 		l.mu.Unlock()
+		old.Close() // wakes Accept, which takes the new one
 		warned = false
 	}
 }
 
-// Accept waits for a connection and returns its fd (close-on-exec,
-// blocking), which the caller owns, with the peer's credentials. It
-// returns an error wrapping [ErrClosed] once the Listener is closed.
-func (l *Listener) Accept() (int, *unix.Ucred, error) {
-	return l.accept(unix.SOCK_CLOEXEC)
-}
-
-// accept is Accept with accept4(2)'s flags.
-func (l *Listener) accept(flags int) (int, *unix.Ucred, error) {
-	for {
-		l.use.RLock()
-		fd := int(l.fd.Load())
-		if fd < 0 {
-			l.use.RUnlock()
-			return -1, nil, &OpError{Op: "accept", Addr: l.path, Err: ErrClosed}
+// Accept waits for a connection and returns it with the peer's
+// credentials. The connection's file is close-on-exec and non-blocking
+// (registered with the runtime's poller); the caller owns it. Accept
+// returns promptly with ctx's error once ctx ends, and with an error
+// wrapping [net.ErrClosed] once the Listener is closed. Concurrent
+// Accepts take turns.
+func (l *Listener) Accept(ctx context.Context) (*Peer, error) {
+	select {
+	case l.turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, l.acceptErr(ctx.Err())
+	case <-l.done:
+		return nil, l.acceptErr(net.ErrClosed)
+	}
+	defer func() { <-l.turn }()
+	// ctx ending sets a past deadline on the listening socket, which
+	// wakes the wait in the poller; only the holder of turn waits there,
+	// so the deadline disturbs no other Accept. It is cleared before
+	// turn is given back.
+	woke := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(woke)
+		l.mu.Lock()
+		if l.lf != nil {
+			l.lf.SetReadDeadline(time.Unix(1, 0))
 		}
-		nfd, _, err := unix.Accept4(fd, flags)
-		l.use.RUnlock()
+		l.mu.Unlock()
+	})
+	defer func() {
+		if !stop() {
+			<-woke
+			l.mu.Lock()
+			if l.lf != nil {
+				l.lf.SetReadDeadline(time.Time{})
+			}
+			l.mu.Unlock()
+		}
+	}()
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, l.acceptErr(err)
+		}
+		l.mu.Lock()
+		f, closed := l.lf, l.closed
+		l.mu.Unlock()
+		if closed {
+			return nil, l.acceptErr(net.ErrClosed)
+		}
+		nfd, err := acceptOn(f)
 		if err == nil {
-			cred, err := unix.GetsockoptUcred(nfd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-			if err != nil {
+			c, err := peerCred(nfd)
+			if err != nil { // the peer is gone already
 				unix.Close(nfd)
 				continue
 			}
-			return nfd, cred, nil
+			return &Peer{File: os.NewFile(uintptr(nfd), "pairvisor-peer"), Cred: c}, nil
 		}
 		switch {
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
-			continue
 		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
 			l.log.Error("out of file descriptors or memory; pausing accept", "error", err)
-			time.Sleep(100 * time.Millisecond)
-			continue
-		case errors.Is(err, unix.EINVAL):
-			// Shut down: the Listener is closing, or a rebind swaps the
-			// fd (then the next RLock waits for it).
-			continue
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			case <-l.done:
+			}
+			t.Stop()
+		case errors.Is(err, errWoken):
+			// Closed, rebound or ctx ended: the loop's checks say which.
+		default:
+			return nil, l.acceptErr(err)
 		}
-		return -1, nil, &OpError{Op: "accept", Addr: l.path, Err: os.NewSyscallError("accept4", err)}
 	}
+}
+
+// errWoken is acceptOn's report that its wait in the poller was ended
+// from outside: a deadline set by Accept, or the file closed by Close or
+// a rebind.
+var errWoken = errors.New("woken")
+
+// acceptOn accepts one connection on the listening socket f, waiting in
+// the runtime's poller.
+func acceptOn(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, errWoken // closed
+	}
+	nfd := -1
+	var aerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		nfd, aerr = acceptFD(int(fd))
+		return aerr != unix.EAGAIN
+	}); err != nil {
+		return -1, errWoken
+	}
+	if aerr != nil {
+		return -1, os.NewSyscallError("accept", aerr)
+	}
+	return nfd, nil
+}
+
+func (l *Listener) acceptErr(err error) error {
+	return &os.PathError{Op: "accept", Path: l.path, Err: err}
 }
 
 // Close stops accepting, and removes the socket file and the lock file
 // if they are still the ones this Listener created. Connections already
 // accepted are not affected. Close is idempotent and safe to call
-// concurrently with Accept, which then returns [ErrClosed].
+// concurrently with Accept, which then returns an error wrapping
+// [net.ErrClosed].
 func (l *Listener) Close() error {
 	l.closeOnce.Do(l.close) // concurrent callers wait for the first
 	return nil
@@ -587,6 +658,7 @@ func (l *Listener) close() {
 	l.mu.Lock()
 	l.closed = true
 	close(l.stop)
+	close(l.done)
 	l.mu.Unlock()
 	l.wg.Wait() // no rebind can start now
 
@@ -596,12 +668,11 @@ func (l *Listener) close() {
 			unix.Unlink(l.path)
 		}
 	}
-	fd := int(l.fd.Load())
-	unix.Shutdown(fd, unix.SHUT_RDWR) // wakes Accept
-	l.use.Lock()
-	l.fd.Store(-1)
-	unix.Close(fd)
-	l.use.Unlock()
+	l.mu.Lock()
+	lf := l.lf
+	l.lf = nil
+	l.mu.Unlock()
+	lf.Close() // wakes Accept
 	l.releaseLock()
 }
 

@@ -1,13 +1,12 @@
 //go:build linux
 
-package ipc
+package listen
 
 import (
 	"bufio"
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -15,37 +14,51 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// cred is who a connected peer is: the credentials the kernel recorded
-// when it connected (SO_PEERCRED) and, where a group list asks for
-// them, its supplementary groups (SO_PEERGROUPS, recorded at the same
-// moment, so a pid reused since cannot lie about them).
-type cred struct {
-	uid, gid uint32
-	pid      int32
-	groups   []uint32
+// MaxPathLen is the longest socket path the kernel accepts: sun_path
+// holds 108 bytes including the terminating NUL.
+const MaxPathLen = 107
+
+// abstractSupported: Linux has abstract socket names ("@name").
+const abstractSupported = true
+
+func idOf(st *unix.Stat_t) fileID { return fileID{dev: st.Dev, ino: st.Ino, ctime: st.Ctim} }
+
+// socket returns a new AF_UNIX stream socket, close-on-exec, and
+// non-blocking if asked.
+func socket(nonblock bool) (int, error) {
+	flags := unix.SOCK_STREAM | unix.SOCK_CLOEXEC
+	if nonblock {
+		flags |= unix.SOCK_NONBLOCK
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, flags, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	return fd, nil
 }
 
-// inGroup reports whether the peer's primary or a supplementary group
-// is in gids.
-func (c *cred) inGroup(gids []uint32) bool {
-	if slices.Contains(gids, c.gid) {
-		return true
-	}
-	for _, g := range c.groups {
-		if slices.Contains(gids, g) {
-			return true
-		}
-	}
-	return false
+// acceptFD accepts a connection on the listening socket fd: the new fd
+// is close-on-exec and non-blocking. It returns unix.EAGAIN when none
+// is waiting.
+func acceptFD(fd int) (int, error) {
+	nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+	return nfd, err
 }
 
-// describeCred returns " (uid U, pid P)" for a peer; the pid is left
-// out when the kernel does not know it (another pid namespace).
-func describeCred(uc *unix.Ucred) string {
-	if uc.Pid == 0 {
-		return fmt.Sprintf(" (uid %d)", uc.Uid)
+// peerCred returns the credentials of the peer of the connected socket
+// fd (SO_PEERCRED).
+func peerCred(fd int) (Cred, error) {
+	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return Cred{}, os.NewSyscallError("getsockopt SO_PEERCRED", err)
 	}
-	return fmt.Sprintf(" (uid %d, pid %d)", uc.Uid, uc.Pid)
+	return Cred{PID: uc.Pid, UID: uc.Uid, GID: uc.Gid}, nil
+}
+
+// renameNoReplace renames from to to, failing with EEXIST if to exists
+// (renameat2 RENAME_NOREPLACE).
+func renameNoReplace(from, to string) error {
+	return unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
 }
 
 // peerGroups returns the supplementary groups of the peer of the
@@ -104,27 +117,4 @@ func procGroups(pid int32) ([]uint32, error) {
 		return nil, err
 	}
 	return nil, fmt.Errorf("%s has no Groups line", f.Name())
-}
-
-// checkServerCred is Dial's check of the server it reached, before it
-// sends anything: the server must run as root, as our effective uid or
-// as one of trust.
-func checkServerCred(fd int, trust []uint32) error {
-	uc, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
-		return os.NewSyscallError("getsockopt SO_PEERCRED", err)
-	}
-	euid := uint32(os.Geteuid())
-	if uc.Uid == 0 || uc.Uid == euid || slices.Contains(trust, uc.Uid) {
-		return nil
-	}
-	who := fmt.Sprintf("uid %d", uc.Uid)
-	if uc.Pid != 0 {
-		who += fmt.Sprintf(", pid %d", uc.Pid)
-	}
-	want := fmt.Sprintf("root or uid %d", euid)
-	if len(trust) > 0 {
-		want = fmt.Sprintf("root, uid %d or one of the trusted uids %v", euid, trust)
-	}
-	return fmt.Errorf("%w: it is %s, not %s", ErrUntrustedPeer, who, want)
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package ipc_test
+package listen_test
 
 import (
 	"os"
@@ -11,7 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
-	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 )
 
 // TestListenChmodStaysOurs: an operator's chmod of the running socket
@@ -22,7 +22,7 @@ func TestListenChmodStaysOurs(t *testing.T) {
 	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
 	var logs testutil.Buffer
-	l := udsListen(t, path, ipc.ListenConfig{
+	l := udsListen(t, path, listen.Config{
 		WatchPeriod: 20 * time.Millisecond,
 		Logger:      hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn}),
 	})

@@ -1,6 +1,6 @@
 //go:build linux
 
-package ipc_test
+package frontdoor_test
 
 import (
 	"bytes"
@@ -24,8 +24,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Tests of Server and Dial: raw and framed clients on one socket path.
@@ -34,7 +37,7 @@ import (
 type udsServer struct {
 	path   string
 	dir    string
-	srv    *ipc.Server
+	srv    *frontdoor.Server
 	logs   *udsLog
 	cancel context.CancelFunc
 	done   chan error
@@ -46,7 +49,7 @@ type udsServer struct {
 // udsServe starts a Server on dir/s (a fresh dir unless lcfg says
 // otherwise through path) and stops it at cleanup. Unset loggers log
 // into the returned server's logs.
-func udsServe(tb testing.TB, path string, lcfg ipc.ListenConfig, scfg ipc.ServerConfig) *udsServer {
+func udsServe(tb testing.TB, path string, lcfg listen.Config, scfg frontdoor.Config) *udsServer {
 	tb.Helper()
 	if path == "" {
 		path = filepath.Join(testutil.ShortDir(tb, "pv"), "s")
@@ -58,11 +61,11 @@ func udsServe(tb testing.TB, path string, lcfg ipc.ListenConfig, scfg ipc.Server
 	if scfg.Logger == nil {
 		scfg.Logger = udsLogger(s.logs)
 	}
-	l, err := ipc.Listen(path, lcfg)
+	l, err := listen.New(path, lcfg)
 	if err != nil {
 		tb.Fatalf("Listen(%q): %v", path, err)
 	}
-	s.srv = ipc.NewServer(l, scfg)
+	s.srv = frontdoor.New(l, scfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() { s.done <- s.srv.Serve(ctx) }()
@@ -92,12 +95,12 @@ func (s *udsServer) stop(tb testing.TB) error {
 // udsHandler answers status and message requests.
 func udsHandler(ctx context.Context, req ipc.Request) ([]byte, error) {
 	switch req.Type {
-	case ipc.TypeStatus:
+	case wire.TypeStatus:
 		return []byte(`{"ok":true}`), nil
-	case ipc.TypeMessage:
+	case wire.TypeMessage:
 		return append([]byte("got:"), req.Payload...), nil
 	}
-	return nil, &ipc.RemoteError{Code: ipc.CodeUnsupported, Message: req.Type.String() + " not served in tests"}
+	return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: req.Type.String() + " not served in tests"}
 }
 
 func udsCtx(tb testing.TB, d time.Duration) context.Context {
@@ -192,16 +195,16 @@ func udsRandom(n int) []byte {
 }
 
 // udsHeader encodes a frame header.
-func udsHeader(t ipc.Type, flags uint8, length uint32, id uint64) []byte {
-	b := make([]byte, ipc.HeaderSize)
-	ipc.PutHeader(b, ipc.Header{Type: t, Flags: flags, Length: length, ID: id})
+func udsHeader(t wire.Type, flags uint8, length uint32, id uint64) []byte {
+	b := make([]byte, wire.HeaderSize)
+	wire.PutHeader(b, wire.Header{Type: t, Flags: flags, Length: length, ID: id})
 	return b
 }
 
 // udsHelloFrame is a valid client hello frame.
 func udsHelloFrame() []byte {
-	return ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello},
-		ipc.AppendHello(nil, ipc.Hello{MinVersion: ipc.MinProtocolVersion, MaxVersion: ipc.ProtocolVersion, PID: uint32(os.Getpid()), Name: "raw-test"}))
+	return wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello},
+		wire.AppendHello(nil, wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: wire.ProtocolVersion, PID: uint32(os.Getpid()), Name: "raw-test"}))
 }
 
 // udsReadFrames reads frames from c until the stream ends and returns
@@ -210,11 +213,11 @@ func udsReadFrames(c net.Conn) ([]string, error) {
 	c.SetReadDeadline(time.Now().Add(udsWait))
 	var frames []string
 	for {
-		var hb [ipc.HeaderSize]byte
+		var hb [wire.HeaderSize]byte
 		if _, err := io.ReadFull(c, hb[:]); err != nil {
 			return frames, err
 		}
-		h, err := ipc.ParseHeader(hb[:], 0)
+		h, err := wire.ParseHeader(hb[:], 0)
 		if err != nil {
 			return frames, err
 		}
@@ -223,8 +226,8 @@ func udsReadFrames(c net.Conn) ([]string, error) {
 			return frames, err
 		}
 		s := h.Type.String()
-		if h.Type == ipc.TypeError {
-			re := ipc.ParseError(p)
+		if h.Type == wire.TypeError {
+			re := wire.ParseError(p)
 			s += ":" + strconv.Itoa(int(re.Code))
 		}
 		frames = append(frames, s)
@@ -259,7 +262,7 @@ func udsIPCGoroutines() []string {
 
 func TestServerRawAndFramed(t *testing.T) {
 	t.Parallel()
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{Name: "test-server", Handler: udsHandler})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{Name: "test-server", Handler: udsHandler}})
 
 	raw := udsRawDial(t, s.path)
 	if err := udsRawEcho(raw, []byte("hello raw\n")); err != nil {
@@ -274,15 +277,15 @@ func TestServerRawAndFramed(t *testing.T) {
 	if err := udsFramedEcho(ctx, c, udsRandom(100<<10)); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := c.Call(ctx, ipc.TypeStatus, nil, nil); err != nil || string(got) != `{"ok":true}` {
+	if got, err := c.Call(ctx, wire.TypeStatus, nil, nil); err != nil || string(got) != `{"ok":true}` {
 		t.Errorf("status: %q, %v", got, err)
 	}
-	if got, err := c.Call(ctx, ipc.TypeMessage, []byte("hi"), nil); err != nil || string(got) != "got:hi" {
+	if got, err := c.Call(ctx, wire.TypeMessage, []byte("hi"), nil); err != nil || string(got) != "got:hi" {
 		t.Errorf("message: %q, %v", got, err)
 	}
-	var re *ipc.RemoteError
-	if _, err := c.Call(ctx, ipc.TypeReload, nil, nil); !errors.As(err, &re) || re.Code != ipc.CodeUnsupported {
-		t.Errorf("reload: %v, want a RemoteError with code %d", err, ipc.CodeUnsupported)
+	var re *wire.RemoteError
+	if _, err := c.Call(ctx, wire.TypeReload, nil, nil); !errors.As(err, &re) || re.Code != wire.CodeUnsupported {
+		t.Errorf("reload: %v, want a RemoteError with code %d", err, wire.CodeUnsupported)
 	}
 
 	// Both at once, on the same socket.
@@ -318,35 +321,35 @@ func TestServerRawAndFramed(t *testing.T) {
 	}
 
 	// A server without a Handler still answers pings and echoes.
-	s2 := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{})
+	s2 := udsServe(t, "", listen.Config{}, frontdoor.Config{})
 	c2 := udsDial(t, s2.path)
 	if err := udsFramedEcho(ctx, c2, []byte("x")); err != nil {
 		t.Error(err)
 	}
-	if p := c2.Peer(); p.Name != "supervisor" {
-		t.Errorf("default server name %q, want supervisor", p.Name)
+	if p := c2.Peer(); p.Name != "" {
+		t.Errorf("default server name %q, want none (the caller names its product)", p.Name)
 	}
-	if _, err := c2.Call(ctx, ipc.TypeStatus, nil, nil); !errors.As(err, &re) || re.Code != ipc.CodeUnsupported {
-		t.Errorf("status without a handler: %v, want code %d", err, ipc.CodeUnsupported)
+	if _, err := c2.Call(ctx, wire.TypeStatus, nil, nil); !errors.As(err, &re) || re.Code != wire.CodeUnsupported {
+		t.Errorf("status without a handler: %v, want code %d", err, wire.CodeUnsupported)
 	}
 }
 
 func TestServerMagicThenRaw(t *testing.T) {
 	t.Parallel()
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{Handler: udsHandler})
-	ping := udsHeader(ipc.TypePing, 0, 0, 1)
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: udsHandler}})
+	ping := udsHeader(wire.TypePing, 0, 0, 1)
 	cases := []struct {
 		name  string
 		first []byte
 	}{
-		{"magic-only", []byte{ipc.Magic0}},                 // then nothing: raw after the hello wait
-		{"magic-short", []byte{ipc.Magic0, ipc.Magic1, 1}}, // a header's start, then nothing
-		{"magic-text", append([]byte{ipc.Magic0}, "not a hello, just bytes\n"...)},
-		{"bad-magic1", append([]byte{ipc.Magic0, 'X'}, udsHeader(ipc.TypeHello, 0, 8, 0)[2:]...)},
+		{"magic-only", []byte{wire.Magic0}},                  // then nothing: raw after the hello wait
+		{"magic-short", []byte{wire.Magic0, wire.Magic1, 1}}, // a header's start, then nothing
+		{"magic-text", append([]byte{wire.Magic0}, "not a hello, just bytes\n"...)},
+		{"bad-magic1", append([]byte{wire.Magic0, 'X'}, udsHeader(wire.TypeHello, 0, 8, 0)[2:]...)},
 		{"ping-header", ping},
-		{"hello-reply-flag", udsHeader(ipc.TypeHello, ipc.FlagReply, 8, 0)},
-		{"hello-id", udsHeader(ipc.TypeHello, 0, 8, 5)},
-		{"hello-too-long", udsHeader(ipc.TypeHello, 0, 100000, 0)},
+		{"hello-reply-flag", udsHeader(wire.TypeHello, wire.FlagReply, 8, 0)},
+		{"hello-id", udsHeader(wire.TypeHello, 0, 8, 5)},
+		{"hello-too-long", udsHeader(wire.TypeHello, 0, 100000, 0)},
 		{"unknown-type", udsHeader(0x7f, 0, 8, 0)},
 	}
 	t.Run("group", func(t *testing.T) {
@@ -375,7 +378,7 @@ func udsSplitHello(path string) func(t *testing.T) {
 	return func(t *testing.T) {
 		t.Parallel()
 		c := udsRawDial(t, path)
-		ping := udsHeader(ipc.TypePing, 0, 0, 1)
+		ping := udsHeader(wire.TypePing, 0, 0, 1)
 		hello := udsHelloFrame()
 		if _, err := c.Write(hello[:1]); err != nil {
 			t.Fatal(err)
@@ -400,7 +403,7 @@ func TestServerManyClients(t *testing.T) {
 		clients = 200
 		size    = 64 << 10
 	)
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{})
 	start := make(chan struct{})
 	errs := make(chan error, clients)
 	var wg sync.WaitGroup
@@ -492,11 +495,11 @@ func udsBackground(tb testing.TB, path string) (stop func() (int64, error)) {
 func TestServerBadFramedClients(t *testing.T) {
 	t.Parallel()
 	const limit = 1 << 20
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{Handler: udsHandler, MaxPayload: limit})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: udsHandler, MaxPayload: limit}})
 	stop := udsBackground(t, s.path)
 	good := udsDial(t, s.path)
 
-	badHello := ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello}, []byte{0, 0, 1, 0, 0, 0, 0, 0}) // version range 0..1
+	badHello := wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, []byte{0, 0, 1, 0, 0, 0, 0, 0}) // version range 0..1
 	cases := []struct {
 		name     string
 		bytes    []byte
@@ -505,14 +508,14 @@ func TestServerBadFramedClients(t *testing.T) {
 		want     []string
 		logWants []string
 	}{
-		{name: "huge-length", bytes: udsHeader(ipc.TypeEcho, 0, 0xFFFFFFFF, 7), want: []string{"hello", "error:5"}, logWants: []string{"frame too large"}},
-		{name: "over-server-limit", bytes: udsHeader(ipc.TypeEcho, 0, limit+1, 8), want: []string{"hello", "error:5"}, logWants: []string{"payload of 1048577 bytes exceeds the limit of 1048576"}},
+		{name: "huge-length", bytes: udsHeader(wire.TypeEcho, 0, 0xFFFFFFFF, 7), want: []string{"hello", "error:5"}, logWants: []string{"frame too large"}},
+		{name: "over-server-limit", bytes: udsHeader(wire.TypeEcho, 0, limit+1, 8), want: []string{"hello", "error:5"}, logWants: []string{"payload of 1048577 bytes exceeds the limit of 1048576"}},
 		{name: "garbage", bytes: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want: []string{"hello", "error:8"}, logWants: []string{"bad frame magic"}},
 		{name: "unknown-type", bytes: udsHeader(9, 0, 0, 7), want: []string{"hello", "error:8"}, logWants: []string{"unknown frame type"}},
-		{name: "bad-flags", bytes: udsHeader(ipc.TypePing, 0x80, 0, 7), want: []string{"hello", "error:8"}, logWants: []string{"undefined frame flags"}},
+		{name: "bad-flags", bytes: udsHeader(wire.TypePing, 0x80, 0, 7), want: []string{"hello", "error:8"}, logWants: []string{"undefined frame flags"}},
 		{name: "second-hello", bytes: udsHelloFrame(), want: []string{"hello", "error:8"}, logWants: []string{"unexpected frame"}},
 		{name: "bad-hello", noHello: true, bytes: badHello, want: []string{"hello", "error:8"}, logWants: []string{"version range 0..1"}},
-		{name: "truncated", bytes: append(udsHeader(ipc.TypeEcho, 0, 100, 7), make([]byte, 40)...), closeW: true, want: []string{"hello"}, logWants: []string{"truncated frame"}},
+		{name: "truncated", bytes: append(udsHeader(wire.TypeEcho, 0, 100, 7), make([]byte, 40)...), closeW: true, want: []string{"hello"}, logWants: []string{"truncated frame"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -548,10 +551,10 @@ func TestServerBadFramedClients(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		garbage []byte
-		code    uint16
+		code    wire.Code
 	}{
-		{"conn-huge-length", udsHeader(ipc.TypeEcho, 0, 0xFFFFFFFF, 0), ipc.CodeTooLarge},
-		{"conn-garbage", []byte("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"), ipc.CodeProtocol},
+		{"conn-huge-length", udsHeader(wire.TypeEcho, 0, 0xFFFFFFFF, 0), wire.CodeTooLarge},
+		{"conn-garbage", []byte("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"), wire.CodeProtocol},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fd, err := udsConnect(s.path)
@@ -577,7 +580,7 @@ func TestServerBadFramedClients(t *testing.T) {
 			case <-time.After(udsWait):
 				t.Fatal("the Conn was not dropped")
 			}
-			var re *ipc.RemoteError
+			var re *wire.RemoteError
 			if err := c.Err(); !errors.As(err, &re) || re.Code != tc.code {
 				t.Errorf("Conn.Err() = %v, want a RemoteError with code %d", err, tc.code)
 			}
@@ -627,7 +630,7 @@ func udsFill(tb testing.TB, fd int, chunk []byte) int {
 
 func TestServerSlowClient(t *testing.T) {
 	t.Parallel()
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{IdleTimeout: time.Minute})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{IdleTimeout: time.Minute}})
 	before := udsDial(t, s.path) // connected before the slow clients
 
 	// A raw client that sends and never reads: the server is stuck
@@ -651,7 +654,7 @@ func TestServerSlowClient(t *testing.T) {
 	if _, err := unix.Write(slowFramed, udsHelloFrame()); err != nil {
 		t.Fatal(err)
 	}
-	n = udsFill(t, slowFramed, ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeEcho, ID: 1}, make([]byte, 64<<10)))
+	n = udsFill(t, slowFramed, wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, ID: 1}, make([]byte, 64<<10)))
 	t.Logf("slow framed client wrote %d bytes", n)
 
 	// Everyone else is served, well within the slow clients' timeouts.
@@ -699,7 +702,7 @@ func TestServerSlowClient(t *testing.T) {
 
 func TestServerMaxConns(t *testing.T) {
 	t.Parallel()
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{MaxConns: 3})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{MaxConns: 3})
 	var conns []*ipc.Conn
 	for range 3 {
 		conns = append(conns, udsDial(t, s.path))
@@ -734,7 +737,7 @@ func TestServerMaxConns(t *testing.T) {
 func TestServerIdleTimeout(t *testing.T) {
 	t.Parallel()
 	const idle = 300 * time.Millisecond
-	s := udsServe(t, "", ipc.ListenConfig{}, ipc.ServerConfig{IdleTimeout: idle})
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{IdleTimeout: idle}})
 
 	t.Run("silent-raw", func(t *testing.T) {
 		t.Parallel()
@@ -756,7 +759,7 @@ func TestServerIdleTimeout(t *testing.T) {
 	t.Run("magic-then-silent", func(t *testing.T) {
 		t.Parallel()
 		c := udsRawDial(t, s.path)
-		if err := udsRawEcho(c, []byte{ipc.Magic0}); err != nil {
+		if err := udsRawEcho(c, []byte{wire.Magic0}); err != nil {
 			t.Fatal(err)
 		}
 		udsWantEOF(t, c)
@@ -828,14 +831,14 @@ print("served" if got == msg else "closed", flush=True)
 `
 	cases := []struct {
 		name   string
-		cfg    ipc.ServerConfig
+		cfg    frontdoor.Config
 		served bool
 	}{
-		{"uid-not-allowed", ipc.ServerConfig{AllowUIDs: []uint32{4242}}, false},
-		{"gid-not-allowed", ipc.ServerConfig{AllowGIDs: []uint32{4242}}, false},
-		{"uid-allowed", ipc.ServerConfig{AllowUIDs: []uint32{4242, 65534}}, true},
-		{"gid-allowed", ipc.ServerConfig{AllowGIDs: []uint32{65534}}, true},
-		{"no-restriction", ipc.ServerConfig{}, true},
+		{"uid-not-allowed", frontdoor.Config{AllowUIDs: []uint32{4242}}, false},
+		{"gid-not-allowed", frontdoor.Config{AllowGIDs: []uint32{4242}}, false},
+		{"uid-allowed", frontdoor.Config{AllowUIDs: []uint32{4242, 65534}}, true},
+		{"gid-allowed", frontdoor.Config{AllowGIDs: []uint32{65534}}, true},
+		{"no-restriction", frontdoor.Config{}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -844,7 +847,7 @@ print("served" if got == msg else "closed", flush=True)
 			if err := os.Chmod(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			s := udsServe(t, filepath.Join(dir, "s"), ipc.ListenConfig{Mode: 0o777, GID: -1}, tc.cfg)
+			s := udsServe(t, filepath.Join(dir, "s"), listen.Config{Mode: 0o777, GID: -1}, tc.cfg)
 
 			cmd := exec.Command(py, "-c", script, s.path)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
@@ -902,11 +905,11 @@ func TestServerShutdown(t *testing.T) {
 	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
 	var logs udsLog
-	l, err := ipc.Listen(path, ipc.ListenConfig{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
+	l, err := listen.New(path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := ipc.NewServer(l, ipc.ServerConfig{Handler: udsHandler, Logger: udsLogger(&logs)})
+	srv := frontdoor.New(l, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: udsHandler, Logger: udsLogger(&logs)}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
@@ -940,7 +943,7 @@ func TestServerShutdown(t *testing.T) {
 	}
 	defer halfHello.Close()
 	hello := udsHelloFrame()
-	if _, err := halfHello.Write(hello[:ipc.HeaderSize]); err != nil {
+	if _, err := halfHello.Write(hello[:wire.HeaderSize]); err != nil {
 		t.Fatal(err)
 	}
 	slow, err := udsConnect(path)
@@ -1134,10 +1137,10 @@ func TestDialErrors(t *testing.T) {
 		f := os.NewFile(uintptr(srv), "server")
 		defer f.Close()
 		f.SetDeadline(time.Now().Add(udsWait))
-		if h, _, err := ipc.ReadFrame(f, 0); err != nil || h.Type != ipc.TypeHello {
+		if h, _, err := wire.ReadFrame(f, 0); err != nil || h.Type != wire.TypeHello {
 			t.Fatalf("reading Dial's hello: %v %v", h, err)
 		}
-		if _, err := f.Write(ipc.AppendFrame(nil, ipc.Header{Type: ipc.TypeHello}, ipc.AppendHello(nil, ipc.Hello{MinVersion: 1, MaxVersion: 1, Name: "fake"}))); err != nil {
+		if _, err := f.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, Name: "fake"}))); err != nil {
 			t.Fatal(err)
 		}
 		r := <-dialed

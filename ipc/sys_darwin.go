@@ -1,0 +1,12 @@
+package ipc
+
+import "golang.org/x/sys/unix"
+
+// peerPID returns the pid of the peer of fd (LOCAL_PEERPID), or 0.
+func peerPID(fd int) int32 {
+	pid, err := unix.GetsockoptInt(fd, unix.SOL_LOCAL, unix.LOCAL_PEERPID)
+	if err != nil {
+		return 0
+	}
+	return int32(pid)
+}
