@@ -34,6 +34,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -558,6 +559,10 @@ func (g *Group) stop(m *member) {
 
 // request applies Start, Stop, Restart or Reload.
 func (g *Group) request(r grpReq) {
+	if r.op == "ping" {
+		r.res <- nil
+		return
+	}
 	if g.stopping {
 		r.res <- ErrNotRunning
 		return
@@ -802,6 +807,41 @@ func (g *Group) ask(ctx context.Context, op, name string) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Ping returns nil once the group's loop and the supervision loop of
+// every running program have each answered a request; a wedged loop
+// does not, and ctx ends first.
+func (g *Group) Ping(ctx context.Context) error {
+	if err := g.ask(ctx, "ping", ""); err != nil {
+		return err
+	}
+	sn := g.snap.Load()
+	for _, m := range []map[string]*Supervisor{sn.sups, sn.nexts} {
+		for name, s := range m {
+			if err := s.Ping(ctx); err != nil && !errors.Is(err, ErrNotRunning) {
+				return fmt.Errorf("program %s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Signal sends sig to every running worker of every program (see
+// Supervisor.Signal) and returns how many it reached.
+func (g *Group) Signal(ctx context.Context, sig syscall.Signal) (int, error) {
+	sn := g.snap.Load()
+	total := 0
+	for _, m := range []map[string]*Supervisor{sn.sups, sn.nexts} {
+		for _, s := range m {
+			n, err := s.Signal(ctx, sig)
+			if err != nil && !errors.Is(err, ErrNotRunning) {
+				return total, err
+			}
+			total += n
+		}
+	}
+	return total, nil
 }
 
 // Start starts the program name (and keeps it running) if it is

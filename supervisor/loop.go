@@ -222,6 +222,16 @@ type (
 // (buffered).
 type reloadReq struct{ res chan error }
 
+// pingReq is closed by the loop (Ping).
+type pingReq chan struct{}
+
+// signalReq asks the loop to signal every worker (Signal); the count
+// signalled goes to res (buffered).
+type signalReq struct {
+	sig syscall.Signal
+	res chan int
+}
+
 // send hands ev to the loop, or drops it if the loop has returned.
 func (s *Supervisor) send(ev any) bool {
 	select {
@@ -258,7 +268,14 @@ func (s *Supervisor) loop(ctx context.Context) {
 		case ev := <-s.events:
 			s.handle(ev)
 		case r := <-s.reqs:
-			s.reload(r)
+			switch r := r.(type) {
+			case reloadReq:
+				s.reload(r)
+			case pingReq:
+				close(r)
+			case signalReq:
+				r.res <- s.signalAll(r.sig)
+			}
 		case <-done:
 			done = nil
 			s.beginStop()
@@ -821,6 +838,18 @@ func (s *Supervisor) slotEnded(sl *slot, pid int, r ExitReason, failed bool, upt
 	sl.nextStart, sl.retrying = now.Add(delay), false
 	sl.setState(StateBackoff, now)
 	s.log.Info("backing off", "worker", sl.id, "pid", pid, "delay", delay, "reason", r)
+}
+
+// signalAll sends sig to every running worker process (and its group
+// and descendants) and returns how many it reached.
+func (s *Supervisor) signalAll(sig syscall.Signal) int {
+	n := 0
+	for p := range s.procs {
+		if p.h != nil && !p.exited && p.h.signal(sig) {
+			n++
+		}
+	}
+	return n
 }
 
 // stopIfAllEnded ends Run once every worker has ended for good (the

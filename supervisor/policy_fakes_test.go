@@ -229,6 +229,8 @@ type fakeProc struct {
 	ignoreTerm atomic.Bool // SIGTERM does not end it
 	helloErr   error       // the hello fails with this; set before sayHello
 	notices    chan notice // what notice returns (ReadyNotify)
+	block      chan struct{} // if set before the test signals it, signal waits for it to close
+	blocked    chan struct{} // closed when signal begins to wait for block; set with block
 
 	mu    sync.Mutex
 	ended bool
@@ -270,6 +272,10 @@ func (fp *fakeProc) hello(ctx context.Context) (channel, error) {
 }
 
 func (fp *fakeProc) signal(sig syscall.Signal) bool {
+	if fp.block != nil {
+		close(fp.blocked)
+		<-fp.block // a signal that takes the loop's goroutine hostage
+	}
 	fp.mu.Lock()
 	ended := fp.ended
 	fp.mu.Unlock()

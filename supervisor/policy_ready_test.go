@@ -5,6 +5,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -186,4 +187,50 @@ func TestPolicyStopWithoutChannel(t *testing.T) {
 	if err := r.wait(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestPolicyPingWedged: Ping answers while the loop runs, times out
+// while the loop is stuck (here in a signal that does not return), and
+// answers again once it is free; Signal reaches every worker.
+func TestPolicyPingWedged(t *testing.T) {
+	t.Parallel()
+	r := startPolicy(t, Config{Workers: 2})
+	fps := r.ready(2)
+	ctx, cancel := context.WithTimeout(context.Background(), policyWait)
+	defer cancel()
+	if err := r.s.Ping(ctx); err != nil {
+		t.Fatalf("Ping of a running loop: %v", err)
+	}
+	if n, err := r.s.Signal(ctx, syscall.SIGUSR1); err != nil || n != 2 {
+		t.Fatalf("Signal: %d, %v; want 2 workers", n, err)
+	}
+	for _, fp := range fps {
+		fp.wantSignal(t, syscall.SIGUSR1, time.Time{})
+	}
+
+	block := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(block) }) }
+	t.Cleanup(unblock)
+	fps[0].block, fps[0].blocked = block, make(chan struct{})
+	sent := make(chan error, 1)
+	go func() { _, err := r.s.Signal(context.Background(), syscall.SIGUSR2); sent <- err }()
+	select {
+	case <-fps[0].blocked:
+	case <-time.After(policyWait):
+		t.Fatal("the loop never signalled the worker")
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancelShort()
+	if err := r.s.Ping(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ping of a wedged loop: %v, want DeadlineExceeded", err)
+	}
+	unblock()
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if err := r.s.Ping(ctx); err != nil {
+		t.Fatalf("Ping once free: %v", err)
+	}
+	r.finish()
 }

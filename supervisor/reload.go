@@ -5,6 +5,7 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"time"
 )
 
@@ -36,6 +37,51 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// Ping returns nil once the supervision loop has taken a request from
+// it, and ctx's error if it does not before ctx ends: a loop that is
+// wedged does not answer, so a service manager's watchdog fed only
+// after a Ping stops being fed (see cmd/supervisor's systemd support).
+// It returns ErrNotRunning once Run has returned; called before Run, it
+// waits for Run.
+func (s *Supervisor) Ping(ctx context.Context) error {
+	done := make(pingReq)
+	select {
+	case s.reqs <- done:
+	case <-s.loopDone:
+		return ErrNotRunning
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Signal sends sig to every running worker, each with its process group
+// and descendants, as the stop does, and returns how many workers it
+// reached. The supervisor does not otherwise react: what a worker does
+// with SIGUSR1 is its own affair (the CLI forwards SIGUSR1 and SIGUSR2
+// this way, as tini does).
+func (s *Supervisor) Signal(ctx context.Context, sig syscall.Signal) (int, error) {
+	req := signalReq{sig: sig, res: make(chan int, 1)}
+	select {
+	case s.reqs <- req:
+	case <-s.loopDone:
+		return 0, ErrNotRunning
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	select {
+	case n := <-req.res:
+		return n, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
 }
 

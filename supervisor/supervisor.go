@@ -28,9 +28,9 @@ type Supervisor struct {
 
 	// Shared between the loop and callers or process goroutines; see
 	// the comment at the top of loop.go.
-	events   chan any       // process goroutines → loop
-	reqs     chan reloadReq // Reload → loop
-	killCh   chan struct{}  // closed by Kill
+	events   chan any      // process goroutines → loop
+	reqs     chan any      // Reload, Ping, Signal → loop
+	killCh   chan struct{} // closed by Kill
 	killOnce sync.Once
 	loopDone chan struct{} // closed when the loop has returned
 	allUp    chan struct{} // closed once every worker has been ready once
@@ -77,7 +77,7 @@ func New(cfg Config) (*Supervisor, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		events:   make(chan any),
-		reqs:     make(chan reloadReq),
+		reqs:     make(chan any),
 		killCh:   make(chan struct{}),
 		loopDone: make(chan struct{}),
 		allUp:    make(chan struct{}),
