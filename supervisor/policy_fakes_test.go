@@ -225,10 +225,10 @@ type fakeProc struct {
 	conn    *fakeConn
 	alive   []int // the pids of the processes running when it started
 
-	shutdown   int         // exitOnShutdown, ignoreShutdown or answerAndLinger; set before the hello
-	ignoreTerm atomic.Bool // SIGTERM does not end it
-	helloErr   error       // the hello fails with this; set before sayHello
-	notices    chan notice // what notice returns (ReadyNotify)
+	shutdown   int           // exitOnShutdown, ignoreShutdown or answerAndLinger; set before the hello
+	ignoreTerm atomic.Bool   // SIGTERM does not end it
+	helloErr   error         // the hello fails with this; set before sayHello
+	notices    chan notice   // what notice returns (ReadyNotify)
 	block      chan struct{} // if set before the test signals it, signal waits for it to close
 	blocked    chan struct{} // closed when signal begins to wait for block; set with block
 

@@ -341,7 +341,7 @@ func controlCmd(op string) func(args []string, stdout, stderr io.Writer) int {
 // program: see controlRequest) to the group. With no worker ready,
 // echoes and messages are refused at once (an unavailable error that
 // says so) rather than left to wait for one until the client gives up.
-func frontDoor(g *supervisor.Group, front string, srv **frontdoor.Server, socket, configPath string, log hclog.Logger) ipc.Handler {
+func frontDoor(g *supervisor.Group, front string, srv **frontdoor.Server, socket, configPath string, sd *notifier, log hclog.Logger) ipc.Handler {
 	rd := &readiness{g: g, name: front}
 	return func(ctx context.Context, req ipc.Request) ([]byte, error) {
 		var (
@@ -367,7 +367,7 @@ func frontDoor(g *supervisor.Group, front string, srv **frontdoor.Server, socket
 				}
 			}
 			var done string
-			done, err = control(ctx, g, configPath, cr, log)
+			done, err = control(ctx, g, configPath, cr, sd, log)
 			out = []byte(done)
 		case wire.TypeStatus:
 			return json.Marshal(groupStatusDoc(g, "run", socket, (*srv).Stats()))
@@ -395,14 +395,14 @@ var errBadControl = errors.New("bad control request")
 
 // control carries out cr.
 // control carries out cr and returns a line saying what was done.
-func control(ctx context.Context, g *supervisor.Group, configPath string, cr controlRequest, log hclog.Logger) (string, error) {
+func control(ctx context.Context, g *supervisor.Group, configPath string, cr controlRequest, sd *notifier, log hclog.Logger) (string, error) {
 	if cr.Op != "" && cr.Op != "reload" && cr.Program == "" {
 		return "", fmt.Errorf("%w: %s needs a program name", errBadControl, cr.Op)
 	}
 	var err error
 	switch cr.Op {
 	case "", "reload":
-		return reload(ctx, g, configPath, cr.Program, log)
+		return reload(ctx, g, configPath, cr.Program, sd, log)
 	case "restart":
 		log.Info("restarting program", "program", cr.Program)
 		err = g.Restart(ctx, cr.Program)

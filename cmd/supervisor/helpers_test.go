@@ -36,6 +36,7 @@ type cliOpts struct {
 	stdin io.Reader
 	exe   string              // default: this test binary
 	cred  *syscall.Credential // run as another user
+	env   []string            // added to the environment
 }
 
 type cliResult struct {
@@ -56,6 +57,7 @@ func cliCommand(tb testing.TB, o cliOpts, args ...string) *exec.Cmd {
 		cmd.Path, cmd.Args[0] = o.exe, o.exe
 	}
 	cmd.Stdin = o.stdin
+	cmd.Env = append(cmd.Env, o.env...)
 	if o.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.cred}
 	}

@@ -54,6 +54,7 @@ func init() {
 		{"stop", "stop a program of a running supervisor; it stays stopped until start", controlCmd("stop")},
 		{"start", "start a stopped program of a running supervisor", controlCmd("start")},
 		{"check-config", "check a config file for run --config, starting nothing", checkConfigCmd},
+		{"ready", "readiness probe: exit 0 only if the programs have at least --min ready workers", readyCmd},
 		{"bench", "measure ping latency, echo throughput and spawn time", benchCmd},
 		{"version", "print the version", versionCmd},
 	}
@@ -183,12 +184,19 @@ func (l *logFlags) logger(stderr io.Writer) (hclog.Logger, error) {
 	if strings.EqualFold(l.level, "off") {
 		level = hclog.Off
 	}
-	return hclog.New(&hclog.LoggerOptions{
+	opts := &hclog.LoggerOptions{
 		Name:       "supervisor",
 		Level:      level,
 		Output:     stderr,
 		JSONFormat: l.json,
-	}), nil
+	}
+	if !l.json && toJournal(stderr) {
+		// journald stamps each line itself and reads a "<N>" priority
+		// prefix (sd-daemon(3)), so that journalctl -p err works.
+		opts.DisableTime = true
+		opts.Output = &journalWriter{w: stderr}
+	}
+	return hclog.New(opts), nil
 }
 
 // writeJSON prints v as indented JSON, for the --json outputs.

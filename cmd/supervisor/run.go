@@ -294,7 +294,12 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stopSignals := handleSignals(ctx, cancel, g, configPath, log)
+	sd := newNotifier(g, log)
+	if sd != nil {
+		go sd.run(ctx)
+		defer func() { <-sd.done }()
+	}
+	stopSignals := handleSignals(ctx, cancel, g, sd, configPath, log)
 	defer stopSignals()
 	if duration > 0 {
 		t := time.AfterFunc(duration, cancel)
@@ -309,7 +314,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 			return exitFail
 		}
 		scfg.Name = "supervisor"
-		scfg.Handler = frontDoor(g, front, &srv, l.Addr(), configPath, log)
+		scfg.Handler = frontDoor(g, front, &srv, l.Addr(), configPath, sd, log)
 		scfg.ForwardEcho = true
 		srv = frontdoor.New(l, scfg)
 	}
@@ -408,9 +413,9 @@ func maxStopTimeout(programs []supervisor.Program) time.Duration {
 // and the second into an immediate kill; SIGHUP re-reads the config
 // file (with --config) or asks for a rolling restart of every program.
 // The returned function stops listening.
-func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.Group, configPath string, log hclog.Logger) func() {
+func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.Group, sd *notifier, configPath string, log hclog.Logger) func() {
 	ch := make(chan os.Signal, 4)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
 	quit := make(chan struct{})
 	done := make(chan struct{})
 	var reloads sync.WaitGroup // rolling restarts end when ctx does
@@ -424,11 +429,15 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.G
 				return
 			case sig := <-ch:
 				switch {
+				case sig == syscall.SIGUSR1 || sig == syscall.SIGUSR2:
+					// Forwarded to every worker, as tini does.
+					n, err := g.Signal(ctx, sig.(syscall.Signal))
+					log.Info("forwarded signal to the workers", "signal", sig.String(), "workers", n, "error", err)
 				case sig == syscall.SIGHUP:
 					reloads.Add(1)
 					go func() {
 						defer reloads.Done()
-						if _, err := reload(ctx, g, configPath, "", log); err != nil && ctx.Err() == nil {
+						if _, err := reload(ctx, g, configPath, "", sd, log); err != nil && ctx.Err() == nil {
 							log.Error("reload failed", "error", err)
 						}
 					}()
@@ -458,7 +467,9 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.G
 // program named), or rolls the program name (every program if "").
 // A file that fails to load changes nothing.
 // It returns a line saying what was done.
-func reload(ctx context.Context, g *supervisor.Group, configPath, name string, log hclog.Logger) (string, error) {
+func reload(ctx context.Context, g *supervisor.Group, configPath, name string, sd *notifier, log hclog.Logger) (done string, err error) {
+	sd.reloadBegins()
+	defer func() { sd.reloadEnds(err) }()
 	if configPath == "" || name != "" {
 		log.Info("rolling restart", "program", name)
 		if err := g.Reload(ctx, name); err != nil {
