@@ -98,7 +98,9 @@ func ParseReadyMode(s string) (ReadyMode, error) {
 	return 0, fmt.Errorf("supervisor: unknown ready mode %q (want hello, notify or started)", s)
 }
 
-// Config configures a [Supervisor]. A zero field means its default.
+// Config configures a [Supervisor]. A zero field means its default; New
+// rejects a negative duration or count, a BackoffMax below BackoffMin,
+// and unknown modes with an error wrapping ErrConfig.
 type Config struct {
 	// Workers is the number of workers to keep running (default 1).
 	Workers int
@@ -234,7 +236,7 @@ const stopSignalGrace = time.Second
 // withDefaults returns a copy of c with every zero field set.
 func (c Config) withDefaults() (Config, error) {
 	if c.Workers < 0 {
-		return c, fmt.Errorf("supervisor: Workers is %d, want at least 1", c.Workers)
+		return c, fmt.Errorf("%w: Workers is %d, want at least 1", ErrConfig, c.Workers)
 	}
 	if c.Workers == 0 {
 		c.Workers = DefaultWorkers
@@ -261,22 +263,44 @@ func (c Config) withDefaults() (Config, error) {
 		c.Name = "worker"
 	}
 	if c.Ready > ReadyStarted {
-		return c, fmt.Errorf("supervisor: unknown Ready mode %d", c.Ready)
+		return c, fmt.Errorf("%w: unknown Ready mode %d", ErrConfig, c.Ready)
 	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"ReadyAfter", c.ReadyAfter}, {"Watchdog", c.Watchdog}, {"HealthInterval", c.HealthInterval}, {"HealthTimeout", c.HealthTimeout}} {
+	}{
+		{"PingInterval", c.PingInterval}, {"PingTimeout", c.PingTimeout}, {"StartTimeout", c.StartTimeout},
+		{"StopTimeout", c.StopTimeout}, {"BackoffMin", c.BackoffMin}, {"BackoffMax", c.BackoffMax},
+		{"HealthyAfter", c.HealthyAfter}, {"RestartWindow", c.RestartWindow}, {"ReadyAfter", c.ReadyAfter},
+		{"Watchdog", c.Watchdog}, {"HealthInterval", c.HealthInterval}, {"HealthTimeout", c.HealthTimeout},
+	} {
 		if d.v < 0 {
-			return c, fmt.Errorf("supervisor: %s is %v, want a positive duration or zero for the default", d.name, d.v)
+			return c, fmt.Errorf("%w: %s is %v, want a positive duration or zero for the default", ErrConfig, d.name, d.v)
 		}
 	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"PingMisses", c.PingMisses}, {"MaxRestarts", c.MaxRestarts}, {"HealthMisses", c.HealthMisses}} {
+		if n.v < 0 {
+			return c, fmt.Errorf("%w: %s is %d, want a positive number or zero for the default", ErrConfig, n.name, n.v)
+		}
+	}
+	if c.BackoffMin > 0 && c.BackoffMax > 0 && c.BackoffMax < c.BackoffMin {
+		return c, fmt.Errorf("%w: BackoffMax %v is less than BackoffMin %v", ErrConfig, c.BackoffMax, c.BackoffMin)
+	}
+	if c.Restart > RestartNever {
+		return c, fmt.Errorf("%w: unknown restart policy %d", ErrConfig, c.Restart)
+	}
+	if c.StopSignal < 0 || c.StopSignal > 64 {
+		return c, fmt.Errorf("%w: StopSignal %d is not a signal", ErrConfig, c.StopSignal)
+	}
 	if c.Watchdog > 0 && c.Ready != ReadyNotify {
-		return c, fmt.Errorf("supervisor: Watchdog needs Ready: ReadyNotify (the worker feeds it with WATCHDOG=1)")
+		return c, fmt.Errorf("%w: Watchdog needs Ready: ReadyNotify (the worker feeds it with WATCHDOG=1)", ErrConfig)
 	}
 	if len(c.HealthCmd) > 0 {
 		if c.HealthCmd[0] == "" {
-			return c, fmt.Errorf("supervisor: HealthCmd has an empty command name")
+			return c, fmt.Errorf("%w: HealthCmd has an empty command name", ErrConfig)
 		}
 		c.HealthCmd = append([]string(nil), c.HealthCmd...)
 	}

@@ -25,6 +25,11 @@ var (
 	// ErrAlreadyRun is returned by a second call to Run.
 	ErrAlreadyRun = errors.New("supervisor: Run called twice")
 
+	// ErrConfig is returned by New (and NewGroup) for a Config field
+	// out of its range: a negative duration or count, BackoffMax below
+	// BackoffMin, an unknown mode or policy.
+	ErrConfig = errors.New("supervisor: invalid config")
+
 	// ErrExecutable is returned by New when Config.Executable names no
 	// executable file (not found in PATH, or not executable).
 	ErrExecutable = errors.New("supervisor: cannot run the executable")

@@ -66,6 +66,12 @@ var workerRoles = map[string]func(w *worker.Worker, file string) int{
 	"echo": func(w *worker.Worker, _ string) int {
 		return serve(context.Background(), w, worker.Config{})
 	},
+	"whoami": func(w *worker.Worker, _ string) int {
+		// Answers each message with its worker id and the message.
+		return serve(context.Background(), w, worker.Config{Handler: func(_ context.Context, msg []byte) ([]byte, error) {
+			return fmt.Appendf(nil, "%d:%s", w.ID(), msg), nil
+		}})
+	},
 	"slow-hello": func(w *worker.Worker, _ string) int {
 		time.Sleep(500 * time.Millisecond)
 		return serve(context.Background(), w, worker.Config{})

@@ -234,3 +234,29 @@ func TestPolicyPingWedged(t *testing.T) {
 	}
 	r.finish()
 }
+
+// TestConfigRejected: New refuses values out of range instead of
+// silently using the defaults.
+func TestConfigRejected(t *testing.T) {
+	t.Parallel()
+	for name, cfg := range map[string]Config{
+		"negative workers":         {Workers: -1},
+		"negative ping interval":   {PingInterval: -time.Second},
+		"negative stop timeout":    {StopTimeout: -1},
+		"negative ping misses":     {PingMisses: -2},
+		"negative max restarts":    {MaxRestarts: -1},
+		"backoff max below min":    {BackoffMin: time.Second, BackoffMax: time.Millisecond},
+		"unknown ready mode":       {Ready: ReadyMode(9)},
+		"unknown restart policy":   {Restart: RestartPolicy(7)},
+		"watchdog without notify":  {Watchdog: time.Second},
+		"empty health command":     {HealthCmd: []string{""}},
+		"negative health interval": {HealthCmd: []string{"true"}, HealthInterval: -1},
+	} {
+		if _, err := New(cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: New returned %v, want ErrConfig", name, err)
+		}
+	}
+	if _, err := New(Config{Executable: "no-such-program-xyz"}); !errors.Is(err, ErrExecutable) {
+		t.Errorf("missing executable: %v, want ErrExecutable", err)
+	}
+}

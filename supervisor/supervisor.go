@@ -263,8 +263,10 @@ func (s *Supervisor) publish() {
 
 // Status returns a snapshot of the supervisor and every worker: the
 // one the loop published last, taken between two of its steps.
-func (s *Supervisor) Status() Status {
-	sn := s.snap.Load()
+func (s *Supervisor) Status() Status { return s.statusOf(s.snap.Load()) }
+
+// statusOf returns the Status of snapshot sn.
+func (s *Supervisor) statusOf(sn *snapshot) Status {
 	st := Status{Name: s.cfg.Name, PID: os.Getpid(), StartedAt: sn.startedAt, Workers: slices.Clone(sn.workers)}
 	if !sn.startedAt.IsZero() {
 		st.UptimeSeconds = s.cfg.now().Sub(sn.startedAt).Seconds()
