@@ -249,8 +249,9 @@ func checkPrograms(programs []Program) error {
 // stopped). It also returns, having stopped the rest, when a program
 // hits a crash loop (an error wrapping ErrCrashLoop), and when every
 // program has ended by itself (nil if every worker exited 0, else an
-// error wrapping ErrWorkersFailed). It returns once every worker is
-// reaped. Run may be called once.
+// error wrapping ErrWorkersFailed); a program waiting to start after
+// one that has ended by itself has failed, since it can never start.
+// It returns once every worker is reaped. Run may be called once.
 func (g *Group) Run(ctx context.Context) error {
 	if g.ran.Swap(true) {
 		return ErrAlreadyRun
@@ -332,6 +333,7 @@ func (g *Group) startReady() {
 	if g.stopping {
 		return
 	}
+	g.failBlocked()
 	for _, m := range g.members {
 		if m.cur != nil || m.held || m.removed || m.state == ProgramExited || m.state == ProgramFailed {
 			continue
@@ -340,6 +342,29 @@ func (g *Group) startReady() {
 			g.launch(m)
 		} else {
 			m.state = ProgramWaiting
+		}
+	}
+}
+
+// failBlocked fails each program that waits to start after a program
+// that has ended by itself (exited or failed, and not running): it can
+// never start, and without this the group would wait for it with
+// nothing left running rather than end.
+func (g *Group) failBlocked() {
+	for changed := true; changed; {
+		changed = false
+		for _, m := range g.members {
+			if m.sup != nil || m.held || m.removed || m.state == ProgramExited || m.state == ProgramFailed {
+				continue
+			}
+			for _, a := range m.prog.After {
+				if d := g.member(a); d != nil && d.sup == nil && (d.state == ProgramExited || d.state == ProgramFailed) {
+					m.state, m.err = ProgramFailed, fmt.Errorf("supervisor: cannot start: program %s, which it starts after, has ended", a)
+					g.log.Error("program cannot start", "program", m.prog.Name, "error", m.err)
+					changed = true
+					break
+				}
+			}
 		}
 	}
 }

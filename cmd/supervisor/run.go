@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -200,7 +201,9 @@ func resolveCommand(name string) (string, error) {
 	path, err := exec.LookPath(name)
 	if err != nil {
 		var ee *exec.Error
-		if errors.As(err, &ee) && errors.Is(ee.Err, exec.ErrNotFound) {
+		// A name with a slash is not searched for: its error is the
+		// stat's (ENOENT), not exec.ErrNotFound.
+		if errors.As(err, &ee) && (errors.Is(ee.Err, exec.ErrNotFound) || errors.Is(ee.Err, fs.ErrNotExist)) {
 			if strings.Contains(name, "/") {
 				return "", fmt.Errorf("command %s: no such file", name)
 			}
