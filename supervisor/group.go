@@ -354,11 +354,11 @@ func (g *Group) failBlocked() {
 	for changed := true; changed; {
 		changed = false
 		for _, m := range g.members {
-			if m.sup != nil || m.held || m.removed || m.state == ProgramExited || m.state == ProgramFailed {
+			if m.cur != nil || m.next != nil || m.held || m.removed || m.state == ProgramExited || m.state == ProgramFailed {
 				continue
 			}
 			for _, a := range m.prog.After {
-				if d := g.member(a); d != nil && d.sup == nil && (d.state == ProgramExited || d.state == ProgramFailed) {
+				if d := g.member(a); d != nil && d.cur == nil && (d.state == ProgramExited || d.state == ProgramFailed) {
 					m.state, m.err = ProgramFailed, fmt.Errorf("supervisor: cannot start: program %s, which it starts after, has ended", a)
 					g.log.Error("program cannot start", "program", m.prog.Name, "error", m.err)
 					changed = true

@@ -274,7 +274,8 @@ func TestGroupControl(t *testing.T) {
 }
 
 // TestGroupReplace: Replace starts added programs, stops removed ones,
-// restarts changed ones with their new settings, leaves unchanged ones
+// rolls changed ones over to their new settings (the new workers ready
+// before the old stop), leaves unchanged ones
 // running with the same workers, and says which were which; an invalid
 // set of programs changes nothing.
 func TestGroupReplace(t *testing.T) {
@@ -314,10 +315,13 @@ func TestGroupReplace(t *testing.T) {
 		t.Errorf("unchanged a has workers %v, was %v", pidsOf(after, "a"), pidsOf(st, "a"))
 	}
 	r.await("c gone", func(st map[string]ProgramStatus) bool { _, ok := st["c"]; return !ok })
-	for _, n := range []string{"b", "c"} {
-		for _, pid := range pidsOf(st, n) {
-			checkReaped(t, pid)
-		}
+	for _, pid := range pidsOf(st, "c") {
+		checkReaped(t, pid)
+	}
+	// b rolled over blue/green: its old workers stop once the new ones
+	// are ready.
+	for _, pid := range pidsOf(st, "b") {
+		waitGone(t, pid, readyWait)
 	}
 	var names []string
 	for _, ps := range r.g.Status() {

@@ -303,6 +303,9 @@ func TestPolicyNoHello(t *testing.T) {
 	}
 	r.clk.set(*ws.NextStart)
 	r.sp.next(t)
+	// The start can reach the spawner before the loop publishes the
+	// restart it counted.
+	r.awaitSnap("the restart counted", func(sn *snapshot) bool { return sn.counts.restarts == 1 })
 	if s := r.s.Stats(); s.PingsSent != 0 || s.Failures != 1 || s.Restarts != 1 {
 		t.Errorf("stats %+v", s)
 	}
