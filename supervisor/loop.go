@@ -778,6 +778,8 @@ func (s *Supervisor) curEnded(p *proc, st ExitReason) {
 	default:
 		r.BeforeHello = !p.everReady
 		switch {
+		case r.BeforeHello && !failed:
+			p.log.Info("worker exited before it was ready", "reason", r)
 		case r.BeforeHello:
 			p.log.Error("worker failed to start", "reason", r)
 		case failed:
