@@ -47,9 +47,10 @@ def handle(payload: bytes) -> bytes:
 
 def main() -> int:
     """Serve until the supervisor is done with us; 2 when not a worker."""
-    worker = os.environ.get("PAIRVISOR_WORKER", "?")  # serve() removes it
+    worker = os.environ.get("PAIRVISOR_WORKER")  # serve() removes it
     try:
-        log.info("example worker ready", extra={"worker": worker, "python": sys.version.split()[0]})
+        if worker is not None:
+            log.info("example worker ready", extra={"worker": worker, "python": sys.version.split()[0]})
         reason = pairvisor.serve(handle, logger=log)
     except pairvisor.NotWorkerError as e:
         print("example_worker: %s (run it under `supervisor run -- python3 %s`)" % (e, sys.argv[0]), file=sys.stderr)

@@ -978,7 +978,6 @@ class _Conn:
         self._linger_timer: Optional[threading.Timer] = None
         self._reason: Optional[str] = None  # why the connection closed
         self._fd_closed = False
-        self._closed = threading.Event()  # set once teardown is done
         self.peer: Optional[Hello] = None
         self.version = 0
 
@@ -1026,8 +1025,9 @@ class _Conn:
         p = encode_error(e.code, e.detail)
         self._writer.put(encode_header(MessageType.ERROR, FLAG_REPLY, len(p), e.frame_id), p)
         self._writer.stop(flush=_CLOSE_FLUSH)
-        if self._reason is None:
-            self._reason = "protocol violation: %s" % e.detail
+        with self._lock:
+            if self._reason is None:
+                self._reason = "protocol violation: %s" % e.detail
 
     def run(self) -> str:
         """Read and handle frames until the stream ends; tear down and
@@ -1269,7 +1269,6 @@ class _Conn:
         with self._lock:
             self._fd_closed = True
             self._sock.close()
-        self._closed.set()
 
     # -- our requests ---------------------------------------------------------
 
@@ -1405,8 +1404,9 @@ def serve(
 ) -> str:
     """Serve as a pairvisor worker until the supervisor is done with us.
 
-    Call it once set-up is done, from the main thread: its hello tells the
-    supervisor that the worker is ready. It first reads the contract
+    Call it once set-up is done (typically from the main thread, which it
+    then uses as the connection's reader): its hello tells the supervisor
+    that the worker is ready. It first reads the contract
     (``PAIRVISOR_WORKER``, ``PAIRVISOR_PARENT_PID``, ``PAIRVISOR_FD``,
     ``PAIRVISOR_LOG_LEVEL``), removes every ``PAIRVISOR_`` variable from
     ``os.environ`` and marks the channel close-on-exec, so that children
