@@ -1,0 +1,344 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pairvisor/pairvisor/internal/testutil"
+	"github.com/pairvisor/pairvisor/ipc"
+)
+
+// Tests of the Python worker library, workers/python: its own unittest
+// suite, Python workers supervised by the real CLI, and the Python
+// client against the CLI's socket.
+
+// pythonSuiteWait bounds the Python suite (about 5 s on its own).
+const pythonSuiteWait = 3 * time.Minute
+
+// pythonDir returns the absolute path of workers/python.
+func pythonDir(tb testing.TB) string {
+	tb.Helper()
+	dir, err := filepath.Abs(filepath.Join("..", "..", "workers", "python"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return dir
+}
+
+// pythonEnv is the environment for the python3 processes a test starts
+// itself: no pairvisor contract, no bytecode written into the tree.
+func pythonEnv() []string {
+	env := []string{"PYTHONDONTWRITEBYTECODE=1"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PAIRVISOR_") || strings.HasPrefix(kv, "PAIRVISOR_REQUIRE_TOOLS=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func TestPythonUnittest(t *testing.T) {
+	t.Parallel()
+	py := testutil.RequireTool(t, "python3")
+	cmd := exec.Command(py, "-m", "unittest", "-v")
+	cmd.Dir = pythonDir(t)
+	cmd.Env = pythonEnv()
+	p := testutil.StartProcess(t, cmd)
+	if err := p.Wait(t, pythonSuiteWait); err != nil {
+		t.Fatalf("python3 -m unittest: %v\n%s", err, p.Output())
+	}
+	// unittest reports on stderr: "Ran N tests" and "OK" (maybe with
+	// skips), never a run of nothing.
+	out := p.Stderr.String()
+	m := regexp.MustCompile(`(?m)^Ran (\d+) tests? in `).FindStringSubmatch(out)
+	if m == nil || m[1] == "0" || !regexp.MustCompile(`(?m)^OK( \(skipped=\d+\))?$`).MatchString(out) {
+		t.Fatalf("python3 -m unittest did not report a passing run:\n%s", p.Output())
+	}
+	t.Logf("python suite: %s tests", m[1])
+}
+
+// pyWorkerCopy copies the library and the example worker into a fresh
+// directory, so that this test's worker processes can be told from
+// every other's by their command line.
+func pyWorkerCopy(tb testing.TB) (dir, script string) {
+	tb.Helper()
+	src := pythonDir(tb)
+	dir = testutil.ShortDir(tb, "pvpy")
+	for _, f := range []string{"pairvisor.py", "example_worker.py"} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return dir, filepath.Join(dir, "example_worker.py")
+}
+
+// processesRunning returns the pids of the live processes (zombies
+// excluded) whose command line contains s.
+func processesRunning(s string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !bytes.Contains(b, []byte(s)) {
+			continue
+		}
+		if p, ok := testutil.ReadProc(pid); ok && p.State != "Z" {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// cmdlineHas reports whether process pid's command line contains s.
+func cmdlineHas(pid int, s string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return err == nil && bytes.Contains(b, []byte(s))
+}
+
+// runPyClient runs script (Python, with workers/python on its path and
+// the socket as argv[1]) and returns the JSON object it prints.
+func runPyClient(t *testing.T, py, libDir, sock, script string) map[string]any {
+	t.Helper()
+	prelude := "import sys, json\nsys.path.insert(0, " + strconv.Quote(libDir) + ")\nimport pairvisor as pv\n"
+	cmd := exec.Command(py, "-c", prelude+script, sock)
+	cmd.Env = pythonEnv()
+	p := testutil.StartProcess(t, cmd)
+	if err := p.Wait(t, cliWait); err != nil {
+		t.Fatalf("python client: %v\n%s", err, p.Output())
+	}
+	var out map[string]any
+	if err := json.Unmarshal([]byte(p.Stdout.String()), &out); err != nil {
+		t.Fatalf("python client printed no JSON object: %v\n%s", err, p.Output())
+	}
+	return out
+}
+
+// pyClientScript exercises pairvisor.Client against argv[1] and prints
+// what it saw as one JSON object.
+const pyClientScript = `
+import hashlib, os
+c = pv.Client(sys.argv[1], timeout=20)
+out = {"peer": c.peer.name, "version": c.version}
+out["rtt_ok"] = c.ping() >= 0 and c.ping(b"\x00" * 64) >= 0
+sizes = {}
+for n in (0, 1, 64 << 10, 1 << 20):
+    p = os.urandom(n)
+    sizes[str(n)] = c.echo(p) == p
+out["echo"] = sizes
+st = c.status()
+out["mode"] = st["mode"]
+out["status_pid"] = st["pid"]
+try:
+    out["message"] = c.message(b"upper from python").decode()
+except pv.RemoteError as e:
+    out["message_error"] = [e.code, e.message]
+c.close()
+try:
+    c.ping()
+except pv.ConnectionClosed:
+    out["closed"] = True
+print(json.dumps(out))
+`
+
+func TestPythonWorkerRun(t *testing.T) {
+	t.Parallel()
+	py := testutil.RequireTool(t, "python3")
+	dir, script := pyWorkerCopy(t)
+	run, sock, pids := startRun(t, 2, "--ping-interval", "100ms", "--log-json", "--", py, script)
+	seen := slices.Clone(pids) // every worker pid of the run, for the final check
+	for _, pid := range pids {
+		if !cmdlineHas(pid, script) {
+			t.Fatalf("worker %d is not the Python example worker", pid)
+		}
+	}
+
+	// The Python workers answer the supervisor's health pings.
+	poll(t, "a health ping answered by each Python worker", func() bool {
+		_, doc := statusJSON(t, sock)
+		for _, w := range doc.Workers {
+			if w.LastPingRTTUS <= 0 {
+				return false
+			}
+		}
+		return len(doc.Workers) == 2
+	}, run.Output)
+
+	// Their hclog JSON lines are relayed with their level and fields.
+	ready := regexp.MustCompile(`"@level":"info","@message":"example worker ready","@module":"supervisor\.worker\.[12]"`)
+	poll(t, "both workers' ready lines in the run's log", func() bool {
+		return len(ready.FindAllString(run.Stderr.String(), -1)) == 2 && strings.Contains(run.Stderr.String(), `"w.worker":"2"`)
+	}, run.Output)
+
+	ctx, cancel := context.WithTimeout(t.Context(), cliPoll)
+	defer cancel()
+	c, err := ipc.Dial(ctx, sock, ipc.ConnConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	t.Run("ping", func(t *testing.T) {
+		// The supervisor answers pings on its socket itself.
+		for _, n := range []int{0, 1, ipc.MaxPingPayload} {
+			p := randomBytes(n)
+			got, err := c.Call(ctx, ipc.TypePing, p, nil)
+			if err != nil || !bytes.Equal(got, p) {
+				t.Errorf("ping of %d bytes: %d bytes back, %v", n, len(got), err)
+			}
+		}
+	})
+	t.Run("echo", func(t *testing.T) {
+		// Echoes go to the Python workers and back, byte for byte.
+		for _, n := range []int{0, 1, 64 << 10, 1 << 20} {
+			p := randomBytes(n)
+			got, err := c.Echo(ctx, p, nil)
+			if err != nil || !bytes.Equal(got, p) {
+				t.Errorf("echo of %d bytes: %d bytes back, %v", n, len(got), err)
+			}
+		}
+	})
+	t.Run("message", func(t *testing.T) {
+		sum := sha256.Sum256([]byte("hello"))
+		if got, err := c.Call(ctx, ipc.TypeMessage, []byte("sha256 hello"), nil); err != nil || string(got) != hex.EncodeToString(sum[:]) {
+			t.Errorf("sha256 message: %q, %v", got, err)
+		}
+		if got, err := c.Call(ctx, ipc.TypeMessage, []byte("upper abc"), nil); err != nil || string(got) != "ABC" {
+			t.Errorf("upper message: %q, %v", got, err)
+		}
+		var re *ipc.RemoteError
+		if _, err := c.Call(ctx, ipc.TypeMessage, []byte("frobnicate"), nil); !errors.As(err, &re) || re.Code != ipc.CodeBadRequest || !strings.Contains(re.Message, "unknown command 'frobnicate'") {
+			t.Errorf("unknown command: %v, want a bad-request error from the handler", err)
+		}
+		// Both workers answer: messages are spread over them.
+		answered := map[int]bool{}
+		for range 20 {
+			got, err := c.Call(ctx, ipc.TypeMessage, []byte("pid"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, _ := strconv.Atoi(string(got))
+			answered[pid] = true
+		}
+		if len(answered) != 2 || !answered[pids[0]] || !answered[pids[1]] {
+			t.Errorf("messages answered by %v, want both workers %v", answered, pids)
+		}
+	})
+	t.Run("concurrent-echoes", func(t *testing.T) {
+		const conns, perConn = 4, 50
+		var wg sync.WaitGroup
+		errs := make(chan error, conns*perConn)
+		for range conns {
+			cc, err := ipc.Dial(ctx, sock, ipc.ConnConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			for i := range perConn {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					p := randomBytes((i * 1311) % (64 << 10))
+					got, err := cc.Echo(ctx, p, nil)
+					switch {
+					case err != nil:
+						errs <- err
+					case !bytes.Equal(got, p):
+						errs <- fmt.Errorf("echo of %d bytes came back as %d different bytes", len(p), len(got))
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+	t.Run("python-client", func(t *testing.T) {
+		out := runPyClient(t, py, dir, sock, pyClientScript)
+		want := map[string]any{
+			"peer": "supervisor", "version": 1.0, "rtt_ok": true, "mode": "run", "status_pid": float64(run.PID()),
+			"echo":    map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
+			"message": "FROM PYTHON", "closed": true,
+		}
+		if fmt.Sprint(out) != fmt.Sprint(want) {
+			t.Errorf("python client saw %v, want %v", out, want)
+		}
+	})
+	t.Run("sigkill-restart", func(t *testing.T) {
+		run.replaceWorker(t, sock, 2, pids[0])
+		now := readyWorkers(t, sock, 2)
+		for _, pid := range now {
+			if !slices.Contains(seen, pid) {
+				seen = append(seen, pid)
+				if !cmdlineHas(pid, script) {
+					t.Errorf("replacement %d is not the Python example worker", pid)
+				}
+			}
+		}
+		if got, err := c.Echo(ctx, []byte("after the restart"), nil); err != nil || string(got) != "after the restart" {
+			t.Errorf("echo after the restart: %q, %v", got, err)
+		}
+	})
+	c.Close()
+
+	run.stopOK(t, syscall.SIGTERM, sock)
+	// Each worker was asked to shut down and exited 0 by itself, rather
+	// than by the stop signal.
+	stopped := regexp.MustCompile(`"@message":"stopped".*"reason":"exited with status 0"`)
+	if n := len(stopped.FindAllString(run.Stderr.String(), -1)); n != 2 {
+		t.Errorf("%d workers stopped with status 0, want 2\n%s", n, run.Output())
+	}
+	for _, pid := range seen {
+		if !processGone(pid) {
+			t.Errorf("worker %d still exists after the run", pid)
+		}
+	}
+	if left := processesRunning(dir); len(left) > 0 {
+		t.Errorf("python processes of this run left: %v", left)
+	}
+}
+
+func TestPythonClientServe(t *testing.T) {
+	t.Parallel()
+	py := testutil.RequireTool(t, "python3")
+	sock := filepath.Join(tempDir(t), "s")
+	srv := cliStart(t, "serve", "--socket", sock)
+	srv.waitSocket(t, sock)
+	out := runPyClient(t, py, pythonDir(t), sock, pyClientScript)
+	want := map[string]any{
+		"peer": "supervisor-serve", "version": 1.0, "rtt_ok": true, "mode": "serve", "status_pid": float64(srv.PID()),
+		"echo":          map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
+		"message_error": []any{float64(ipc.CodeUnsupported), "message is not served by 'supervisor serve'"}, "closed": true,
+	}
+	if fmt.Sprint(out) != fmt.Sprint(want) {
+		t.Errorf("python client saw %v, want %v", out, want)
+	}
+	srv.stopOK(t, syscall.SIGTERM, sock)
+}

@@ -1,0 +1,1596 @@
+"""pairvisor: workers and clients for pairvisor, in Python.
+
+One file, standard library only, Python 3.9 or later, Linux. Copy it next
+to your program. It speaks version 1 of the pairvisor wire protocol
+(docs/PROTOCOL.md in the pairvisor repository) and implements its process
+contract, so that `supervisor run -- python3 my_worker.py` supervises a
+Python program as it does a Go one.
+
+Worker side::
+
+    import pairvisor
+
+    def handle(payload: bytes) -> bytes:
+        return payload.upper()
+
+    if __name__ == "__main__":
+        pairvisor.serve(handle)      # returns when the supervisor is done with us
+
+Client side (a supervisor's socket path)::
+
+    with pairvisor.Client("/run/pv.sock") as c:
+        c.ping()
+        assert c.echo(b"abc") == b"abc"
+        print(c.status()["workers"])
+
+How a connection works (both sides share it, class ``_Conn``):
+
+* The **reader** reads frames one at a time: in the thread that called
+  :func:`serve` for a worker, in a daemon thread for a :class:`Client`.
+  It answers PING and ECHO itself, hands MESSAGE requests to a bounded
+  pool of handler threads, refuses what it does not serve, and routes
+  replies to the calls waiting for them. It never writes to the socket.
+* The **writer** thread is the only one that writes. Every frame (our
+  hello, pongs, echoes, handler replies, errors, our requests) is queued
+  to it and written whole, in order, with non-blocking ``sendmsg`` calls
+  and a deadline. Because the reader never waits for a write, a peer that
+  sends large requests and only reads our replies once it has written
+  them cannot deadlock against us.
+* **Bounds.** What the connection holds on the peer's behalf (request
+  payloads given to handlers until their reply is written, and every reply
+  queued) is counted against ``max_buffered`` bytes; when the bound is
+  reached the reader stops reading, which pushes back on the peer. If
+  nothing is written for ``write_timeout`` seconds the peer is not reading
+  its replies and the connection is closed (as the Go implementation
+  does). At most ``max_concurrent`` MESSAGE requests run at once; more are
+  refused with ``UNAVAILABLE``. Our own requests (``Client.call``) are
+  bounded likewise, and their callers wait for room.
+* **Ownership.** The reader owns the socket: it closes it once, after the
+  writer thread has ended, when the stream ends (EOF, a protocol
+  violation, or a close requested by another thread, which shuts the
+  socket down to wake it). Handler threads are daemon threads; a handler
+  still running when the connection closes has its reply dropped, and
+  cannot keep the process from exiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import enum
+import errno
+import json
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MIN_PROTOCOL_VERSION",
+    "HEADER_SIZE",
+    "MAX_PAYLOAD",
+    "MAX_PING_PAYLOAD",
+    "MAX_HELLO_PAYLOAD",
+    "FLAG_REPLY",
+    "DEFAULT_MAX_CONCURRENT",
+    "DEFAULT_MAX_BUFFERED",
+    "DEFAULT_WRITE_TIMEOUT",
+    "MessageType",
+    "ErrorCode",
+    "Header",
+    "Hello",
+    "PairvisorError",
+    "ProtocolError",
+    "TruncatedFrame",
+    "FrameTooLarge",
+    "VersionMismatch",
+    "RemoteError",
+    "ConnectionClosed",
+    "NotWorkerError",
+    "UntrustedPeerError",
+    "encode_header",
+    "parse_header",
+    "encode_frame",
+    "FrameDecoder",
+    "encode_hello",
+    "parse_hello",
+    "negotiate",
+    "encode_error",
+    "parse_error",
+    "TRACE",
+    "HclogFormatter",
+    "get_logger",
+    "serve",
+    "Client",
+]
+
+# ---------------------------------------------------------------------------
+# Wire format (docs/PROTOCOL.md, "Frame layout").
+
+PROTOCOL_VERSION = 1
+"""The highest protocol version this module speaks."""
+MIN_PROTOCOL_VERSION = 1
+"""The lowest protocol version this module speaks."""
+
+HEADER_SIZE = 16
+"""Size of every frame header in bytes."""
+MAGIC0 = 0xC1
+MAGIC1 = 0x50  # 'P'
+MAX_PAYLOAD = 16 << 20
+"""The protocol's hard limit on a frame's payload (16 MiB)."""
+MAX_PING_PAYLOAD = 64
+"""A ping carries at most this many opaque bytes; the pong returns them."""
+MAX_NAME_LEN = 256
+MAX_HELLO_PAYLOAD = 8 + MAX_NAME_LEN
+"""A hello payload is 8 fixed bytes and a name of at most 256 bytes."""
+FLAG_REPLY = 0x01
+"""Flag bit 0: the frame answers the request with the same id."""
+_KNOWN_FLAGS = FLAG_REPLY
+
+DEFAULT_MAX_CONCURRENT = 64
+"""Default bound on MESSAGE requests being handled at once."""
+DEFAULT_MAX_BUFFERED = 2 * MAX_PAYLOAD + (64 << 10)
+"""Default bound on bytes held for the peer: one largest request and its
+reply, plus room for pongs and errors (the Go ``DefaultMaxBuffered``)."""
+DEFAULT_WRITE_TIMEOUT = 10.0
+"""Seconds a frame may wait to be written before the peer counts as
+stalled and the connection is closed."""
+
+_HEADER = struct.Struct("<BBBBIQ")
+_HELLO_FIXED = struct.Struct("<HHI")
+_CODE = struct.Struct("<H")
+
+
+class MessageType(enum.IntEnum):
+    """A frame's message type."""
+
+    HELLO = 1
+    PING = 2
+    ECHO = 3
+    MESSAGE = 4
+    SHUTDOWN = 5
+    STATUS = 6
+    RELOAD = 7
+    ERROR = 15
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried by an ERROR frame."""
+
+    BAD_REQUEST = 1
+    UNSUPPORTED = 2
+    UNAVAILABLE = 3
+    INTERNAL = 4
+    TOO_LARGE = 5
+    SHUTTING_DOWN = 6
+    VERSION = 7
+    PROTOCOL = 8
+    DENIED = 9
+
+
+_TYPE_VALUES = frozenset(int(t) for t in MessageType)
+
+
+def _type_name(t: int) -> str:
+    """Return the lower-case name of message type t, or ``type(N)``."""
+    if t in _TYPE_VALUES:
+        return MessageType(t).name.lower()
+    return "type(%d)" % t
+
+
+# ---------------------------------------------------------------------------
+# Errors.
+
+
+class PairvisorError(Exception):
+    """Base class of every error this module raises."""
+
+
+class ProtocolError(PairvisorError):
+    """A malformed or unexpected frame.
+
+    ``code`` is the ERROR code a receiver sends about it (``PROTOCOL``,
+    ``TOO_LARGE`` or ``VERSION``), ``frame_id`` the id that ERROR carries.
+    The connection that read it is closed.
+    """
+
+    def __init__(self, detail: str, *, code: int = ErrorCode.PROTOCOL, frame_id: int = 0) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = int(code)
+        self.frame_id = frame_id
+
+
+class TruncatedFrame(ProtocolError):
+    """The stream ended inside a frame. Nothing is sent about it."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A payload length over the receiver's limit (code ``TOO_LARGE``)."""
+
+    def __init__(self, detail: str, *, frame_id: int = 0) -> None:
+        super().__init__(detail, code=ErrorCode.TOO_LARGE, frame_id=frame_id)
+
+
+class VersionMismatch(ProtocolError):
+    """The two hellos share no protocol version (code ``VERSION``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, code=ErrorCode.VERSION, frame_id=0)
+
+
+class RemoteError(PairvisorError):
+    """An ERROR reply from the peer, or one a handler raises to send.
+
+    A handler that raises ``RemoteError(ErrorCode.BAD_REQUEST, "why")``
+    answers its request with exactly that error.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = int(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return "peer replied with error %d: %s" % (self.code, self.message)
+
+
+class ConnectionClosed(PairvisorError, ConnectionError):
+    """The connection is closed; ``reason`` says why (a string)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotWorkerError(PairvisorError):
+    """The environment does not describe a worker that a supervisor started.
+
+    Either there is no ``PAIRVISOR_WORKER`` at all, or the variables were
+    inherited by mistake: the parent is not the supervisor they name, or
+    the channel descriptor is not a socket that supervisor created.
+    """
+
+
+class UntrustedPeerError(PairvisorError):
+    """The server a :class:`Client` reached runs as an untrusted user."""
+
+
+# ---------------------------------------------------------------------------
+# Frames.
+
+
+class Header(NamedTuple):
+    """A decoded frame header."""
+
+    type: int
+    flags: int
+    length: int
+    id: int
+
+    @property
+    def is_reply(self) -> bool:
+        """Whether the frame answers an earlier request."""
+        return bool(self.flags & FLAG_REPLY)
+
+
+def encode_header(type: int, flags: int, length: int, id: int) -> bytes:
+    """Encode a 16-byte frame header."""
+    return _HEADER.pack(MAGIC0, MAGIC1, int(type), flags, length, id)
+
+
+def parse_header(b: Union[bytes, bytearray, memoryview], max_payload: int = MAX_PAYLOAD) -> Header:
+    """Decode and validate the header at the start of b.
+
+    max_payload bounds the accepted length (0 or more than
+    :data:`MAX_PAYLOAD` means MAX_PAYLOAD). Raises :class:`TruncatedFrame`
+    if b is shorter than a header, :class:`FrameTooLarge` for a length over
+    the limit, and :class:`ProtocolError` for wrong magic bytes, an unknown
+    type or undefined flag bits. Errors about a header whose magic is right
+    carry its id (``frame_id``), as the Go implementation's do.
+    """
+    if len(b) < HEADER_SIZE:
+        raise TruncatedFrame("header has %d of %d bytes" % (len(b), HEADER_SIZE))
+    m0, m1, t, flags, length, fid = _HEADER.unpack_from(b, 0)
+    if m0 != MAGIC0 or m1 != MAGIC1:
+        raise ProtocolError("bad frame magic: got %#04x %#04x, want 0xc1 0x50" % (m0, m1))
+    if t not in _TYPE_VALUES:
+        raise ProtocolError("unknown frame type: type byte %d" % t, frame_id=fid)
+    if flags & ~_KNOWN_FLAGS:
+        raise ProtocolError("undefined frame flags: flags %#04x" % flags, frame_id=fid)
+    if max_payload <= 0 or max_payload > MAX_PAYLOAD:
+        max_payload = MAX_PAYLOAD
+    if length > max_payload:
+        raise FrameTooLarge(
+            "frame too large: %s payload of %d bytes exceeds the limit of %d" % (_type_name(t), length, max_payload),
+            frame_id=fid,
+        )
+    return Header(t, flags, length, fid)
+
+
+def encode_frame(type: int, payload: Union[bytes, bytearray, memoryview] = b"", *, id: int = 0, flags: int = 0) -> bytes:
+    """Encode a whole frame: header and payload."""
+    return encode_header(type, flags, len(payload), id) + bytes(payload)
+
+
+class FrameDecoder:
+    """An incremental decoder of a byte stream into frames.
+
+    Feed it bytes as they come; it returns the complete frames. It checks
+    each header before it buffers the payload, so a hostile length never
+    makes it hold more than max_payload bytes of one frame. Any error
+    leaves the decoder unusable, as it leaves a connection closed.
+    The connection code reads sockets directly; this class is for tests
+    and simple tools.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._max = max_payload
+        self._buf = bytearray()
+        self._hdr: Optional[Header] = None
+        self._broken = False
+
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> List[Tuple[Header, bytes]]:
+        """Add data and return the frames completed by it, in order."""
+        if self._broken:
+            raise ProtocolError("decoder already failed")
+        self._buf += data
+        out: List[Tuple[Header, bytes]] = []
+        try:
+            while True:
+                if self._hdr is None:
+                    if len(self._buf) < HEADER_SIZE:
+                        return out
+                    self._hdr = parse_header(self._buf[:HEADER_SIZE], self._max)
+                    del self._buf[:HEADER_SIZE]
+                n = self._hdr.length
+                if len(self._buf) < n:
+                    return out
+                out.append((self._hdr, bytes(self._buf[:n])))
+                del self._buf[:n]
+                self._hdr = None
+        except ProtocolError:
+            self._broken = True
+            raise
+
+    def close(self) -> None:
+        """Declare the end of the stream: raise TruncatedFrame if it ended
+        inside a frame."""
+        if self._hdr is not None or self._buf:
+            self._broken = True
+            raise TruncatedFrame("stream ended inside a frame")
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered that do not make a complete frame yet."""
+        return len(self._buf) + (HEADER_SIZE if self._hdr is not None else 0)
+
+
+# ---------------------------------------------------------------------------
+# Hello, version negotiation and error payloads.
+
+
+class Hello(NamedTuple):
+    """The content of a hello frame."""
+
+    min_version: int
+    max_version: int
+    pid: int
+    name: str
+
+
+def encode_hello(h: Hello) -> bytes:
+    """Encode a hello payload. A name over 256 bytes of UTF-8 is cut at a
+    character boundary."""
+    name = h.name.encode("utf-8")
+    if len(name) > MAX_NAME_LEN:
+        name = name[:MAX_NAME_LEN].decode("utf-8", "ignore").encode("utf-8")
+    return _HELLO_FIXED.pack(h.min_version, h.max_version, h.pid & 0xFFFFFFFF) + name
+
+
+def parse_hello(p: Union[bytes, bytearray, memoryview]) -> Hello:
+    """Decode a hello payload; raise :class:`ProtocolError` if malformed.
+
+    The payload must be 8 to 264 bytes and its version range must be
+    1 <= lowest <= highest. A name that is not valid UTF-8 is decoded with
+    replacement characters (it is for humans).
+    """
+    if len(p) < 8 or len(p) > MAX_HELLO_PAYLOAD:
+        raise ProtocolError("malformed payload: hello payload of %d bytes, want 8 to %d" % (len(p), MAX_HELLO_PAYLOAD))
+    lo, hi, pid = _HELLO_FIXED.unpack_from(p, 0)
+    h = Hello(lo, hi, pid, bytes(p[8:]).decode("utf-8", "replace"))
+    if lo == 0 or lo > hi:
+        raise ProtocolError("malformed payload: hello version range %d..%d" % (lo, hi))
+    return h
+
+
+def negotiate(ours: Hello, theirs: Hello) -> int:
+    """Return the highest version both hellos speak, or raise
+    :class:`VersionMismatch`."""
+    v = min(ours.max_version, theirs.max_version)
+    if v < max(ours.min_version, theirs.min_version):
+        raise VersionMismatch(
+            "no common protocol version: we speak %d..%d, peer %r speaks %d..%d"
+            % (ours.min_version, ours.max_version, theirs.name, theirs.min_version, theirs.max_version)
+        )
+    return v
+
+
+def encode_error(code: int, message: str) -> bytes:
+    """Encode an ERROR payload: a little-endian uint16 code and UTF-8 text."""
+    return _CODE.pack(int(code)) + message.encode("utf-8", "replace")
+
+
+def parse_error(p: Union[bytes, bytearray, memoryview]) -> RemoteError:
+    """Decode an ERROR payload into a :class:`RemoteError`."""
+    if len(p) < 2:
+        return RemoteError(ErrorCode.PROTOCOL, "malformed error frame")
+    (code,) = _CODE.unpack_from(p, 0)
+    return RemoteError(code, bytes(p[2:]).decode("utf-8", "replace"))
+
+
+# ---------------------------------------------------------------------------
+# Logging: hclog JSON lines, which the supervisor relays with their level.
+
+TRACE = 5
+"""A log level below DEBUG, for hclog's trace."""
+logging.addLevelName(TRACE, "TRACE")
+_OFF = logging.CRITICAL + 10
+
+_LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR, "off": _OFF}
+
+# LogRecord attributes that are not fields a caller added with extra=.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+
+def _hclog_level(levelno: int) -> str:
+    if levelno <= TRACE:
+        return "trace"
+    if levelno <= logging.DEBUG:
+        return "debug"
+    if levelno <= logging.INFO:
+        return "info"
+    if levelno <= logging.WARNING:
+        return "warn"
+    return "error"
+
+
+class HclogFormatter(logging.Formatter):
+    """Formats records as hclog JSON lines.
+
+    Each line is one JSON object with ``@level`` (trace, debug, info,
+    warn, error), ``@message``, ``@timestamp`` (RFC 3339, microseconds),
+    ``@module`` (the logger's name) and one key per field passed with
+    ``extra=``. An exception becomes the fields ``error`` and
+    ``traceback``. The supervisor relays such a line under the worker's
+    name, at its level, with the fields prefixed ``w.``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        rec: Dict[str, Any] = {
+            "@level": _hclog_level(record.levelno),
+            "@message": record.getMessage(),
+            "@timestamp": datetime.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="microseconds"),
+        }
+        if record.name and record.name != "root":
+            rec["@module"] = record.name
+        for k, v in record.__dict__.items():
+            if k not in _RECORD_ATTRS and not k.startswith("_"):
+                rec[k] = v
+        if record.exc_info and record.exc_info[1] is not None:
+            e = record.exc_info[1]
+            rec["error"] = "%s: %s" % (type(e).__name__, e)
+            rec["traceback"] = "".join(traceback.format_exception(*record.exc_info))
+        if record.stack_info:
+            rec["stack"] = record.stack_info
+        return json.dumps(rec, default=str, ensure_ascii=False)
+
+
+def _level_from_env(value: Optional[str]) -> int:
+    return _LEVELS.get((value or "").strip().lower(), logging.INFO)
+
+
+# The supervisor's level, read when the module is imported: serve()
+# removes the variable from the environment.
+_ENV_LEVEL = _level_from_env(os.environ.get("PAIRVISOR_LOG_LEVEL"))
+
+
+def get_logger(name: str = "worker", level: Optional[Union[int, str]] = None, stream: Any = None) -> logging.Logger:
+    """Return a logger that writes hclog JSON lines to stderr.
+
+    Its level is ``level`` (a ``logging`` level, or one of ``trace``,
+    ``debug``, ``info``, ``warn``, ``error``, ``off``) or else the
+    supervisor's, from ``PAIRVISOR_LOG_LEVEL`` (info when unset), so the
+    worker does not write lines the supervisor would drop. It does not
+    propagate to the root logger. Calling it again with the same name
+    returns the same logger, set up once.
+    """
+    log = logging.getLogger(name)
+    if isinstance(level, str):
+        lv = _level_from_env(level)
+    elif level is None:
+        lv = _ENV_LEVEL
+    else:
+        lv = level
+    log.setLevel(lv)
+    if not any(getattr(h, "_pairvisor", False) for h in log.handlers):
+        h = logging.StreamHandler(stream if stream is not None else sys.stderr)
+        h.setFormatter(HclogFormatter())
+        setattr(h, "_pairvisor", True)
+        log.addHandler(h)
+    log.propagate = False
+    return log
+
+
+# ---------------------------------------------------------------------------
+# Connection internals.
+
+_ECONN_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN)
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_RECV_BUF = 64 << 10
+_WRITE_BATCH_BYTES = 256 << 10  # frames coalesced into one sendmsg
+_WRITE_BATCH_IOVS = 64
+_CLOSE_FLUSH = 1.0  # seconds to flush a last ERROR frame before closing
+_PAYLOAD_LIKE = (bytes, bytearray, memoryview)
+
+
+def _byteview(x: Any) -> memoryview:
+    """A flat byte view of a bytes-like object (len() is its size)."""
+    m = memoryview(x)
+    return m if m.format == "B" and m.ndim == 1 else m.cast("B")
+
+
+class _Stalled(Exception):
+    """A frame could not be written before its deadline."""
+
+
+class _Budget:
+    """Bytes held, with a bound. Whoever takes bytes waits for room.
+
+    A wait ends with room (True), when nothing has been released for
+    ``stall`` seconds (False: the peer is not reading), or when the budget
+    is closed (ConnectionClosed). A take larger than the limit succeeds
+    when nothing else is held.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._cond = threading.Condition(threading.Lock())
+        self._held = 0
+        self._releases = 0
+        self._closed: Optional[str] = None
+        self.peak = 0
+
+    def take(self, n: int, stall: float, deadline: Optional[float] = None) -> bool:
+        with self._cond:
+            seen = self._releases
+            until = time.monotonic() + stall
+            while self._closed is None and self._held and self._held + n > self._limit:
+                now = time.monotonic()
+                if self._releases != seen:
+                    seen, until = self._releases, now + stall
+                end = until if deadline is None else min(until, deadline)
+                if now >= end:
+                    return False
+                self._cond.wait(end - now)
+            if self._closed is not None:
+                raise ConnectionClosed(self._closed)
+            self._held += n
+            self.peak = max(self.peak, self._held)
+            return True
+
+    def force(self, n: int) -> None:
+        """Take n bytes whether or not there is room (n may be negative)."""
+        with self._cond:
+            self._held += n
+            self.peak = max(self.peak, self._held)
+            if n < 0:
+                self._releases += 1
+                self._cond.notify_all()
+
+    def release(self, n: int) -> None:
+        if n:
+            self.force(-n)
+
+    def close(self, reason: str) -> None:
+        with self._cond:
+            if self._closed is None:
+                self._closed = reason
+            self._cond.notify_all()
+
+    @property
+    def held(self) -> int:
+        with self._cond:
+            return self._held
+
+
+class _Out:
+    """A frame queued for the writer."""
+
+    __slots__ = ("header", "payload", "cost", "budget", "deadline", "on_sent")
+
+    def __init__(self, header: bytes, payload: Any, cost: int, budget: Optional[_Budget], deadline: float, on_sent: Optional[Callable[[], None]]) -> None:
+        self.header = header
+        self.payload = payload
+        self.cost = cost
+        self.budget = budget
+        self.deadline = deadline
+        self.on_sent = on_sent
+
+    def release(self) -> None:
+        if self.budget is not None:
+            self.budget.release(self.cost)
+            self.budget = None
+
+
+def _send_all(sock: socket.socket, bufs: List[memoryview], deadline: float) -> None:
+    """Write bufs whole with non-blocking sendmsg calls, waiting for room
+    until deadline; raise _Stalled past it, OSError on failure."""
+    fd = sock.fileno()
+    poller = None
+    while bufs:
+        try:
+            n = sock.sendmsg(bufs, [], socket.MSG_DONTWAIT | _MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Stalled() from None
+            if poller is None:
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+            poller.poll(max(1, min(int(left * 1000) + 1, 1000)))
+            continue
+        while n and bufs:
+            if n >= len(bufs[0]):
+                n -= len(bufs[0])
+                bufs.pop(0)
+            else:
+                bufs[0] = bufs[0][n:]
+                n = 0
+
+
+class _Writer:
+    """The one thread that writes to the socket (see the module doc).
+
+    It ends when the connection's teardown stops it: at once (queued
+    frames are dropped) or after flushing what is queued, within a
+    deadline. Every queued frame's bytes are released from its budget
+    once it is written or dropped.
+    """
+
+    def __init__(self, conn: "_Conn", sock: socket.socket, write_timeout: float) -> None:
+        self._conn = conn
+        self._sock = sock
+        self._timeout = write_timeout
+        self._cond = threading.Condition(threading.Lock())
+        self._q: Deque[_Out] = collections.deque()
+        self._stop = False
+        self._flush_until: Optional[float] = None
+        self._broken = False
+        self._thread = threading.Thread(target=self._run, name="pairvisor-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, header: bytes, payload: Any = b"", cost: int = 0, budget: Optional[_Budget] = None, on_sent: Optional[Callable[[], None]] = None) -> bool:
+        """Queue a frame; return False (and release cost) once stopped."""
+        o = _Out(header, payload, cost, budget, time.monotonic() + self._timeout, on_sent)
+        with self._cond:
+            if not self._stop:
+                self._q.append(o)
+                self._cond.notify()
+                return True
+        o.release()
+        return False
+
+    def stop(self, flush: float = 0.0) -> None:
+        """Stop taking frames. With flush > 0, write what is queued for up
+        to flush seconds first (an earlier flush's deadline stands); else
+        drop it."""
+        with self._cond:
+            self._stop = True
+            if flush > 0 and self._flush_until is None:
+                self._flush_until = time.monotonic() + flush
+            self._cond.notify()
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._cond:
+                rest = list(self._q)
+                self._q.clear()
+                self._stop = True
+            for o in rest:
+                o.release()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._q and not self._stop:
+                    self._cond.wait()
+                if not self._q or (self._stop and self._flush_until is None):
+                    return
+                batch = [self._q.popleft()]
+                size = len(batch[0].header) + len(batch[0].payload)
+                while self._q and len(batch) < _WRITE_BATCH_IOVS // 2 and size < _WRITE_BATCH_BYTES:
+                    o = self._q.popleft()
+                    batch.append(o)
+                    size += len(o.header) + len(o.payload)
+                flush_until = self._flush_until
+            if not self._broken:
+                bufs: List[memoryview] = []
+                for o in batch:
+                    bufs.append(memoryview(o.header))
+                    if len(o.payload):
+                        bufs.append(memoryview(o.payload))
+                deadline = batch[0].deadline if flush_until is None else min(batch[0].deadline, flush_until)
+                try:
+                    _send_all(self._sock, bufs, deadline)
+                except _Stalled:
+                    self._broken = True
+                    if flush_until is None:
+                        self._conn._abort(
+                            "stalled: the peer is not reading: a frame was not written within %gs" % self._timeout, level=logging.WARNING
+                        )
+                except OSError as e:
+                    self._broken = True
+                    self._conn._abort("write failed: %s" % e, level=logging.DEBUG)
+            for o in batch:
+                o.release()
+                if o.on_sent is not None and not self._broken:
+                    try:
+                        o.on_sent()
+                    except Exception:  # a bug of ours; keep writing
+                        self._conn._log.exception("pairvisor: callback after a write failed")
+            if self._broken and flush_until is not None:
+                return
+
+
+class _Reader:
+    """Buffered reads from the socket, by the reader thread alone."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray(_RECV_BUF)
+        self._view = memoryview(self._buf)
+        self._r = 0
+        self._w = 0
+        self._poller: Optional["select.poll"] = None
+
+    def _recv(self, into: memoryview, deadline: Optional[float]) -> int:
+        """One read into `into`; 0 at EOF (ECONNRESET counts as EOF: a Unix
+        peer that dies with data unread resets the connection)."""
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("no data in time")
+                if self._poller is None:
+                    self._poller = select.poll()
+                    self._poller.register(self._sock.fileno(), select.POLLIN)
+                if not self._poller.poll(max(1, int(left * 1000) + 1)):
+                    continue
+            try:
+                return self._sock.recv_into(into)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno in _ECONN_GONE:
+                    return 0
+                raise
+
+    def _fill(self, n: int, deadline: Optional[float]) -> bool:
+        """Make n (<= buffer size) bytes available; False at EOF."""
+        if self._w - self._r >= n:
+            return True
+        if self._r == self._w:
+            self._r = self._w = 0
+        elif self._r + n > len(self._buf):
+            k = self._w - self._r
+            self._buf[:k] = self._buf[self._r : self._w]
+            self._r, self._w = 0, k
+        while self._w - self._r < n:
+            k = self._recv(self._view[self._w :], deadline)
+            if k == 0:
+                return False
+            self._w += k
+        return True
+
+    def read_header(self, max_payload: int, deadline: Optional[float] = None) -> Optional[Header]:
+        """Read and validate the next header; None at EOF between frames."""
+        if not self._fill(HEADER_SIZE, deadline):
+            if self._w == self._r:
+                return None
+            raise TruncatedFrame("stream ended after %d of %d header bytes" % (self._w - self._r, HEADER_SIZE))
+        h = parse_header(self._view[self._r : self._r + HEADER_SIZE], max_payload)
+        self._r += HEADER_SIZE
+        return h
+
+    def read_payload(self, n: int, deadline: Optional[float] = None) -> bytearray:
+        """Read n payload bytes into a new bytearray."""
+        p = bytearray(n)
+        k = min(n, self._w - self._r)
+        p[:k] = self._view[self._r : self._r + k]
+        self._r += k
+        if k < n:
+            pv = memoryview(p)
+            while k < n:
+                m = self._recv(pv[k:], deadline)
+                if m == 0:
+                    raise TruncatedFrame("stream ended inside a payload: %d of %d bytes" % (k, n))
+                k += m
+        return p
+
+    def skip(self, n: int) -> None:
+        """Skip n payload bytes without keeping them."""
+        while n:
+            if self._r == self._w:
+                if not self._fill(1, None):
+                    raise TruncatedFrame("stream ended inside a payload")
+            k = min(n, self._w - self._r)
+            self._r += k
+            n -= k
+
+
+class _Pool:
+    """A bounded pool of daemon threads that run handler jobs.
+
+    Threads are started as jobs need them, up to ``size``, and end after
+    ``idle`` seconds without work or once the pool is closed.
+    """
+
+    def __init__(self, size: int, idle: float = 30.0) -> None:
+        self._size = size
+        self._idle_for = idle
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: Deque[Callable[[], None]] = collections.deque()
+        self._threads = 0
+        self._waiting = 0
+        self._closed = False
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            if len(self._jobs) > self._waiting and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._run, name="pairvisor-handler", daemon=True).start()
+            else:
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if not self._jobs:
+                    if self._closed:
+                        break
+                    self._waiting += 1
+                    woke = self._cond.wait(self._idle_for)
+                    self._waiting -= 1
+                    if not woke and not self._jobs:
+                        break
+                    continue
+                job = self._jobs.popleft()
+                self._cond.release()
+                try:
+                    job()
+                except BaseException:  # jobs handle their own errors; never lose the thread's count
+                    pass
+                finally:
+                    self._cond.acquire()
+            self._threads -= 1
+
+
+class _Pending:
+    """A request of ours waiting for its reply."""
+
+    __slots__ = ("type", "event", "reply", "error")
+
+    def __init__(self, type: int) -> None:
+        self.type = type
+        self.event = threading.Event()
+        self.reply: Optional[bytes] = None
+        self.error: Optional[BaseException] = None
+
+
+Handler = Callable[[bytes], Union[bytes, bytearray, memoryview, None]]
+"""A MESSAGE handler: the request's payload in, the reply's out."""
+
+
+class _Conn:
+    """One end of a framed connection; see the module doc.
+
+    role is "worker" (serves SHUTDOWN, runs the handler for MESSAGE) or
+    "client" (answers PING and ECHO, refuses everything else).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        name: str,
+        role: str,
+        handler: Optional[Handler] = None,
+        logger: Optional[logging.Logger] = None,
+        max_payload: int = MAX_PAYLOAD,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        shutdown_linger: float = 1.0,
+    ) -> None:
+        if max_payload <= 0 or max_payload > MAX_PAYLOAD:
+            max_payload = MAX_PAYLOAD
+        if max_concurrent <= 0:
+            max_concurrent = DEFAULT_MAX_CONCURRENT
+        if max_buffered <= 0:
+            max_buffered = DEFAULT_MAX_BUFFERED
+        if write_timeout <= 0:
+            write_timeout = DEFAULT_WRITE_TIMEOUT
+        sock.setblocking(True)
+        self._sock = sock
+        self._name = name
+        self._role = role
+        self._handler = handler
+        self._log = logger if logger is not None else logging.getLogger("pairvisor")
+        self._max_payload = max_payload
+        self._max_concurrent = max_concurrent
+        self._write_timeout = write_timeout
+        self._linger = shutdown_linger
+        self._reader = _Reader(sock)
+        self._writer = _Writer(self, sock, write_timeout)
+        self._held = _Budget(max_buffered)  # bytes held for the peer
+        self._outgoing = _Budget(max_buffered)  # our requests queued
+        self._pool = _Pool(max_concurrent)
+        self._lock = threading.Lock()
+        self._pending: Dict[int, _Pending] = {}
+        self._next_id = 0
+        self._inflight = 0  # MESSAGE requests given to the pool, reply not queued yet
+        self._draining = False  # a SHUTDOWN arrived
+        self._shutdown: Optional[Tuple[int, int]] = None  # (id, bytes held) of the SHUTDOWN whose reply is owed
+        self._linger_timer: Optional[threading.Timer] = None
+        self._reason: Optional[str] = None  # why the connection closed
+        self._fd_closed = False
+        self.peer: Optional[Hello] = None
+        self.version = 0
+
+    # -- life cycle ---------------------------------------------------------
+
+    def hello(self, deadline: Optional[float] = None) -> None:
+        """Send our hello and read the peer's (until deadline, if any).
+        On failure the connection is torn down and the error raised."""
+        self._writer.start()
+        ours = Hello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, os.getpid(), self._name)
+        p = encode_hello(ours)
+        self._writer.put(encode_header(MessageType.HELLO, 0, len(p), 0), p)
+        try:
+            self._read_hello(ours, deadline)
+        except BaseException as e:
+            self._teardown(self._reason or "hello failed: %s" % e)
+            raise
+
+    def _read_hello(self, ours: Hello, deadline: Optional[float]) -> None:
+        r = self._reader
+        try:
+            h = r.read_header(self._max_payload, deadline)
+            if h is None:
+                raise ConnectionClosed(self._reason or "peer closed the connection before its hello")
+            if h.type != MessageType.HELLO or h.is_reply:
+                if h.type == MessageType.ERROR and h.is_reply:
+                    raise parse_error(r.read_payload(h.length, deadline))
+                raise ProtocolError("unexpected frame: first frame is %s, want hello" % _type_name(h.type), frame_id=h.id)
+            if h.length > MAX_HELLO_PAYLOAD:
+                raise ProtocolError("malformed payload: hello payload of %d bytes, limit %d" % (h.length, MAX_HELLO_PAYLOAD))
+            peer = parse_hello(r.read_payload(h.length, deadline))
+            self.version = negotiate(ours, peer)
+            self.peer = peer
+        except TruncatedFrame:
+            raise
+        except ProtocolError as e:
+            self._violation(e)
+            raise
+        except socket.timeout:
+            raise TimeoutError("no hello from the peer in time") from None
+
+    def _violation(self, e: ProtocolError) -> None:
+        """Tell the peer what it did wrong (best effort) before we close."""
+        self._log.log(logging.WARNING if self._role == "worker" else logging.DEBUG, "pairvisor: protocol violation by the peer; closing", extra={"error": e.detail, "code": e.code})
+        p = encode_error(e.code, e.detail)
+        self._writer.put(encode_header(MessageType.ERROR, FLAG_REPLY, len(p), e.frame_id), p)
+        self._writer.stop(flush=_CLOSE_FLUSH)
+        with self._lock:
+            if self._reason is None:
+                self._reason = "protocol violation: %s" % e.detail
+
+    def run(self) -> str:
+        """Read and handle frames until the stream ends; tear down and
+        return why it ended."""
+        reason = "connection closed"
+        try:
+            reason = self._read_loop()
+        except TruncatedFrame as e:
+            reason = "truncated frame: %s" % e.detail
+        except ProtocolError as e:
+            self._violation(e)
+            reason = "protocol violation: %s" % e.detail
+        except RemoteError as e:
+            reason = "peer closed the connection with error %d: %s" % (e.code, e.message)
+        except ConnectionClosed as e:
+            reason = e.reason
+        except OSError as e:
+            reason = "read failed: %s" % e
+        finally:
+            reason = self._reason or reason
+            self._teardown(reason)
+        return reason
+
+    def _read_loop(self) -> str:
+        r = self._reader
+        while True:
+            h = r.read_header(self._max_payload)
+            if h is None:
+                return self._reason or "closed by the peer"
+            if self._reason is not None:
+                return self._reason
+            if h.is_reply:
+                self._on_reply(h)
+            elif h.type == MessageType.PING:
+                if h.length > MAX_PING_PAYLOAD:
+                    raise FrameTooLarge(
+                        "frame too large: ping payload of %d bytes exceeds the limit of %d" % (h.length, MAX_PING_PAYLOAD), frame_id=h.id
+                    )
+                self._answer_inline(h)
+            elif h.type == MessageType.ECHO:
+                self._answer_inline(h)
+            elif h.type in (MessageType.HELLO, MessageType.ERROR):
+                raise ProtocolError("unexpected frame: %s request after the handshake" % _type_name(h.type), frame_id=h.id)
+            else:
+                self._on_request(h)
+
+    def _take(self, n: int) -> None:
+        """Hold n more bytes for the peer, waiting for room (back-pressure);
+        close the connection if the peer reads nothing meanwhile."""
+        if not self._held.take(n, self._write_timeout):
+            reason = "stalled: the peer is not reading its replies: %d bytes of them held and none written for %gs" % (
+                self._held.held,
+                self._write_timeout,
+            )
+            self._abort(reason, level=logging.WARNING)
+            raise ConnectionClosed(reason)
+
+    def _reply(self, type: int, id: int, payload: Any, cost: int, on_sent: Optional[Callable[[], None]] = None) -> None:
+        p = _byteview(payload)
+        self._writer.put(encode_header(type, FLAG_REPLY, len(p), id), p, cost, self._held, on_sent)
+
+    def _answer_inline(self, h: Header) -> None:
+        cost = HEADER_SIZE + h.length
+        self._take(cost)
+        try:
+            p = self._reader.read_payload(h.length)
+        except BaseException:
+            self._held.release(cost)
+            raise
+        self._reply(h.type, h.id, p, cost)
+
+    def _refuse(self, h: Header, code: int, message: str) -> None:
+        """Skip request h unread and answer it with an ERROR."""
+        self._reader.skip(h.length)
+        p = encode_error(code, message)
+        cost = HEADER_SIZE + len(p)
+        self._take(cost)
+        self._reply(MessageType.ERROR, h.id, p, cost)
+
+    def _on_request(self, h: Header) -> None:
+        t = h.type
+        if self._draining:
+            self._refuse(h, ErrorCode.SHUTTING_DOWN, "shutting down")
+        elif t == MessageType.SHUTDOWN and self._role == "worker":
+            self._reader.skip(h.length)  # empty by the spec; ignored otherwise, as Go does
+            cost = 2 * HEADER_SIZE
+            self._take(cost)
+            with self._lock:
+                self._draining = True
+                self._shutdown = (h.id, cost)
+            self._log.debug("shutdown requested")
+            self._maybe_drained()
+        elif t == MessageType.MESSAGE and self._role == "worker":
+            if self._handler is None:
+                self._refuse(h, ErrorCode.UNSUPPORTED, "worker has no message handler")
+                return
+            with self._lock:
+                busy = self._inflight >= self._max_concurrent
+            if busy:
+                self._refuse(h, ErrorCode.UNAVAILABLE, "more than %d requests in flight" % self._max_concurrent)
+                return
+            cost = 2 * HEADER_SIZE + h.length  # the request, and a header for its reply until we know its size
+            self._take(cost)
+            try:
+                payload = bytes(self._reader.read_payload(h.length))
+            except BaseException:
+                self._held.release(cost)
+                raise
+            with self._lock:
+                self._inflight += 1
+            self._pool.submit(lambda: self._handle(h.id, payload, cost))
+        elif self._role == "worker":
+            self._refuse(h, ErrorCode.UNSUPPORTED, "%s is not served by workers" % _type_name(t))
+        else:
+            self._refuse(h, ErrorCode.UNSUPPORTED, "no handler for %s requests" % _type_name(t))
+
+    def _handle(self, id: int, payload: bytes, cost: int) -> None:
+        """Run the handler for MESSAGE request id (a pool thread) and queue
+        its reply. cost bytes are held for the request; they are settled
+        against the real reply and released once it is written."""
+        rtype = MessageType.MESSAGE
+        out: Any = b""
+        try:
+            assert self._handler is not None
+            result = self._handler(payload)
+            if result is None:
+                result = b""
+            if not isinstance(result, _PAYLOAD_LIKE):
+                raise TypeError("handler returned %s, want bytes" % type(result).__name__)
+            out = _byteview(result)
+            if len(out) > self._max_payload:
+                rtype = MessageType.ERROR
+                out = encode_error(ErrorCode.TOO_LARGE, "reply of %d bytes exceeds the limit of %d" % (len(out), self._max_payload))
+        except RemoteError as e:
+            rtype, out = MessageType.ERROR, encode_error(e.code, e.message)
+        except BaseException as e:
+            self._log.error(
+                "handler failed", exc_info=True, extra={"request_id": id, "request_bytes": len(payload)}
+            )
+            rtype, out = MessageType.ERROR, encode_error(ErrorCode.INTERNAL, "%s: %s" % (type(e).__name__, e))
+            if not isinstance(e, Exception):
+                self._finish_request(id, rtype, out, cost)
+                raise
+        self._finish_request(id, rtype, out, cost)
+
+    def _finish_request(self, id: int, rtype: int, out: Any, cost: int) -> None:
+        d = len(_byteview(out))  # the reply's size beyond the header held for it
+        self._held.force(d)
+        self._reply(rtype, id, out, cost + d)
+        with self._lock:
+            self._inflight -= 1
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        """Queue the SHUTDOWN reply once every earlier request is answered
+        (their replies are queued before it, and the writer is FIFO)."""
+        with self._lock:
+            if self._shutdown is None or self._inflight > 0:
+                return
+            (id, cost), self._shutdown = self._shutdown, None
+        self._reply(MessageType.SHUTDOWN, id, b"", cost, on_sent=self._start_linger)
+
+    def _start_linger(self) -> None:
+        """After the SHUTDOWN reply: the supervisor closes its end; wait
+        for that EOF at most shutdown_linger seconds."""
+        if self._linger <= 0:
+            return
+        t = threading.Timer(self._linger, self._abort, args=("no EOF within %gs of the shutdown reply" % self._linger,))
+        t.daemon = True
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._linger_timer = t
+        t.start()
+
+    def _on_reply(self, h: Header) -> None:
+        r = self._reader
+        with self._lock:
+            pend = self._pending.pop(h.id, None)
+        if pend is None:
+            if h.type == MessageType.ERROR and h.id == 0:
+                raise parse_error(r.read_payload(h.length))  # about the connection: the peer closes
+            r.skip(h.length)  # its caller gave up
+            return
+        if h.type == MessageType.ERROR:
+            pend.error = parse_error(r.read_payload(h.length))
+        elif h.type != pend.type:
+            err = ProtocolError("unexpected frame: %s reply to %s request %d" % (_type_name(h.type), _type_name(pend.type), h.id))
+            pend.error = err
+            pend.event.set()
+            raise err
+        else:
+            pend.reply = bytes(r.read_payload(h.length))
+        pend.event.set()
+
+    def _abort(self, reason: str, level: int = logging.DEBUG) -> None:
+        """Close the connection from any thread: record why and shut the
+        socket down, which ends the reader's wait (it then tears down)."""
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._reason = reason
+            if not self._fd_closed:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._log.log(level, "pairvisor: closing the connection", extra={"reason": reason})
+        self._held.close(reason)
+        self._outgoing.close(reason)
+
+    def _teardown(self, reason: str) -> None:
+        """End the connection (reader thread only): fail pending calls,
+        stop the writer and the pool, close the socket once."""
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+            pending, self._pending = self._pending, {}
+            timer, self._linger_timer = self._linger_timer, None
+        if timer is not None:
+            timer.cancel()
+        for p in pending.values():
+            p.error = ConnectionClosed(reason)
+            p.event.set()
+        self._held.close(reason)
+        self._outgoing.close(reason)
+        # Frames already queued (replies, a last ERROR) get a short chance
+        # to go out: a peer that only half-closed still reads them, one
+        # that is gone fails the write at once.
+        self._writer.stop(flush=_CLOSE_FLUSH)
+        self._writer.join(_CLOSE_FLUSH + 1.0)
+        with self._lock:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._writer.join(self._write_timeout)
+        self._pool.close()
+        with self._lock:
+            self._fd_closed = True
+            self._sock.close()
+
+    # -- our requests ---------------------------------------------------------
+
+    def call(self, type: int, payload: Union[bytes, bytearray, memoryview], timeout: Optional[float]) -> bytes:
+        """Send a request and wait for its reply (see Client.call)."""
+        t = int(type)
+        if t not in _TYPE_VALUES or t in (MessageType.HELLO, MessageType.ERROR):
+            raise ValueError("%s is not a request type" % _type_name(t))
+        payload = _byteview(payload)
+        n = len(payload)
+        limit = MAX_PING_PAYLOAD if t == MessageType.PING else self._max_payload
+        if n > limit:
+            raise FrameTooLarge("frame too large: %s payload of %d bytes exceeds the limit of %d" % (_type_name(t), n, limit))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cost = HEADER_SIZE + n
+        if not self._outgoing.take(cost, self._write_timeout if timeout is None else timeout, deadline):
+            raise TimeoutError("no room to queue the %s request within %gs" % (_type_name(t), timeout or self._write_timeout))
+        pend = _Pending(t)
+        with self._lock:
+            if self._reason is not None:
+                self._outgoing.release(cost)
+                raise ConnectionClosed(self._reason)
+            self._next_id += 1
+            id = self._next_id
+            self._pending[id] = pend
+        self._writer.put(encode_header(t, 0, n, id), payload, cost, self._outgoing)
+        if not pend.event.wait(timeout):
+            with self._lock:
+                self._pending.pop(id, None)  # a late reply is read and dropped
+            if not pend.event.is_set():
+                raise TimeoutError("no reply to %s request %d within %gs" % (_type_name(t), id, timeout or 0))
+        if pend.error is not None:
+            raise pend.error
+        assert pend.reply is not None
+        return pend.reply
+
+
+# ---------------------------------------------------------------------------
+# Worker side: the process contract and serve().
+
+ENV_WORKER = "PAIRVISOR_WORKER"
+ENV_PARENT_PID = "PAIRVISOR_PARENT_PID"
+ENV_FD = "PAIRVISOR_FD"
+ENV_LOG_LEVEL = "PAIRVISOR_LOG_LEVEL"
+CHANNEL_FD = 3
+
+
+def _channel_fd(value: Optional[str]) -> int:
+    try:
+        fd = int(value) if value else CHANNEL_FD
+    except ValueError:
+        return -1
+    return fd if fd > 2 else -1
+
+
+# Mark the channel close-on-exec as soon as the module is imported, before
+# the program can start a child that would inherit it (the Go package does
+# this in its init). It costs one fcntl, and only in a process the
+# environment calls a worker.
+if ENV_WORKER in os.environ:
+    _fd = _channel_fd(os.environ.get(ENV_FD))
+    if _fd > 2:
+        try:
+            os.set_inheritable(_fd, False)
+        except OSError:
+            pass
+
+
+class _WorkerEnv(NamedTuple):
+    id: int
+    fd: int
+    level: int
+
+
+def _take_env() -> _WorkerEnv:
+    """Read and remove the contract's variables and check that a
+    supervisor started this process; raise NotWorkerError if not."""
+    if ENV_WORKER not in os.environ:
+        raise NotWorkerError("not started by a supervisor: %s is not set" % ENV_WORKER)
+    id_s = os.environ.get(ENV_WORKER, "")
+    ppid_s = os.environ.get(ENV_PARENT_PID, "")
+    fd_s = os.environ.get(ENV_FD)
+    level = _level_from_env(os.environ.get(ENV_LOG_LEVEL))
+    for k in list(os.environ):
+        if k.startswith("PAIRVISOR_"):
+            del os.environ[k]
+    fd = _channel_fd(fd_s)
+    if fd < 0:
+        raise NotWorkerError("not started by a supervisor: %s=%r is not a descriptor above 2" % (ENV_FD, fd_s))
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:
+        pass
+    try:
+        wid = int(id_s)
+    except ValueError:
+        wid = 0
+    if wid < 1:
+        raise NotWorkerError("not started by a supervisor: %s=%r is not a worker id" % (ENV_WORKER, id_s))
+    ppid = os.getppid()
+    if ppid_s != str(ppid):
+        raise NotWorkerError(
+            "not started by a supervisor: %s=%r but the parent is pid %d: environment inherited from elsewhere" % (ENV_PARENT_PID, ppid_s, ppid)
+        )
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        raise NotWorkerError("not started by a supervisor: fd %d: %s" % (fd, e)) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise NotWorkerError("not started by a supervisor: fd %d is not a socket" % fd)
+    return _WorkerEnv(wid, fd, level)
+
+
+_UCRED = struct.Struct("3i")
+
+
+def _peer_cred(sock: socket.socket) -> Tuple[int, int, int]:
+    """Return the peer's (pid, uid, gid) from SO_PEERCRED."""
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return pid, uid, gid
+
+
+def serve(
+    handler: Optional[Handler],
+    *,
+    name: Optional[str] = None,
+    logger: Optional[logging.Logger] = None,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_payload: int = MAX_PAYLOAD,
+    max_buffered: int = DEFAULT_MAX_BUFFERED,
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    shutdown_linger: float = 1.0,
+) -> str:
+    """Serve as a pairvisor worker until the supervisor is done with us.
+
+    Call it once set-up is done (typically from the main thread, which it
+    then uses as the connection's reader): its hello tells the supervisor
+    that the worker is ready. It first reads the contract
+    (``PAIRVISOR_WORKER``, ``PAIRVISOR_PARENT_PID``, ``PAIRVISOR_FD``,
+    ``PAIRVISOR_LOG_LEVEL``), removes every ``PAIRVISOR_`` variable from
+    ``os.environ`` and marks the channel close-on-exec, so that children
+    neither think they are workers nor inherit it, and checks that the
+    parent is the supervisor named and that the channel is a socket that
+    parent created (``SO_PEERCRED``). If not, it raises
+    :class:`NotWorkerError` and leaves the descriptor open and alone.
+
+    Then it answers PING and ECHO itself and runs ``handler(payload)`` for
+    each MESSAGE in a bounded pool of threads (``max_concurrent``; more are
+    refused with ``UNAVAILABLE``). The handler returns the reply's bytes
+    (None for an empty reply); raising :class:`RemoteError` sends that
+    error, raising anything else sends ``INTERNAL`` with the exception's
+    text and logs the traceback. A None handler refuses messages with
+    ``UNSUPPORTED``.
+
+    It returns (the reason, a string) when the supervisor closes the
+    channel, after a SHUTDOWN once the supervisor closes it (or
+    ``shutdown_linger`` seconds after the reply), or after a protocol
+    violation. The program must then exit: a worker never outlives its
+    supervisor. Failing to exchange hellos raises.
+
+    ``name`` is sent in the hello (default ``worker.N``); ``logger``
+    receives the library's own lines (default :func:`get_logger` at the
+    supervisor's level).
+    """
+    env = _take_env()
+    log = logger if logger is not None else get_logger("worker", env.level)
+    sock = socket.socket(fileno=env.fd)
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise NotWorkerError("not started by a supervisor: fd %d is not a Unix stream socket" % env.fd)
+        pid, _, _ = _peer_cred(sock)
+        if pid != os.getppid():
+            raise NotWorkerError(
+                "not started by a supervisor: fd %d's peer is pid %d, not the parent %d: socket inherited from elsewhere" % (env.fd, pid, os.getppid())
+            )
+    except NotWorkerError:
+        sock.detach()  # leave the descriptor to the program
+        raise
+    except OSError as e:
+        sock.detach()
+        raise NotWorkerError("not started by a supervisor: fd %d: %s" % (env.fd, e)) from None
+    conn = _Conn(
+        sock,
+        name=name if name is not None else "worker.%d" % env.id,
+        role="worker",
+        handler=handler,
+        logger=log,
+        max_payload=max_payload,
+        max_concurrent=max_concurrent,
+        max_buffered=max_buffered,
+        write_timeout=write_timeout,
+        shutdown_linger=shutdown_linger,
+    )
+    conn.hello()
+    assert conn.peer is not None
+    log.debug("ready", extra={"version": conn.version, "peer": conn.peer.name})
+    reason = conn.run()
+    log.debug("channel closed", extra={"reason": reason})
+    return reason
+
+
+# ---------------------------------------------------------------------------
+# Client side.
+
+
+def _sockaddr(path: str) -> str:
+    """Map "@name" to a Linux abstract socket address."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+class Client:
+    """A framed client of a supervisor's socket path (``supervisor serve``
+    or ``supervisor run --socket``).
+
+    ``Client(path)`` connects, checks that the server runs as root, as our
+    effective uid or as one of ``trust_uids`` (else
+    :class:`UntrustedPeerError`, and nothing is sent), sends its hello
+    first and reads the server's. ``path`` may be ``@name`` for an abstract
+    socket. ``timeout`` bounds the connect and hello and is the default
+    bound of every call. Its methods are safe to call from several threads
+    at once; requests are multiplexed on the one connection. The server's
+    own PING and ECHO requests are answered; others are refused with
+    ``UNSUPPORTED``.
+
+    Errors: :class:`RemoteError` for an ERROR reply,
+    :class:`ConnectionClosed` once the connection has closed,
+    ``TimeoutError`` for a call not answered in time (its late reply is
+    dropped), :class:`ProtocolError` for a malformed frame from the server.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float = 10.0,
+        name: str = "client",
+        trust_uids: Iterable[int] = (),
+        logger: Optional[logging.Logger] = None,
+        max_payload: int = MAX_PAYLOAD,
+    ) -> None:
+        self.timeout = timeout
+        self.path = path
+        deadline = time.monotonic() + timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # close-on-exec, as Python makes every fd
+        try:
+            self._connect(sock, _sockaddr(path), deadline)
+            _, uid, _ = _peer_cred(sock)
+            if uid != 0 and uid != os.geteuid() and uid not in set(trust_uids):
+                raise UntrustedPeerError("server at %s runs as uid %d, which is neither root, nor ours (%d), nor trusted" % (path, uid, os.geteuid()))
+        except BaseException:
+            sock.close()
+            raise
+        self._conn = _Conn(sock, name=name, role="client", logger=logger, max_payload=max_payload)
+        self._conn.hello(deadline)
+        self._thread = threading.Thread(target=self._conn.run, name="pairvisor-client-reader", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _connect(sock: socket.socket, addr: str, deadline: float) -> None:
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.connect(addr)
+                break
+            except BlockingIOError as e:
+                # EAGAIN: the server's accept queue is full; a Unix socket's
+                # non-blocking connect does not complete later, so retry.
+                if e.errno != errno.EAGAIN:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("connect %s: the server's accept queue stayed full" % addr.lstrip("\0")) from None
+                select.select([], [], [], 0.01)
+        sock.setblocking(True)
+
+    @property
+    def peer(self) -> Hello:
+        """The server's hello."""
+        assert self._conn.peer is not None
+        return self._conn.peer
+
+    @property
+    def version(self) -> int:
+        """The negotiated protocol version."""
+        return self._conn.version
+
+    def call(self, type: int, payload: Union[bytes, bytearray, memoryview] = b"", timeout: Optional[float] = None) -> bytes:
+        """Send a request of ``type`` (a :class:`MessageType` other than
+        HELLO and ERROR) and return its reply's payload. ``timeout``
+        defaults to the client's."""
+        return self._conn.call(type, payload, self.timeout if timeout is None else timeout)
+
+    def ping(self, data: bytes = b"", timeout: Optional[float] = None) -> float:
+        """Send a ping (at most 64 bytes of data) and return the round
+        trip in seconds. A pong that does not return data raises
+        :class:`ProtocolError`."""
+        start = time.monotonic()
+        got = self.call(MessageType.PING, data, timeout)
+        if got != bytes(data):
+            raise ProtocolError("pong carried %d bytes, not the %d sent" % (len(got), len(data)))
+        return time.monotonic() - start
+
+    def echo(self, data: Union[bytes, bytearray, memoryview], timeout: Optional[float] = None) -> bytes:
+        """Send an echo and return what came back."""
+        return self.call(MessageType.ECHO, data, timeout)
+
+    def status(self, timeout: Optional[float] = None) -> Any:
+        """Ask for the status document and return it parsed from JSON."""
+        return json.loads(self.call(MessageType.STATUS, b"", timeout).decode("utf-8"))
+
+    def message(self, data: Union[bytes, bytearray, memoryview], timeout: Optional[float] = None) -> bytes:
+        """Send an application message (answered by a worker's handler)."""
+        return self.call(MessageType.MESSAGE, data, timeout)
+
+    def close(self) -> None:
+        """Close the connection: calls in flight fail with
+        :class:`ConnectionClosed`. Idempotent."""
+        self._conn._abort("closed by the client")
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

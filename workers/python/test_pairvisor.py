@@ -1,0 +1,1101 @@
+"""Tests of pairvisor.py that need no Go supervisor.
+
+Run with ``python3 -m unittest -v`` in this directory. The worker tests
+start real worker processes with a real socketpair as fd 3 and play the
+supervisor over it, frame by frame; the client tests run a fake server on
+a real socket path. Waits are bounded (WAIT seconds) and never used to
+synchronise: every test waits for an event, a frame or an exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import select
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from typing import Any, Dict, List, Optional, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import pairvisor as pv  # noqa: E402
+from pairvisor import ErrorCode as C  # noqa: E402
+from pairvisor import MessageType as T  # noqa: E402
+
+WAIT = 20.0  # bound on any single wait; a healthy run takes a fraction
+
+
+# ---------------------------------------------------------------------------
+# Codec.
+
+
+class TestCodec(unittest.TestCase):
+    def test_golden_session(self) -> None:
+        # The byte-by-byte session of docs/PROTOCOL.md.
+        s_hello = bytes.fromhex("c150010012000000 0000000000000000 01000100e8030000 73757065727669736f72".replace(" ", ""))
+        w_hello = bytes.fromhex("c150010010000000 0000000000000000 01000100e9030000 776f726b65722e31".replace(" ", ""))
+        self.assertEqual(pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 1000, "supervisor"))), s_hello)
+        self.assertEqual(pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 1001, "worker.1"))), w_hello)
+        self.assertEqual(pv.encode_frame(T.PING, id=1), bytes.fromhex("c150020000000000 0100000000000000".replace(" ", "")))
+        self.assertEqual(pv.encode_frame(T.PING, id=1, flags=pv.FLAG_REPLY), bytes.fromhex("c150020100000000 0100000000000000".replace(" ", "")))
+        d = pv.FrameDecoder()
+        frames = d.feed(s_hello + w_hello)
+        self.assertEqual([pv.parse_hello(p) for _, p in frames], [pv.Hello(1, 1, 1000, "supervisor"), pv.Hello(1, 1, 1001, "worker.1")])
+
+    def test_header_round_trip(self) -> None:
+        for t in T:
+            for flags in (0, pv.FLAG_REPLY):
+                for n, i in ((0, 0), (1, 1), (pv.MAX_PAYLOAD, 2**64 - 1)):
+                    h = pv.parse_header(pv.encode_header(t, flags, n, i))
+                    self.assertEqual(h, pv.Header(t, flags, n, i))
+                    self.assertEqual(h.is_reply, bool(flags))
+
+    def test_header_errors(self) -> None:
+        good = pv.encode_header(T.ECHO, 0, 10, 77)
+        cases: List[Tuple[bytes, int, type, int, str]] = [
+            (b"\xc1P\x02", 0, pv.TruncatedFrame, C.PROTOCOL, "header has 3 of 16"),
+            (b"\xc0" + good[1:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
+            (good[:1] + b"Q" + good[2:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
+            (good[:2] + b"\x09" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
+            (good[:2] + b"\x00" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
+            (good[:3] + b"\x02" + good[4:], 0, pv.ProtocolError, C.PROTOCOL, "undefined frame flags"),
+            (pv.encode_header(T.ECHO, 0, pv.MAX_PAYLOAD + 1, 77), 0, pv.FrameTooLarge, C.TOO_LARGE, "exceeds the limit of 16777216"),
+            (good, 9, pv.FrameTooLarge, C.TOO_LARGE, "exceeds the limit of 9"),
+        ]
+        for b, limit, cls, code, text in cases:
+            with self.subTest(text=text, b=b.hex()):
+                with self.assertRaises(cls) as cm:
+                    pv.parse_header(b, limit or pv.MAX_PAYLOAD)
+                self.assertEqual(cm.exception.code, code)
+                self.assertIn(text, str(cm.exception))
+                # Errors about a header with good magic name its id.
+                if "magic" not in text and "has 3" not in text:
+                    self.assertEqual(cm.exception.frame_id, 77)
+                else:
+                    self.assertEqual(cm.exception.frame_id, 0)
+        # A limit above the protocol's is lowered to it.
+        with self.assertRaises(pv.FrameTooLarge):
+            pv.parse_header(pv.encode_header(T.ECHO, 0, pv.MAX_PAYLOAD + 1, 1), 1 << 30)
+
+    def test_hello(self) -> None:
+        h = pv.Hello(1, 3, 2**32 - 1, "wörker")
+        self.assertEqual(pv.parse_hello(pv.encode_hello(h)), h)
+        # A long name is cut to 256 bytes at a character boundary.
+        long = pv.encode_hello(pv.Hello(1, 1, 0, "a" + "é" * 200))
+        self.assertLessEqual(len(long), pv.MAX_HELLO_PAYLOAD)
+        self.assertEqual(pv.parse_hello(long).name, "a" + "é" * 127)
+        for bad, text in [
+            (b"\x01\x00\x01\x00\x00\x00\x00", "7 bytes"),
+            (struct.pack("<HHI", 1, 1, 0) + b"x" * 257, "265 bytes"),
+            (struct.pack("<HHI", 0, 1, 0), "range 0..1"),
+            (struct.pack("<HHI", 3, 2, 0), "range 3..2"),
+        ]:
+            with self.subTest(text=text):
+                with self.assertRaises(pv.ProtocolError) as cm:
+                    pv.parse_hello(bad)
+                self.assertEqual(cm.exception.code, C.PROTOCOL)
+                self.assertIn(text, str(cm.exception))
+        # A name that is not UTF-8 does not fail the hello.
+        self.assertEqual(pv.parse_hello(struct.pack("<HHI", 1, 1, 0) + b"\xff").name, "\ufffd")
+
+    def test_negotiate(self) -> None:
+        ours = pv.Hello(1, 1, 0, "us")
+        self.assertEqual(pv.negotiate(ours, pv.Hello(1, 5, 0, "p")), 1)
+        self.assertEqual(pv.negotiate(pv.Hello(1, 4, 0, "us"), pv.Hello(2, 3, 0, "p")), 3)
+        with self.assertRaises(pv.VersionMismatch) as cm:
+            pv.negotiate(ours, pv.Hello(2, 3, 0, "future"))
+        self.assertEqual((cm.exception.code, cm.exception.frame_id), (C.VERSION, 0))
+        self.assertIn("'future' speaks 2..3", str(cm.exception))
+
+    def test_error_payload(self) -> None:
+        e = pv.parse_error(pv.encode_error(C.DENIED, "nope ✗"))
+        self.assertEqual((e.code, e.message), (9, "nope ✗"))
+        self.assertEqual(str(e), "peer replied with error 9: nope ✗")
+        e = pv.parse_error(b"\x01")
+        self.assertEqual((e.code, e.message), (C.PROTOCOL, "malformed error frame"))
+
+    def test_decoder_split_anywhere(self) -> None:
+        rng = random.Random(1)
+        frames = []
+        for i in range(200):
+            t = rng.choice(list(T))
+            p = bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 5, 300, 5000])))
+            frames.append((pv.Header(t, rng.choice([0, 1]), len(p), rng.getrandbits(64)), p))
+        stream = b"".join(pv.encode_frame(h.type, p, id=h.id, flags=h.flags) for h, p in frames)
+        for _ in range(5):
+            d = pv.FrameDecoder()
+            got: List[Tuple[pv.Header, bytes]] = []
+            i = 0
+            while i < len(stream):
+                n = rng.choice([1, 2, 15, 16, 17, 1000, 70000])
+                got += d.feed(stream[i : i + n])
+                i += n
+            d.close()
+            self.assertEqual(got, frames)
+        d = pv.FrameDecoder()
+        d.feed(stream[:20])
+        with self.assertRaises(pv.TruncatedFrame):
+            d.close()
+
+    def test_decoder_fuzz(self) -> None:
+        # Random and mutated input: the decoder yields frames or raises a
+        # ProtocolError, never anything else, and never buffers more than
+        # one frame's worth under the limit.
+        rng = random.Random(2)
+        seed = b"".join(pv.encode_frame(t, b"x" * rng.randrange(40), id=rng.randrange(9)) for t in T)
+        limit = 64
+        for it in range(4000):
+            b = bytearray(seed)
+            for _ in range(rng.randrange(1, 6)):
+                b[rng.randrange(len(b))] = rng.getrandbits(8)
+            if it % 3 == 0:
+                b = bytearray(rng.getrandbits(8) for _ in range(rng.randrange(64)))
+            d = pv.FrameDecoder(max_payload=limit)
+            try:
+                for h, p in d.feed(bytes(b)):
+                    self.assertEqual(len(p), h.length)
+                    self.assertLessEqual(h.length, limit)
+                    self.assertIn(h.type, set(int(t) for t in T))
+                self.assertLessEqual(d.pending, pv.HEADER_SIZE + limit)
+            except pv.ProtocolError:
+                pass
+            for parse in (pv.parse_hello, pv.parse_error):
+                try:
+                    parse(bytes(b[: rng.randrange(len(b) + 1)]))
+                except pv.ProtocolError:
+                    pass
+
+
+# ---------------------------------------------------------------------------
+# Logging.
+
+
+class TestLogging(unittest.TestCase):
+    def test_hclog_json(self) -> None:
+        rec = logging.LogRecord("example", logging.WARNING, __file__, 1, "hello %s", ("there",), None)
+        rec.bytes = 5  # type: ignore[attr-defined]  # as extra= sets it
+        rec.obj = {"a": [1, 2]}  # type: ignore[attr-defined]
+        line = pv.HclogFormatter().format(rec)
+        self.assertNotIn("\n", line)
+        d = json.loads(line)
+        self.assertEqual(d["@level"], "warn")
+        self.assertEqual(d["@message"], "hello there")
+        self.assertEqual(d["@module"], "example")
+        self.assertEqual((d["bytes"], d["obj"]), (5, {"a": [1, 2]}))
+        self.assertRegex(d["@timestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d$")
+        try:
+            raise KeyError("k")
+        except KeyError:
+            rec = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed\nbadly", (), sys.exc_info())
+        d = json.loads(pv.HclogFormatter().format(rec))
+        self.assertEqual((d["@level"], d["@message"], d["error"]), ("error", "failed\nbadly", "KeyError: 'k'"))
+        self.assertIn("Traceback (most recent call last)", d["traceback"])
+        levels = {pv.TRACE: "trace", logging.DEBUG: "debug", logging.INFO: "info", logging.ERROR: "error", logging.CRITICAL: "error"}
+        for lv, name in levels.items():
+            r = logging.LogRecord("x", lv, __file__, 1, "m", (), None)
+            self.assertEqual(json.loads(pv.HclogFormatter().format(r))["@level"], name)
+
+    def test_get_logger_levels(self) -> None:
+        import io
+
+        for word, shown in [("trace", ["trace", "debug", "info"]), ("info", ["info"]), ("WARN", []), ("off", []), ("bogus", ["info"])]:
+            with self.subTest(level=word):
+                buf = io.StringIO()
+                log = pv.get_logger("test.levels." + word, word, stream=buf)
+                log.log(pv.TRACE, "t")
+                log.debug("d")
+                log.info("i")
+                got = [json.loads(x)["@level"] for x in buf.getvalue().splitlines()]
+                self.assertEqual(got, shown)
+                self.assertFalse(log.propagate)
+                # Set up once: a second call adds no second handler.
+                pv.get_logger("test.levels." + word, word, stream=buf)
+                log.info("again")
+                self.assertEqual(len(buf.getvalue().splitlines()), len(shown) + (0 if word in ("WARN", "off") else 1))
+
+
+# ---------------------------------------------------------------------------
+# A supervisor's end of a worker's channel, played frame by frame.
+
+WORKER_SCRIPT = r"""
+import os, sys
+n = int(os.environ.pop("TEST_CHANNEL", "-1"))
+if n >= 0 and n != 3:
+    os.dup2(n, 3)   # fd 3, inheritable, as a supervisor hands it over
+    os.close(n)
+import fcntl, json, subprocess, threading, time
+import pairvisor as pv
+
+release_fd = int(os.environ.get("TEST_RELEASE_FD", "-1"))
+barrier = threading.Barrier(int(os.environ.get("TEST_BARRIER", "1")), timeout=20)
+
+def handle(p):
+    cmd, _, arg = p.partition(b" ")
+    if cmd == b"upper":
+        return arg.upper()
+    if cmd == b"boom":
+        raise ValueError("boom")
+    if cmd == b"remote":
+        raise pv.RemoteError(pv.ErrorCode.BAD_REQUEST, "bad " + arg.decode())
+    if cmd == b"str":
+        return "text"
+    if cmd == b"none":
+        return None
+    if cmd == b"big":
+        return bytearray(b"z" * int(arg))
+    if cmd == b"block":
+        os.read(release_fd, 1)
+        return b"released " + arg
+    if cmd == b"barrier":
+        barrier.wait()
+        return b"met " + arg
+    if cmd == b"env":
+        flags = fcntl.fcntl(3, fcntl.F_GETFD)
+        return json.dumps({
+            "pairvisor_vars": sorted(k for k in os.environ if k.startswith("PAIRVISOR_")),
+            "fd3_inheritable": os.get_inheritable(3),
+            "fd3_cloexec": bool(flags & fcntl.FD_CLOEXEC),
+        }).encode()
+    raise KeyError(cmd)
+
+kwargs = json.loads(os.environ.get("TEST_SERVE_KWARGS", "{}"))
+try:
+    reason = pv.serve(handle, **kwargs)
+except pv.NotWorkerError as e:
+    try:
+        os.fstat(3)
+        fd3 = "open"
+    except OSError:
+        fd3 = "closed"
+    left = sorted(k for k in os.environ if k.startswith("PAIRVISOR_"))
+    print("not a worker: %s | fd3 %s | vars %s" % (e, fd3, left), flush=True)
+    sys.exit(3)
+print("serve returned: " + reason, flush=True)
+"""
+
+
+class Peer:
+    """The test's end of a connection: raw frames, bounded waits."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.dec = pv.FrameDecoder()
+        self.frames: List[Tuple[pv.Header, bytes]] = []
+        self.eof = False
+
+    def send(self, t: int, payload: bytes = b"", id: int = 0, flags: int = 0) -> None:
+        self.sock.sendall(pv.encode_frame(t, payload, id=id, flags=flags))
+
+    def hello(self, lo: int = 1, hi: int = 1, name: str = "supervisor") -> None:
+        self.send(T.HELLO, pv.encode_hello(pv.Hello(lo, hi, os.getpid(), name)))
+
+    def _more(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out waiting for the worker")
+        r, _, _ = select.select([self.sock], [], [], left)
+        if not r:
+            raise AssertionError("timed out waiting for the worker")
+        try:
+            b = self.sock.recv(1 << 20)
+        except ConnectionResetError:
+            b = b""
+        if not b:
+            self.eof = True
+            return
+        self.frames += self.dec.feed(b)
+
+    def recv(self, timeout: float = WAIT) -> Tuple[pv.Header, bytes]:
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            if self.eof:
+                raise AssertionError("EOF instead of a frame")
+            self._more(deadline)
+        return self.frames.pop(0)
+
+    def expect_eof(self, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            self._more(deadline)
+        self.dec.close()
+
+    def call(self, t: int, payload: bytes = b"", id: int = 1) -> Tuple[pv.Header, bytes]:
+        self.send(t, payload, id)
+        h, p = self.recv()
+        assert h.id == id, "reply %s to id %d" % (h, id)
+        return h, p
+
+    def expect_error(self, id: int, code: int, text: str = "") -> str:
+        h, p = self.recv()
+        if h.type != T.ERROR or not h.is_reply or h.id != id:
+            raise AssertionError("want error %d for id %d, got %s %r" % (code, id, h, p[:100]))
+        e = pv.parse_error(p)
+        if e.code != code or text not in e.message:
+            raise AssertionError("want error %d %r, got %d %r" % (code, text, e.code, e.message))
+        return e.message
+
+
+class WorkerProc:
+    """A worker process started as a supervisor starts one."""
+
+    def __init__(self, tc: unittest.TestCase, env: Optional[Dict[str, str]] = None, kwargs: Optional[Dict[str, Any]] = None, channel: Optional[socket.socket] = None, hello: bool = True) -> None:
+        self.tc = tc
+        self.release_r, self.release_w = (_high_fd(fd) for fd in os.pipe())
+        ours: Optional[socket.socket] = None
+        if channel is None:
+            ours, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel = socket.socket(fileno=_high_fd(channel.detach()))
+        e = {k: v for k, v in os.environ.items() if not k.startswith("PAIRVISOR_")}
+        e.update(
+            PAIRVISOR_WORKER="1",
+            PAIRVISOR_PARENT_PID=str(os.getpid()),
+            PAIRVISOR_FD="3",
+            PAIRVISOR_LOG_LEVEL="debug",
+            PYTHONPATH=HERE,
+            PYTHONDONTWRITEBYTECODE="1",
+            TEST_CHANNEL=str(channel.fileno()),
+            TEST_RELEASE_FD=str(self.release_r),
+            TEST_SERVE_KWARGS=json.dumps(kwargs or {}),
+        )
+        e.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER_SCRIPT],
+            env=e,
+            pass_fds=(channel.fileno(), self.release_r),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        channel.close()
+        os.close(self.release_r)
+        self.peer = Peer(ours) if ours is not None else None
+        self._out: Optional[Tuple[str, str]] = None
+        tc.addCleanup(self.cleanup)
+        if hello and self.peer is not None:
+            h, p = self.peer.recv()
+            self.tc.assertEqual((h.type, h.flags, h.id), (T.HELLO, 0, 0))
+            self.hello_from_worker = pv.parse_hello(p)
+            self.peer.hello()
+
+    def release(self, n: int = 1) -> None:
+        os.write(self.release_w, b"x" * n)
+
+    def wait(self, code: int = 0) -> Tuple[str, str]:
+        """Wait for the exit; check its status; return stdout, stderr."""
+        try:
+            out, err = self.proc.communicate(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError("worker did not exit\nstdout:\n%s\nstderr:\n%s" % (out.decode(), err.decode()))
+        self._out = (out.decode(), err.decode())
+        self.tc.assertEqual(self.proc.returncode, code, "exit status\nstdout:\n%s\nstderr:\n%s" % self._out)
+        return self._out
+
+    def close_and_wait(self) -> str:
+        assert self.peer is not None
+        self.peer.sock.close()
+        out, _ = self.wait(0)
+        return out
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        elif self._out is None:
+            self.proc.communicate()
+        os.close(self.release_w)
+        if self.peer is not None:
+            self.peer.sock.close()
+
+
+def _high_fd(fd: int) -> int:
+    """Move fd to a number above 9, so that the worker's dup2 to fd 3
+    cannot clobber it (nor it fd 3)."""
+    import fcntl
+
+    n = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return n
+
+
+def _echo_sizes() -> List[int]:
+    return [0, 1, 64 << 10, 1 << 20]
+
+
+class TestWorker(unittest.TestCase):
+    def test_hello_ping_echo_message(self) -> None:
+        w = WorkerProc(self)
+        assert w.peer is not None
+        self.assertEqual(w.hello_from_worker, pv.Hello(1, 1, w.proc.pid, "worker.1"))
+        for i, p in enumerate([b"", b"x", b"p" * 64]):
+            h, got = w.peer.call(T.PING, p, id=10 + i)
+            self.assertEqual((h.type, h.flags, got), (T.PING, pv.FLAG_REPLY, p))
+        rng = random.Random(3)
+        for n in _echo_sizes():
+            p = bytes(rng.getrandbits(8) for _ in range(min(n, 4096))) * max(1, n // 4096)
+            p = p[:n]
+            h, got = w.peer.call(T.ECHO, p, id=100 + n)
+            self.assertEqual((h.type, h.flags), (T.ECHO, pv.FLAG_REPLY))
+            self.assertTrue(got == p, "echo of %d bytes came back as %d bytes" % (n, len(got)))
+        h, got = w.peer.call(T.MESSAGE, b"upper hello", id=7)
+        self.assertEqual((h.type, h.flags, got), (T.MESSAGE, pv.FLAG_REPLY, b"HELLO"))
+        h, got = w.peer.call(T.MESSAGE, b"none", id=8)
+        self.assertEqual((h.type, got), (T.MESSAGE, b""))
+        h, got = w.peer.call(T.MESSAGE, b"big %d" % (3 << 20), id=9)
+        self.assertEqual(got, b"z" * (3 << 20))
+        self.assertIn("serve returned: closed by the peer", w.close_and_wait())
+
+    def test_env_removed_and_channel_cloexec(self) -> None:
+        w = WorkerProc(self)
+        assert w.peer is not None
+        _, p = w.peer.call(T.MESSAGE, b"env")
+        self.assertEqual(json.loads(p), {"pairvisor_vars": [], "fd3_inheritable": False, "fd3_cloexec": True})
+        w.close_and_wait()
+
+    def test_handler_errors(self) -> None:
+        w = WorkerProc(self)
+        assert w.peer is not None
+        w.peer.send(T.MESSAGE, b"boom", 1)
+        w.peer.expect_error(1, C.INTERNAL, "ValueError: boom")
+        w.peer.send(T.MESSAGE, b"remote x", 2)
+        w.peer.expect_error(2, C.BAD_REQUEST, "bad x")
+        w.peer.send(T.MESSAGE, b"str", 3)
+        w.peer.expect_error(3, C.INTERNAL, "TypeError: handler returned str, want bytes")
+        w.peer.send(T.STATUS, b"", 4)
+        w.peer.expect_error(4, C.UNSUPPORTED, "status is not served by workers")
+        w.peer.send(T.RELOAD, b"", 5)
+        w.peer.expect_error(5, C.UNSUPPORTED, "reload is not served by workers")
+        # Still serving.
+        h, _ = w.peer.call(T.PING, b"", 6)
+        self.assertEqual(h.type, T.PING)
+        w.close_and_wait()
+        _, err = w._out or ("", "")
+        failures = [json.loads(x) for x in err.splitlines() if x.startswith("{") and '"handler failed"' in x]
+        self.assertEqual(len(failures), 2, err)
+        self.assertEqual(failures[0]["@level"], "error")
+        self.assertEqual(failures[0]["request_id"], 1)
+        self.assertRegex(failures[0]["traceback"], r'(?s)^Traceback.*, in handle\n.*ValueError: boom\n$')
+
+    def test_no_handler(self) -> None:
+        # serve(None): messages are refused, pings and echoes answered.
+        script_env = {"TEST_SERVE_KWARGS": "{}"}
+        w = WorkerProc(self, env=script_env)
+        assert w.peer is not None
+        w.close_and_wait()
+        code = WORKER_SCRIPT.replace("pv.serve(handle, **kwargs)", "pv.serve(None, **kwargs)")
+        ours, theirs = socket.socketpair()
+        e = {k: v for k, v in os.environ.items() if not k.startswith("PAIRVISOR_")}
+        e.update(PAIRVISOR_WORKER="2", PAIRVISOR_PARENT_PID=str(os.getpid()), PYTHONPATH=HERE, TEST_CHANNEL=str(theirs.fileno()), PYTHONDONTWRITEBYTECODE="1")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=e, pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        theirs.close()
+        try:
+            peer = Peer(ours)
+            h, p = peer.recv()
+            self.assertEqual(pv.parse_hello(p).name, "worker.2")
+            peer.hello()
+            peer.send(T.MESSAGE, b"upper x", 1)
+            peer.expect_error(1, C.UNSUPPORTED, "worker has no message handler")
+            self.assertEqual(peer.call(T.ECHO, b"e", 2)[1], b"e")
+            ours.close()
+            out, err = proc.communicate(timeout=WAIT)
+            self.assertEqual(proc.returncode, 0, err)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            ours.close()
+
+    def test_handlers_run_concurrently(self) -> None:
+        n = 12
+        w = WorkerProc(self, env={"TEST_BARRIER": str(n)})
+        assert w.peer is not None
+        # n messages that each wait until all n are running: only a
+        # worker that runs them at once answers.
+        for i in range(n):
+            w.peer.send(T.MESSAGE, b"barrier %d" % i, 100 + i)
+        # A ping is answered while a message is blocked, too.
+        w.peer.send(T.MESSAGE, b"block a", 1)
+        w.peer.send(T.PING, b"", 2)
+        got = {}
+        while len(got) < n + 1:
+            h, p = w.peer.recv()
+            got[h.id] = (h.type, p)
+        self.assertEqual(got[2], (T.PING, b""))
+        for i in range(n):
+            self.assertEqual(got[100 + i], (T.MESSAGE, b"met %d" % i))
+        self.assertNotIn(1, got)
+        w.release()
+        self.assertEqual(w.peer.recv()[1], b"released a")
+        w.close_and_wait()
+
+    def test_max_concurrent(self) -> None:
+        w = WorkerProc(self, kwargs={"max_concurrent": 2})
+        assert w.peer is not None
+        w.peer.send(T.MESSAGE, b"block 1", 1)
+        w.peer.send(T.MESSAGE, b"block 2", 2)
+        w.peer.send(T.MESSAGE, b"upper x", 3)
+        w.peer.expect_error(3, C.UNAVAILABLE, "more than 2 requests in flight")
+        self.assertEqual(w.peer.call(T.ECHO, b"still", 4)[1], b"still")
+        w.release(2)
+        got = sorted([w.peer.recv()[1], w.peer.recv()[1]])
+        self.assertEqual(got, [b"released 1", b"released 2"])
+        # Slots are free again.
+        self.assertEqual(w.peer.call(T.MESSAGE, b"upper y", 5)[1], b"Y")
+        w.close_and_wait()
+
+    def test_shutdown_drains_in_order(self) -> None:
+        w = WorkerProc(self, kwargs={"shutdown_linger": 30})
+        assert w.peer is not None
+        w.peer.send(T.MESSAGE, b"block first", 1)
+        w.peer.send(T.SHUTDOWN, b"", 2)
+        w.peer.send(T.MESSAGE, b"upper late", 3)
+        w.peer.expect_error(3, C.SHUTTING_DOWN, "shutting down")
+        w.peer.send(T.STATUS, b"", 4)
+        w.peer.expect_error(4, C.SHUTTING_DOWN)
+        # Pings and echoes are still answered, and the shutdown reply has
+        # not come: the message before it is still running.
+        self.assertEqual(w.peer.call(T.PING, b"p", 5), (pv.Header(T.PING, 1, 1, 5), b"p"))
+        self.assertEqual(w.peer.call(T.ECHO, b"e", 6)[1], b"e")
+        w.release()
+        h1, p1 = w.peer.recv()
+        h2, p2 = w.peer.recv()
+        self.assertEqual((h1.type, h1.id, p1), (T.MESSAGE, 1, b"released first"))
+        self.assertEqual((h2.type, h2.flags, h2.id, p2), (T.SHUTDOWN, pv.FLAG_REPLY, 2, b""))
+        self.assertIn("serve returned: closed by the peer", w.close_and_wait())
+
+    def test_shutdown_linger(self) -> None:
+        # A supervisor that never closes after the shutdown reply: the
+        # worker stops waiting after shutdown_linger.
+        w = WorkerProc(self, kwargs={"shutdown_linger": 0.2})
+        assert w.peer is not None
+        self.assertEqual(w.peer.call(T.SHUTDOWN, b"", 1)[0].type, T.SHUTDOWN)
+        w.peer.expect_eof()
+        out, _ = w.wait(0)
+        self.assertIn("no EOF within 0.2s of the shutdown reply", out)
+
+    def test_eof_exits_with_handler_running(self) -> None:
+        w = WorkerProc(self)
+        assert w.peer is not None
+        w.peer.send(T.MESSAGE, b"block forever", 1)
+        self.assertEqual(w.peer.call(T.PING, b"", 2)[0].type, T.PING)  # the message has been taken in
+        self.assertIn("serve returned: closed by the peer", w.close_and_wait())
+
+    def test_eof_before_hello(self) -> None:
+        w = WorkerProc(self, hello=False)
+        assert w.peer is not None
+        h, _ = w.peer.recv()
+        self.assertEqual(h.type, T.HELLO)  # sent without waiting for ours
+        w.peer.sock.close()
+        _, err = w.wait(1)  # serve raised: no hello exchange
+        self.assertIn("ConnectionClosed", err)
+
+    def test_protocol_violations(self) -> None:
+        cases: List[Tuple[str, bool, bytes, int, int, str]] = [
+            # name, hello first, bytes sent, error id, code, text
+            ("first frame not hello", False, pv.encode_frame(T.PING, id=5), 5, C.PROTOCOL, "first frame is ping, want hello"),
+            ("reply as first frame", False, pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 0, "s")), flags=1), 0, C.PROTOCOL, "first frame is hello"),
+            ("second hello", True, pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 0, "s")), id=3), 3, C.PROTOCOL, "hello request after the handshake"),
+            ("error request", True, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=4), 4, C.PROTOCOL, "error request after the handshake"),
+            ("bad magic", True, b"\xc1Q" + pv.encode_frame(T.PING, id=6)[2:], 0, C.PROTOCOL, "bad frame magic"),
+            ("unknown type", True, pv.encode_header(9, 0, 0, 7), 7, C.PROTOCOL, "unknown frame type: type byte 9"),
+            ("undefined flags", True, pv.encode_header(T.PING, 2, 0, 8), 8, C.PROTOCOL, "undefined frame flags"),
+            ("ping too large", True, pv.encode_frame(T.PING, b"x" * 65, id=9), 9, C.TOO_LARGE, "ping payload of 65 bytes exceeds the limit of 64"),
+            ("frame over the limit", True, pv.encode_header(T.ECHO, 0, (1 << 20) + 1, 10), 10, C.TOO_LARGE, "exceeds the limit of 1048576"),
+            ("version mismatch", False, pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(2, 3, 0, "future"))), 0, C.VERSION, "no common protocol version"),
+            ("hello too long", False, pv.encode_header(T.HELLO, 0, 265, 0) + b"\x01\x00\x01\x00" + b"x" * 261, 0, C.PROTOCOL, "hello payload of 265 bytes"),
+            ("hello bad range", False, pv.encode_frame(T.HELLO, struct.pack("<HHI", 2, 1, 0)), 0, C.PROTOCOL, "hello version range 2..1"),
+            ("reply type differs", True, b"", 0, 0, ""),  # not applicable to a worker: it sends no requests
+        ]
+        for name, hello, data, id, code, text in cases:
+            if not data:
+                continue
+            with self.subTest(name):
+                w = WorkerProc(self, kwargs={"max_payload": 1 << 20}, hello=False)
+                assert w.peer is not None
+                self.assertEqual(w.peer.recv()[0].type, T.HELLO)
+                if hello:
+                    w.peer.hello()
+                w.peer.sock.sendall(data)
+                w.peer.expect_error(id, code, text)
+                w.peer.expect_eof()  # the worker closes; it never resynchronises
+                out, err = w.wait(0 if hello else 1)
+                if hello:
+                    self.assertIn("serve returned: protocol violation", out)
+
+    def test_replies_to_nothing_and_connection_errors(self) -> None:
+        w = WorkerProc(self)
+        assert w.peer is not None
+        # A reply whose caller is gone is read and dropped.
+        w.peer.send(T.ECHO, b"late" * 1000, id=99, flags=pv.FLAG_REPLY)
+        w.peer.send(T.ERROR, pv.encode_error(3, "late"), id=98, flags=pv.FLAG_REPLY)
+        self.assertEqual(w.peer.call(T.PING, b"", 1)[0].type, T.PING)
+        # An ERROR with id 0 is about the connection: the worker closes.
+        w.peer.send(T.ERROR, pv.encode_error(C.PROTOCOL, "you are wrong"), id=0, flags=pv.FLAG_REPLY)
+        w.peer.expect_eof()
+        out, _ = w.wait(0)
+        self.assertIn("error 8: you are wrong", out)
+
+    def test_truncated_frame(self) -> None:
+        w = WorkerProc(self)
+        assert w.peer is not None
+        w.peer.sock.sendall(pv.encode_header(T.ECHO, 0, 100, 1) + b"only part")
+        w.peer.sock.shutdown(socket.SHUT_WR)
+        w.peer.expect_eof()
+        self.assertEqual(w.peer.frames, [])  # nothing is sent about it
+        out, _ = w.wait(0)
+        self.assertIn("serve returned: truncated frame", out)
+
+    def test_large_echoes_both_ways(self) -> None:
+        # The peer writes 40 MiB of echo requests from one thread while
+        # another reads the replies: the worker keeps reading while it
+        # writes, and what it holds stays bounded.
+        w = WorkerProc(self, kwargs={"max_buffered": 4 << 20})
+        assert w.peer is not None
+        n, size = 40, 1 << 20
+        payloads = [bytes([i]) * size for i in range(n)]
+        errors: List[BaseException] = []
+
+        def send() -> None:
+            try:
+                for i, p in enumerate(payloads):
+                    w.peer.send(T.ECHO, p, 1000 + i)  # type: ignore[union-attr]
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=send)
+        t.start()
+        for i in range(n):
+            h, p = w.peer.recv()
+            self.assertEqual((h.type, h.id), (T.ECHO, 1000 + i))
+            self.assertTrue(p == payloads[i])
+        t.join(WAIT)
+        self.assertFalse(t.is_alive())
+        self.assertEqual(errors, [])
+        w.close_and_wait()
+
+    def test_peer_that_does_not_read_is_dropped(self) -> None:
+        w = WorkerProc(self, kwargs={"max_buffered": 1 << 20, "write_timeout": 0.5})
+        assert w.peer is not None
+        w.peer.sock.settimeout(WAIT)
+        try:
+            for i in range(1000):  # far more than both socket buffers and the bound
+                w.peer.send(T.ECHO, b"x" * (256 << 10), i + 1)
+            self.fail("the worker kept reading from a peer that reads nothing")
+        except OSError as e:
+            self.assertIn(e.errno, (errno.EPIPE, errno.ECONNRESET), e)
+        out, _ = w.wait(0)
+        self.assertIn("serve returned: stalled", out)
+
+
+class InProcessWorker:
+    """The worker side of a connection run in this process, over a
+    socketpair, without the process contract: for tests that look inside
+    or need many sessions."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.peer_sock, theirs = socket.socketpair()
+        handler = kw.pop("handler", lambda p: p[::-1])
+        self.log = logging.getLogger("pairvisor.test.inprocess")
+        self.log.propagate = False
+        self.log.addHandler(logging.NullHandler())
+        self.conn = pv._Conn(theirs, name="worker.9", role="worker", handler=handler, logger=self.log, **kw)
+        self.reason: Optional[str] = None
+        self.crash: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.conn.hello()
+            self.reason = self.conn.run()
+        except (pv.ProtocolError, pv.RemoteError, pv.ConnectionClosed) as e:
+            self.reason = "hello failed: %s" % e
+        except BaseException as e:  # anything else is a bug
+            self.crash = e
+
+    def join(self, tc: unittest.TestCase) -> None:
+        self.thread.join(WAIT)
+        tc.assertFalse(self.thread.is_alive(), "the connection did not end")
+        if self.crash is not None:
+            raise self.crash
+        self.peer_sock.close()
+
+
+class TestStreamFuzz(unittest.TestCase):
+    """Mutated frame streams against a live connection: it answers with
+    well-formed frames or closes, and never crashes or hangs. Set
+    PAIRVISOR_FUZZ_SECONDS to run it longer."""
+
+    def test_stream_fuzz(self) -> None:
+        rng = random.Random(int(os.environ.get("PAIRVISOR_FUZZ_SEED", "4")))
+        hello = pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 1, "fuzz")))
+        valid = [
+            pv.encode_frame(T.PING, b"p", id=1),
+            pv.encode_frame(T.ECHO, b"echo" * 50, id=2),
+            pv.encode_frame(T.MESSAGE, b"abc", id=3),
+            pv.encode_frame(T.STATUS, id=4),
+            pv.encode_frame(T.SHUTDOWN, id=5),
+            pv.encode_frame(T.ECHO, b"r", id=6, flags=pv.FLAG_REPLY),
+            pv.encode_frame(T.ERROR, pv.encode_error(2, "x"), id=7, flags=pv.FLAG_REPLY),
+        ]
+        seconds = float(os.environ.get("PAIRVISOR_FUZZ_SECONDS", "0"))
+        end = time.monotonic() + seconds
+        runs = 0
+        while runs < 150 or time.monotonic() < end:
+            runs += 1
+            stream = bytearray(b"".join(rng.choice(valid) for _ in range(rng.randrange(1, 12))))
+            for _ in range(rng.randrange(0, 4)):
+                stream[rng.randrange(len(stream))] = rng.getrandbits(8)
+            if rng.random() < 0.2:
+                del stream[rng.randrange(len(stream)) :]
+            w = InProcessWorker(max_payload=4096, shutdown_linger=0.05)
+            data = (bytes(stream) if rng.random() < 0.1 else hello) + bytes(stream)
+            w.peer_sock.sendall(data)
+            w.peer_sock.shutdown(socket.SHUT_WR)
+            dec = pv.FrameDecoder()
+            w.peer_sock.settimeout(WAIT)
+            frames = []
+            while True:
+                b = w.peer_sock.recv(65536)
+                if not b:
+                    break
+                frames += dec.feed(b)  # raises if the worker wrote a bad frame
+            dec.close()
+            w.join(self)
+            self.assertEqual(frames[0][0].type, T.HELLO)
+            for h, p in frames[1:]:
+                self.assertTrue(h.is_reply, h)
+                if h.type == T.ERROR:
+                    self.assertIn(pv.parse_error(p).code, set(int(c) for c in C))
+            # Every byte held is given back, once handlers still running
+            # at the close have returned.
+            deadline = time.monotonic() + WAIT
+            while w.conn._held.held != 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            self.assertEqual(w.conn._held.held, 0)
+
+    def test_bound_holds(self) -> None:
+        # 24 MiB of echo requests to a connection bound to 2 MiB, from a
+        # peer that reads nothing until it has written them all (in a
+        # thread): the connection stops reading while it holds 2 MiB
+        # (plus one frame), then everything comes back.
+        w = InProcessWorker(max_buffered=2 << 20)
+        w.peer_sock.sendall(pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 1, "test"))))
+        size, n = 1 << 20, 24
+        t = threading.Thread(target=lambda: [w.peer_sock.sendall(pv.encode_frame(T.ECHO, bytes([i]) * size, id=i + 1)) for i in range(n)])
+        t.start()
+        dec = pv.FrameDecoder()
+        w.peer_sock.settimeout(WAIT)
+        frames: List[Tuple[pv.Header, bytes]] = []
+        while len(frames) < n + 1:
+            frames += dec.feed(w.peer_sock.recv(1 << 20))
+        t.join(WAIT)
+        self.assertEqual([(h.id, p[:1], len(p)) for h, p in frames[1:]], [(i + 1, bytes([i]), size) for i in range(n)])
+        self.assertLessEqual(w.conn._held.peak, (2 << 20) + pv.HEADER_SIZE + size)
+        w.peer_sock.shutdown(socket.SHUT_WR)
+        w.join(self)
+        self.assertEqual(w.reason, "closed by the peer")
+
+
+class TestNotWorker(unittest.TestCase):
+    def run_script(self, env: Dict[str, str], channel_fd: Optional[int]) -> str:
+        e = {k: v for k, v in os.environ.items() if not k.startswith("PAIRVISOR_")}
+        e.update(PYTHONPATH=HERE, PYTHONDONTWRITEBYTECODE="1")
+        e.update(env)
+        fds: Tuple[int, ...] = ()
+        if channel_fd is not None:
+            e["TEST_CHANNEL"] = str(channel_fd)
+            fds = (channel_fd,)
+        p = subprocess.run([sys.executable, "-c", WORKER_SCRIPT], env=e, pass_fds=fds, capture_output=True, timeout=WAIT)
+        self.assertEqual(p.returncode, 3, p.stderr.decode())
+        return p.stdout.decode()
+
+    def contract(self, **kw: str) -> Dict[str, str]:
+        env = {"PAIRVISOR_WORKER": "1", "PAIRVISOR_PARENT_PID": str(os.getpid()), "PAIRVISOR_FD": "3", "PAIRVISOR_LOG_LEVEL": "info"}
+        env.update(kw)
+        return env
+
+    def test_refusals(self) -> None:
+        a, b = socket.socketpair()
+        r, wfd = os.pipe()
+        try:
+            # A socketpair made by another process: its SO_PEERCRED names
+            # that process, not our parent.
+            foreign = _foreign_socketpair_end()
+            cases = [
+                ("no variable", {}, b.fileno(), "PAIRVISOR_WORKER is not set"),
+                ("bad id", self.contract(PAIRVISOR_WORKER="0"), b.fileno(), "is not a worker id"),
+                ("wrong parent", self.contract(PAIRVISOR_PARENT_PID="1"), b.fileno(), "but the parent is pid"),
+                ("not a socket", self.contract(), r, "fd 3 is not a socket"),
+                ("nothing on fd 3", self.contract(), None, "fd 3"),
+                ("bad fd variable", self.contract(PAIRVISOR_FD="x"), b.fileno(), "PAIRVISOR_FD='x'"),
+                ("foreign socket", self.contract(), foreign.fileno(), "peer is pid"),
+            ]
+            for name, env, fd, text in cases:
+                with self.subTest(name):
+                    out = self.run_script(env, fd)
+                    self.assertIn(text, out)
+                    self.assertIn("vars []", out)  # removed in every case
+                    if fd is not None:
+                        self.assertIn("fd3 open", out)  # left alone
+            foreign.close()
+        finally:
+            a.close()
+            b.close()
+            os.close(r)
+            os.close(wfd)
+
+
+def _foreign_socketpair_end() -> socket.socket:
+    """Return one end of a socketpair created by another process."""
+    ours, theirs = socket.socketpair()
+    code = "import socket,sys; s=socket.socket(fileno=int(sys.argv[1])); a,b=socket.socketpair(); socket.send_fds(s,[b'x'],[a.fileno()]); s.recv(1)"
+    if not hasattr(socket, "send_fds"):  # Python 3.9 has it; keep a clear failure otherwise
+        raise unittest.SkipTest("socket.send_fds missing")
+    p = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+    theirs.close()
+    try:
+        ours.settimeout(WAIT)
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        ours.close()  # lets the maker exit
+        p.wait(WAIT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return socket.socket(fileno=fds[0])
+
+
+# ---------------------------------------------------------------------------
+# Client, against a fake server on a real socket path.
+
+
+class FakeServer:
+    """A server on a socket path that speaks raw frames, one connection."""
+
+    def __init__(self, tc: unittest.TestCase, path: Optional[str] = None, hello: Optional[pv.Hello] = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="pvpy")
+        tc.addCleanup(lambda: (os.path.exists(self.path) and os.unlink(self.path), os.rmdir(self.dir)))
+        self.path = path or os.path.join(self.dir, "s")
+        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lsock.bind(pv._sockaddr(self.path))
+        self.lsock.listen(4)
+        tc.addCleanup(self.lsock.close)
+        self.hello = hello or pv.Hello(1, 1, os.getpid(), "fake-server")
+        self.conn: Optional[Peer] = None
+        self.first_byte = b""
+        self.client_hello: Optional[pv.Hello] = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        tc.addCleanup(self.close)
+
+    def _accept(self) -> None:
+        s, _ = self.lsock.accept()
+        self.conn = Peer(s)
+        h, p = self.conn.recv()
+        self.first_byte = pv.encode_header(h.type, h.flags, h.length, h.id)[:1]
+        self.client_hello_header = h
+        self.client_hello = pv.parse_hello(p)
+        self.conn.send(T.HELLO, pv.encode_hello(self.hello))
+        self.ready.set()
+
+    def peer(self) -> Peer:
+        self.ready.wait(WAIT)
+        assert self.conn is not None
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.sock.close()
+
+
+class TestClient(unittest.TestCase):
+    def serve_in_thread(self, peer: Peer, n: int, answer: Any) -> threading.Thread:
+        def run() -> None:
+            for _ in range(n):
+                h, p = peer.recv()
+                answer(peer, h, p)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def test_calls(self) -> None:
+        srv = FakeServer(self)
+
+        def answer(peer: Peer, h: pv.Header, p: bytes) -> None:
+            if h.type == T.STATUS:
+                peer.send(T.STATUS, b'{"mode": "fake", "workers": []}', h.id, pv.FLAG_REPLY)
+            elif h.type == T.MESSAGE:
+                peer.send(T.ERROR, pv.encode_error(C.DENIED, "not you"), h.id, pv.FLAG_REPLY)
+            else:
+                peer.send(h.type, p, h.id, pv.FLAG_REPLY)
+
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            self.assertEqual(srv.first_byte, b"\xc1")
+            assert srv.client_hello is not None
+            self.assertEqual(srv.client_hello, pv.Hello(1, 1, os.getpid(), "client"))
+            self.assertEqual((c.peer.name, c.version), ("fake-server", 1))
+            t = self.serve_in_thread(srv.peer(), 8, answer)
+            self.assertGreaterEqual(c.ping(), 0)
+            c.ping(b"x" * 64)
+            for n in _echo_sizes():
+                p = os.urandom(n)
+                self.assertTrue(c.echo(p) == p)
+            self.assertEqual(c.status(), {"mode": "fake", "workers": []})
+            with self.assertRaises(pv.RemoteError) as cm:
+                c.message(b"m")
+            self.assertEqual((cm.exception.code, cm.exception.message), (C.DENIED, "not you"))
+            t.join(WAIT)
+            self.assertFalse(t.is_alive())
+            # Requests from the server: pings and echoes are answered,
+            # the rest refused.
+            peer = srv.peer()
+            self.assertEqual(peer.call(T.PING, b"sp", 41), (pv.Header(T.PING, 1, 2, 41), b"sp"))
+            self.assertEqual(peer.call(T.ECHO, b"se", 42)[1], b"se")
+            peer.send(T.MESSAGE, b"m", 43)
+            peer.expect_error(43, C.UNSUPPORTED, "no handler for message requests")
+            peer.send(T.SHUTDOWN, b"", 44)
+            peer.expect_error(44, C.UNSUPPORTED)
+            with self.assertRaises(pv.FrameTooLarge):
+                c.ping(b"x" * 65)
+            with self.assertRaises(ValueError):
+                c.call(T.HELLO)
+        srv.peer().expect_eof()
+
+    def test_concurrent_calls_out_of_order(self) -> None:
+        srv = FakeServer(self)
+        n = 16
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            results: Dict[int, bytes] = {}
+            lock = threading.Lock()
+
+            def one(i: int) -> None:
+                r = c.echo(b"%d" % i)
+                with lock:
+                    results[i] = r
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            peer = srv.peer()
+            reqs = [peer.recv() for _ in range(n)]  # all in flight at once
+            self.assertEqual(len({h.id for h, _ in reqs}), n)
+            for h, p in reversed(reqs):
+                peer.send(T.ECHO, p, h.id, pv.FLAG_REPLY)
+            for t in threads:
+                t.join(WAIT)
+            self.assertEqual(results, {i: b"%d" % i for i in range(n)})
+
+    def test_timeout_then_late_reply_dropped(self) -> None:
+        srv = FakeServer(self)
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            peer = srv.peer()
+            with self.assertRaises(TimeoutError):
+                c.echo(b"slow", timeout=0.05)
+            h, p = peer.recv()
+            peer.send(T.ECHO, p, h.id, pv.FLAG_REPLY)  # too late: dropped
+            t = self.serve_in_thread(peer, 1, lambda pr, h, p: pr.send(h.type, p, h.id, pv.FLAG_REPLY))
+            self.assertEqual(c.echo(b"next"), b"next")
+            t.join(WAIT)
+
+    def test_server_closes(self) -> None:
+        srv = FakeServer(self)
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            peer = srv.peer()
+            done: List[BaseException] = []
+
+            def call() -> None:
+                try:
+                    c.echo(b"never answered")
+                except BaseException as e:
+                    done.append(e)
+
+            t = threading.Thread(target=call)
+            t.start()
+            peer.recv()
+            peer.sock.close()
+            t.join(WAIT)
+            self.assertEqual(len(done), 1)
+            self.assertIsInstance(done[0], pv.ConnectionClosed)
+            with self.assertRaises(pv.ConnectionClosed):
+                c.ping()
+
+    def test_wrong_reply_type_closes(self) -> None:
+        srv = FakeServer(self)
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            peer = srv.peer()
+            t = self.serve_in_thread(peer, 1, lambda pr, h, p: pr.send(T.STATUS, b"{}", h.id, pv.FLAG_REPLY))
+            with self.assertRaises(pv.ProtocolError):
+                c.echo(b"x")
+            t.join(WAIT)
+            peer.expect_error(0, C.PROTOCOL, "status reply to echo request")
+            peer.expect_eof()
+
+    def test_version_mismatch(self) -> None:
+        srv = FakeServer(self, hello=pv.Hello(2, 2, 0, "future"))
+        with self.assertRaises(pv.VersionMismatch):
+            pv.Client(srv.path, timeout=WAIT)
+        peer = srv.peer()
+        peer.expect_error(0, C.VERSION, "no common protocol version")
+        peer.expect_eof()
+
+    def test_abstract_socket(self) -> None:
+        srv = FakeServer(self, path="@pvpy-test-%d-%d" % (os.getpid(), time.monotonic_ns()))
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            self.assertEqual(c.peer.name, "fake-server")
+
+    @unittest.skipUnless(os.geteuid() == 0 and os.path.exists("/usr/bin/python3"), "needs root to run a server as another uid, and a python3 it may run")
+    def test_untrusted_server(self) -> None:
+        # A server running as nobody: refused before anything is sent,
+        # unless its uid is trusted.
+        d = tempfile.mkdtemp(prefix="pvpy")
+        os.chmod(d, 0o777)
+        path = os.path.join(d, "s")
+        code = (
+            "import socket,sys\n"
+            "l=socket.socket(socket.AF_UNIX); l.bind(sys.argv[1]); l.listen(2); print('up', flush=True)\n"
+            "for _ in range(2):\n"
+            "    s,_=l.accept(); s.settimeout(20)\n"
+            "    b=s.recv(16)\n"
+            "    print(len(b), flush=True)\n"
+            "    if b: s.sendall(bytes.fromhex('c1500100100000000000000000000000') + b'\\x01\\x00\\x01\\x00\\x00\\x00\\x00\\x00' + b'nobody!!')\n"
+            "    s.recv(1)\n"
+        )
+        p = subprocess.Popen(["/usr/bin/python3", "-c", code, path], user=65534, group=65534, stdout=subprocess.PIPE, env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": os.environ.get("PATH", "")})
+        try:
+            assert p.stdout is not None
+            self.assertEqual(p.stdout.readline(), b"up\n")
+            with self.assertRaises(pv.UntrustedPeerError) as cm:
+                pv.Client(path, timeout=WAIT)
+            self.assertIn("uid 65534", str(cm.exception))
+            self.assertEqual(p.stdout.readline(), b"0\n")  # it got nothing
+            with pv.Client(path, timeout=WAIT, trust_uids=[65534]) as c:
+                self.assertEqual(c.peer.name, "nobody!!")
+            self.assertEqual(p.stdout.readline(), b"16\n")
+            p.wait(WAIT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+            if os.path.exists(path):
+                os.unlink(path)
+            os.rmdir(d)
+
+
+if __name__ == "__main__":
+    unittest.main()
