@@ -24,6 +24,7 @@ import (
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
 )
 
 // Tests of the Python worker library, workers/python: its own unittest
@@ -205,9 +206,9 @@ func TestPythonWorkerRun(t *testing.T) {
 
 	t.Run("ping", func(t *testing.T) {
 		// The supervisor answers pings on its socket itself.
-		for _, n := range []int{0, 1, ipc.MaxPingPayload} {
+		for _, n := range []int{0, 1, wire.MaxPingPayload} {
 			p := randomBytes(n)
-			got, err := c.Call(ctx, ipc.TypePing, p, nil)
+			got, err := c.Call(ctx, wire.TypePing, p, nil)
 			if err != nil || !bytes.Equal(got, p) {
 				t.Errorf("ping of %d bytes: %d bytes back, %v", n, len(got), err)
 			}
@@ -225,20 +226,20 @@ func TestPythonWorkerRun(t *testing.T) {
 	})
 	t.Run("message", func(t *testing.T) {
 		sum := sha256.Sum256([]byte("hello"))
-		if got, err := c.Call(ctx, ipc.TypeMessage, []byte("sha256 hello"), nil); err != nil || string(got) != hex.EncodeToString(sum[:]) {
+		if got, err := c.Call(ctx, wire.TypeMessage, []byte("sha256 hello"), nil); err != nil || string(got) != hex.EncodeToString(sum[:]) {
 			t.Errorf("sha256 message: %q, %v", got, err)
 		}
-		if got, err := c.Call(ctx, ipc.TypeMessage, []byte("upper abc"), nil); err != nil || string(got) != "ABC" {
+		if got, err := c.Call(ctx, wire.TypeMessage, []byte("upper abc"), nil); err != nil || string(got) != "ABC" {
 			t.Errorf("upper message: %q, %v", got, err)
 		}
-		var re *ipc.RemoteError
-		if _, err := c.Call(ctx, ipc.TypeMessage, []byte("frobnicate"), nil); !errors.As(err, &re) || re.Code != ipc.CodeBadRequest || !strings.Contains(re.Message, "unknown command 'frobnicate'") {
+		var re *wire.RemoteError
+		if _, err := c.Call(ctx, wire.TypeMessage, []byte("frobnicate"), nil); !errors.As(err, &re) || re.Code != wire.CodeBadRequest || !strings.Contains(re.Message, "unknown command 'frobnicate'") {
 			t.Errorf("unknown command: %v, want a bad-request error from the handler", err)
 		}
 		// Both workers answer: messages are spread over them.
 		answered := map[int]bool{}
 		for range 20 {
-			got, err := c.Call(ctx, ipc.TypeMessage, []byte("pid"), nil)
+			got, err := c.Call(ctx, wire.TypeMessage, []byte("pid"), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -335,7 +336,7 @@ func TestPythonClientServe(t *testing.T) {
 	want := map[string]any{
 		"peer": "supervisor-serve", "version": 1.0, "rtt_ok": true, "mode": "serve", "status_pid": float64(srv.PID()),
 		"echo":          map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
-		"message_error": []any{float64(ipc.CodeUnsupported), "message is not served by 'supervisor serve'"}, "closed": true,
+		"message_error": []any{float64(wire.CodeUnsupported), "message is not served by 'supervisor serve'"}, "closed": true,
 	}
 	if fmt.Sprint(out) != fmt.Sprint(want) {
 		t.Errorf("python client saw %v, want %v", out, want)
