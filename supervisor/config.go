@@ -1,5 +1,3 @@
-//go:build linux
-
 package supervisor
 
 import (
@@ -12,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/pairvisor/pairvisor/internal/sdnotify"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -72,6 +71,7 @@ const (
 	// ReadyNotify: a worker is ready when it sends "READY=1" to the
 	// NOTIFY_SOCKET the supervisor gives it (the sd_notify protocol of
 	// systemd's Type=notify); see docs/PROTOCOL.md, "Readiness".
+	// Linux only: elsewhere New fails with ErrUnsupported.
 	ReadyNotify
 	// ReadyStarted: a worker is ready once it has stayed alive
 	// ReadyAfter; its health is its liveness (plus HealthCmd).
@@ -269,6 +269,11 @@ func (c Config) withDefaults() (Config, error) {
 	}{{"ReadyAfter", c.ReadyAfter}, {"Watchdog", c.Watchdog}, {"HealthInterval", c.HealthInterval}, {"HealthTimeout", c.HealthTimeout}} {
 		if d.v < 0 {
 			return c, fmt.Errorf("supervisor: %s is %v, want a positive duration or zero for the default", d.name, d.v)
+		}
+	}
+	if c.Ready == ReadyNotify {
+		if err := sdnotify.Supported(); err != nil {
+			return c, fmt.Errorf("%w: Ready: ReadyNotify: %w", ErrUnsupported, err)
 		}
 	}
 	if c.Watchdog > 0 && c.Ready != ReadyNotify {
