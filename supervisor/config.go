@@ -1,5 +1,3 @@
-//go:build linux
-
 package supervisor
 
 import (
@@ -12,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/pairvisor/pairvisor/internal/sdnotify"
 	"github.com/pairvisor/pairvisor/ipc"
 )
 
@@ -72,6 +71,7 @@ const (
 	// ReadyNotify: a worker is ready when it sends "READY=1" to the
 	// NOTIFY_SOCKET the supervisor gives it (the sd_notify protocol of
 	// systemd's Type=notify); see docs/PROTOCOL.md, "Readiness".
+	// Linux only: elsewhere New fails with ErrUnsupported.
 	ReadyNotify
 	// ReadyStarted: a worker is ready once it has stayed alive
 	// ReadyAfter; its health is its liveness (plus HealthCmd).
@@ -294,6 +294,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.StopSignal < 0 || c.StopSignal > 64 {
 		return c, fmt.Errorf("%w: StopSignal %d is not a signal", ErrConfig, c.StopSignal)
+	}
+	if c.Ready == ReadyNotify {
+		if err := sdnotify.Supported(); err != nil {
+			return c, fmt.Errorf("%w: Ready: ReadyNotify: %w", ErrUnsupported, err)
+		}
 	}
 	if c.Watchdog > 0 && c.Ready != ReadyNotify {
 		return c, fmt.Errorf("%w: Watchdog needs Ready: ReadyNotify (the worker feeds it with WATCHDOG=1)", ErrConfig)

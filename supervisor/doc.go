@@ -134,7 +134,8 @@
 // may be part of a stop. [WorkerStatus].Exit holds the last one of a
 // slot, WorkerStatus.LastExit (JSON "last_exit") its text, and the logs
 // show it under "reason". Conditions callers test are sentinel errors:
-// [ErrCrashLoop], [ErrNoWorker], [ErrNotRunning], [ErrAlreadyRun].
+// [ErrCrashLoop], [ErrNoWorker], [ErrNotRunning], [ErrAlreadyRun],
+// [ErrUnsupported].
 //
 // # Goroutines and who owns what
 //
@@ -163,4 +164,21 @@
 // has returned; the loop returns only once every process is reaped,
 // and Run once every goroutine it started has ended. The comment at the
 // top of loop.go lists every hand-off.
+//
+// # darwin and FreeBSD
+//
+// The package builds there (it is tested on Linux only). Workers start
+// the same way, in a session of their own, after every descriptor from
+// 3 up is marked close-on-exec (close_range(2) on FreeBSD 13.1 and
+// later, else a walk of /dev/fd, which on FreeBSD lists every
+// descriptor only where fdescfs is mounted). There is no parent-death
+// signal: package worker watches its supervisor instead (kqueue
+// NOTE_EXIT) and kills itself when it exits. A worker's exit is learnt
+// from a kqueue EVFILT_PROC/NOTE_EXIT event, without reaping it, so its
+// group is still killed while the zombie pins the group id; the wait
+// holds an OS thread per worker. Missing there: Ready: ReadyNotify (New
+// fails with [ErrUnsupported]), the adoption and sweeping of orphans
+// (Run logs a warning, and a descendant that leaves its worker's group
+// and loses its parent goes to init), and signals to descendants
+// outside the worker's process group (there is no /proc to find them).
 package supervisor

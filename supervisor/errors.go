@@ -1,5 +1,3 @@
-//go:build linux
-
 package supervisor
 
 import "errors"
@@ -38,6 +36,11 @@ var (
 	// good (the restart policy restarts none of them) and at least one
 	// of them did not exit with status 0.
 	ErrWorkersFailed = errors.New("supervisor: workers failed")
+
+	// ErrUnsupported is returned by New when Config asks for a feature
+	// this system lacks: Ready: ReadyNotify anywhere but Linux. The
+	// error names the system.
+	ErrUnsupported = errors.New("supervisor: not supported on this system")
 )
 
 // ownSpawnError reports that the supervisor could not start a worker

@@ -1,5 +1,3 @@
-//go:build linux
-
 package supervisor
 
 // Group: several named programs, each a Supervisor of its own, started

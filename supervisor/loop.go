@@ -1,5 +1,3 @@
-//go:build linux
-
 package supervisor
 
 // The loop: one goroutine owns all supervision state.

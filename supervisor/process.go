@@ -1,5 +1,3 @@
-//go:build linux
-
 package supervisor
 
 import (
@@ -170,11 +168,12 @@ func workerEnv(id int, level hclog.Level, extra []string) []string {
 }
 
 // start starts worker id with the child's end of a fresh socketpair as
-// fd 3, in its own process group, with a parent-death signal. The
-// process keeps the parent's end of the channel for hello; everything
-// else (the child's end, the pipes' write ends) is closed here, right
-// after Start, so EOF on the channel and on the pipes means the worker
-// is gone. On error nothing is left open.
+// fd 3, in its own process group, with a parent-death signal where the
+// system has one (workerAttr). The process keeps the parent's end of
+// the channel for hello; everything else (the child's end, the pipes'
+// write ends) is closed here, right after Start, so EOF on the channel
+// and on the pipes means the worker is gone. On error nothing is left
+// open.
 //
 // A failure to create the channel or the pipes, or a fork or exec that
 // fails for want of descriptors, memory or processes, is returned as an
@@ -213,22 +212,14 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 		env = append(env, notifyEnv(notify, sp.cfg.Watchdog)...)
 	}
 	cmd := &exec.Cmd{
-		Path:       sp.cfg.Executable,
-		Args:       append([]string{sp.cfg.Executable}, expandAll(sp.cfg.Args, id, false)...),
-		Env:        env,
-		Dir:        sp.cfg.Dir,
-		Stdout:     outW,
-		Stderr:     errW,
-		ExtraFiles: []*os.File{childEnd},
-		SysProcAttr: &syscall.SysProcAttr{
-			// Its own session (and so its own process group): stop
-			// signals go to the worker's whole group, Ctrl-C at our
-			// terminal does not reach it, and no descendant of it can
-			// join our process group (setpgid works only within a
-			// session) to pass for one of ours.
-			Setsid:    true,
-			Pdeathsig: syscall.SIGKILL, // see spawnThread for the thread this binds to
-		},
+		Path:        sp.cfg.Executable,
+		Args:        append([]string{sp.cfg.Executable}, expandAll(sp.cfg.Args, id, false)...),
+		Env:         env,
+		Dir:         sp.cfg.Dir,
+		Stdout:      outW,
+		Stderr:      errW,
+		ExtraFiles:  []*os.File{childEnd},
+		SysProcAttr: workerAttr(),
 	}
 	req := spawnRequest{cmd: cmd, err: make(chan error, 1)}
 	sp.reqs <- req
@@ -316,7 +307,7 @@ func (p *process) wait() {
 // signal sends sig to the worker's process group and to every
 // descendant of the worker outside it (one that called setsid or
 // setpgid), found by walking /proc from the worker down before the
-// group is signalled. It is a no-op once the worker is reaped: only an
+// group is signalled (on Linux; elsewhere the group alone). It is a no-op once the worker is reaped: only an
 // unreaped leader guarantees the group id still names this worker's
 // group. Descendants are signalled through pidfds checked against their
 // start time, so a reused pid is never hit.
@@ -343,27 +334,4 @@ func (p *process) status() ExitReason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return exitStatus(p.state)
-}
-
-// waitExited blocks until the child pid has exited, without reaping it.
-// It waits on a pidfd through the runtime's poller, so a worker does
-// not hold an OS thread for its whole life; where pidfds are missing
-// (Linux before 5.10) it falls back to a blocking waitid.
-func waitExited(pid int) {
-	var info unix.Siginfo
-	if fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK); err == nil {
-		f := os.NewFile(uintptr(fd), "pidfd")
-		defer f.Close()
-		if rc, err := f.SyscallConn(); err == nil {
-			err = rc.Read(func(fd uintptr) bool {
-				err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOWAIT, nil)
-				return err != unix.EAGAIN && err != unix.EINTR // EAGAIN: still running
-			})
-			if err == nil {
-				return
-			}
-		}
-	}
-	for unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
-	}
 }

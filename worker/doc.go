@@ -40,4 +40,17 @@
 // relays each line under the worker's name with its level and fields.
 // Anything else on stdout or stderr is relayed as plain text; none of it
 // can disturb the protocol, which lives on fd 3 alone.
+//
+// # darwin and FreeBSD
+//
+// The package builds there (it is tested on Linux only). FromEnv reads
+// the channel's peer credentials with LOCAL_PEERCRED: their uid must be
+// ours, and on darwin the peer's pid (LOCAL_PEERPID) the parent's;
+// FreeBSD gives no pid, so a socket another process of the same user
+// created passes there. These systems have no parent-death signal, so
+// FromEnv watches the supervisor (kqueue EVFILT_PROC/NOTE_EXIT) from a
+// goroutine of its own and sends the process SIGKILL when the
+// supervisor exits, as Linux does for a worker whose supervisor dies;
+// Serve ends the watch when it returns. EOF on the channel ends Serve
+// everywhere.
 package worker

@@ -1,5 +1,3 @@
-//go:build linux
-
 package worker
 
 import (
@@ -70,6 +68,11 @@ type Worker struct {
 	file  *os.File
 	level hclog.Level
 	conn  atomic.Pointer[ipc.Conn] // while Serve runs
+
+	// unwatch stops the watch on the supervisor that FromEnv started
+	// where the system has no parent-death signal (parent_bsd.go); Serve
+	// calls it when it returns. A no-op on Linux.
+	unwatch func()
 }
 
 // Call sends an application message to the supervisor and returns its
@@ -96,10 +99,15 @@ func (w *Worker) Call(ctx context.Context, msg []byte) ([]byte, error) {
 //   - the parent process is the one PAIRVISOR_PARENT_PID names;
 //   - fd 3 is a socket whose peer credentials (SO_PEERCRED) name that
 //     same parent: a socketpair's are those of the process that created
-//     it, so a socket inherited from anyone else does not pass.
+//     it, so a socket inherited from anyone else does not pass. On
+//     darwin and FreeBSD the credentials are LOCAL_PEERCRED's: their
+//     uid must be ours, and on darwin the peer's pid (LOCAL_PEERPID)
+//     the parent's; FreeBSD records no pid there, so only the uid is
+//     checked.
 //
 // When every check passes it returns the Worker, which owns fd 3 until
-// Serve returns. When one fails it returns nil and an error wrapping
+// Serve returns. On darwin and FreeBSD it also starts watching the
+// supervisor in place of the parent-death signal (see the package doc). When one fails it returns nil and an error wrapping
 // [ErrNotWorker] (and [ErrNotSocket] when fd 3 is no socket): the
 // variables were inherited by mistake, and the program should carry on
 // in its other role, leaving fd 3 alone.
@@ -130,17 +138,13 @@ func FromEnv() (*Worker, error) {
 	if err := unix.Fstat(contract.ChannelFD, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return nil, fmt.Errorf("%w: %w (fd %d)", ErrNotWorker, ErrNotSocket, contract.ChannelFD)
 	}
-	cred, err := unix.GetsockoptUcred(contract.ChannelFD, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
-		return nil, fmt.Errorf("%w: reading the peer of fd %d: %w", ErrNotWorker, contract.ChannelFD, os.NewSyscallError("getsockopt", err))
-	}
-	if int(cred.Pid) != ppid {
-		return nil, fmt.Errorf("%w: fd %d's peer is pid %d, not the parent %d: socket inherited from elsewhere", ErrNotWorker, contract.ChannelFD, cred.Pid, ppid)
+	if err := checkPeer(contract.ChannelFD, ppid); err != nil {
+		return nil, err
 	}
 	if level == hclog.NoLevel {
 		level = hclog.Info
 	}
-	return &Worker{id: id, file: os.NewFile(contract.ChannelFD, "pairvisor-channel"), level: level}, nil
+	return &Worker{id: id, file: os.NewFile(contract.ChannelFD, "pairvisor-channel"), level: level, unwatch: watchParent(ppid)}, nil
 }
 
 // ID returns the worker's id (1 for the first worker).
@@ -162,6 +166,9 @@ func (w *Worker) Logger() hclog.Logger {
 // must never outlive its supervisor. Serve closes the channel in every
 // case.
 func (w *Worker) Serve(ctx context.Context, cfg Config) error {
+	if w.unwatch != nil {
+		defer w.unwatch()
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = w.Logger()

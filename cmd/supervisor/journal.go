@@ -1,5 +1,3 @@
-//go:build linux
-
 package main
 
 import (
@@ -31,7 +29,7 @@ func toJournal(w io.Writer) bool {
 	if err1 != nil || err2 != nil || unix.Fstat(int(f.Fd()), &st) != nil {
 		return false
 	}
-	return uint64(st.Dev) == d && st.Ino == i
+	return uint64(st.Dev) == d && uint64(st.Ino) == i
 }
 
 // journalWriter prefixes every line of an hclog text entry with the

@@ -1,5 +1,3 @@
-//go:build linux
-
 // Command supervisor runs pairvisor: a supervisor that spawns worker
 // processes over socketpairs and health-checks them, and the clients
 // that talk to it. Run "supervisor --help" for the commands.
@@ -15,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/worker"
 )
@@ -64,7 +61,7 @@ func main() {
 	// Descriptors we inherited without close-on-exec would leak into
 	// every worker and its children; mark them (fd 3 of a worker too,
 	// which FromEnv would do anyway).
-	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	markInheritedCloexec()
 
 	// A re-executed worker takes this branch before anything else runs.
 	w, err := worker.FromEnv()

@@ -1,5 +1,3 @@
-//go:build linux
-
 // Command hasher is a worker that does real work, and the supervisor
 // that runs it, in one binary: the pattern package worker is made for.
 //

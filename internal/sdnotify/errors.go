@@ -36,6 +36,11 @@ var (
 	// ErrInvalid reports a datagram that is not a valid list of
 	// assignments; Parse returns errors that wrap it.
 	ErrInvalid = errors.New("sdnotify: invalid datagram")
+
+	// ErrUnsupported is returned by Listen and Supported on systems
+	// other than Linux: the socket needs SO_PASSCRED and abstract
+	// socket names. Parse works everywhere.
+	ErrUnsupported = errors.New("sdnotify: notify sockets need Linux")
 )
 
 // A RefusedError describes a datagram that Read refused. It matches

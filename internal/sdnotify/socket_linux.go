@@ -254,3 +254,7 @@ func takeAncillary(oob []byte) (cred Cred, hasCred bool, nfds int) {
 	}
 	return cred, hasCred, nfds
 }
+
+// Supported returns nil where Listen can work, else an error wrapping
+// ErrUnsupported that names the system. On Linux it returns nil.
+func Supported() error { return nil }

@@ -1,8 +1,0 @@
-//go:build !linux
-
-package supervisor
-
-// pairvisor runs on Linux only: it relies on SO_PEERCRED, abstract
-// sockets, pidfds, the parent-death signal and renameat2. Building it
-// elsewhere stops here, with this name in the error.
-var _ = pairvisorRequiresLinux
