@@ -33,6 +33,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -98,13 +99,16 @@ type Group struct {
 	snap     atomic.Pointer[groupSnap]
 	ran      atomic.Bool
 	runs     sync.WaitGroup // the goroutines of every Supervisor run
+	killCh   chan struct{}  // closed by Kill
+	killOnce sync.Once
 
 	pastMu sync.Mutex
 	past   Stats // of the runs that have ended
 
 	// The loop's own.
-	members  []*member // in Program order
-	retiring int       // retired runs not yet ended
+	members  []*member             // in Program order
+	retired  map[*progRun]struct{} // runs replaced by a successor, not yet ended
+	killed   bool                  // Kill was called: every run, and every later one, skips its graceful stop
 	stopping bool
 	err      error
 }
@@ -130,11 +134,12 @@ type progRun struct {
 }
 
 type groupSnap struct {
-	progs   []ProgramStatus
-	sups    map[string]*Supervisor
-	nexts   map[string]*Supervisor
-	done    bool
-	changed chan struct{} // closed when a newer snapshot replaces this one
+	progs       []ProgramStatus
+	sups        map[string]*Supervisor
+	nexts       map[string]*Supervisor
+	done        bool
+	stopTimeout time.Duration // the longest StopTimeout of the programs
+	changed     chan struct{} // closed when a newer snapshot replaces this one
 }
 
 // Group events and requests.
@@ -170,7 +175,8 @@ func NewGroup(programs []Program, log hclog.Logger) (*Group, error) {
 	if err := checkPrograms(programs); err != nil {
 		return nil, err
 	}
-	g := &Group{log: log, reqs: make(chan any), events: make(chan any), loopDone: make(chan struct{})}
+	g := &Group{log: log, reqs: make(chan any), events: make(chan any), loopDone: make(chan struct{}),
+		killCh: make(chan struct{}), retired: map[*progRun]struct{}{}}
 	for _, p := range programs {
 		g.members = append(g.members, &member{prog: p, state: ProgramWaiting})
 	}
@@ -266,7 +272,7 @@ func (g *Group) Run(ctx context.Context) error {
 }
 
 func (g *Group) loop(ctx context.Context) {
-	done := ctx.Done()
+	done, kill := ctx.Done(), g.killCh
 	g.startReady()
 	for {
 		g.publish()
@@ -293,6 +299,30 @@ func (g *Group) loop(ctx context.Context) {
 			done = nil
 			g.log.Info("stopping every program")
 			g.beginStop()
+		case <-kill:
+			kill = nil
+			g.killAll()
+		}
+	}
+}
+
+// Kill makes every run of every program (current, incoming and
+// retiring ones, and those started later) skip the graceful steps of
+// its stop: see Supervisor.Kill. It does not itself stop anything; it
+// is idempotent and safe from any goroutine.
+func (g *Group) Kill() { g.killOnce.Do(func() { close(g.killCh) }) }
+
+// killAll applies Kill to every run there is.
+func (g *Group) killAll() {
+	g.killed = true
+	for r := range g.retired {
+		r.sup.Kill()
+	}
+	for _, m := range g.members {
+		for _, r := range []*progRun{m.cur, m.next} {
+			if r != nil {
+				r.sup.Kill()
+			}
 		}
 	}
 }
@@ -300,7 +330,7 @@ func (g *Group) loop(ctx context.Context) {
 // finished reports whether the loop is done: stopping and no run left,
 // or every program ended by itself.
 func (g *Group) finished() bool {
-	running, ended, failed := g.retiring, 0, 0
+	running, ended, failed := len(g.retired), 0, 0
 	for _, m := range g.members {
 		switch {
 		case m.cur != nil || m.next != nil:
@@ -315,7 +345,7 @@ func (g *Group) finished() bool {
 	if g.stopping {
 		return running == 0
 	}
-	if ended == len(g.members) {
+	if running == 0 && ended == len(g.members) {
 		if failed > 0 && g.err == nil {
 			g.err = fmt.Errorf("%w: %d of %d programs", ErrWorkersFailed, failed, len(g.members))
 		}
@@ -333,7 +363,8 @@ func (g *Group) startReady() {
 	}
 	g.failBlocked()
 	for _, m := range g.members {
-		if m.cur != nil || m.held || m.removed || m.state == ProgramExited || m.state == ProgramFailed {
+		if m.cur != nil || m.next != nil || m.held || m.removed || m.state == ProgramStopping ||
+			m.state == ProgramExited || m.state == ProgramFailed || g.shadowed(m) {
 			continue
 		}
 		if g.depsReady(m) {
@@ -376,13 +407,27 @@ func (g *Group) depsReady(m *member) bool {
 	return true
 }
 
+// member returns the program called name, nil if none (a removed one
+// that is still stopping does not count).
 func (g *Group) member(name string) *member {
 	for _, m := range g.members {
-		if m.prog.Name == name {
+		if m.prog.Name == name && !m.removed {
 			return m
 		}
 	}
 	return nil
+}
+
+// shadowed reports whether a removed program of m's name is still
+// stopping: m, added again, waits for it, so two instances never run
+// at once.
+func (g *Group) shadowed(m *member) bool {
+	for _, o := range g.members {
+		if o != m && o.removed && o.prog.Name == m.prog.Name && (o.cur != nil || o.next != nil) {
+			return true
+		}
+	}
+	return false
 }
 
 // launch starts a run of m's program as its current run.
@@ -404,6 +449,9 @@ func (g *Group) start(m *member, prog Program) (*progRun, error) {
 	sup, err := New(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if g.killed {
+		sup.Kill()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &progRun{m: m, prog: prog, sup: sup, cancel: cancel}
@@ -459,7 +507,7 @@ func (g *Group) ready(r *progRun) {
 // retire stops r, which no member serves any more.
 func (g *Group) retire(r *progRun) {
 	r.retired = true
-	g.retiring++
+	g.retired[r] = struct{}{}
 	r.cancel()
 }
 
@@ -471,7 +519,7 @@ func (g *Group) ended(r *progRun, err error) {
 	wasNext := r == m.next
 	switch {
 	case r.retired:
-		g.retiring--
+		delete(g.retired, r)
 	case wasNext:
 		m.next = nil
 	case r == m.cur:
@@ -479,9 +527,22 @@ func (g *Group) ended(r *progRun, err error) {
 	}
 	g.publish() // without r: Stats counts it once
 	g.pastMu.Unlock()
+	rolling := m.state != ProgramStopping && !g.stopping
 	switch {
 	case r.retired:
 		g.log.Info("previous run of a changed program stopped", "program", r.prog.Name)
+	case !wasNext && m.next != nil && rolling && !errors.Is(err, ErrCrashLoop):
+		// The current run ended by itself while its successor starts:
+		// the successor, with the new settings, is the program now.
+		g.log.Warn("program's current run ended during a roll; its new run goes on", "program", r.prog.Name, "error", err)
+		m.state = ProgramStarting
+	case !wasNext && m.next != nil && rolling:
+		m.state, m.err = ProgramFailed, err
+		g.log.Error("program failed; stopping every program", "program", m.prog.Name, "error", err)
+		if g.err == nil {
+			g.err = fmt.Errorf("program %s: %w", m.prog.Name, err)
+		}
+		g.beginStop()
 	case wasNext && m.cur != nil && m.state != ProgramStopping:
 		// A changed program's new run ended before it was ready: the
 		// current run goes on with the previous settings.
@@ -611,6 +672,9 @@ func (g *Group) request(r grpReq) {
 	case "stop", "restart":
 		m := targets[0]
 		m.held = r.op == "stop"
+		if m.next != nil {
+			m.prog = m.next.prog // the latest settings, for the start that follows
+		}
 		if m.cur == nil && m.next == nil {
 			if r.op == "stop" {
 				m.state = ProgramStopped
@@ -674,7 +738,7 @@ func (g *Group) replace(progs []Program) (Diff, error) {
 		default:
 			d.Changed = append(d.Changed, p.Name)
 			switch {
-			case m.cur != nil && m.state != ProgramStopping:
+			case (m.cur != nil || m.next != nil) && m.state != ProgramStopping:
 				// Blue/green: the new run starts beside the current one
 				// and takes over once ready (ready above); a successor of
 				// an earlier change that is not ready yet is dropped.
@@ -688,7 +752,7 @@ func (g *Group) replace(progs []Program) (Diff, error) {
 				} else {
 					m.next = r
 				}
-			case m.cur != nil:
+			case m.cur != nil || m.next != nil:
 				m.prog = p // stopping: starts with the new settings if started again
 			default:
 				m.prog = p
@@ -700,7 +764,15 @@ func (g *Group) replace(progs []Program) (Diff, error) {
 		members = append(members, m)
 	}
 	for _, m := range g.members {
-		if keep[m.prog.Name] || m.removed {
+		if m.removed {
+			// Removed by an earlier Replace and still stopping: kept
+			// until its runs end (an added program of its name waits).
+			if m.cur != nil || m.next != nil {
+				members = append(members, m)
+			}
+			continue
+		}
+		if keep[m.prog.Name] {
 			continue
 		}
 		d.Removed = append(d.Removed, m.prog.Name)
@@ -736,18 +808,29 @@ func (g *Group) publish() {
 		if m.err != nil {
 			ps.Error = m.err.Error()
 		}
+		sn.stopTimeout = max(sn.stopTimeout, m.prog.Config.StopTimeout, DefaultStopTimeout)
+		sn.progs = append(sn.progs, ps)
+		if m.removed {
+			continue // stopping: not routed to, and its name may be taken again
+		}
 		if m.cur != nil {
 			sn.sups[m.prog.Name] = m.cur.sup
 		}
 		if m.next != nil {
 			sn.nexts[m.prog.Name] = m.next.sup
+			sn.stopTimeout = max(sn.stopTimeout, m.next.prog.Config.StopTimeout)
 		}
-		sn.progs = append(sn.progs, ps)
 	}
 	if old := g.snap.Swap(sn); old != nil {
 		close(old.changed)
 	}
 }
+
+// Changed returns a channel closed when the programs' states next
+// change (one starts, becomes ready, stops, ends, is added or removed).
+// Worker-level changes are not included: see each program's
+// Supervisor.Watch.
+func (g *Group) Changed() <-chan struct{} { return g.snap.Load().changed }
 
 // Await waits until the program name runs and returns its current
 // Supervisor; ErrNotRunning once the group has stopped.
@@ -783,6 +866,11 @@ func (g *Group) Status() []ProgramStatus {
 	}
 	return out
 }
+
+// StopTimeout returns the longest Config.StopTimeout of the group's
+// programs as they are now (after Replace, the new ones'): how long a
+// graceful stop of the whole group may take.
+func (g *Group) StopTimeout() time.Duration { return g.snap.Load().stopTimeout }
 
 // Stats returns the counters of every program since Run began, summed;
 // the round-trip quantiles are the largest of the programs'.

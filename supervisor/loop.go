@@ -158,10 +158,12 @@ type proc struct {
 	wdOff   bool // the worker turned it off (WATCHDOG_USEC=0)
 	// HealthCmd: when the next runs (zero: none due), whether one runs,
 	// and the misses in a row.
-	hcAt      time.Time
-	hcRunning bool
-	hcMisses  int
-	reloading bool // sent RELOADING=1, no READY=1 since
+	hcAt         time.Time
+	hcRunning    bool
+	hcMisses     int
+	reloading    bool      // sent RELOADING=1, no READY=1 since (deadline: StartTimeout)
+	selfStopping bool      // sent STOPPING=1 (deadline: StopTimeout)
+	stopBegan    time.Time // when stopProc began its stop
 }
 
 // op is an operation the loop asks a process's tender to run.
@@ -409,6 +411,8 @@ func (s *Supervisor) expired(p *proc, now time.Time) {
 		}
 	case phVerify:
 		p.endVerify() // the tender's ping fails: evVerified
+	case phReady:
+		s.readyExpired(p)
 	case phClosing:
 		p.log.Warn("channel closed while the worker runs; stopping it", "error", p.conn.Err())
 		if p.verdict.Kind == ExitNone {
@@ -682,7 +686,8 @@ func (s *Supervisor) stopProc(p *proc) {
 		s.dirty = true
 	}
 	p.phase, p.stopStep = phStopping, 1
-	p.deadline = s.now().Add(s.cfg.StopTimeout / 2)
+	p.stopBegan = s.now()
+	p.deadline = p.stopBegan.Add(s.cfg.StopTimeout / 2)
 	p.log.Info("stopping", "timeout", s.cfg.StopTimeout)
 	var ctx context.Context
 	ctx, p.stopEnd = context.WithCancel(p.ctx)
@@ -819,6 +824,12 @@ func (s *Supervisor) slotEnded(sl *slot, pid int, r ExitReason, failed bool, upt
 	if !(s.cfg.Restart == RestartAlways || s.cfg.Restart == RestartOnFailure && failed) {
 		s.log.Info("worker ended; not restarting", "worker", sl.id, "pid", pid, "reason", r, "policy", s.cfg.Restart.String())
 		sl.setState(StateExited, now)
+		if p := sl.repl; p != nil {
+			// A rolling restart's replacement has no worker left to
+			// replace in a slot that stays empty.
+			p.dropped = true
+			s.stopProc(p)
+		}
 		s.stopIfAllEnded()
 		return
 	}

@@ -4,6 +4,7 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -568,6 +569,14 @@ func (r *policyRun) awaitSnap(what string, cond func(*snapshot) bool) {
 			r.t.Fatalf("no %s within %v; counts %+v, status %+v", what, policyWait, sn.counts, sn.workers)
 		}
 	}
+}
+
+// awaitRestarts waits until the loop has published n restarts: a
+// start can reach the spawner before the loop publishes the restart it
+// counted.
+func (r *policyRun) awaitRestarts(n uint64) {
+	r.t.Helper()
+	r.awaitSnap(fmt.Sprintf("%d restarts counted", n), func(sn *snapshot) bool { return sn.counts.restarts == n })
 }
 
 // awaitUnrouted waits until worker id gets no more requests.

@@ -260,3 +260,68 @@ func TestConfigRejected(t *testing.T) {
 		t.Errorf("missing executable: %v, want ErrExecutable", err)
 	}
 }
+
+// TestPolicyNotifyDeadlines: a worker that said RELOADING=1 must say
+// READY=1 within StartTimeout, and one that said STOPPING=1 must exit
+// within StopTimeout; EXTEND_TIMEOUT_USEC cannot stretch a stop
+// forever.
+func TestPolicyNotifyDeadlines(t *testing.T) {
+	t.Parallel()
+	const start, stop = 10 * time.Second, 4 * time.Second
+	cfg := Config{Ready: ReadyNotify, StartTimeout: start, StopTimeout: stop, BackoffMin: time.Second, BackoffMax: time.Second}
+	t.Run("reloading", func(t *testing.T) {
+		t.Parallel()
+		r := startPolicy(t, cfg)
+		fp := r.sp.next(t)
+		fp.notify(notice{ready: true})
+		r.awaitReady()
+		fp.notify(notice{reloading: true})
+		r.await("reloading", func(st Status) bool { return slotOf(st, 1).State == StateReloading })
+		at := r.clk.now().Add(start)
+		r.clk.waitArmed(t, at)
+		r.clk.set(at)
+		fp.wantSignal(t, syscall.SIGKILL, at)
+		if ws := r.backoff(); ws.Exit.Kind != ExitNotReady {
+			t.Errorf("exit %+v", ws.Exit)
+		}
+		r.finishWith(1)
+	})
+	t.Run("stopping", func(t *testing.T) {
+		t.Parallel()
+		r := startPolicy(t, cfg)
+		fp := r.sp.next(t)
+		fp.ignoreTerm.Store(true)
+		fp.notify(notice{ready: true})
+		r.awaitReady()
+		fp.notify(notice{stopping: true})
+		r.await("stopping", func(st Status) bool { return slotOf(st, 1).State == StateStopping })
+		at := r.clk.now().Add(stop)
+		r.clk.waitArmed(t, at)
+		r.clk.set(at)
+		fp.wantSignal(t, syscall.SIGTERM, at) // no channel: the stop signal at once
+		// Asking for more time again and again gets at most another
+		// StopTimeout before SIGKILL.
+		fp.notify(notice{extend: time.Hour})
+		kill := at.Add(2 * stop)
+		r.clk.waitArmed(t, kill)
+		r.clk.set(kill)
+		fp.wantSignal(t, syscall.SIGKILL, kill)
+		r.backoff()
+		r.finish()
+	})
+}
+
+// TestPolicyAllEndedDuringReload: Run returns when the last worker ends
+// for good while its rolling restart's replacement is still starting.
+func TestPolicyAllEndedDuringReload(t *testing.T) {
+	t.Parallel()
+	r := startPolicy(t, Config{})
+	fp := r.ready(1)[0]
+	go r.s.Reload(context.Background())
+	repl := r.sp.next(t)
+	fp.exit(exit0) // on-failure: not restarted
+	repl.wantSignal(t, syscall.SIGKILL, time.Time{})
+	if err := r.wait(); err != nil {
+		t.Fatalf("Run returned %v, want nil (the worker exited 0)", err)
+	}
+}

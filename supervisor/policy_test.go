@@ -243,6 +243,7 @@ func TestPolicyHang(t *testing.T) {
 		}
 		r.clk.set(*ws.NextStart)
 		r.sp.next(t)
+		r.awaitRestarts(1)
 		if s := r.s.Stats(); s.Failures != 1 || s.Restarts != 1 || s.PingsSent != 3 || s.PingsAnswered != 0 {
 			t.Errorf("stats %+v", s)
 		}
@@ -303,9 +304,7 @@ func TestPolicyNoHello(t *testing.T) {
 	}
 	r.clk.set(*ws.NextStart)
 	r.sp.next(t)
-	// The start can reach the spawner before the loop publishes the
-	// restart it counted.
-	r.awaitSnap("the restart counted", func(sn *snapshot) bool { return sn.counts.restarts == 1 })
+	r.awaitRestarts(1)
 	if s := r.s.Stats(); s.PingsSent != 0 || s.Failures != 1 || s.Restarts != 1 {
 		t.Errorf("stats %+v", s)
 	}
@@ -622,6 +621,7 @@ func TestPolicySpawnFailures(t *testing.T) {
 		}
 		r.clk.set(*ws.NextStart)
 		r.sp.next(t)
+		r.awaitRestarts(1)
 		if s := r.s.Stats(); s.Failures != 1 || s.SpawnFailures != 0 || s.Restarts != 1 {
 			t.Errorf("stats %+v", s)
 		}
@@ -661,6 +661,7 @@ func TestPolicyStopSignalGrace(t *testing.T) {
 			}
 			r.clk.set(*ws.NextStart)
 			r.sp.next(t)
+			r.awaitRestarts(1)
 			if s := r.s.Stats(); s.Failures != 1 || s.Restarts != 1 {
 				t.Errorf("stats %+v", s)
 			}

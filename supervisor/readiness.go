@@ -112,8 +112,14 @@ func (s *Supervisor) noticed(p *proc, n notice) {
 		sl.errno = n.errno
 		s.dirty = true
 	}
-	if n.extend > 0 && (p.phase == phHello || p.phase == phStopping) {
-		if d := now.Add(n.extend); d.After(p.deadline) {
+	if n.extend > 0 && (p.phase == phHello || p.phase == phStopping || p.reloading || p.selfStopping) {
+		d := now.Add(n.extend)
+		if p.phase == phStopping {
+			// A stop can be extended, but not forever: a worker that
+			// keeps asking would otherwise never be killed.
+			d = minTime(d, p.stopBegan.Add(2*s.cfg.StopTimeout))
+		}
+		if d.After(p.deadline) {
 			p.deadline = d
 		}
 	}
@@ -135,18 +141,24 @@ func (s *Supervisor) noticed(p *proc, n notice) {
 		return
 	}
 	switch {
-	case n.stopping && p.phase == phReady:
-		// The worker is going down on its own; its exit decides the rest.
+	case n.stopping && p.phase == phReady && !p.selfStopping:
+		// The worker is going down on its own; its exit decides the
+		// rest, if it comes within StopTimeout (as systemd's
+		// TimeoutStopSec applies after STOPPING=1).
 		p.log.Info("worker says it is stopping")
 		s.unroute(p)
-		p.wdAt = time.Time{}
+		p.selfStopping, p.reloading = true, false
+		p.wdAt, p.deadline = time.Time{}, now.Add(s.cfg.StopTimeout)
 		if cur {
 			sl.setState(StateStopping, now)
 			s.dirty = true
 		}
-	case n.reloading && p.phase == phReady && !p.reloading:
+	case n.reloading && p.phase == phReady && !p.reloading && !p.selfStopping:
+		// Ready again within StartTimeout (EXTEND_TIMEOUT_USEC may
+		// extend it), or not ready at all.
 		p.log.Info("worker says it is reloading")
 		p.reloading = true
+		p.deadline = now.Add(s.cfg.StartTimeout)
 		s.unroute(p)
 		if cur {
 			sl.setState(StateReloading, now)
@@ -158,7 +170,7 @@ func (s *Supervisor) noticed(p *proc, n notice) {
 		case p.phase == phHello:
 			s.becameReady(p)
 		case p.reloading && p.phase == phReady:
-			p.reloading = false
+			p.reloading, p.deadline = false, time.Time{}
 			p.log.Info("worker reloaded")
 			if cur {
 				sl.setState(StateReady, now)
@@ -169,6 +181,32 @@ func (s *Supervisor) noticed(p *proc, n notice) {
 			}
 		}
 	}
+}
+
+// readyExpired: p, ready, let a deadline of its own pass: it said
+// RELOADING=1 and not READY=1 within StartTimeout, or STOPPING=1 and did
+// not exit within StopTimeout.
+func (s *Supervisor) readyExpired(p *proc) {
+	switch {
+	case p.reloading:
+		p.verdict = ExitReason{Kind: ExitNotReady, Timeout: s.cfg.StartTimeout}
+		p.log.Error("worker did not finish reloading in time; killing it", "reason", p.verdict)
+		if p.role == roleCur {
+			p.sl.setState(StateHung, s.now())
+			s.dirty = true
+		}
+		s.kill(p)
+	case p.selfStopping:
+		p.log.Warn("worker said it was stopping but has not exited; stopping it", "timeout", s.cfg.StopTimeout)
+		s.stopProc(p)
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // runHealthCmd starts p's health command, unless one still runs.

@@ -215,6 +215,13 @@ func (s *Supervisor) handover(p *proc) {
 
 // replacementEnded: a replacement was reaped before its handover.
 func (s *Supervisor) replacementEnded(p *proc, st ExitReason) {
+	defer func() {
+		if !s.stopping {
+			// The slot's own worker may have ended for good meanwhile:
+			// with its replacement gone, nothing may be left to run.
+			s.stopIfAllEnded()
+		}
+	}()
 	p.sl.repl = nil
 	r := s.rolling
 	if r == nil || r.p != p {

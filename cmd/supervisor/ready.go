@@ -62,7 +62,8 @@ func readyCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 // judgeReady judges doc: one line per the programs checked, and whether
-// each has at least min ready workers.
+// each has at least min ready workers (a program that has exited by
+// itself, all its workers with status 0, counts as ready).
 func judgeReady(doc statusDoc, names []string, min int) (string, bool) {
 	if doc.Mode == "serve" {
 		return "a serve process has no workers", len(names) == 0
@@ -87,7 +88,11 @@ func judgeReady(doc statusDoc, names []string, min int) (string, bool) {
 			}
 		}
 		part := fmt.Sprintf("%s %d/%d", p.Name, ready, len(p.Workers))
-		if ready < min {
+		if p.State == supervisor.ProgramExited {
+			// Ended by itself, every worker with status 0 (a one-shot
+			// step): done, not missing — as the systemd notifier counts it.
+			part = p.Name + " exited"
+		} else if ready < min {
 			why := "program " + string(p.State)
 			for _, st := range slices.Sorted(maps.Keys(states)) {
 				why += fmt.Sprintf(", %d %s", states[st], st)

@@ -291,14 +291,15 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	front := programs[0].Name // echoes and messages from the front door go to the first program
-	stopTimeout := maxStopTimeout(programs)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sd := newNotifier(g, log)
 	if sd != nil {
 		go sd.run(ctx)
-		defer func() { <-sd.done }()
+		// cancel first: the notifier returns only once ctx ends, and an
+		// early return below must not wait for it forever.
+		defer func() { cancel(); <-sd.done }()
 	}
 	stopSignals := handleSignals(ctx, cancel, g, sd, configPath, log)
 	defer stopSignals()
@@ -352,15 +353,14 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 			return
 		case <-ctx.Done():
 		}
+		// The programs as they are now: a reload may have changed
+		// their stop timeouts.
+		stopTimeout := g.StopTimeout()
 		select {
 		case <-runDone:
 		case <-time.After(stopTimeout + killAfterStop):
 			log.Warn("the stop is taking too long; killing the workers", "stop_timeout", stopTimeout)
-			for _, ps := range g.Status() {
-				if s := g.Supervisor(ps.Name); s != nil {
-					s.Kill()
-				}
-			}
+			g.Kill()
 		}
 	}()
 	runErr := g.Run(ctx)
@@ -401,15 +401,6 @@ func totalWorkers(programs []supervisor.Program) int {
 	return n
 }
 
-// maxStopTimeout is the longest stop timeout of programs.
-func maxStopTimeout(programs []supervisor.Program) time.Duration {
-	d := supervisor.DefaultStopTimeout
-	for _, p := range programs {
-		d = max(d, p.Config.StopTimeout)
-	}
-	return d
-}
-
 // handleSignals turns the first SIGINT or SIGTERM into a graceful stop
 // and the second into an immediate kill; SIGHUP re-reads the config
 // file (with --config) or asks for a rolling restart of every program.
@@ -448,11 +439,7 @@ func handleSignals(ctx context.Context, stop context.CancelFunc, g *supervisor.G
 					stop()
 				default:
 					log.Warn("killing workers at once", "signal", sig.String())
-					for _, ps := range g.Status() {
-						if s := g.Supervisor(ps.Name); s != nil {
-							s.Kill()
-						}
-					}
+					g.Kill()
 				}
 			}
 		}
@@ -511,13 +498,22 @@ func (t *traffic) run(ctx context.Context, g *supervisor.Group, name string, eve
 	if every <= 0 {
 		return
 	}
-	sup, err := g.Await(ctx, name)
-	if err != nil {
-		return
+	// await returns the program's current run once it is ready: after
+	// `restart NAME` or a config change it is a new one.
+	await := func() *supervisor.Supervisor {
+		sup, err := g.Await(ctx, name)
+		if err != nil {
+			return nil
+		}
+		select {
+		case <-sup.Ready():
+			return sup
+		case <-ctx.Done():
+			return nil
+		}
 	}
-	select {
-	case <-sup.Ready():
-	case <-ctx.Done():
+	sup := await()
+	if sup == nil {
 		return
 	}
 	tick := time.NewTicker(every)
@@ -550,6 +546,13 @@ func (t *traffic) run(ctx context.Context, g *supervisor.Group, name string, eve
 			// a closed channel). Not a failure.
 			t.sent.Add(^uint64(0))
 			return
+		case errors.Is(err, supervisor.ErrNotRunning):
+			// The program's run ended (restart, stop, a changed
+			// config): follow it to its next one. Not a failure.
+			t.sent.Add(^uint64(0))
+			if sup = await(); sup == nil {
+				return
+			}
 		case err != nil:
 			t.errors.Add(1)
 			log.Error("echo failed", "size", n, "error", err)

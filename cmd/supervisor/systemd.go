@@ -36,6 +36,7 @@ import (
 
 // notifySource is what the notifier watches: a supervisor.Group.
 type notifySource interface {
+	Changed() <-chan struct{}
 	Ping(ctx context.Context) error
 	Status() []supervisor.ProgramStatus
 	Stats() supervisor.Stats
@@ -112,12 +113,17 @@ func (n *notifier) run(ctx context.Context) {
 			n.log.Info("told the service manager we are ready", "status", summary)
 		}
 	}
-	update()
 	for {
+		changed := n.src.Changed() // before update: no change is missed
+		update()
 		select {
 		case <-ctx.Done():
+			// A run whose programs all ended by themselves at once
+			// still says READY=1 before STOPPING=1.
+			update()
 			n.notify("STOPPING=1")
 			return
+		case <-changed:
 		case r := <-n.reloads:
 			if !r.end {
 				reloading++

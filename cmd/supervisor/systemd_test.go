@@ -141,6 +141,8 @@ func (w *wedgeable) Status() []supervisor.ProgramStatus {
 
 func (w *wedgeable) Stats() supervisor.Stats { return supervisor.Stats{} }
 
+func (w *wedgeable) Changed() <-chan struct{} { return nil }
+
 // TestSystemdWatchdogWedged: the watchdog is fed only while the
 // supervision loops answer; a wedged loop stops the feeding, and it
 // resumes once the loop is free.
