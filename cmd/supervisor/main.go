@@ -19,7 +19,7 @@ import (
 
 // takesArgs are the commands with positional arguments (checked by
 // each); the others refuse any.
-var takesArgs = map[string]bool{"echo": true, "run": true, "reload": true, "restart": true, "stop": true, "start": true, "check-config": true}
+var takesArgs = map[string]bool{"echo": true, "run": true, "reload": true, "restart": true, "stop": true, "start": true, "check-config": true, "check-worker": true}
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "0.1.0-dev"
@@ -51,6 +51,7 @@ func init() {
 		{"stop", "stop a program of a running supervisor; it stays stopped until start", controlCmd("stop")},
 		{"start", "start a stopped program of a running supervisor", controlCmd("start")},
 		{"check-config", "check a config file for run --config, starting nothing", checkConfigCmd},
+		{"check-worker", "check a worker program (any language) against docs/PROTOCOL.md", checkWorkerCmd},
 		{"ready", "readiness probe: exit 0 only if the programs have at least --min ready workers", readyCmd},
 		{"bench", "measure ping latency, echo throughput and spawn time", benchCmd},
 		{"version", "print the version", versionCmd},
