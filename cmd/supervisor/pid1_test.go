@@ -225,6 +225,7 @@ func TestPID1Orphans(t *testing.T) {
 exec sleep 1000`, wg.path, python)
 			r := startPID1(t, leader, "run", "--workers", "1", "--socket", sock, "--ready", "started", "--start-secs", "200ms",
 				"--log-level", "debug", "--", "sh", "-c", script)
+			r.waitSocket(t, sock)
 			readyWorkers(t, sock, 1)
 
 			isCat := func(g *gate) func(p nsProc) bool {
@@ -302,6 +303,7 @@ trap 'echo usr2 >> %[1]s/sig.%%i' USR2
 while :; do sleep 1 & wait $!; done`, dir)
 	r := startPID1(t, true, "run", "--workers", "2", "--socket", sock, "--ready", "started", "--start-secs", "200ms",
 		"--", "sh", "-c", script)
+	r.waitSocket(t, sock)
 	before := readyWorkers(t, sock, 2)
 
 	for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGUSR2} {
