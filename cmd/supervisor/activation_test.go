@@ -436,3 +436,75 @@ func TestActivationNotOurs(t *testing.T) {
 	}
 	p.stopOK(t, syscall.SIGTERM, sock)
 }
+
+// TestPickPassed: the matching rules on their own — a path through a
+// symlinked directory or relative to the working directory is the same
+// socket; an abstract name matches only itself; the address rule wins
+// over the name rule; a name matches "pairvisor" or the path's last
+// element only.
+func TestPickPassed(t *testing.T) {
+	dir := tempDir(t)
+	real := filepath.Join(dir, "real")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	bound := filepath.Join(real, "pv.sock")
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: bound}); err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	rel, err := filepath.Rel(wd, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		path, bound string
+		want        bool
+	}{
+		{bound, bound, true},
+		{filepath.Join(link, "pv.sock"), bound, true}, // the same file
+		{rel, bound, true},                            // relative to our directory
+		{filepath.Join(real, "other.sock"), bound, false},
+		{"@pv", "@pv", true},
+		{"@pv", "@pv2", false},
+		{"@" + bound, bound, false},
+		{bound, "", false},
+	} {
+		if got := sameAddr(tc.path, tc.bound); got != tc.want {
+			t.Errorf("sameAddr(%q, %q) = %v, want %v", tc.path, tc.bound, got, tc.want)
+		}
+	}
+
+	sock := passedSocket{fd: 3, unix: true, addr: bound}
+	named := passedSocket{fd: 4, unix: true, addr: "/elsewhere", name: "pairvisor"}
+	base := passedSocket{fd: 5, unix: true, addr: "/elsewhere2", name: "pv.sock"}
+	other := passedSocket{fd: 6, unix: true, addr: "/x", name: "web"}
+	inet := passedSocket{fd: 7, name: "metrics"}
+	for _, tc := range []struct {
+		path   string
+		passed []passedSocket
+		want   int    // index, or -1 for an error
+		errHas string // for an error
+	}{
+		{bound, []passedSocket{named, sock}, 1, ""}, // the address wins over the name
+		{"/run/x/y.sock", []passedSocket{other, named}, 1, ""},
+		{"/run/x/pv.sock", []passedSocket{other, base}, 1, ""}, // the path's last element
+		{"/run/x/y.sock", []passedSocket{other, inet}, -1, `fd 6 named "web" (a Unix socket bound to /x); fd 7 named "metrics" (not a Unix socket)`},
+		{"/run/x/pv.sock", []passedSocket{named, base}, -1, "more than one socket named"},
+	} {
+		got, err := pickPassed(tc.path, tc.passed)
+		if got != tc.want || (tc.want < 0) != (err != nil) || err != nil && !strings.Contains(err.Error(), tc.errHas) {
+			t.Errorf("pickPassed(%q, %v) = %d, %v; want %d (error saying %q)", tc.path, tc.passed, got, err, tc.want, tc.errHas)
+		}
+	}
+}
