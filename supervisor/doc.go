@@ -99,6 +99,14 @@
 //     orphan, so it is treated as escaped;
 //   - is reaped once dead.
 //
+// As PID 1 (a container's init) the process adopts every orphan of its
+// pid namespace, also those of what an operator started there (docker
+// exec, kubectl exec): an orphan that is not in a worker's session
+// (each worker leads one) is left running and reaped once dead, as tini
+// does; one in a worker's session is handled as above. /proc must be
+// the namespace's own; with another's, orphans are not swept (Run logs
+// a warning).
+//
 // The supervisor looks for orphans every second and whenever a worker
 // or an orphan it killed is reaped, never with wait(-1): it tells
 // adopted processes from the program's own children by the pidfd that

@@ -40,10 +40,33 @@ import (
 //     through os/exec (for a worker: its background job, killed with
 //     its group when the worker ends) or in our own group (not from a
 //     worker: workers lead their own groups);
+//   - left alone too when the process is PID 1 (a container's init)
+//     and the orphan is not in the session of a worker (see below);
 //   - otherwise killed with SIGKILL, with its descendants and its
 //     group, as soon as it is found, and reaped: it left its worker's
 //     group (setsid, setpgid) and lost its parent, or its worker is
 //     gone, and nothing ties it to a worker any more.
+//
+// PID 1. A subreaper adopts only its own descendants' orphans; the
+// init of a pid namespace adopts every orphan in it: also those of
+// processes that a `docker exec`, `kubectl exec` or nsenter started in
+// the container, which are the operator's, not a worker's. Killing
+// those would break `kubectl exec pod -- sh -c 'job &'`, so PID 1 does
+// what tini does with them: leaves them running and reaps them when
+// they exit (the kernel kills what is left when PID 1 exits). What came
+// from a worker is known by its session: every worker leads a session
+// of its own (Setsid), which its descendants keep unless they call
+// setsid themselves, so an orphan whose session is a worker's, live or
+// reaped, is a worker's and is handled as above. The sessions of reaped
+// workers are remembered until a sweep finds no orphan left in them.
+// A worker's descendant that started a session of its own (a daemon's
+// double fork with setsid) cannot be told from the operator's
+// processes: as PID 1 it is left running and reaped, not killed.
+//
+// /proc must be the one of our pid namespace (a container's own, or
+// unshare --mount-proc): another namespace's /proc names other
+// processes by the numbers of ours, so the sweeper does not run then
+// (orphanSupport says why, and Run logs it).
 //
 // Sweeps run every orphanTick, whenever a worker or an orphan the
 // sweeper killed is reaped (its children are ours then), and at the end
@@ -65,10 +88,10 @@ const maxTree = 4096
 // procInfo is what /proc/PID/stat says about a process. pid and start
 // together name one process: a pid alone may have been reused.
 type procInfo struct {
-	pid, ppid, pgid int
-	state           byte
-	start           uint64 // clock ticks after boot
-	comm            string
+	pid, ppid, pgid, sid int
+	state                byte
+	start                uint64 // clock ticks after boot
+	comm                 string
 }
 
 // readProc reads /proc/PID/stat. It reports false if there is no such
@@ -91,11 +114,12 @@ func readProc(pid int) (procInfo, bool) {
 	}
 	ppid, err1 := strconv.Atoi(string(f[1]))
 	pgid, err2 := strconv.Atoi(string(f[2]))
-	start, err3 := strconv.ParseUint(string(f[19]), 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil {
+	sid, err3 := strconv.Atoi(string(f[3]))
+	start, err4 := strconv.ParseUint(string(f[19]), 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 		return procInfo{}, false
 	}
-	return procInfo{pid: pid, ppid: ppid, pgid: pgid, state: f[0][0], start: start, comm: string(b[open+1 : close])}, true
+	return procInfo{pid: pid, ppid: ppid, pgid: pgid, sid: sid, state: f[0][0], start: start, comm: string(b[open+1 : close])}, true
 }
 
 // haveChildrenFiles reports whether /proc/PID/task/TID/children exists
@@ -227,8 +251,14 @@ func pidfdPID(fdinfo string) (int, bool) {
 
 // orphanSupport reports why orphans cannot be told from the program's
 // own children here (nil if they can): the sweeper needs pidfds whose
-// fdinfo names their pid (Linux 5.4).
+// fdinfo names their pid (Linux 5.4), and a /proc of our own pid
+// namespace.
 var orphanSupport = sync.OnceValue(func() error {
+	if self, err := os.Readlink("/proc/self"); err != nil {
+		return err
+	} else if self != strconv.Itoa(os.Getpid()) {
+		return fmt.Errorf("/proc belongs to another pid namespace (it calls us %s, we are %d): mount one of ours (a container's own /proc, unshare --mount-proc)", self, os.Getpid())
+	}
 	fd, err := unix.PidfdOpen(os.Getpid(), 0)
 	if err != nil {
 		return os.NewSyscallError("pidfd_open", err)
@@ -294,11 +324,18 @@ type sweeper struct {
 	mu       sync.Mutex
 	workers  map[int]bool // this supervisor's workers, until reaped
 	inflight map[int]bool // orphans being killed
-	kills    sync.WaitGroup
+	// ended holds the sessions of reaped workers (each worker leads
+	// one, its id the worker's pid) until a sweep finds no orphan in
+	// them; as PID 1 an orphan is a worker's if its session is a
+	// worker's. Bounded by the workers reaped between two sweeps and
+	// the sessions that still have orphans (which are killed).
+	ended map[int]bool
+	kills sync.WaitGroup
 }
 
 func newSweeper(log hclog.Logger) *sweeper {
-	return &sweeper{log: log, poke: make(chan struct{}, 1), workers: make(map[int]bool), inflight: make(map[int]bool)}
+	return &sweeper{log: log, poke: make(chan struct{}, 1), workers: make(map[int]bool), inflight: make(map[int]bool),
+		ended: make(map[int]bool)}
 }
 
 // addWorker records a worker started by this supervisor.
@@ -308,11 +345,12 @@ func (sw *sweeper) addWorker(pid int) {
 	sw.mu.Unlock()
 }
 
-// workerReaped forgets a reaped worker and asks for a sweep: its
-// children are ours now.
+// workerReaped forgets a reaped worker, but not its session, and asks
+// for a sweep: its children are ours now.
 func (sw *sweeper) workerReaped(pid int) {
 	sw.mu.Lock()
 	delete(sw.workers, pid)
+	sw.ended[pid] = true
 	sw.mu.Unlock()
 	sw.wake()
 }
@@ -370,6 +408,11 @@ func (sw *sweeper) sweep() int {
 	}
 	sw.mu.Unlock()
 	if len(cands) == 0 {
+		sw.mu.Lock()
+		if len(sw.inflight) == 0 {
+			clear(sw.ended) // no orphan in any session
+		}
+		sw.mu.Unlock()
 		return 0
 	}
 	// Read after the children: a child os/exec started before the
@@ -379,6 +422,8 @@ func (sw *sweeper) sweep() int {
 		return 0 // whose they are is unknown; leave them until next time
 	}
 	ownGroup := unix.Getpgrp()
+	asInit := me == 1                // a pid namespace's init: every orphan in it comes to us
+	inSessions := make(map[int]bool) // the sessions orphans are in
 	n := 0
 	for _, pid := range cands {
 		if owned[pid] {
@@ -388,6 +433,7 @@ func (sw *sweeper) sweep() int {
 		if !ok || c.ppid != me {
 			continue
 		}
+		inSessions[c.sid] = true
 		switch {
 		case c.state == 'Z':
 			if sw.reap(c) {
@@ -397,11 +443,23 @@ func (sw *sweeper) sweep() int {
 		case c.pgid == ownGroup || owned[c.pgid] || sw.isWorker(c.pgid):
 			// A background job of a live child's group, or not from a
 			// worker: left alone.
+		case asInit && !owned[c.sid] && !sw.workerSession(c.sid):
+			// PID 1: an orphan of the namespace, not of a worker:
+			// left alone, reaped when it exits.
 		default:
 			sw.kill(c)
 			n++
 		}
 	}
+	// A session is forgotten once no orphan is in it, and no kill is
+	// under way (the children of the orphan being killed come to us).
+	sw.mu.Lock()
+	for sid := range sw.ended {
+		if !inSessions[sid] && len(sw.inflight) == 0 {
+			delete(sw.ended, sid)
+		}
+	}
+	sw.mu.Unlock()
 	return n
 }
 
@@ -409,6 +467,14 @@ func (sw *sweeper) isWorker(pid int) bool {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	return sw.workers[pid]
+}
+
+// workerSession reports whether sid is the session of one of this
+// supervisor's workers, live or reaped.
+func (sw *sweeper) workerSession(sid int) bool {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	return sw.workers[sid] || sw.ended[sid]
 }
 
 // reap collects the exit status of c, an adopted zombie.

@@ -10,7 +10,9 @@
 // or the Listener closes, and hands over each connection as an owned,
 // close-on-exec *os.File with the peer's [Cred] (supplementary groups on
 // request, [Peer.Groups]). Names starting with "@" are Linux abstract
-// sockets.
+// sockets. [FromFile] wraps a listening socket that somebody else
+// created and owns the path of (systemd's socket activation) in a
+// Listener that accepts the same way and leaves the path alone.
 //
 // It does not speak the protocol: wrap an accepted file with package
 // ipc's NewConn for that, or dial a path with ipc.Dial. Which clients to

@@ -65,12 +65,14 @@ type Config struct {
 }
 
 // Listener is a listening Unix socket bound to a filesystem path or,
-// for names starting with "@", to a Linux abstract name. It owns the
-// listening fd, the socket file and its lock file, and removes both
-// files on Close if, and only if, they are still the ones it created.
+// for names starting with "@", to a Linux abstract name. One made by
+// [New] owns the listening fd, the socket file and its lock file, and
+// removes both files on Close if, and only if, they are still the ones
+// it created; one made by [FromFile] owns only its fd.
 type Listener struct {
 	path     string
 	abstract bool
+	passed   bool // from FromFile: the path is somebody else's
 	cfg      Config
 	log      hclog.Logger
 
@@ -645,7 +647,8 @@ func (l *Listener) acceptErr(err error) error {
 }
 
 // Close stops accepting, and removes the socket file and the lock file
-// if they are still the ones this Listener created. Connections already
+// if they are still the ones this Listener created (a Listener from
+// [FromFile] created neither and removes nothing). Connections already
 // accepted are not affected. Close is idempotent and safe to call
 // concurrently with Accept, which then returns an error wrapping
 // [net.ErrClosed].
@@ -662,7 +665,7 @@ func (l *Listener) close() {
 	l.mu.Unlock()
 	l.wg.Wait() // no rebind can start now
 
-	if !l.abstract {
+	if !l.abstract && !l.passed {
 		var st unix.Stat_t
 		if unix.Lstat(l.path, &st) == nil && l.ours(&st) {
 			unix.Unlink(l.path)
