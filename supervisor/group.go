@@ -581,13 +581,14 @@ func (g *Group) curEnded(m *member, err error) {
 		m.state = ProgramExited
 		g.log.Info("program ended", "program", m.prog.Name)
 	}
+	if m.removed {
+		g.members = slices.DeleteFunc(g.members, func(x *member) bool { return x == m })
+	}
+	g.publish() // the callers answered below see the new state
 	for _, w := range m.waiters {
 		w <- nil
 	}
 	m.waiters = nil
-	if m.removed {
-		g.members = slices.DeleteFunc(g.members, func(x *member) bool { return x == m })
-	}
 }
 
 // beginStop stops every program, dependents first.
@@ -668,6 +669,7 @@ func (g *Group) request(r grpReq) {
 			m.state = ProgramWaiting
 		}
 		g.startReady()
+		g.publish()
 		r.res <- nil
 	case "stop", "restart":
 		m := targets[0]
@@ -682,6 +684,7 @@ func (g *Group) request(r grpReq) {
 				m.state = ProgramWaiting
 				g.startReady()
 			}
+			g.publish()
 			r.res <- nil
 			return
 		}
