@@ -255,7 +255,8 @@ type ConnConfig struct {
 	// Addr names the socket in errors and logs; empty for socketpairs.
 	Addr string
 
-	// Logger receives protocol errors at debug level. Nil discards.
+	// Logger receives protocol errors at debug level, and handlers'
+	// panics, with their stacks, at error level. Nil discards.
 	Logger hclog.Logger
 
 	// TrustUIDs are the uids, besides root and the caller's effective
