@@ -271,9 +271,10 @@ func (c *Conn) follow(ctx context.Context, cl *call, id uint64, canSpin bool) er
 // giveUp abandons cl, request id, whose caller's ctx has ended, and
 // returns ctx's error. Unless a reader has claimed the reply, cl leaves
 // pending and back to the pool, the peer is told (cancelLocked), and if
-// the read side had been passed to cl, it is passed on. A claimed reply that is being read into the caller's
-// dst cannot be abandoned: the Conn is closed (ErrStalled) to end the
-// read, and giveUp waits for that.
+// the read side had been passed to cl, it is passed on. A claimed reply
+// that is being read into the caller's dst cannot be abandoned: the
+// Conn is closed (ErrStalled) to end the read, and giveUp waits for
+// that.
 func (c *Conn) giveUp(ctx context.Context, cl *call, id uint64) error {
 	c.pmu.Lock()
 	if c.pending[id] == cl {
