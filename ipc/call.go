@@ -135,10 +135,14 @@ func (c *Conn) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
 //
 // Call returns when the reply arrives, the Conn closes, or ctx ends; a
 // Call reading its own reply notices ctx ending within 20 ms. An error
-// reply is returned as a *[wire.RemoteError]. If ctx ends while the reply is
-// already being read into dst, Call cannot hand dst back until the read
-// is done, so it closes the Conn (reason [ErrStalled]) to end the read at
-// once; with a nil dst it simply abandons the reply.
+// reply is returned as a *[wire.RemoteError]. When ctx ends first, Call
+// forgets the request, so that its reply is dropped when it comes, and
+// on a version 2 connection has a cancel frame sent for it (after Call
+// has returned), which cancels the context of the peer's handler; pings
+// are not cancelled, as no handler runs for them. If ctx ends while the
+// reply is already being read into dst, Call cannot hand dst back until
+// the read is done, so it closes the Conn (reason [ErrStalled]) to end
+// the read at once; with a nil dst it simply abandons the reply.
 func (c *Conn) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]byte, error) {
 	if len(payload) > int(c.cfg.MaxPayload) {
 		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: &wire.FrameError{Err: wire.ErrFrameTooLarge, Detail: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", len(payload), c.cfg.MaxPayload)}}
@@ -157,8 +161,15 @@ func (c *Conn) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]by
 	c.pending[id] = cl
 	c.pmu.Unlock()
 
-	if err := c.writeFrame(ctx, 0, wire.Header{Type: t, ID: id}, payload); err != nil {
-		if c.unregister(id) {
+	if finishing, err := c.write(ctx, 0, wire.Header{Type: t, ID: id}, payload); err != nil {
+		c.pmu.Lock()
+		mine := c.claim(id) != nil
+		if mine && finishing {
+			// The request still reaches the peer: tell it we gave up.
+			c.cancelLocked(t, id)
+		}
+		c.pmu.Unlock()
+		if mine {
 			c.putCall(cl)
 		}
 		return nil, err
@@ -259,10 +270,11 @@ func (c *Conn) follow(ctx context.Context, cl *call, id uint64, canSpin bool) er
 
 // giveUp abandons cl, request id, whose caller's ctx has ended, and
 // returns ctx's error. Unless a reader has claimed the reply, cl leaves
-// pending and back to the pool; if the read side had been passed to it,
-// it is passed on. A claimed reply that is being read into the caller's
-// dst cannot be abandoned: the Conn is closed (ErrStalled) to end the
-// read, and giveUp waits for that.
+// pending and back to the pool, the peer is told (cancelLocked), and if
+// the read side had been passed to cl, it is passed on. A claimed reply
+// that is being read into the caller's dst cannot be abandoned: the
+// Conn is closed (ErrStalled) to end the read, and giveUp waits for
+// that.
 func (c *Conn) giveUp(ctx context.Context, cl *call, id uint64) error {
 	c.pmu.Lock()
 	if c.pending[id] == cl {
@@ -271,6 +283,7 @@ func (c *Conn) giveUp(ctx context.Context, cl *call, id uint64) error {
 			cl.waiting = false
 			c.nwait.Add(-1)
 		}
+		c.cancelLocked(cl.typ, id)
 		if r := cl.lead; r != nil {
 			<-cl.done // sent under pmu when the read side was passed
 			c.handOn(r, stopGaveUp)

@@ -17,11 +17,17 @@ package ipc
 //     The read side).
 //   - Handlers: one goroutine per request given to the Handler
 //     (dispatch), counted by handlers. Each ends once the Handler has
-//     returned and its reply is written, or the Conn has closed.
+//     returned (or panicked) and its reply is written, or the Conn has
+//     closed. On a version 2 connection each has its own context,
+//     registered in active under the request's id until the Handler
+//     has returned, for the peer's cancel frames (serve.go).
 //   - Background writers (write.go), counted by writers: replyLater
 //     writes a copy of a reply that the reader could not write at once;
 //     finishLater finishes a frame whose writer could not wait for it.
 //     Each ends within WriteTimeout, or closes the Conn (ErrStalled).
+//     writeCancels (cancel.go), also counted by writers, writes the
+//     cancel frames of calls that gave up, at most one at a time, and
+//     ends when its queue is empty or the Conn closes.
 //
 // # The read side
 //
@@ -72,13 +78,15 @@ package ipc
 //     holder may hand it to finishLater's goroutine, which unlocks it.
 //     The holder of the read side never waits for it (tryLockW, and
 //     replyLater when it is taken; the one exception is the error
-//     sent to a peer whose hello is refused), and a holder of wlock
+//     about the connection sent as it closes, a protocol violation or
+//     a refused hello, for at most closingWait), and a holder of wlock
 //     never waits for the read side.
 //  2. pmu: pending calls, the followers waiting, the idle read side,
-//     nextID, closed and err. Nothing else is locked, and nothing
-//     blocks, while it is held: the channel sends under it go to
-//     channels of capacity 1 known to be empty.
-//  3. sock.mu (fdio_linux.go): the fd against its close; Budget.mu.
+//     nextID, closed and err, and the queue of cancel frames. Nothing
+//     else is locked, and nothing blocks, while it is held: the channel
+//     sends under it go to channels of capacity 1 known to be empty.
+//  3. sock.mu (fdio_linux.go): the fd against its close; Budget.mu;
+//     amu, the Handler's requests by id (active), taken alone.
 //
 // # Hand-offs
 //
@@ -174,8 +182,16 @@ type ConnConfig struct {
 	// Name is sent in our hello ("supervisor", "worker.3", "client").
 	Name string
 
+	// MaxVersion is the highest protocol version offered in our hello.
+	// Zero means [wire.ProtocolVersion]; larger values are lowered to
+	// it. 1 makes the Conn a version 1 peer, which neither sends nor
+	// accepts cancel frames: for testing mixed versions, or for a
+	// gradual roll-out.
+	MaxVersion uint16
+
 	// Handler answers message, status, shutdown and reload requests.
-	// Nil refuses them with [wire.CodeUnsupported].
+	// Nil refuses them with [wire.CodeUnsupported] (and answers a
+	// shutdown with an empty reply).
 	Handler Handler
 
 	// ForwardEcho hands echo requests to Handler instead of answering
@@ -239,7 +255,8 @@ type ConnConfig struct {
 	// Addr names the socket in errors and logs; empty for socketpairs.
 	Addr string
 
-	// Logger receives protocol errors at debug level. Nil discards.
+	// Logger receives protocol errors at debug level, and handlers'
+	// panics, with their stacks, at error level. Nil discards.
 	Logger hclog.Logger
 
 	// TrustUIDs are the uids, besides root and the caller's effective
@@ -250,11 +267,14 @@ type ConnConfig struct {
 
 // Conn is one end of a framed pairvisor connection. It multiplexes any
 // number of concurrent requests in both directions: replies are routed
-// to their callers by request id, so a ping never waits for another
-// request's reply; pings and echoes from the peer are answered by the
-// Conn itself, other requests by the Handler. A caller that is alone in
-// waiting reads its own reply on its own thread; otherwise a reader
-// hands it over.
+// to their callers by request id, in whatever order they come, so a
+// ping never waits for a handler's work on another request (it may wait
+// for frames ahead of it on the wire: see docs/PROTOCOL.md, "Ordering");
+// pings and echoes from the peer are answered by the Conn itself, other
+// requests by the Handler. A caller that is alone in waiting reads its
+// own reply on its own thread; otherwise a reader hands it over. On a
+// version 2 connection a caller that gives up tells the peer, whose
+// Handler's context is then cancelled.
 //
 // A Conn owns its file descriptor from [NewConn] on. It closes it once,
 // after its background reader has ended and no write is in progress, so
@@ -307,6 +327,13 @@ type Conn struct {
 	sem      chan struct{}  // handler slots (MaxConcurrent)
 	handlers sync.WaitGroup // handler goroutines
 	inflight sync.WaitGroup // requests given to the Handler and not yet answered
+
+	// Cancellation (version 2): the peer's requests with the Handler,
+	// and our cancel frames to write (cancel.go).
+	amu      sync.Mutex                    // guards active; taken alone
+	active   map[uint64]context.CancelFunc // the Handler's requests by id, for the peer's cancels
+	cancelQ  []uint64                      // our cancels not yet written; under pmu
+	cancelOn bool                          // writeCancels runs; under pmu
 
 	kill      chan struct{} // closed when the Conn starts closing
 	killOnce  sync.Once
@@ -364,6 +391,10 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	if cfg.MaxBuffered <= 0 {
 		cfg.MaxBuffered = DefaultMaxBuffered
 	}
+	if cfg.MaxVersion == 0 || cfg.MaxVersion > wire.ProtocolVersion {
+		cfg.MaxVersion = wire.ProtocolVersion
+	}
+	cfg.MaxVersion = max(cfg.MaxVersion, wire.MinProtocolVersion)
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -380,6 +411,7 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		wsem:      make(chan struct{}, cfg.MaxConcurrent),
 		spare:     make(chan []byte, 1),
 		pending:   make(map[uint64]*call),
+		active:    make(map[uint64]context.CancelFunc),
 		toBg:      make(chan *reader, 1),
 		linger:    time.NewTimer(linger),
 		room:      make(chan struct{}, 1),
@@ -396,7 +428,7 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
 	c.iov[0].SetLen(wire.HeaderSize)
-	hello := wire.AppendHello(make([]byte, 0, 64), wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: wire.ProtocolVersion, PID: uint32(os.Getpid()), Name: cfg.Name})
+	hello := wire.AppendHello(make([]byte, 0, 64), c.ourHello(uint32(os.Getpid())))
 	if err := c.writeFrame(ctx, 0, wire.Header{Type: wire.TypeHello}, hello); err != nil {
 		c.cancel()
 		s.close()
@@ -418,10 +450,16 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	}
 }
 
+// ourHello is the hello this side sends.
+func (c *Conn) ourHello(pid uint32) wire.Hello {
+	return wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: c.cfg.MaxVersion, PID: pid, Name: c.cfg.Name}
+}
+
 // Peer returns the hello the peer sent.
 func (c *Conn) Peer() wire.Hello { return c.peer }
 
-// Version returns the negotiated protocol version.
+// Version returns the negotiated protocol version: the highest both
+// hellos offer. Cancel frames are used from version 2 on.
 func (c *Conn) Version() uint16 { return c.ver }
 
 // Received returns the number of bytes read from the peer so far, the

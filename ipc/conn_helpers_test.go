@@ -76,9 +76,16 @@ func pair(tb testing.TB, a, b ipc.ConnConfig) (*ipc.Conn, *ipc.Conn) {
 }
 
 // rawPeer returns a Conn whose peer is the returned raw socket, on which
-// the test speaks the protocol by hand. The hellos have been exchanged.
-// Both are closed at cleanup.
+// the test speaks the protocol by hand, as a version 1 peer. The hellos
+// have been exchanged. Both are closed at cleanup.
 func rawPeer(tb testing.TB, cfg ipc.ConnConfig) (*ipc.Conn, *os.File) {
+	tb.Helper()
+	return rawPeerVersions(tb, cfg, 1, 1)
+}
+
+// rawPeerVersions is rawPeer with a raw peer whose hello offers versions
+// lo to hi.
+func rawPeerVersions(tb testing.TB, cfg ipc.ConnConfig, lo, hi uint16) (*ipc.Conn, *os.File) {
 	tb.Helper()
 	fc, raw, err := ipc.Socketpair()
 	if err != nil {
@@ -93,7 +100,7 @@ func rawPeer(tb testing.TB, cfg ipc.ConnConfig) (*ipc.Conn, *os.File) {
 		c, err = ipc.NewConn(ctx, fc, cfg)
 		ch <- err
 	}()
-	writeRaw(tb, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(1, 1)))
+	writeRaw(tb, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(lo, hi)))
 	if h, _ := readRaw(tb, raw); h.Type != wire.TypeHello || h.IsReply() {
 		tb.Fatalf("first frame from a Conn is %v, want a hello", h)
 	}

@@ -72,18 +72,29 @@ func TestRawPeer(t *testing.T) {
 		}
 	})
 	t.Run("big-ping", func(t *testing.T) {
+		// A ping over 64 bytes is refused, its payload skipped; the
+		// connection goes on.
 		t.Parallel()
 		c, raw := rawPeer(t, ipc.ConnConfig{})
-		writeRaw(t, raw, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 6}, make([]byte, wire.MaxPingPayload+1)))
+		big := wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 6}, make([]byte, 100<<10))
+		werr := make(chan error, 1)
+		go func() { // larger than the socket buffer: the Conn reads while we write
+			_, err := raw.Write(append(big, wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 7}, []byte("ok"))...))
+			werr <- err
+		}()
 		h, p := readRaw(t, raw)
-		if h.Type != wire.TypeError || h.ID != 6 || wire.ParseError(p).Code != wire.CodeTooLarge {
-			t.Fatalf("oversized ping: got %+v %q, want error code %d", h, p, wire.CodeTooLarge)
+		if h.Type != wire.TypeError || !h.IsReply() || h.ID != 6 || wire.ParseError(p).Code != wire.CodeTooLarge {
+			t.Fatalf("oversized ping: got %+v %q, want an error reply to 6 with code %d", h, p, wire.CodeTooLarge)
 		}
-		if _, _, err := wire.ReadFrame(raw, 0); err != io.EOF {
-			t.Fatalf("after the error frame: %v, want EOF", err)
+		if h, p = readRaw(t, raw); h != (wire.Header{Type: wire.TypePing, Flags: wire.FlagReply, Length: 2, ID: 7}) || string(p) != "ok" {
+			t.Fatalf("after the refused ping: %+v %q, want the pong to 7", h, p)
 		}
-		waitDone(t, c)
-		wantOpFrameError(t, c.Err(), wire.ErrFrameTooLarge)
+		if err := recv(t, werr, "end of write"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Err(); err != nil {
+			t.Fatalf("an oversized ping closed the Conn: %v", err)
+		}
 	})
 	t.Run("wrong-reply-type", func(t *testing.T) {
 		t.Parallel()
@@ -113,7 +124,7 @@ func TestHandshakeRefused(t *testing.T) {
 		want  error
 		code  wire.Code // of the error frame sent back; 0 for none
 	}{
-		{"version", wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(2, 3)), ipc.ErrVersion, wire.CodeVersion},
+		{"version", wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(3, 4)), ipc.ErrVersion, wire.CodeVersion},
 		{"bad-hello", wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, rawHello(0, 1)), wire.ErrBadPayload, wire.CodeProtocol},
 		{"hello-reply", wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello, Flags: wire.FlagReply}, rawHello(1, 1)), ipc.ErrUnexpected, wire.CodeProtocol},
 		{"error", wire.AppendFrame(nil, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply}, wire.AppendError(nil, wire.CodeShutdown, "going away")), nil, 0},
@@ -212,17 +223,19 @@ func TestMaxPayload(t *testing.T) {
 		t.Fatalf("echo at the limit: %d bytes, %v", len(got), err)
 	}
 
-	// A peer that sends more than our limit is told so, and we close.
+	// A peer that sends more than our limit is told so, in an error
+	// about the connection (id 0), and we close. Its call fails with
+	// that error, and so does its Conn.
 	_, err = b.Echo(ctx, make([]byte, limit+1), nil)
 	var re *wire.RemoteError
-	if !errors.As(err, &re) || re.Code != wire.CodeTooLarge {
-		t.Errorf("oversized echo to a limited peer: %v, want error code %d", err, wire.CodeTooLarge)
+	if !errors.As(err, &re) || re.Code != wire.CodeTooLarge || !errors.Is(err, ipc.ErrClosed) {
+		t.Errorf("oversized echo to a limited peer: %v, want ErrClosed with error code %d", err, wire.CodeTooLarge)
 	}
 	waitDone(t, a)
 	wantOpFrameError(t, a.Err(), wire.ErrFrameTooLarge)
 	waitDone(t, b)
-	if err := b.Err(); !errors.Is(err, ipc.ErrPeerClosed) {
-		t.Errorf("peer: Err() = %v, want ErrPeerClosed", err)
+	if err := b.Err(); !errors.As(err, &re) || re.Code != wire.CodeTooLarge {
+		t.Errorf("peer: Err() = %v, want the error frame of code %d", err, wire.CodeTooLarge)
 	}
 }
 

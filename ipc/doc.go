@@ -18,9 +18,20 @@
 // details and docs/PROTOCOL.md the full specification, detailed enough
 // to write a peer in another language. Each side first sends a hello
 // with the protocol versions it speaks; the higher version both speak is
-// used. Requests carry an id chosen by the sender and replies echo it,
-// so any number of requests may be in flight in both directions at once:
-// a health-check ping never waits for a 1 MiB echo's reply.
+// used (this package speaks 1 and 2; [ConnConfig].MaxVersion can hold it
+// to 1). Requests carry an id chosen by the sender and replies echo it,
+// so any number of requests may be in flight in both directions at once,
+// and replies come in whatever order they are ready: a health-check ping
+// never waits for a handler's work. It may still wait for the frames
+// ahead of it on the wire, a large echo's request or reply for example.
+//
+// # Cancellation and failing handlers
+//
+// On a version 2 connection, a [Conn.Call] whose context ends sends a
+// cancel frame for its request, and the peer cancels the context of the
+// [Handler] working on it; the reply that may still come is dropped. A
+// Handler that panics answers its request with [wire.CodeCrashed], the
+// panic is logged, and the Conn serves on (whatever the version).
 //
 // # Conn
 //
@@ -53,6 +64,7 @@
 // socket path. Malformed input yields a *[wire.FrameError] wrapping one
 // of the sentinel errors ([wire.ErrFrameTooLarge],
 // [wire.ErrUnknownType], [wire.ErrTruncated], ...); the Conn that read
-// it is closed, never left half-read. Error replies from the peer are
-// *[wire.RemoteError] values.
+// it tells the peer in an error frame with id 0 and is closed, never
+// left half-read. Error replies from the peer are *[wire.RemoteError]
+// values.
 package ipc

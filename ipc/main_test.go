@@ -35,6 +35,7 @@ func registerHelper(role string, f func(args ...string) int) { harness.Register(
 
 func init() {
 	registerHelper("serve", helperServe)
+	registerHelper("serve-v1", func(...string) int { return serveVersion(1) })
 	registerHelper("mute", helperMute)
 	for _, g := range garbageCases {
 		registerHelper("garbage-"+g.name, func(...string) int { return helperGarbage(g) })
@@ -112,6 +113,11 @@ const (
 	msgBlock = "block"
 	// msgBlocked is what a blocked handler sends back.
 	msgBlocked = "blocked"
+	// msgBlockReport blocks like msgBlock, and when the handler's
+	// context is cancelled while the Conn is open (a cancel frame),
+	// the handler tells us msgCancelled before it returns.
+	msgBlockReport = "block-report"
+	msgCancelled   = "cancelled"
 	// msgError + "CODE:TEXT" makes the handler return a RemoteError.
 	msgError = "error:"
 	// msgFail + "TEXT" makes the handler return a plain error.
@@ -120,8 +126,13 @@ const (
 
 // helperServe establishes a Conn on fd 3 that answers pings and echoes
 // and runs serveHandler, and exits when the Conn closes: 0 after a clean
-// close, 1 after any other error.
-func helperServe(...string) int {
+// close, 1 after any other error (a frame it did not expect, such as a
+// cancel frame on a version 1 connection, included).
+func helperServe(...string) int { return serveVersion(0) }
+
+// serveVersion is helperServe offering protocol versions up to max (0:
+// the default).
+func serveVersion(max uint16) int {
 	var conn *ipc.Conn
 	ready := make(chan struct{})
 	handler := func(ctx context.Context, req ipc.Request) ([]byte, error) {
@@ -133,7 +144,7 @@ func helperServe(...string) int {
 		return serveHandler(ctx, conn, req)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), helperHelloTimeout)
-	c, err := ipc.NewConn(ctx, os.NewFile(contract.ChannelFD, "channel"), ipc.ConnConfig{Name: "serve", Handler: handler})
+	c, err := ipc.NewConn(ctx, os.NewFile(contract.ChannelFD, "channel"), ipc.ConnConfig{Name: "serve", Handler: handler, MaxVersion: max})
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
@@ -154,11 +165,16 @@ func serveHandler(ctx context.Context, c *ipc.Conn, req ipc.Request) ([]byte, er
 	switch {
 	case req.Type != wire.TypeMessage:
 		return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: "serve answers messages only"}
-	case p == msgBlock:
+	case p == msgBlock || p == msgBlockReport:
 		if _, err := c.Call(ctx, wire.TypeMessage, []byte(msgBlocked), nil); err != nil {
 			return nil, err
 		}
 		<-ctx.Done()
+		if p == msgBlockReport && c.Err() == nil {
+			rctx, cancel := context.WithTimeout(context.Background(), helperHelloTimeout)
+			defer cancel()
+			c.Call(rctx, wire.TypeMessage, []byte(msgCancelled), nil)
+		}
 		return nil, ctx.Err()
 	case strings.HasPrefix(p, msgError):
 		code, text, _ := strings.Cut(strings.TrimPrefix(p, msgError), ":")
@@ -209,7 +225,8 @@ var garbageCases = []garbageCase{
 	{name: "type", bytes: header(9, 0, 0, 7), want: wire.ErrUnknownType, code: wire.CodeProtocol},
 	{name: "flags", bytes: header(wire.TypePing, 0x80, 0, 7), want: wire.ErrBadFlags, code: wire.CodeProtocol},
 	{name: "length", bytes: header(wire.TypeHello, 0, 0xFFFFFFFF, 0), want: wire.ErrFrameTooLarge, code: wire.CodeTooLarge},
-	{name: "hello-length", bytes: header(wire.TypeHello, 0, 1000, 0), want: wire.ErrBadPayload, code: wire.CodeProtocol},
+	{name: "hello-length", bytes: header(wire.TypeHello, 0, 1000, 0), want: wire.ErrFrameTooLarge, code: wire.CodeTooLarge},
+	{name: "hello-id", bytes: append(header(wire.TypeHello, 0, 8, 5), 1, 0, 1, 0, 0, 0, 0, 0), want: ipc.ErrUnexpected, code: wire.CodeProtocol},
 	{name: "not-hello", bytes: header(wire.TypePing, 0, 0, 7), want: ipc.ErrUnexpected, code: wire.CodeProtocol},
 	{name: "truncated", bytes: append(header(wire.TypeHello, 0, 100, 0), make([]byte, 40)...), want: wire.ErrTruncated, closeWrite: true},
 	{name: "truncated-header", bytes: header(wire.TypeHello, 0, 100, 0)[:10], want: wire.ErrTruncated, closeWrite: true},

@@ -246,7 +246,7 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 		}
 		h, err := wire.ParseHeader(r.buf[r.r:r.w], c.cfg.MaxPayload)
 		if err != nil {
-			return r.stopOn(r.protocolErr(h.ID, err))
+			return r.stopOn(r.protocolErr(err))
 		}
 		if lead != nil && !h.IsReply() {
 			return stopRequest
@@ -258,12 +258,16 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 			err = r.readHello(h)
 		case h.IsReply():
 			err = r.deliver(h)
+		case h.Type == wire.TypeHello || h.Type == wire.TypeError:
+			err = r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s frame without the reply flag after the handshake", h.Type)})
+		case h.ID == 0:
+			err = r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request with id 0, which is reserved", h.Type)})
 		case h.Type == wire.TypePing:
 			err = r.answerInline(h, wire.MaxPingPayload)
 		case h.Type == wire.TypeEcho && !c.cfg.ForwardEcho:
 			err = r.answerInline(h, c.cfg.MaxPayload)
-		case h.Type == wire.TypeHello || h.Type == wire.TypeError:
-			err = r.protocolErr(h.ID, &wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request after the handshake", h.Type)})
+		case h.Type == wire.TypeCancel:
+			err = r.cancelRequest(h)
 		default:
 			err = r.dispatch(h)
 		}
@@ -284,9 +288,15 @@ func (r *reader) stopOn(err error) stop {
 	return stopEnded
 }
 
-// deliver reads a reply and hands it to the call waiting for it.
+// deliver reads a reply and hands it to the call waiting for it. A reply
+// that no call waits for (its caller gave up) is read and dropped,
+// unless it is an error with id 0: the peer's word on the connection,
+// which ends it.
 func (r *reader) deliver(h wire.Header) error {
 	c := r.c
+	if h.Type == wire.TypeHello || h.Type == wire.TypeCancel {
+		return r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s frame with the reply flag", h.Type)})
+	}
 	c.pmu.Lock()
 	cl := c.claim(h.ID)
 	c.pmu.Unlock()
@@ -300,7 +310,7 @@ func (r *reader) deliver(h wire.Header) error {
 	case h.Type == wire.TypeError:
 		p.kind, p.buf = partError, make([]byte, n)
 	case h.Type != cl.typ:
-		err := r.protocolErr(0, &wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s reply to %s request %d", h.Type, cl.typ, h.ID)})
+		err := r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s reply to %s request %d", h.Type, cl.typ, h.ID)})
 		cl.err = closeErr(err)
 		c.finish(cl)
 		return err
@@ -363,20 +373,27 @@ func (r *reader) finishPart() error {
 	return nil
 }
 
+// readHello reads the peer's first frame, which must be a hello: no
+// reply flag, id 0, a payload of 8 to wire.MaxHelloPayload bytes with a
+// valid version range. An error reply in its place is the peer's refusal
+// of the connection, which ends it without an answer.
 func (r *reader) readHello(h wire.Header) error {
 	c := r.c
-	if h.Type != wire.TypeHello || h.IsReply() {
-		if h.Type == wire.TypeError && h.IsReply() {
-			p, err := r.readPayload(h)
-			if err != nil {
-				return err
-			}
-			return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: wire.ParseError(p)}
+	switch {
+	case h.Type == wire.TypeError && h.IsReply():
+		p, err := r.readPayload(h)
+		if err != nil {
+			return err
 		}
-		return r.protocolErr(h.ID, &wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("first frame is %s, want hello", h.Type)})
-	}
-	if h.Length > wire.MaxHelloPayload {
-		return r.protocolErr(0, &wire.FrameError{Err: wire.ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, limit %d", h.Length, wire.MaxHelloPayload)})
+		return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: wire.ParseError(p)}
+	case h.Type != wire.TypeHello:
+		return r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("first frame is %s, want hello", h.Type)})
+	case h.IsReply():
+		return r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: "hello with the reply flag"})
+	case h.ID != 0:
+		return r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("hello with id %d, want 0", h.ID)})
+	case h.Length > wire.MaxHelloPayload:
+		return r.protocolErr(&wire.FrameError{Err: wire.ErrFrameTooLarge, Detail: fmt.Sprintf("hello payload of %d bytes exceeds the limit of %d", h.Length, wire.MaxHelloPayload)})
 	}
 	p, err := r.readPayload(h)
 	if err != nil {
@@ -384,11 +401,11 @@ func (r *reader) readHello(h wire.Header) error {
 	}
 	peer, err := wire.ParseHello(p)
 	if err != nil {
-		return r.protocolErr(0, err)
+		return r.protocolErr(err)
 	}
-	v, err := negotiate(wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: wire.ProtocolVersion}, peer)
+	v, err := negotiate(c.ourHello(0), peer)
 	if err != nil {
-		c.sendError(0, wire.CodeVersion, err.Error())
+		c.sendConnError(wire.CodeVersion, err.Error())
 		return &OpError{Op: "hello", Addr: c.cfg.Addr, Err: err}
 	}
 	c.peer, c.ver = peer, v

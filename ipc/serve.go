@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc/wire"
@@ -24,22 +25,30 @@ type Request struct {
 // status, shutdown, reload and, with [ConnConfig.ForwardEcho], echo. A
 // shutdown request reaches the Handler only after every request that
 // arrived before it has been answered, and later ones are refused.
-// Each call runs in its own goroutine; ctx is cancelled when the Conn
-// closes, and a handler must return soon after. A returned
-// *[wire.RemoteError] is sent as is; any other error is sent as
-// [wire.CodeInternal] with the error's text. A Handler must not call Close
-// on its own Conn (Close waits for handlers to return).
+//
+// Each call runs in its own goroutine. ctx is cancelled when the Conn
+// closes and, on a version 2 connection, when the peer cancels the
+// request (its caller gave up); a handler should return soon after,
+// and whatever it returns then is still sent, and dropped by the peer.
+// A returned *[wire.RemoteError] is sent as is; any other error is sent
+// as [wire.CodeInternal] with the error's text. A Handler that panics
+// (or calls runtime.Goexit) answers its request with
+// [wire.CodeCrashed]; the panic and its stack are logged at error level
+// on [ConnConfig].Logger, and the Conn serves on. A Handler must not
+// call Close on its own Conn (Close waits for handlers to return).
 type Handler func(ctx context.Context, req Request) ([]byte, error)
 
 // answerInline answers a ping or an echo from the read buffer, without
 // copying or allocating (unless the peer is not reading; see reply).
 // The reply is held (budget.go) from before its payload is read until
 // it is written. An echo that finds no room in the shared Budget is
-// skipped and refused; a pong is too small to be refused.
+// skipped and refused; a pong is too small to be refused. A ping over
+// limit (wire.MaxPingPayload) is skipped unread and refused with
+// CodeTooLarge; the connection goes on.
 func (r *reader) answerInline(h wire.Header, limit uint32) error {
 	c := r.c
 	if h.Length > limit {
-		return r.protocolErr(h.ID, &wire.FrameError{Err: wire.ErrFrameTooLarge, Detail: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit)})
+		return r.refuseUnread(h, wire.CodeTooLarge, fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", h.Type, h.Length, limit))
 	}
 	n := frameCost(int(h.Length))
 	ok, err := c.admit(n, h.Type != wire.TypePing)
@@ -88,19 +97,17 @@ func (r *reader) dispatch(h wire.Header) error {
 			c.release(n)
 			return err
 		}
+		ctx, cancel, err := r.track(h)
+		if err != nil {
+			c.release(n)
+			return err
+		}
 		r.draining = true
 		c.handlers.Add(1)
 		go func() {
 			defer c.handlers.Done()
 			c.inflight.Wait()
-			var (
-				resp []byte
-				err  error
-			)
-			if c.cfg.Handler != nil {
-				resp, err = c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
-			}
-			c.answer(h, resp, err, n, hint, false)
+			c.handle(ctx, cancel, h, p, n, hint, false)
 		}()
 		return nil
 	case c.cfg.Handler == nil:
@@ -121,20 +128,109 @@ func (r *reader) dispatch(h wire.Header) error {
 		return r.refuseUnread(h, wire.CodeUnavailable, errNoBudget)
 	}
 	p, err := r.readPayload(h)
-	if err != nil {
-		<-c.sem
-		c.release(n)
-		return err
+	if err == nil {
+		var (
+			ctx    context.Context
+			cancel context.CancelFunc
+		)
+		if ctx, cancel, err = r.track(h); err == nil {
+			c.handlers.Add(1)
+			c.inflight.Add(1)
+			go func() {
+				defer c.handlers.Done()
+				defer c.inflight.Done() // after the reply is written
+				c.handle(ctx, cancel, h, p, n, hint, true)
+			}()
+			return nil
+		}
 	}
-	c.handlers.Add(1)
-	c.inflight.Add(1)
-	go func() {
-		defer c.handlers.Done()
-		defer c.inflight.Done() // after the reply is written
-		resp, err := c.cfg.Handler(c.ctx, Request{Type: h.Type, Payload: p})
-		c.answer(h, resp, err, n, hint, true)
-	}()
+	<-c.sem
+	c.release(n)
+	return err
+}
+
+// track returns the context for the Handler's call on request h. On a
+// version 1 connection it is the Conn's own (cancel is nil): nothing
+// cancels a single request there. On version 2 it is a child of it,
+// registered under the request's id so that the peer's cancel frame can
+// end it, until handle unregisters it. A request whose id is already
+// registered breaks the rule that ids are unique among a sender's
+// requests in flight: a protocol error.
+func (r *reader) track(h wire.Header) (context.Context, context.CancelFunc, error) {
+	c := r.c
+	if c.ver < 2 {
+		return c.ctx, nil, nil
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.amu.Lock()
+	_, dup := c.active[h.ID]
+	if !dup {
+		c.active[h.ID] = cancel
+	}
+	c.amu.Unlock()
+	if dup {
+		cancel()
+		return nil, nil, r.protocolErr(&wire.FrameError{Err: ErrUnexpected, Detail: fmt.Sprintf("%s request %d while request %d is in flight", h.Type, h.ID, h.ID)})
+	}
+	return ctx, cancel, nil
+}
+
+// cancelRequest acts on the peer's cancel frame h (version 2): the
+// Handler's context for the request with h's id is cancelled. A cancel
+// for a request that is not with the Handler (unknown, answered
+// already, or answered by the Conn itself) is ignored. The request is
+// still answered, with whatever the Handler returns.
+func (r *reader) cancelRequest(h wire.Header) error {
+	c := r.c
+	switch {
+	case c.ver < 2:
+		return r.protocolErr(&wire.FrameError{Err: wire.ErrUnknownType, Detail: fmt.Sprintf("type byte %d (cancel) on a version %d connection", uint8(h.Type), c.ver)})
+	case h.Length != 0:
+		return r.protocolErr(&wire.FrameError{Err: wire.ErrBadPayload, Detail: fmt.Sprintf("cancel frame with a payload of %d bytes, want none", h.Length)})
+	}
+	c.amu.Lock()
+	cancel := c.active[h.ID]
+	c.amu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 	return nil
+}
+
+// handle runs the Handler (if any) for request h, whose payload is p,
+// with ctx (see track), and writes its answer (see answer). A Handler
+// that panics, or ends its goroutine with runtime.Goexit, is answered
+// for with CodeCrashed, and logged.
+func (c *Conn) handle(ctx context.Context, cancel context.CancelFunc, h wire.Header, p []byte, n, hint int64, slot bool) {
+	var (
+		resp     []byte
+		err      error
+		returned bool
+	)
+	defer func() {
+		if !returned {
+			v := recover()
+			if v == nil {
+				c.log.Error("handler ended its goroutine without returning (runtime.Goexit)", "type", h.Type.String(), "id", h.ID, "stack", string(debug.Stack()))
+			} else {
+				c.log.Error("handler panicked", "type", h.Type.String(), "id", h.ID, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			}
+			resp, err = nil, &wire.RemoteError{Code: wire.CodeCrashed, Message: fmt.Sprintf("the %s handler crashed (the receiver's log has the details)", h.Type)}
+		}
+		if cancel != nil {
+			// Unregistered before the reply is written: the peer may
+			// reuse the id as soon as it has the reply.
+			c.amu.Lock()
+			delete(c.active, h.ID)
+			c.amu.Unlock()
+			cancel()
+		}
+		c.answer(h, resp, err, n, hint, slot)
+	}()
+	if c.cfg.Handler != nil {
+		resp, err = c.cfg.Handler(ctx, Request{Type: h.Type, Payload: p})
+	}
+	returned = true
 }
 
 // answer writes a handler's result as the reply to request h. n bytes
@@ -167,10 +263,16 @@ func (c *Conn) answer(h wire.Header, resp []byte, err error, n, hint int64, slot
 	c.writeReply(rh, resp, n, deadline, slot)
 }
 
-// sendError writes an error reply from a goroutine that may wait for
-// the write lock. Failing to write it means the Conn is closing anyway.
-func (c *Conn) sendError(id uint64, code wire.Code, msg string) {
-	c.writeFrame(context.Background(), c.cfg.WriteTimeout, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: id}, wire.AppendError(nil, code, msg))
+// closingWait bounds the wait of an error sent as the Conn closes (a
+// protocol violation, a refused hello) for the write lock and for room
+// in the socket buffer.
+const closingWait = 100 * time.Millisecond
+
+// sendConnError writes an error about the connection (id 0), which is
+// closing, waiting at most closingWait for the write lock and for room.
+// Failing to write it means the Conn is closing anyway.
+func (c *Conn) sendConnError(code wire.Code, msg string) {
+	c.writeFrame(context.Background(), closingWait, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply}, wire.AppendError(nil, code, msg))
 }
 
 // refuseUnread skips request h's payload without reading it into
@@ -194,17 +296,18 @@ func (r *reader) refuse(id uint64, code wire.Code, msg string) error {
 	return r.reply(wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: id}, p, n)
 }
 
-// protocolErr tells the peer what it did wrong (best effort) and
-// returns err for the holder of the read side to close the Conn with.
-func (r *reader) protocolErr(id uint64, err error) error {
+// protocolErr tells the peer what it did wrong, in an error with id 0,
+// which is about the connection rather than a request (an id would name
+// one of the peer's requests, and the frame at fault may be a reply,
+// whose id is one of ours), and returns err for the holder of the read
+// side to close the Conn with. The Conn closes right after, so the
+// holder of the read side may wait for the write lock here, but only
+// for closingWait: the error is sent on a best-effort basis.
+func (r *reader) protocolErr(err error) error {
 	code := wire.CodeProtocol
 	if errors.Is(err, wire.ErrFrameTooLarge) {
 		code = wire.CodeTooLarge
 	}
-	// The Conn closes right after: the reply is held without waiting.
-	p := wire.AppendError(nil, code, err.Error())
-	n := frameCost(len(p))
-	r.c.force(n)
-	r.reply(wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: id}, p, n)
+	r.c.sendConnError(code, err.Error())
 	return &OpError{Op: "read", Addr: r.c.cfg.Addr, Err: err}
 }

@@ -176,12 +176,19 @@ func (c *Conn) setFrame(h wire.Header, p []byte) {
 // does not allocate unless it has to wait for the lock with a timeout
 // or leave the frame to finishLater.
 func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h wire.Header, p []byte) error {
+	_, err := c.write(ctx, timeout, h, p)
+	return err
+}
+
+// write is writeFrame, also reporting, with an error, whether the frame
+// was left to finishLater: then the peer gets it whole all the same.
+func (c *Conn) write(ctx context.Context, timeout time.Duration, h wire.Header, p []byte) (finishing bool, err error) {
 	if err := c.lockW(ctx, timeout); err != nil {
-		return c.writeErr(h, err)
+		return false, c.writeErr(h, err)
 	}
 	if c.wclosed {
 		c.unlockW()
-		return c.writeErr(h, c.closedErr())
+		return false, c.writeErr(h, c.closedErr())
 	}
 	c.setFrame(h, p)
 	res, started, err := c.sendLocked(&patience{ctx: ctx, timeout: timeout})
@@ -189,15 +196,15 @@ func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h wire.Hea
 	case res == sent:
 		c.unlockW()
 		runtime.KeepAlive(p)
-		return nil
+		return false, nil
 	case res == gaveUp && started:
 		c.finishLater(p, false, 0) // keeps the lock
-		return c.writeErr(h, err)
+		return true, c.writeErr(h, err)
 	case res == sendError:
 		err = c.sendErr(err, started, h)
 	}
 	c.unlockW()
-	return c.writeErr(h, err)
+	return false, c.writeErr(h, err)
 }
 
 // writeReply writes a reply from a goroutine other than the holder of

@@ -162,7 +162,7 @@ func workerEnv(id int, level hclog.Level, extra []string) []string {
 		contract.EnvWorker+"="+strconv.Itoa(id),
 		contract.EnvParentPID+"="+strconv.Itoa(os.Getpid()),
 		contract.EnvFD+"="+strconv.Itoa(contract.ChannelFD),
-		contract.EnvLogLevel+"="+strings.ToLower(level.String()),
+		contract.EnvLogLevel+"="+strings.Replace(strings.ToLower(level.String()), "none", "off", 1), // a nil Logger's NoLevel: nothing is logged
 	)
 	return append(env, expandAll(extra, id, true)...)
 }

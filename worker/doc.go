@@ -16,9 +16,9 @@
 //		if w != nil {
 //			// set up, then serve until the supervisor is done with us
 //			if err := w.Serve(context.Background(), worker.Config{Handler: handle}); err != nil {
-//				log.Fatal(err)
+//				log.Fatal(err) // the channel ended without a shutdown: exit 1
 //			}
-//			os.Exit(0)
+//			os.Exit(0) // asked to shut down
 //		}
 //		// ... the supervisor role ...
 //	}
@@ -32,9 +32,13 @@
 // gets an error wrapping [ErrNotWorker] and should carry on in its
 // other role. [Worker.Serve] sends the hello that tells the supervisor
 // the worker is ready, answers pings and echoes, runs the handler for
-// application messages, and returns when the supervisor closes its end
-// or asks for a shutdown. A worker must not outlive its channel: when
-// Serve returns, exit.
+// application messages (cancelling its context when the supervisor's
+// caller gives up on one), and returns when the supervisor closes its
+// end or asks for a shutdown. A worker must not outlive its channel:
+// when Serve returns, exit, with status 0 after a shutdown (Serve
+// returned nil) and non-zero when the channel ended otherwise (an error
+// wrapping [ErrChannelClosed]): a supervisor does not restart a worker
+// that exited 0 under its default on-failure policy.
 //
 // Log through [Worker.Logger] (hclog JSON on stderr): the supervisor
 // relays each line under the worker's name with its level and fields.

@@ -33,6 +33,7 @@ func TestMain(m *testing.M) { harness.Main(m) }
 func init() {
 	harness.Register("report", reportRole)
 	harness.Register("serve", serveRole)
+	harness.Register("serve-v1", serveV1Role)
 	harness.Register("serve-ctx", serveCtxRole)
 	harness.Register("fd3-flags", fd3FlagsRole)
 }
@@ -79,41 +80,78 @@ func reportRole(...string) int {
 	return 0
 }
 
-// serveRole serves until Serve returns; its handler echoes messages,
-// and for "slow" reports on stdout, waits 300ms and answers "done".
-func serveRole(...string) int {
-	return serveUntil(context.Background(), func(ctx context.Context, msg []byte) ([]byte, error) {
-		if string(msg) == "slow" {
-			fmt.Println("handler started")
-			time.Sleep(300 * time.Millisecond)
-			return []byte("done"), nil
+// serveRole serves until Serve returns with serveHandler.
+func serveRole(...string) int { return serveUntil(context.Background(), Config{Handler: serveHandler}) }
+
+// serveV1Role is serveRole speaking protocol version 1 only.
+func serveV1Role(...string) int {
+	return serveUntil(context.Background(), Config{Handler: serveHandler, maxVersion: 1})
+}
+
+// serveHandler echoes messages, except:
+//   - "slow": it reports "handler started" on stdout, waits 300ms and
+//     answers "done";
+//   - "wait-cancel": it reports "handler started", waits until its
+//     context is cancelled (or childWait), reports "handler cancelled"
+//     (or "handler timed out") and returns;
+//   - "panic": it panics.
+func serveHandler(ctx context.Context, msg []byte) ([]byte, error) {
+	switch string(msg) {
+	case "slow":
+		fmt.Println("handler started")
+		time.Sleep(300 * time.Millisecond)
+		return []byte("done"), nil
+	case "wait-cancel":
+		fmt.Println("handler started")
+		select {
+		case <-ctx.Done():
+			fmt.Println("handler cancelled")
+		case <-time.After(childWait):
+			fmt.Println("handler timed out")
 		}
-		return msg, nil
-	})
+		return nil, ctx.Err()
+	case "panic":
+		panic("worker handler boom")
+	}
+	return msg, nil
 }
 
 // serveCtxRole serves for 200ms and ends Serve through its context.
 func serveCtxRole(...string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	return serveUntil(ctx, nil)
+	return serveUntil(ctx, Config{})
 }
 
-// serveUntil takes over the channel and serves with handler until ctx
-// ends or Serve returns, and prints what Serve returned.
-func serveUntil(ctx context.Context, handler func(ctx context.Context, msg []byte) ([]byte, error)) int {
+// serveUntil takes over the channel and serves with cfg until ctx ends
+// or Serve returns, and prints what Serve returned: "serve returned:
+// <nil>", or for an error wrapping ErrChannelClosed "serve returned:
+// channel closed (peer closed: B)", B saying whether it also wraps
+// ipc.ErrPeerClosed (a plain EOF), followed by the error. It exits as a
+// worker should: 0 after nil, 1 after an error.
+func serveUntil(ctx context.Context, cfg Config) int {
 	w, err := FromEnv()
 	if err != nil || w == nil {
 		fmt.Fprintln(os.Stderr, "FromEnv:", w, err)
 		return 2
 	}
-	err = w.Serve(ctx, Config{Handler: handler})
-	fmt.Printf("serve returned: %v\n", err)
-	if err != nil {
-		return 1
+	err = w.Serve(ctx, cfg)
+	switch {
+	case err == nil:
+		fmt.Println("serve returned: <nil>")
+		return 0
+	case errors.Is(err, ErrChannelClosed):
+		fmt.Printf("serve returned: channel closed (peer closed: %v)\n", errors.Is(err, ipc.ErrPeerClosed))
+	default:
+		fmt.Printf("serve returned: %v\n", err)
 	}
-	return 0
+	fmt.Fprintln(os.Stderr, "serve:", err)
+	return 1
 }
+
+// eofLine is what serveUntil prints when the channel ended with EOF and
+// no shutdown request.
+const eofLine = "serve returned: channel closed (peer closed: true)"
 
 // fd3FlagsRole prints whether fd 3 is close-on-exec before FromEnv is
 // called: the package's init must have marked it already.

@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,13 +25,21 @@ import (
 // and returns our end of the channel.
 func startWorker(t *testing.T, role, id string) (*testutil.Process, *ipc.Conn) {
 	t.Helper()
+	return startWorkerWith(t, role, id, ipc.ConnConfig{})
+}
+
+// startWorkerWith is startWorker with our end's Conn configured by cfg
+// (its Name is set here).
+func startWorkerWith(t *testing.T, role, id string, cfg ipc.ConnConfig) (*testutil.Process, *ipc.Conn) {
+	t.Helper()
 	parent, childEnd, err := ipc.Socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := startChild(t, role, childEnd, append(contractEnv(id), contract.EnvLogLevel+"=debug")...)
 	childEnd.Close() // the child has its copy; EOF must mean it is gone
-	conn, err := ipc.NewConn(callCtx(t), parent, ipc.ConnConfig{Name: "test-supervisor"})
+	cfg.Name = "test-supervisor"
+	conn, err := ipc.NewConn(callCtx(t), parent, cfg)
 	if err != nil {
 		t.Fatalf("hello from the worker: %v\n%s", err, c.Output())
 	}
@@ -67,10 +77,146 @@ func TestServeEndsOnEOF(t *testing.T) {
 		t.Errorf("message: %q, %v; want the handler's echo", got, err)
 	}
 	var re *wire.RemoteError
-	if _, err := conn.Call(ctx, wire.TypeStatus, nil, nil); !errors.As(err, &re) || re.Code != wire.CodeUnsupported {
-		t.Errorf("status request to a worker: %v, want a remote error with CodeUnsupported", err)
+	for _, typ := range []wire.Type{wire.TypeStatus, wire.TypeReload} {
+		if _, err := conn.Call(ctx, typ, nil, nil); !errors.As(err, &re) || re.Code != wire.CodeUnsupported {
+			t.Errorf("%s request to a worker: %v, want a remote error with CodeUnsupported", typ, err)
+		}
+	}
+	// EOF without a shutdown request: Serve reports it, and the worker
+	// exits non-zero, so that an on-failure policy restarts it.
+	conn.Close()
+	if l := c.Line(t, childWait); l != eofLine {
+		t.Errorf("child said %q, want %q", l, eofLine)
+	}
+	if err := c.Wait(t, childWait); !isExit(err, 1) {
+		t.Errorf("worker exit: %v, want status 1", err)
+	}
+}
+
+// isExit reports whether err is an exit with status code.
+func isExit(err error, code int) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && ee.ExitCode() == code
+}
+
+// TestServeCancel: a message whose caller gives up is cancelled in the
+// worker (protocol version 2): the handler's context ends while the
+// channel stays open, and the worker serves on.
+func TestServeCancel(t *testing.T) {
+	t.Parallel()
+	c, conn := startWorker(t, "serve", "1")
+	if v := conn.Version(); v != 2 {
+		t.Fatalf("Version() = %d, want 2", v)
+	}
+	ctx, cancel := context.WithCancel(callCtx(t))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := conn.Call(ctx, wire.TypeMessage, []byte("wait-cancel"), nil)
+		errc <- err
+	}()
+	if l := c.Line(t, childWait); l != "handler started" {
+		t.Fatalf("child said %q", l)
+	}
+	cancel()
+	if err := testutil.Receive(t, errc, childWait, "the cancelled call's end"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled call: %v", err)
+	}
+	if l := c.Line(t, childWait); l != "handler cancelled" {
+		t.Fatalf("child said %q, want the handler cancelled", l)
+	}
+	if got, err := conn.Call(callCtx(t), wire.TypeMessage, []byte("still"), nil); err != nil || string(got) != "still" {
+		t.Fatalf("message after the cancel: %q, %v", got, err)
+	}
+	if _, err := conn.Call(callCtx(t), wire.TypeShutdown, nil, nil); err != nil {
+		t.Fatalf("shutdown: %v", err)
 	}
 	conn.Close()
+	if l := c.Line(t, childWait); l != "serve returned: <nil>" {
+		t.Errorf("child said %q", l)
+	}
+	c.WaitOK(t, childWait)
+}
+
+// TestServeMixedVersions: a version 1 supervisor with a version 2
+// worker, and a version 2 supervisor with a version 1 worker, speak
+// version 1: messages and shutdowns work, and a call that gives up sends
+// no cancel frame (which the version 1 side would take for a protocol
+// violation, ending Serve with something other than EOF).
+func TestServeMixedVersions(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, role string
+		ours       uint16
+	}{
+		{"v1-supervisor", "serve", 1},
+		{"v1-worker", "serve-v1", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, conn := startWorkerWith(t, tc.role, "1", ipc.ConnConfig{MaxVersion: tc.ours})
+			if v := conn.Version(); v != 1 {
+				t.Fatalf("Version() = %d, want 1", v)
+			}
+			if got, err := conn.Call(callCtx(t), wire.TypeMessage, []byte("hi"), nil); err != nil || string(got) != "hi" {
+				t.Fatalf("message: %q, %v", got, err)
+			}
+			ctx, cancel := context.WithCancel(callCtx(t))
+			errc := make(chan error, 1)
+			go func() {
+				_, err := conn.Call(ctx, wire.TypeMessage, []byte("wait-cancel"), nil)
+				errc <- err
+			}()
+			if l := c.Line(t, childWait); l != "handler started" {
+				t.Fatalf("child said %q", l)
+			}
+			cancel()
+			if err := testutil.Receive(t, errc, childWait, "the cancelled call's end"); !errors.Is(err, context.Canceled) {
+				t.Fatalf("cancelled call: %v", err)
+			}
+			if _, err := conn.Ping(callCtx(t)); err != nil {
+				t.Fatalf("ping after the cancel: %v", err)
+			}
+			// Only the channel's end cancels the handler; Serve saw a
+			// plain EOF.
+			conn.Close()
+			if l := c.Line(t, childWait); l != "handler cancelled" {
+				t.Errorf("child said %q, want the handler cancelled by the close", l)
+			}
+			if l := c.Line(t, childWait); l != eofLine {
+				t.Errorf("child said %q, want %q", l, eofLine)
+			}
+			if err := c.Wait(t, childWait); !isExit(err, 1) {
+				t.Errorf("worker exit: %v, want status 1", err)
+			}
+		})
+	}
+}
+
+// TestServePanic: a handler that panics answers its message with
+// CodeCrashed, the panic is logged on the worker's stderr (which the
+// supervisor relays), and the worker serves on.
+func TestServePanic(t *testing.T) {
+	t.Parallel()
+	c, conn := startWorker(t, "serve", "2")
+	var re *wire.RemoteError
+	if _, err := conn.Call(callCtx(t), wire.TypeMessage, []byte("panic"), nil); !errors.As(err, &re) || re.Code != wire.CodeCrashed {
+		t.Fatalf("message whose handler panics: %v, want code %d", err, wire.CodeCrashed)
+	}
+	if got, err := conn.Call(callCtx(t), wire.TypeMessage, []byte("after"), nil); err != nil || string(got) != "after" {
+		t.Fatalf("message after the panic: %q, %v", got, err)
+	}
+	testutil.Poll(t, childWait, 5*time.Millisecond, "the panic in the worker's log",
+		func() bool { return strings.Contains(c.Output(), "worker handler boom") }, c.Output)
+	if out := c.Output(); !strings.Contains(out, `"@message":"handler panicked"`) || !strings.Contains(out, "worker.serveHandler") {
+		t.Errorf("worker's log lacks the panic's line or stack:\n%s", out)
+	}
+	if _, err := conn.Call(callCtx(t), wire.TypeShutdown, nil, nil); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	conn.Close()
+	if l := c.Line(t, childWait); l != "serve returned: <nil>" {
+		t.Errorf("child said %q", l)
+	}
 	c.WaitOK(t, childWait)
 }
 

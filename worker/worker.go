@@ -49,18 +49,37 @@ const shutdownLinger = time.Second
 // echoes and refuses application messages.
 type Config struct {
 	// Handler answers application messages. It runs in its own
-	// goroutine per message; ctx is cancelled when the channel closes.
-	// Nil refuses messages with wire.CodeUnsupported.
+	// goroutine per message. ctx is cancelled when the channel closes
+	// and when the supervisor cancels the message (protocol version 2:
+	// the caller whose message it is gave up); the handler should then
+	// return soon, and what it returns is dropped. A returned
+	// *wire.RemoteError is sent as is, any other error with
+	// wire.CodeInternal. A Handler that panics answers its message
+	// with wire.CodeCrashed, the panic and its stack go to Logger, and
+	// the worker serves on. Nil refuses messages with
+	// wire.CodeUnsupported.
 	Handler func(ctx context.Context, msg []byte) ([]byte, error)
 
 	// Logger receives the worker's own log lines. Nil means
 	// [Worker.Logger]: hclog JSON on stderr at the supervisor's level.
 	Logger hclog.Logger
+
+	// maxVersion caps the protocol version offered (ipc.ConnConfig's
+	// MaxVersion), for tests that play an older worker.
+	maxVersion uint16
 }
 
 // ErrNotServing is returned by [Worker.Call] before Serve has said hello
 // or after it has returned.
 var ErrNotServing = errors.New("worker: not serving")
+
+// ErrChannelClosed is returned, wrapping the channel's own error, by a
+// [Worker.Serve] whose channel ended without a shutdown request: the
+// supervisor went away or dropped the channel (it wraps ipc.ErrPeerClosed
+// then), or the channel broke. The worker should exit with a non-zero
+// status: an exit with status 0 tells the supervisor that the worker
+// ended on purpose, which its on-failure policy does not restart.
+var ErrChannelClosed = errors.New("worker: channel closed without a shutdown request")
 
 // Worker is this process's side of a supervisor's channel.
 type Worker struct {
@@ -161,10 +180,17 @@ func (w *Worker) Logger() hclog.Logger {
 // worker is ready, and serves requests until the supervisor closes its
 // end, asks for a shutdown, or ctx ends. Call it once set-up is done:
 // the supervisor neither routes requests nor health-checks a worker
-// before its hello. Serve returns nil when the supervisor closed the
-// channel or asked for a shutdown; the process should then exit, as it
-// must never outlive its supervisor. Serve closes the channel in every
-// case.
+// before its hello.
+//
+// Serve returns nil after a shutdown request (once it has answered
+// every message that came before it, sent the shutdown's reply and seen
+// the supervisor close its end, or waited a second for that), and when
+// ctx ends: the worker is done, and should exit with status 0. It
+// returns an error wrapping [ErrChannelClosed] when the channel ended
+// any other way: the worker should exit with a non-zero status (see
+// ErrChannelClosed). Either way the process should exit once Serve has
+// returned: it must never outlive its channel. Serve closes the channel
+// in every case.
 func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 	if w.unwatch != nil {
 		defer w.unwatch()
@@ -191,9 +217,10 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 		}
 	}
 	conn, err := ipc.NewConn(ctx, w.file, ipc.ConnConfig{
-		Name:    "worker." + strconv.Itoa(w.id),
-		Handler: handle,
-		Logger:  log,
+		Name:       "worker." + strconv.Itoa(w.id),
+		Handler:    handle,
+		Logger:     log,
+		MaxVersion: cfg.maxVersion,
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
@@ -203,7 +230,17 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 	log.Debug("ready", "version", conn.Version())
 	select {
 	case <-conn.Done():
-		log.Debug("supervisor closed the channel", "error", conn.Err())
+		select {
+		case <-shutdown:
+			// Asked to shut down, and the channel closed since: the
+			// handler closes shutdown before the Conn can be done.
+			log.Debug("shutdown requested; supervisor closed the channel")
+			return nil
+		default:
+		}
+		err := conn.Err()
+		log.Debug("channel closed without a shutdown request", "error", err)
+		return fmt.Errorf("%w: %w", ErrChannelClosed, err)
 	case <-shutdown:
 		log.Debug("shutdown requested")
 		// The supervisor closes its end once it has our reply.

@@ -1,7 +1,9 @@
 // Package frontdoor is the supervisor command's socket server: it
 // serves the clients of a [listen.Listener], speaking pairvisor's
-// protocol (a Conn of package ipc) to clients whose first bytes are a
-// hello and echoing byte for byte to any other ("raw") client.
+// protocol (a Conn of package ipc) to clients whose first two bytes are
+// the frame magic and echoing byte for byte to any other ("raw")
+// client. A framed client whose first header is not a hello is sent an
+// error frame about the connection and closed, not echoed.
 //
 // Around that it applies the product's policy: who may connect
 // (AllowUIDs/AllowGIDs, beyond the socket file's mode) and who may send

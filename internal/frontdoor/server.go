@@ -3,6 +3,7 @@ package frontdoor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -29,8 +30,9 @@ const (
 	DefaultPollAbove     = 16
 
 	// helloWait bounds how long a connection that began with the frame
-	// magic may take to send the rest of its hello header before it is
-	// treated as a raw client.
+	// magic may take to send the rest of its hello header: the second
+	// magic byte, or it is a raw client; the rest of the header, or it
+	// is refused (see classify).
 	helloWait = 200 * time.Millisecond
 
 	// handshakeWait bounds a framed client's whole hello.
@@ -113,12 +115,14 @@ type Stats struct {
 	Refused  int64 `json:"refused"`
 	Framed   int64 `json:"framed"`
 	Raw      int64 `json:"raw"`
-	Evicted  int64 `json:"evicted"` // quiet connections closed to make room for a newcomer
-	Denied   int64 `json:"denied"`  // control requests refused with wire.CodeDenied
+	Evicted  int64 `json:"evicted"`   // quiet connections closed to make room for a newcomer
+	Denied   int64 `json:"denied"`    // control requests refused with wire.CodeDenied
+	BadHello int64 `json:"bad_hello"` // framed clients refused because their first header was not a hello
 }
 
 // Server serves connections accepted from a [listen.Listener]: framed
-// clients speak the protocol, anything else is echoed byte for byte.
+// clients (their first two bytes are the frame magic) speak the
+// protocol, anything else is echoed byte for byte.
 type Server struct {
 	cfg        Config
 	log        hclog.Logger
@@ -141,7 +145,7 @@ type Server struct {
 
 	refusedLog, fullLog, uidFullLog, evictLog, deniedLog *throttle
 
-	active, accepted, refused, framed, raw, evicted, denied atomic.Int64
+	active, accepted, refused, framed, raw, evicted, denied, badHello atomic.Int64
 }
 
 // New returns a Server for l. It takes ownership of l: Serve closes it
@@ -197,7 +201,8 @@ func New(l *listen.Listener, cfg Config) *Server {
 // Stats returns the server's connection counters.
 func (s *Server) Stats() Stats {
 	return Stats{Active: s.active.Load(), Accepted: s.accepted.Load(), Refused: s.refused.Load(),
-		Framed: s.framed.Load(), Raw: s.raw.Load(), Evicted: s.evicted.Load(), Denied: s.denied.Load()}
+		Framed: s.framed.Load(), Raw: s.raw.Load(), Evicted: s.evicted.Load(), Denied: s.denied.Load(),
+		BadHello: s.badHello.Load()}
 }
 
 // Serve accepts and serves connections until ctx ends, then closes the
@@ -250,9 +255,15 @@ func (s *Server) Serve(ctx context.Context) error {
 // serves it as framed or raw until it goes away.
 func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
 	log := s.log.With("pid", sl.cred.pid, "uid", sl.cred.uid)
-	prefix, framed, err := s.classify(sl)
-	if err != nil || !framed {
-		if err == nil {
+	prefix, framed, refusal, err := s.classify(sl)
+	if err != nil || !framed || refusal != nil {
+		switch {
+		case err != nil:
+		case refusal != nil:
+			s.badHello.Add(1)
+			err = s.refuseHello(sl, refusal)
+			log.Debug("framed client refused: no hello", "error", refusal)
+		default:
 			s.raw.Add(1)
 			err = s.serveRaw(sl, prefix)
 		}
@@ -301,33 +312,80 @@ func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
 	}
 }
 
-// classify reads the client's first bytes. A first byte other than
-// Magic0 means a raw client, decided at once. After Magic0 it waits (up
-// to helloWait) for a whole header and checks that it is a hello.
-func (s *Server) classify(sl *connSlot) ([]byte, bool, error) {
+// classify reads the client's first bytes (docs/PROTOCOL.md, "Socket
+// paths"). A stream that does not begin with both magic bytes is a raw
+// client: a first byte other than Magic0 decides it at once, a second
+// byte other than Magic1, or none within helloWait, likewise. One that
+// begins with them is a framed client: it must send a whole hello
+// header (type hello, no flags, id 0, a length of 8 to
+// wire.MaxHelloPayload) within helloWait of its first byte, and is
+// served by a Conn if it does; if not, classify returns the error frame
+// to refuse it with (refusal). prefix holds the bytes read.
+func (s *Server) classify(sl *connSlot) (prefix []byte, framed bool, refusal *wire.RemoteError, err error) {
 	sl.f.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
 	buf := make([]byte, wire.HeaderSize)
 	n, err := sl.f.Read(buf)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	s.touch(sl)
 	if buf[0] != wire.Magic0 {
-		return buf[:n], false, nil
+		return buf[:n], false, nil, nil
 	}
 	if n < wire.HeaderSize {
 		sl.f.SetReadDeadline(time.Now().Add(helloWait))
-		for n < wire.HeaderSize {
+		for n < wire.HeaderSize && (n < 2 || buf[1] == wire.Magic1) {
 			k, err := sl.f.Read(buf[n:])
 			if err != nil {
-				break // too slow or gone: raw
+				break // too slow, or gone
 			}
 			n += k
 		}
 	}
-	h, err := wire.ParseHeader(buf[:n], s.cfg.MaxPayload)
-	framed := err == nil && h.Type == wire.TypeHello && !h.IsReply() && h.ID == 0 && h.Length <= wire.MaxHelloPayload
-	return buf[:n], framed, nil
+	if n < 2 || buf[1] != wire.Magic1 {
+		return buf[:n], false, nil, nil
+	}
+	return buf[:n], true, checkHello(buf[:n], s.cfg.MaxPayload), nil
+}
+
+// checkHello returns nil if b is a whole hello header as a framed
+// client's first header must be, else the error to refuse the client
+// with: code wire.CodeTooLarge for a length over the limit, else
+// wire.CodeProtocol.
+func checkHello(b []byte, maxPayload uint32) *wire.RemoteError {
+	bad := func(code wire.Code, format string, args ...any) *wire.RemoteError {
+		return &wire.RemoteError{Code: code, Message: "hello expected: " + fmt.Sprintf(format, args...)}
+	}
+	if len(b) < wire.HeaderSize {
+		return bad(wire.CodeProtocol, "%d of the %d header bytes within %v", len(b), wire.HeaderSize, helloWait)
+	}
+	h, err := wire.ParseHeader(b, maxPayload)
+	switch {
+	case errors.Is(err, wire.ErrFrameTooLarge):
+		return bad(wire.CodeTooLarge, "%v", err)
+	case err != nil:
+		return bad(wire.CodeProtocol, "%v", err)
+	case h.Type != wire.TypeHello:
+		return bad(wire.CodeProtocol, "the first frame is %s", h.Type)
+	case h.IsReply():
+		return bad(wire.CodeProtocol, "the first frame is a hello with the reply flag")
+	case h.ID != 0:
+		return bad(wire.CodeProtocol, "the first frame is a hello with id %d, want 0", h.ID)
+	case h.Length > wire.MaxHelloPayload:
+		return bad(wire.CodeTooLarge, "hello payload of %d bytes exceeds the limit of %d", h.Length, wire.MaxHelloPayload)
+	case h.Length < 8:
+		return bad(wire.CodeProtocol, "hello payload of %d bytes, want 8 to %d", h.Length, wire.MaxHelloPayload)
+	}
+	return nil
+}
+
+// refuseHello sends a framed client whose first header is not a hello
+// the error frame re (id 0: about the connection, in place of our
+// hello); the caller then closes the connection.
+func (s *Server) refuseHello(sl *connSlot, re *wire.RemoteError) error {
+	sl.writeFn = sl.rawWrite
+	frame := wire.AppendFrame(nil, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply}, wire.AppendError(nil, re.Code, re.Message))
+	return sl.write(frame, helloWait)
 }
 
 // rawBufs holds raw clients' read buffers. An idle raw client holds

@@ -334,23 +334,19 @@ func TestServerRawAndFramed(t *testing.T) {
 	}
 }
 
+// TestServerMagicThenRaw: a stream that does not begin with both magic
+// bytes is a raw client, however it goes on.
 func TestServerMagicThenRaw(t *testing.T) {
 	t.Parallel()
 	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: udsHandler}})
-	ping := udsHeader(wire.TypePing, 0, 0, 1)
 	cases := []struct {
 		name  string
 		first []byte
 	}{
-		{"magic-only", []byte{wire.Magic0}},                  // then nothing: raw after the hello wait
-		{"magic-short", []byte{wire.Magic0, wire.Magic1, 1}}, // a header's start, then nothing
+		{"magic-only", []byte{wire.Magic0}}, // then nothing: raw after the hello wait
 		{"magic-text", append([]byte{wire.Magic0}, "not a hello, just bytes\n"...)},
 		{"bad-magic1", append([]byte{wire.Magic0, 'X'}, udsHeader(wire.TypeHello, 0, 8, 0)[2:]...)},
-		{"ping-header", ping},
-		{"hello-reply-flag", udsHeader(wire.TypeHello, wire.FlagReply, 8, 0)},
-		{"hello-id", udsHeader(wire.TypeHello, 0, 8, 5)},
-		{"hello-too-long", udsHeader(wire.TypeHello, 0, 100000, 0)},
-		{"unknown-type", udsHeader(0x7f, 0, 8, 0)},
+		{"magic1-first", udsHeader(wire.TypePing, 0, 0, 1)[1:]},
 	}
 	t.Run("group", func(t *testing.T) {
 		for _, tc := range cases {
@@ -369,6 +365,55 @@ func TestServerMagicThenRaw(t *testing.T) {
 	})
 	if st := s.srv.Stats(); st.Framed != 1 || st.Raw != int64(len(cases)) {
 		t.Errorf("stats %+v, want 1 framed and %d raw", st, len(cases))
+	}
+}
+
+// TestServerRefusesBadHello: a stream that begins with both magic bytes
+// is a framed client; if its first header is not a hello header, or is
+// not whole within the hello wait, it gets one error frame about the
+// connection (id 0, in place of the server's hello) and is closed.
+func TestServerRefusesBadHello(t *testing.T) {
+	t.Parallel()
+	s := udsServe(t, "", listen.Config{}, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: udsHandler}})
+	cases := []struct {
+		name  string
+		first []byte
+		code  wire.Code
+	}{
+		{"magic-short", []byte{wire.Magic0, wire.Magic1, 1}, wire.CodeProtocol}, // a header's start, then nothing
+		{"ping", udsHeader(wire.TypePing, 0, 0, 1), wire.CodeProtocol},
+		{"message", wire.AppendFrame(nil, wire.Header{Type: wire.TypeMessage, ID: 1}, []byte("hi")), wire.CodeProtocol},
+		{"hello-reply-flag", udsHeader(wire.TypeHello, wire.FlagReply, 8, 0), wire.CodeProtocol},
+		{"hello-id", udsHeader(wire.TypeHello, 0, 8, 5), wire.CodeProtocol},
+		{"hello-short", udsHeader(wire.TypeHello, 0, 4, 0), wire.CodeProtocol},
+		{"hello-too-long", udsHeader(wire.TypeHello, 0, 100000, 0), wire.CodeTooLarge},
+		{"hello-over-max", udsHeader(wire.TypeHello, 0, 0xFFFFFFFF, 0), wire.CodeTooLarge},
+		{"unknown-type", udsHeader(0x7f, 0, 8, 0), wire.CodeProtocol},
+		{"bad-flags", udsHeader(wire.TypeHello, 0x80, 8, 0), wire.CodeProtocol},
+	}
+	t.Run("group", func(t *testing.T) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				c := udsRawDial(t, s.path)
+				if _, err := c.Write(tc.first); err != nil {
+					t.Fatal(err)
+				}
+				c.SetReadDeadline(time.Now().Add(udsWait))
+				h, p, err := wire.ReadFrame(c, 0)
+				if err != nil {
+					t.Fatalf("reading the server's answer: %v", err)
+				}
+				re := wire.ParseError(p)
+				if h.Type != wire.TypeError || !h.IsReply() || h.ID != 0 || re.Code != tc.code || !strings.HasPrefix(re.Message, "hello expected: ") {
+					t.Fatalf("server answered %+v %+v, want an error frame with id 0 and code %d", h, re, tc.code)
+				}
+				udsWantEOF(t, c)
+			})
+		}
+	})
+	if st := s.srv.Stats(); st.BadHello != int64(len(cases)) || st.Framed != 0 || st.Raw != 0 {
+		t.Errorf("stats %+v, want %d bad hellos and nothing else", st, len(cases))
 	}
 }
 

@@ -7,9 +7,11 @@
 //
 // It is not a connection: package ipc runs the protocol over a socket
 // (the hello exchange, request ids, pings answered, bounded buffers)
-// and decides what the frames mean there. The type registry here is
-// the full one of the specification (status and reload included); what
-// a peer does with each type is up to the packages above.
+// and decides what the frames mean there (which version may carry which
+// type, which id an error reply carries). The type registry here is the
+// full one of the specification's highest version (status, reload and
+// version 2's cancel included); what a peer does with each type is up
+// to the packages above.
 //
 // Decoders never allocate more than the caller's payload limit and
 // report malformed input as a *[FrameError] wrapping one of the

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"runtime/metrics"
+	"strings"
 	"testing"
 	"testing/iotest"
+	"unicode/utf8"
 
 	"github.com/pairvisor/pairvisor/ipc/wire"
 )
@@ -31,6 +33,11 @@ func FuzzReadFrame(f *testing.F) {
 	hello := wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, PID: 1234, Name: "worker.1"})
 	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, hello))
 	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypePing, ID: 1}, nil))
+	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeCancel, ID: 7}, nil))
+	f.Add(wire.AppendFrame(wire.AppendFrame(nil, wire.Header{Type: wire.TypeMessage, ID: 7}, []byte("work")),
+		wire.Header{Type: wire.TypeCancel, ID: 7}, nil))
+	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeCancel, Flags: wire.FlagReply, ID: 7}, []byte("x")))
+	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply}, wire.AppendError(nil, wire.CodeCrashed, "panic")))
 	f.Add(wire.AppendFrame(wire.AppendFrame(nil, wire.Header{Type: wire.TypeEcho, ID: 2}, []byte("echo me")),
 		wire.Header{Type: wire.TypeEcho, Flags: wire.FlagReply, ID: 2}, []byte("echo me")))
 	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeError, Flags: wire.FlagReply, ID: 9}, wire.AppendError(nil, wire.CodeTooLarge, "no")))
@@ -143,11 +150,13 @@ func expectedError(rest []byte) error {
 }
 
 // FuzzParseHello checks that ParseHello never panics, accepts exactly the
-// payloads the protocol allows, and that what it accepts re-encodes to
-// the same bytes.
+// payloads the protocol allows, returns a valid UTF-8 name, and that what
+// it accepts re-encodes to the same bytes (with invalid UTF-8 in the name
+// replaced).
 func FuzzParseHello(f *testing.F) {
 	f.Add(wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, PID: 1, Name: "supervisor"}))
 	f.Add(wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 7, PID: 1 << 31}))
+	f.Add(append(wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 2, PID: 9}), "w\xff\xc3"...))
 	f.Add([]byte{0, 0, 1, 0, 0, 0, 0, 0})
 	f.Add([]byte{2, 0, 1, 0})
 	f.Add(make([]byte, 265))
@@ -168,8 +177,18 @@ func FuzzParseHello(f *testing.F) {
 			}
 			return
 		}
-		if got := wire.AppendHello(nil, h); !bytes.Equal(got, p) {
-			t.Fatalf("hello % x re-encodes as % x", p, got)
+		if !utf8.ValidString(h.Name) {
+			t.Fatalf("ParseHello(% x) returned a name that is not UTF-8: %q", p, h.Name)
+		}
+		want := p
+		if !utf8.Valid(p[8:]) {
+			want = append(p[:8:8], strings.ToValidUTF8(string(p[8:]), "\uFFFD")...)
+			if len(want) > wire.MaxHelloPayload {
+				return // the replacement made the name longer: it is cut when sent
+			}
+		}
+		if got := wire.AppendHello(nil, h); !bytes.Equal(got, want) {
+			t.Fatalf("hello % x re-encodes as % x, want % x", p, got, want)
 		}
 	})
 }

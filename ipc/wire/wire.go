@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 )
 
 // Wire-format constants. docs/PROTOCOL.md is the normative description;
@@ -19,8 +21,9 @@ const (
 	Magic1 = 'P'
 
 	// ProtocolVersion is the highest protocol version pairvisor
-	// speaks; MinProtocolVersion the lowest.
-	ProtocolVersion    = 1
+	// speaks; MinProtocolVersion the lowest. Version 2 adds
+	// [TypeCancel]; everything else is as in version 1.
+	ProtocolVersion    = 2
 	MinProtocolVersion = 1
 
 	// MaxPayload is the protocol's hard limit on a frame's payload
@@ -42,20 +45,23 @@ type Type uint8
 
 // Message types. A reply carries its request's type with [FlagReply]
 // set, except that any request may instead be answered by [TypeError].
+// Hello and cancel frames are neither requests nor replies.
 const (
-	TypeHello    Type = 1 // version exchange; first frame in each direction
+	TypeHello    Type = 1 // version exchange; first frame in each direction, id 0
 	TypePing     Type = 2 // health check; answered by a pong (TypePing|FlagReply)
 	TypeEcho     Type = 3 // the reply carries the request's payload unchanged
 	TypeMessage  Type = 4 // application message, answered by the peer's handler
 	TypeShutdown Type = 5 // asks the peer to finish in-flight work and close
 	TypeStatus   Type = 6 // asks for a JSON status document
 	TypeReload   Type = 7 // asks a supervisor for a rolling restart
+	TypeCancel   Type = 8 // version 2: the sender gave up on its request with this id; empty, never answered
 	TypeError    Type = 15
 )
 
 var typeNames = [...]string{
 	TypeHello: "hello", TypePing: "ping", TypeEcho: "echo", TypeMessage: "message",
-	TypeShutdown: "shutdown", TypeStatus: "status", TypeReload: "reload", TypeError: "error",
+	TypeShutdown: "shutdown", TypeStatus: "status", TypeReload: "reload", TypeCancel: "cancel",
+	TypeError: "error",
 }
 
 // String returns the type's lower-case name, or "type(N)" when unknown.
@@ -66,7 +72,9 @@ func (t Type) String() string {
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
-// Known reports whether t is a type defined by this protocol version.
+// Known reports whether t is a type defined by the protocol (by its
+// highest version: [TypeCancel] is known although a version 1
+// connection must not carry it; package ipc checks that).
 func (t Type) Known() bool { return int(t) < len(typeNames) && typeNames[t] != "" }
 
 // Frame flags.
@@ -187,11 +195,20 @@ type Hello struct {
 	Name       string
 }
 
-// AppendHello appends h's encoding to dst.
+// AppendHello appends h's encoding to dst. The name is sent as valid
+// UTF-8 (invalid bytes replaced by U+FFFD) and cut, at a character
+// boundary, to at most [MaxNameLen] bytes.
 func AppendHello(dst []byte, h Hello) []byte {
 	name := h.Name
+	if !utf8.ValidString(name) {
+		name = strings.ToValidUTF8(name, "\uFFFD")
+	}
 	if len(name) > MaxNameLen {
-		name = name[:MaxNameLen]
+		n := MaxNameLen
+		for n > 0 && !utf8.RuneStart(name[n]) {
+			n--
+		}
+		name = name[:n]
 	}
 	dst = binary.LittleEndian.AppendUint16(dst, h.MinVersion)
 	dst = binary.LittleEndian.AppendUint16(dst, h.MaxVersion)
@@ -199,7 +216,10 @@ func AppendHello(dst []byte, h Hello) []byte {
 	return append(dst, name...)
 }
 
-// ParseHello decodes a hello payload.
+// ParseHello decodes a hello payload: 8 to [MaxHelloPayload] bytes,
+// with a lowest version from 1 up to the highest. The name is not
+// checked (it is for humans and logs): invalid UTF-8 in it is replaced
+// by U+FFFD, so Name is always valid UTF-8.
 func ParseHello(p []byte) (Hello, error) {
 	if len(p) < 8 || len(p) > MaxHelloPayload {
 		return Hello{}, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello payload of %d bytes, want 8 to %d", len(p), MaxHelloPayload)}
@@ -209,6 +229,9 @@ func ParseHello(p []byte) (Hello, error) {
 		MaxVersion: binary.LittleEndian.Uint16(p[2:4]),
 		PID:        binary.LittleEndian.Uint32(p[4:8]),
 		Name:       string(p[8:]),
+	}
+	if !utf8.ValidString(h.Name) {
+		h.Name = strings.ToValidUTF8(h.Name, "\uFFFD")
 	}
 	if h.MinVersion == 0 || h.MinVersion > h.MaxVersion {
 		return h, &FrameError{Err: ErrBadPayload, Detail: fmt.Sprintf("hello version range %d..%d", h.MinVersion, h.MaxVersion)}
@@ -222,21 +245,22 @@ type Code uint16
 // Error codes. docs/PROTOCOL.md defines them; a peer may send codes
 // this version does not know, which [Code.String] prints as "code(N)".
 const (
-	CodeBadRequest  Code = 1 // malformed or unexpected request
-	CodeUnsupported Code = 2 // the peer has no handler for this type
-	CodeUnavailable Code = 3 // no worker can take the request now
-	CodeInternal    Code = 4 // the handler failed
-	CodeTooLarge    Code = 5 // the frame exceeded the receiver's limit
-	CodeShutdown    Code = 6 // the peer is shutting down
-	CodeVersion     Code = 7 // no common protocol version
-	CodeProtocol    Code = 8 // protocol violation; the sender closes after this frame
-	CodeDenied      Code = 9 // the peer may not make this request (a control request from a user without the right)
+	CodeBadRequest  Code = 1  // malformed or unexpected request
+	CodeUnsupported Code = 2  // the peer has no handler for this type
+	CodeUnavailable Code = 3  // no worker can take the request now
+	CodeInternal    Code = 4  // the handler failed
+	CodeTooLarge    Code = 5  // the frame exceeded the receiver's limit
+	CodeShutdown    Code = 6  // the peer is shutting down
+	CodeVersion     Code = 7  // no common protocol version
+	CodeProtocol    Code = 8  // protocol violation; the sender closes after this frame
+	CodeDenied      Code = 9  // the peer may not make this request (a control request from a user without the right)
+	CodeCrashed     Code = 10 // the handler crashed (a Go panic) instead of answering; the connection goes on
 )
 
 var codeNames = [...]string{
 	CodeBadRequest: "bad request", CodeUnsupported: "unsupported", CodeUnavailable: "unavailable",
 	CodeInternal: "internal", CodeTooLarge: "too large", CodeShutdown: "shutdown",
-	CodeVersion: "version", CodeProtocol: "protocol", CodeDenied: "denied",
+	CodeVersion: "version", CodeProtocol: "protocol", CodeDenied: "denied", CodeCrashed: "crashed",
 }
 
 // String returns the code's name ("unavailable"), or "code(N)" when

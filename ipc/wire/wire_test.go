@@ -71,7 +71,7 @@ func TestParseHeaderErrors(t *testing.T) {
 		{"magic1", with(1, 'Q'), 0, wire.ErrBadMagic, "got 0xc1 0x51", false},
 		{"text", []byte("{\"type\":\"ping\"}\n"), 0, wire.ErrBadMagic, "got 0x7b 0x22", false},
 		{"type0", with(2, 0), 0, wire.ErrUnknownType, "type byte 0", true},
-		{"type8", with(2, 8), 0, wire.ErrUnknownType, "type byte 8", true},
+		{"type9", with(2, 9), 0, wire.ErrUnknownType, "type byte 9", true},
 		{"type14", with(2, 14), 0, wire.ErrUnknownType, "type byte 14", true},
 		{"type16", with(2, 16), 0, wire.ErrUnknownType, "type byte 16", true},
 		{"type255", with(2, 255), 0, wire.ErrUnknownType, "type byte 255", true},
@@ -95,7 +95,7 @@ func TestParseHeaderErrors(t *testing.T) {
 				t.Errorf("error text %q, want %q followed by %q", err, tc.want, tc.detail)
 			}
 			if tc.id && h.ID != 99 {
-				t.Errorf("Header.ID = %d after %v, want 99 (used to address the error reply)", h.ID, tc.want)
+				t.Errorf("Header.ID = %d after %v, want 99 (the decoded header, for the error's detail)", h.ID, tc.want)
 			}
 		})
 	}
@@ -247,10 +247,26 @@ func TestHello(t *testing.T) {
 		t.Errorf("AppendHello wrote % x", p)
 	}
 
-	// Over-long names are cut to 256 bytes.
+	// Over-long names are cut to 256 bytes, at a character boundary.
 	got, err := wire.ParseHello(wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, Name: strings.Repeat("n", 300)}))
 	if err != nil || len(got.Name) != 256 {
 		t.Errorf("hello with a 300-byte name: name of %d bytes, %v", len(got.Name), err)
+	}
+	long := "n" + strings.Repeat("é", 200) // 401 bytes; byte 256 is inside an é
+	got, err = wire.ParseHello(wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, Name: long}))
+	if err != nil || got.Name != long[:255] {
+		t.Errorf("hello with a long two-byte name: %q (%d bytes), %v; want its first 255 bytes", got.Name, len(got.Name), err)
+	}
+
+	// A name that is not UTF-8 is accepted; invalid bytes become U+FFFD,
+	// whoever sent them.
+	raw := append([]byte{1, 0, 2, 0, 7, 0, 0, 0}, "w\xff\xfe.1"...)
+	got, err = wire.ParseHello(raw)
+	if err != nil || got.Name != "w\uFFFD.1" || got.MaxVersion != 2 || got.PID != 7 {
+		t.Errorf("ParseHello with a name that is not UTF-8 = %+v, %v; want the name w\uFFFD.1", got, err)
+	}
+	if p := wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: 1, Name: "a\x80b"}); string(p[8:]) != "a\uFFFDb" {
+		t.Errorf("AppendHello sent the name % x, want valid UTF-8", p[8:])
 	}
 
 	for _, tc := range []struct {
@@ -300,7 +316,7 @@ func TestTypeString(t *testing.T) {
 	for typ, want := range map[wire.Type]string{
 		wire.TypeHello: "hello", wire.TypePing: "ping", wire.TypeEcho: "echo", wire.TypeMessage: "message",
 		wire.TypeShutdown: "shutdown", wire.TypeStatus: "status", wire.TypeReload: "reload", wire.TypeError: "error",
-		0: "type(0)", 8: "type(8)", 16: "type(16)", 255: "type(255)",
+		wire.TypeCancel: "cancel", 0: "type(0)", 9: "type(9)", 14: "type(14)", 16: "type(16)", 255: "type(255)",
 	} {
 		if got := typ.String(); got != want {
 			t.Errorf("Type(%d).String() = %q, want %q", uint8(typ), got, want)
@@ -333,7 +349,7 @@ func TestCodeString(t *testing.T) {
 	t.Parallel()
 	for c, want := range map[wire.Code]string{
 		wire.CodeBadRequest: "bad request", wire.CodeUnavailable: "unavailable",
-		wire.CodeDenied: "denied", 0: "code(0)", 10: "code(10)", 0xFFFF: "code(65535)",
+		wire.CodeDenied: "denied", wire.CodeCrashed: "crashed", 0: "code(0)", 11: "code(11)", 0xFFFF: "code(65535)",
 	} {
 		if got := c.String(); got != want {
 			t.Errorf("Code(%d).String() = %q, want %q", uint16(c), got, want)
