@@ -355,9 +355,9 @@ func TestHostileControlRequests(t *testing.T) {
 			}
 			switch {
 			case tc.want == "closed":
-				s.logs.waitFor(t, "refused peer", fmt.Sprintf("uid=%d", uid))
+				s.logs.WaitFor(t, "refused peer", fmt.Sprintf("uid=%d", uid))
 			case strings.Contains(tc.want, fmt.Sprintf("reload:error%d", wire.CodeDenied)):
-				s.logs.waitFor(t, "denied control request", fmt.Sprintf("uid=%d", uid), "type=reload")
+				s.logs.WaitFor(t, "denied control request", fmt.Sprintf("uid=%d", uid), "type=reload")
 			}
 			// The server's own uid may do anything, whatever the lists.
 			c := udsDial(t, s.path)

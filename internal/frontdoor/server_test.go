@@ -584,7 +584,7 @@ func TestServerBadFramedClients(t *testing.T) {
 			}
 			// Logged as a dropped client, or as a failed hello when the
 			// garbage arrived with the hello.
-			s.logs.waitFor(t, tc.logWants...)
+			s.logs.WaitFor(t, tc.logWants...)
 			// The other clients are still served.
 			if err := udsFramedEcho(udsCtx(t, udsWait), good, []byte(tc.name)); err != nil {
 				t.Errorf("good client after %s: %v", tc.name, err)
@@ -761,7 +761,7 @@ func TestServerMaxConns(t *testing.T) {
 	} else if !errors.Is(err, ipc.ErrClosed) && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("fourth Dial: %v, want the connection closed", err)
 	}
-	s.logs.waitFor(t, "too many connections; closing new one", "max_conns=3")
+	s.logs.WaitFor(t, "too many connections; closing new one", "max_conns=3")
 	if st := s.srv.Stats(); st.Refused != 2 || st.Active != 3 {
 		t.Errorf("stats %+v, want 2 refused, 3 active", st)
 	}
@@ -937,7 +937,7 @@ print("served" if got == msg else "closed", flush=True)
 			if st.Refused != 1 {
 				t.Errorf("stats %+v, want 1 refused", st)
 			}
-			s.logs.waitFor(t, "refused peer", "uid=65534", "gid=65534", fmt.Sprintf("pid=%d", pid))
+			s.logs.WaitFor(t, "refused peer", "uid=65534", "gid=65534", fmt.Sprintf("pid=%d", pid))
 		})
 	}
 }

@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
@@ -33,32 +32,20 @@ import (
 // Every helper here is prefixed with "uds" so that it cannot collide with
 // the helpers of the package's other test files.
 
-// udsWait bounds every wait for something that should happen promptly.
-// It is generous for -race on two cores; exceeding it means a hang.
-const udsWait = 10 * time.Second
+// The socket helpers shared with the other socket tests live in
+// package testutil.
+type udsLog = testutil.LogBuffer
 
-// udsLog is a goroutine-safe buffer for hclog output.
-type udsLog struct {
-	testutil.Buffer
-}
+const udsWait = testutil.UDSWait
 
-// waitFor polls until the log contains all of want, or fails the test.
-func (b *udsLog) waitFor(tb testing.TB, want ...string) {
-	tb.Helper()
-	udsPoll(tb, "log lines "+strconv.Quote(strings.Join(want, "…")), func() bool {
-		s := b.String()
-		for _, w := range want {
-			if !strings.Contains(s, w) {
-				return false
-			}
-		}
-		return true
-	}, func() string { return "log:\n" + b.String() })
-}
-
-func udsLogger(b *udsLog) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "test", Output: b, Level: hclog.Debug})
-}
+var (
+	udsLogger      = testutil.DebugLogger
+	udsConnect     = testutil.ConnectUnix
+	udsMustConnect = testutil.MustConnectUnix
+	udsStale       = testutil.StaleSocket
+	udsGone        = testutil.AssertGone
+	udsPVLeftovers = testutil.PVLeftovers
+)
 
 // udsPoll calls cond every few milliseconds until it is true, failing
 // the test after udsWait. detail, if not nil, adds to the failure.
@@ -76,45 +63,6 @@ func udsListen(tb testing.TB, path string, cfg listen.Config) *listen.Listener {
 	}
 	tb.Cleanup(func() { l.Close() })
 	return l
-}
-
-// udsConnect connects a blocking stream socket to path; the caller owns
-// the returned fd.
-func udsConnect(path string) (int, error) {
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
-}
-
-// udsMustConnect connects to path and closes the fd at cleanup.
-func udsMustConnect(tb testing.TB, path string) int {
-	tb.Helper()
-	fd, err := udsConnect(path)
-	if err != nil {
-		tb.Fatalf("connect %s: %v", path, err)
-	}
-	tb.Cleanup(func() { unix.Close(fd) })
-	return fd
-}
-
-// udsStale leaves a stale socket file at path: bound, never listened
-// on, closed without unlinking, as a crashed server leaves it.
-func udsStale(tb testing.TB, path string) {
-	tb.Helper()
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-		tb.Fatalf("bind %s: %v", path, err)
-	}
 }
 
 // udsAccept accepts one connection within udsWait. The fd is closed at
@@ -213,22 +161,6 @@ func udsExchange(tb testing.TB, a, b int) {
 	}
 }
 
-// udsPVLeftovers lists the temporary ".pv*" directories left in dir.
-func udsPVLeftovers(tb testing.TB, dir string) []string {
-	tb.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var left []string
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".pv") {
-			left = append(left, e.Name())
-		}
-	}
-	return left
-}
-
 // udsDirNames lists dir's entries, for failure messages.
 func udsDirNames(dir string) string {
 	ents, _ := os.ReadDir(dir)
@@ -286,15 +218,6 @@ func udsSockStat(tb testing.TB, path string) unix.Stat_t {
 		tb.Fatalf("%s has mode %o, want a socket", path, st.Mode)
 	}
 	return st
-}
-
-func udsGone(tb testing.TB, paths ...string) {
-	tb.Helper()
-	for _, p := range paths {
-		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
-			tb.Errorf("%s still exists after Close (lstat: %v)", p, err)
-		}
-	}
 }
 
 func TestListenFresh(t *testing.T) {
@@ -1016,7 +939,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		var logs udsLog
 		l := udsListen(t, path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
 		theirs := replace(t, path, true)
-		logs.waitFor(t, "socket path now holds something else; leaving it alone")
+		logs.WaitFor(t, "socket path now holds something else; leaving it alone")
 		l.Close()
 		if st := udsSockStat(t, path); st.Ino != theirs {
 			t.Errorf("a live server's socket was replaced")
@@ -1044,7 +967,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 			}
 			return err == nil
 		}, func() string { return "log:\n" + logs.String() })
-		logs.waitFor(t, "stale socket", "path="+path)
+		logs.WaitFor(t, "stale socket", "path="+path)
 		udsServes(t, l, path)
 		l.Close()
 		udsGone(t, path, path+".lock")
@@ -1136,7 +1059,7 @@ func TestListenRebind(t *testing.T) {
 	if st.Mode&0o7777 != 0o640 || st.Gid != wantGID {
 		t.Errorf("rebound socket mode %04o group %d, want 0640 group %d", st.Mode&0o7777, st.Gid, wantGID)
 	}
-	logs.waitFor(t, "socket file was removed", "path="+path)
+	logs.WaitFor(t, "socket file was removed", "path="+path)
 
 	c2 := udsMustConnect(t, path)
 	select {
