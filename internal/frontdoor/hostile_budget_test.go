@@ -41,20 +41,20 @@ func TestServerBufferedTotal(t *testing.T) {
 
 	got := make(chan error, 1)
 	go func() {
-		reply, err := first.Echo(udsCtx(t, udsWait), payload, nil)
+		reply, err := first.Echo(udsCtx(t, testutil.UDSWait), payload, nil)
 		if err == nil && !bytes.Equal(reply, payload) {
 			err = errors.New("the echo came back different")
 		}
 		got <- err
 	}()
-	testutil.Poll(t, udsWait, time.Millisecond, "the first request to reach the handler", func() bool { return calls.Load() == 1 }, nil)
+	testutil.Poll(t, testutil.UDSWait, time.Millisecond, "the first request to reach the handler", func() bool { return calls.Load() == 1 }, nil)
 
-	_, err := second.Echo(udsCtx(t, udsWait), payload, nil)
+	_, err := second.Echo(udsCtx(t, testutil.UDSWait), payload, nil)
 	var re *wire.RemoteError
 	if !errors.As(err, &re) || re.Code != wire.CodeUnavailable {
 		t.Fatalf("a request over the server's total: want CodeUnavailable, got %v", err)
 	}
-	if _, err := second.Ping(udsCtx(t, udsWait)); err != nil {
+	if _, err := second.Ping(udsCtx(t, testutil.UDSWait)); err != nil {
 		t.Errorf("the refused client's connection should stay usable: %v", err)
 	}
 	close(gate)
@@ -62,7 +62,7 @@ func TestServerBufferedTotal(t *testing.T) {
 		t.Fatalf("the first request: %v", err)
 	}
 	// With the first answered, the second fits.
-	if reply, err := second.Echo(udsCtx(t, udsWait), payload, nil); err != nil || !bytes.Equal(reply, payload) {
+	if reply, err := second.Echo(udsCtx(t, testutil.UDSWait), payload, nil); err != nil || !bytes.Equal(reply, payload) {
 		t.Fatalf("the second request once there is room: %v", err)
 	}
 }

@@ -153,7 +153,7 @@ type hostileProc struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr *udsLog
+	stderr *testutil.LogBuffer
 	waited chan error
 	done   bool
 }
@@ -167,7 +167,7 @@ func hostileStart(tb testing.TB, uid int, groups []int, script string, args ...s
 		tb.Skip("needs root to run a client as another user")
 	}
 	setpriv := testutil.RequireTool(tb, "setpriv")
-	py := udsToolForOthers(tb, "python3")
+	py := testutil.ToolForOthers(tb, "python3")
 	sp := []string{fmt.Sprintf("--reuid=%d", uid), fmt.Sprintf("--regid=%d", uid)}
 	if len(groups) == 0 {
 		sp = append(sp, "--clear-groups")
@@ -179,7 +179,7 @@ func hostileStart(tb testing.TB, uid int, groups []int, script string, args ...s
 		sp = append(sp, "--groups="+strings.Join(gs, ","))
 	}
 	sp = append(sp, py, "-c", script)
-	p := &hostileProc{cmd: exec.Command(setpriv, append(sp, args...)...), lines: make(chan string, 16), stderr: new(udsLog), waited: make(chan error, 1)}
+	p := &hostileProc{cmd: exec.Command(setpriv, append(sp, args...)...), lines: make(chan string, 16), stderr: new(testutil.LogBuffer), waited: make(chan error, 1)}
 	p.cmd.Dir = "/"
 	p.cmd.Stderr = p.stderr
 	var err error
@@ -214,7 +214,7 @@ func hostileStart(tb testing.TB, uid int, groups []int, script string, args ...s
 }
 
 // line returns the next line the process prints, failing the test if
-// none comes within udsWait.
+// none comes within testutil.UDSWait.
 func (p *hostileProc) line(tb testing.TB) string {
 	tb.Helper()
 	select {
@@ -223,8 +223,8 @@ func (p *hostileProc) line(tb testing.TB) string {
 			tb.Fatalf("python exited without printing; stderr:\n%s", p.stderr.String())
 		}
 		return l
-	case <-time.After(udsWait):
-		tb.Fatalf("python printed nothing within %v; stderr:\n%s", udsWait, p.stderr.String())
+	case <-time.After(testutil.UDSWait):
+		tb.Fatalf("python printed nothing within %v; stderr:\n%s", testutil.UDSWait, p.stderr.String())
 		return ""
 	}
 }
@@ -234,7 +234,7 @@ func (p *hostileProc) finish(tb testing.TB) {
 	tb.Helper()
 	p.done = true
 	p.stdin.Close()
-	timeout := time.After(udsWait)
+	timeout := time.After(testutil.UDSWait)
 	for {
 		select {
 		case l, ok := <-p.lines:
@@ -250,7 +250,7 @@ func (p *hostileProc) finish(tb testing.TB) {
 			case <-timeout:
 				p.cmd.Process.Kill()
 				<-p.waited
-				tb.Errorf("python did not exit within %v", udsWait)
+				tb.Errorf("python did not exit within %v", testutil.UDSWait)
 			}
 			return
 		case <-timeout:
@@ -258,7 +258,7 @@ func (p *hostileProc) finish(tb testing.TB) {
 			for range p.lines {
 			}
 			<-p.waited
-			tb.Errorf("python did not exit within %v", udsWait)
+			tb.Errorf("python did not exit within %v", testutil.UDSWait)
 			return
 		}
 	}
@@ -361,7 +361,7 @@ func TestHostileControlRequests(t *testing.T) {
 			}
 			// The server's own uid may do anything, whatever the lists.
 			c := udsDial(t, s.path)
-			ctx := udsCtx(t, udsWait)
+			ctx := udsCtx(t, testutil.UDSWait)
 			for _, typ := range []wire.Type{wire.TypeStatus, wire.TypeMessage, wire.TypeReload, wire.TypeShutdown} {
 				if got, err := c.Call(ctx, typ, nil, nil); err != nil || string(got) != "done:"+typ.String() {
 					t.Errorf("own uid %s: %q, %v", typ, got, err)
@@ -382,7 +382,7 @@ func TestHostileDialUntrusted(t *testing.T) {
 	}
 	pid := srv.cmd.Process.Pid // setpriv execs python: same pid
 
-	c, err := ipc.Dial(udsCtx(t, udsWait), name, ipc.ConnConfig{})
+	c, err := ipc.Dial(udsCtx(t, testutil.UDSWait), name, ipc.ConnConfig{})
 	if err == nil {
 		c.Close()
 		t.Errorf("Dial to a server run by uid %d succeeded", hostileNobody)
@@ -406,7 +406,7 @@ func TestHostileDialUntrusted(t *testing.T) {
 	}
 
 	// Trusted on request.
-	c, err = ipc.Dial(udsCtx(t, udsWait), name, ipc.ConnConfig{TrustUIDs: []uint32{4000, hostileNobody}})
+	c, err = ipc.Dial(udsCtx(t, testutil.UDSWait), name, ipc.ConnConfig{TrustUIDs: []uint32{4000, hostileNobody}})
 	if err != nil {
 		t.Fatalf("Dial with TrustUIDs naming the server: %v", err)
 	}
@@ -472,7 +472,7 @@ func TestHostileRefusedFlood(t *testing.T) {
 // hostileLogBounded checks that the log accounts for n events of the
 // kind msg (lines plus the counts of summary lines), and that it spent
 // at most 5 lines and one summary per second since start on them.
-func hostileLogBounded(t *testing.T, logs *udsLog, msg string, n int, start time.Time) {
+func hostileLogBounded(t *testing.T, logs *testutil.LogBuffer, msg string, n int, start time.Time) {
 	t.Helper()
 	countRe := regexp.MustCompile(`count=(\d+)`)
 	var lines, summaries, suppressed int
@@ -519,7 +519,7 @@ func TestHostileFullFlood(t *testing.T) {
 	}
 	start := time.Now()
 	for i := range n {
-		fd, err := udsConnect(s.path)
+		fd, err := testutil.ConnectUnix(s.path)
 		if err != nil {
 			t.Fatalf("connect %d: %v", i, err)
 		}

@@ -143,7 +143,7 @@ func hostileIdle(tb testing.TB, path string, n int) []int {
 		}
 	})
 	for range n {
-		fd, err := udsConnect(path)
+		fd, err := testutil.ConnectUnix(path)
 		if err != nil {
 			tb.Fatalf("connect %d: %v", len(fds), err)
 		}
@@ -163,7 +163,7 @@ func TestHostileIdleRawThreads(t *testing.T) {
 	fds := hostileIdle(t, s.path, n)
 	// Half of them become raw clients (one echo, then silence); the
 	// others never send a byte.
-	tv := unix.NsecToTimeval(udsWait.Nanoseconds())
+	tv := unix.NsecToTimeval(testutil.UDSWait.Nanoseconds())
 	for i, fd := range fds {
 		if i%2 == 1 {
 			continue
@@ -224,7 +224,7 @@ func hostileFlood(tb testing.TB, path string, keep int) *hostileFlooder {
 				return
 			default:
 			}
-			fd, err := udsConnect(path)
+			fd, err := testutil.ConnectUnix(path)
 			if err != nil {
 				f.done <- err
 				return
@@ -263,8 +263,8 @@ func (f *hostileFlooder) halt(tb testing.TB) {
 		if err != nil {
 			tb.Errorf("flood: %v", err)
 		}
-	case <-time.After(udsWait):
-		tb.Errorf("the flood did not stop within %v", udsWait)
+	case <-time.After(testutil.UDSWait):
+		tb.Errorf("the flood did not stop within %v", testutil.UDSWait)
 	}
 }
 
@@ -286,7 +286,7 @@ func TestHostileSlowlorisSameUID(t *testing.T) {
 		errs []string
 	)
 	for i := 0; i < attempts && c == nil; i++ {
-		ctx := udsCtx(t, udsWait)
+		ctx := udsCtx(t, testutil.UDSWait)
 		conn, err := ipc.Dial(ctx, s.path, ipc.ConnConfig{Name: "legit"})
 		if err == nil {
 			if _, err = conn.Ping(ctx); err == nil {
@@ -306,7 +306,7 @@ func TestHostileSlowlorisSameUID(t *testing.T) {
 	// A framed client is not evicted by the flood that goes on.
 	made := flood.made()
 	udsPoll(t, "more flooding", func() bool { return flood.made() >= made+2*maxConns }, nil)
-	if _, err := c.Ping(udsCtx(t, udsWait)); err != nil {
+	if _, err := c.Ping(udsCtx(t, testutil.UDSWait)); err != nil {
 		t.Errorf("ping after %d more flood connections: %v", flood.made()-made, err)
 	}
 	flood.halt(t)
@@ -333,7 +333,7 @@ func TestHostileSlowlorisOtherUID(t *testing.T) {
 	}
 	udsPoll(t, "the flood to be accepted", func() bool { return s.srv.Stats().Accepted == flood }, func() string { return fmt.Sprintf("%+v", s.srv.Stats()) })
 
-	if _, err := udsDial(t, s.path).Ping(udsCtx(t, udsWait)); err != nil {
+	if _, err := udsDial(t, s.path).Ping(udsCtx(t, testutil.UDSWait)); err != nil {
 		t.Errorf("own uid under the flood: %v", err)
 	}
 	if got := hostileRun(t, hostileOther, nil, hostilePyClient, s.path, "ping"); got != "ping:ok" {
@@ -361,7 +361,7 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 	path := filepath.Join(testutil.ShortDir(t, "pv"), "s")
 	h, ch := startHelper(t, "hostile-rlimit", path)
 	defer ch.Close()
-	ch.SetReadDeadline(time.Now().Add(udsWait))
+	ch.SetReadDeadline(time.Now().Add(testutil.UDSWait))
 	rd := bufio.NewReader(ch)
 	line, err := rd.ReadString('\n')
 	if err != nil {
@@ -375,9 +375,9 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 	}
 	// One client after another, each served and then idle.
 	clients := limit + 100
-	tv := unix.NsecToTimeval(udsWait.Nanoseconds())
+	tv := unix.NsecToTimeval(testutil.UDSWait.Nanoseconds())
 	for i := range clients {
-		fd := udsMustConnect(t, path)
+		fd := testutil.MustConnectUnix(t, path)
 		if _, err := unix.Write(fd, []byte("x")); err != nil {
 			t.Fatalf("client %d: write: %v", i, err)
 		}
@@ -397,7 +397,7 @@ func TestHostileMaxConnsRlimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch.SetReadDeadline(time.Now().Add(udsWait))
+	ch.SetReadDeadline(time.Now().Add(testutil.UDSWait))
 	line, err = rd.ReadString('\n')
 	if err != nil {
 		h.Cmd.Process.Kill()
@@ -438,7 +438,7 @@ func TestHostileSlowReadersSameUID(t *testing.T) {
 	const attempts = 10
 	var errs []string
 	for range attempts {
-		ctx := udsCtx(t, udsWait)
+		ctx := udsCtx(t, testutil.UDSWait)
 		c, err := ipc.Dial(ctx, s.path, ipc.ConnConfig{Name: "legit"})
 		if err == nil {
 			_, err = c.Ping(ctx)

@@ -38,7 +38,7 @@ type udsServer struct {
 	path   string
 	dir    string
 	srv    *frontdoor.Server
-	logs   *udsLog
+	logs   *testutil.LogBuffer
 	cancel context.CancelFunc
 	done   chan error
 
@@ -54,12 +54,12 @@ func udsServe(tb testing.TB, path string, lcfg listen.Config, scfg frontdoor.Con
 	if path == "" {
 		path = filepath.Join(testutil.ShortDir(tb, "pv"), "s")
 	}
-	s := &udsServer{path: path, dir: filepath.Dir(path), logs: new(udsLog), done: make(chan error, 1)}
+	s := &udsServer{path: path, dir: filepath.Dir(path), logs: new(testutil.LogBuffer), done: make(chan error, 1)}
 	if lcfg.Logger == nil {
-		lcfg.Logger = udsLogger(s.logs)
+		lcfg.Logger = testutil.DebugLogger(s.logs)
 	}
 	if scfg.Logger == nil {
-		scfg.Logger = udsLogger(s.logs)
+		scfg.Logger = testutil.DebugLogger(s.logs)
 	}
 	l, err := listen.New(path, lcfg)
 	if err != nil {
@@ -78,15 +78,15 @@ func udsServe(tb testing.TB, path string, lcfg listen.Config, scfg frontdoor.Con
 }
 
 // stop cancels Serve and returns its result; it fails the test if Serve
-// does not return within udsWait. It may be called more than once.
+// does not return within testutil.UDSWait. It may be called more than once.
 func (s *udsServer) stop(tb testing.TB) error {
 	tb.Helper()
 	s.once.Do(func() {
 		s.cancel()
 		select {
 		case s.err = <-s.done:
-		case <-time.After(udsWait):
-			s.err = fmt.Errorf("Serve did not return within %v of the cancel", udsWait)
+		case <-time.After(testutil.UDSWait):
+			s.err = fmt.Errorf("Serve did not return within %v of the cancel", testutil.UDSWait)
 		}
 	})
 	return s.err
@@ -112,7 +112,7 @@ func udsCtx(tb testing.TB, d time.Duration) context.Context {
 // udsDial dials a framed client; it is closed at cleanup.
 func udsDial(tb testing.TB, path string) *ipc.Conn {
 	tb.Helper()
-	c, err := ipc.Dial(udsCtx(tb, udsWait), path, ipc.ConnConfig{Name: "test-client"})
+	c, err := ipc.Dial(udsCtx(tb, testutil.UDSWait), path, ipc.ConnConfig{Name: "test-client"})
 	if err != nil {
 		tb.Fatalf("Dial(%q): %v", path, err)
 	}
@@ -134,7 +134,7 @@ func udsRawDial(tb testing.TB, path string) *net.UnixConn {
 // udsRawEcho writes p on c and checks that exactly p comes back. It is
 // safe to call from any goroutine.
 func udsRawEcho(c net.Conn, p []byte) error {
-	c.SetDeadline(time.Now().Add(udsWait))
+	c.SetDeadline(time.Now().Add(testutil.UDSWait))
 	defer c.SetDeadline(time.Time{})
 	werr := make(chan error, 1)
 	go func() {
@@ -171,10 +171,10 @@ func udsFramedEcho(ctx context.Context, c *ipc.Conn, p []byte) error {
 }
 
 // udsWantEOF checks that the server closes c: a read returns EOF (or a
-// reset, when it closed with our bytes unread) within udsWait.
+// reset, when it closed with our bytes unread) within testutil.UDSWait.
 func udsWantEOF(tb testing.TB, c net.Conn) {
 	tb.Helper()
-	c.SetReadDeadline(time.Now().Add(udsWait))
+	c.SetReadDeadline(time.Now().Add(testutil.UDSWait))
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := c.Read(buf)
@@ -210,7 +210,7 @@ func udsHelloFrame() []byte {
 // udsReadFrames reads frames from c until the stream ends and returns
 // them as "type" or "error:CODE", with the error that ended the stream.
 func udsReadFrames(c net.Conn) ([]string, error) {
-	c.SetReadDeadline(time.Now().Add(udsWait))
+	c.SetReadDeadline(time.Now().Add(testutil.UDSWait))
 	var frames []string
 	for {
 		var hb [wire.HeaderSize]byte
@@ -273,7 +273,7 @@ func TestServerRawAndFramed(t *testing.T) {
 	if p := c.Peer(); p.Name != "test-server" || p.PID != uint32(os.Getpid()) {
 		t.Errorf("server hello %+v, want name test-server pid %d", p, os.Getpid())
 	}
-	ctx := udsCtx(t, udsWait)
+	ctx := udsCtx(t, testutil.UDSWait)
 	if err := udsFramedEcho(ctx, c, udsRandom(100<<10)); err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +399,7 @@ func TestServerRefusesBadHello(t *testing.T) {
 				if _, err := c.Write(tc.first); err != nil {
 					t.Fatal(err)
 				}
-				c.SetReadDeadline(time.Now().Add(udsWait))
+				c.SetReadDeadline(time.Now().Add(testutil.UDSWait))
 				h, p, err := wire.ReadFrame(c, 0)
 				if err != nil {
 					t.Fatalf("reading the server's answer: %v", err)
@@ -468,7 +468,7 @@ func TestServerManyClients(t *testing.T) {
 				}
 				return
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 3*udsWait)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*testutil.UDSWait)
 			defer cancel()
 			c, err := ipc.Dial(ctx, s.path, ipc.ConnConfig{})
 			if err != nil {
@@ -525,7 +525,7 @@ func udsBackground(tb testing.TB, path string) (stop func() (int64, error)) {
 	}
 	wg.Add(2)
 	go loop(func(i int) error {
-		ctx, cancel := context.WithTimeout(context.Background(), udsWait)
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.UDSWait)
 		defer cancel()
 		return udsFramedEcho(ctx, framed, udsRandom(1+i%4096))
 	})
@@ -586,7 +586,7 @@ func TestServerBadFramedClients(t *testing.T) {
 			// garbage arrived with the hello.
 			s.logs.WaitFor(t, tc.logWants...)
 			// The other clients are still served.
-			if err := udsFramedEcho(udsCtx(t, udsWait), good, []byte(tc.name)); err != nil {
+			if err := udsFramedEcho(udsCtx(t, testutil.UDSWait), good, []byte(tc.name)); err != nil {
 				t.Errorf("good client after %s: %v", tc.name, err)
 			}
 		})
@@ -602,7 +602,7 @@ func TestServerBadFramedClients(t *testing.T) {
 		{"conn-garbage", []byte("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"), wire.CodeProtocol},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fd, err := udsConnect(s.path)
+			fd, err := testutil.ConnectUnix(s.path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -611,7 +611,7 @@ func TestServerBadFramedClients(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := ipc.NewConn(udsCtx(t, udsWait), os.NewFile(uintptr(dup), "client"), ipc.ConnConfig{})
+			c, err := ipc.NewConn(udsCtx(t, testutil.UDSWait), os.NewFile(uintptr(dup), "client"), ipc.ConnConfig{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -622,14 +622,14 @@ func TestServerBadFramedClients(t *testing.T) {
 			}
 			select {
 			case <-c.Done():
-			case <-time.After(udsWait):
+			case <-time.After(testutil.UDSWait):
 				t.Fatal("the Conn was not dropped")
 			}
 			var re *wire.RemoteError
 			if err := c.Err(); !errors.As(err, &re) || re.Code != tc.code {
 				t.Errorf("Conn.Err() = %v, want a RemoteError with code %d", err, tc.code)
 			}
-			if err := udsFramedEcho(udsCtx(t, udsWait), good, []byte(tc.name)); err != nil {
+			if err := udsFramedEcho(udsCtx(t, testutil.UDSWait), good, []byte(tc.name)); err != nil {
 				t.Errorf("good client after %s: %v", tc.name, err)
 			}
 		})
@@ -653,7 +653,7 @@ func TestServerBadFramedClients(t *testing.T) {
 func udsFill(tb testing.TB, fd int, chunk []byte) int {
 	tb.Helper()
 	total, off := 0, 0
-	deadline := time.Now().Add(udsWait)
+	deadline := time.Now().Add(testutil.UDSWait)
 	for time.Now().Before(deadline) {
 		n, err := unix.SendmsgN(fd, chunk[off:], nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 		if err == nil {
@@ -669,7 +669,7 @@ func udsFill(tb testing.TB, fd int, chunk []byte) int {
 			return total
 		}
 	}
-	tb.Fatalf("the peer kept reading for %v", udsWait)
+	tb.Fatalf("the peer kept reading for %v", testutil.UDSWait)
 	return 0
 }
 
@@ -680,7 +680,7 @@ func TestServerSlowClient(t *testing.T) {
 
 	// A raw client that sends and never reads: the server is stuck
 	// writing its echo.
-	slowRaw, err := udsConnect(s.path)
+	slowRaw, err := testutil.ConnectUnix(s.path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -690,7 +690,7 @@ func TestServerSlowClient(t *testing.T) {
 	t.Logf("slow raw client wrote %d bytes", n)
 
 	// A framed client that sends echo requests and never reads.
-	slowFramed, err := udsConnect(s.path)
+	slowFramed, err := testutil.ConnectUnix(s.path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -755,7 +755,7 @@ func TestServerMaxConns(t *testing.T) {
 	// The next ones are closed at once, raw or framed.
 	extra := udsRawDial(t, s.path)
 	udsWantEOF(t, extra)
-	if c, err := ipc.Dial(udsCtx(t, udsWait), s.path, ipc.ConnConfig{}); err == nil {
+	if c, err := ipc.Dial(udsCtx(t, testutil.UDSWait), s.path, ipc.ConnConfig{}); err == nil {
 		c.Close()
 		t.Error("a fourth framed client was served")
 	} else if !errors.Is(err, ipc.ErrClosed) && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
@@ -766,7 +766,7 @@ func TestServerMaxConns(t *testing.T) {
 		t.Errorf("stats %+v, want 2 refused, 3 active", st)
 	}
 	for _, c := range conns {
-		if err := udsFramedEcho(udsCtx(t, udsWait), c, []byte("still here")); err != nil {
+		if err := udsFramedEcho(udsCtx(t, testutil.UDSWait), c, []byte("still here")); err != nil {
 			t.Errorf("served client: %v", err)
 		}
 	}
@@ -774,7 +774,7 @@ func TestServerMaxConns(t *testing.T) {
 	conns[0].Close()
 	udsPoll(t, "a connection slot to free up", func() bool { return s.srv.Stats().Active == 2 }, nil)
 	c := udsDial(t, s.path)
-	if err := udsFramedEcho(udsCtx(t, udsWait), c, []byte("room")); err != nil {
+	if err := udsFramedEcho(udsCtx(t, testutil.UDSWait), c, []byte("room")); err != nil {
 		t.Error(err)
 	}
 }
@@ -814,7 +814,7 @@ func TestServerIdleTimeout(t *testing.T) {
 		c := udsDial(t, s.path)
 		select {
 		case <-c.Done():
-		case <-time.After(udsWait):
+		case <-time.After(testutil.UDSWait):
 			t.Fatal("idle framed client not closed")
 		}
 		if err := c.Err(); !errors.Is(err, ipc.ErrClosed) {
@@ -830,7 +830,7 @@ func TestServerIdleTimeout(t *testing.T) {
 		end := time.Now().Add(4 * idle)
 		for time.Now().Before(end) {
 			<-tick.C
-			if _, err := c.Ping(udsCtx(t, udsWait)); err != nil {
+			if _, err := c.Ping(udsCtx(t, testutil.UDSWait)); err != nil {
 				t.Fatalf("busy client: %v", err)
 			}
 		}
@@ -855,7 +855,7 @@ func TestServerAllowUIDs(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a client as another uid")
 	}
-	py := udsToolForOthers(t, "python3")
+	py := testutil.ToolForOthers(t, "python3")
 	const script = `
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -897,7 +897,7 @@ print("served" if got == msg else "closed", flush=True)
 			cmd := exec.Command(py, "-c", script, s.path)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 			cmd.Dir = dir
-			var out udsLog
+			var out testutil.LogBuffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -910,7 +910,7 @@ print("served" if got == msg else "closed", flush=True)
 				if err != nil {
 					t.Fatalf("client as uid 65534: %v\n%s", err, out.String())
 				}
-			case <-time.After(udsWait):
+			case <-time.After(testutil.UDSWait):
 				cmd.Process.Kill()
 				<-waited
 				t.Fatalf("client as uid 65534 did not finish\n%s", out.String())
@@ -924,7 +924,7 @@ print("served" if got == msg else "closed", flush=True)
 			}
 
 			// Our own uid is always served.
-			if err := udsFramedEcho(udsCtx(t, udsWait), udsDial(t, s.path), []byte("root")); err != nil {
+			if err := udsFramedEcho(udsCtx(t, testutil.UDSWait), udsDial(t, s.path), []byte("root")); err != nil {
 				t.Errorf("own uid: %v", err)
 			}
 			st := s.srv.Stats()
@@ -949,24 +949,24 @@ func TestServerShutdown(t *testing.T) {
 	fds0 := udsFDs(t)
 	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
-	var logs udsLog
-	l, err := listen.New(path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
+	var logs testutil.LogBuffer
+	l, err := listen.New(path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: testutil.DebugLogger(&logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := frontdoor.New(l, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: udsHandler, Logger: udsLogger(&logs)}})
+	srv := frontdoor.New(l, frontdoor.Config{ConnConfig: ipc.ConnConfig{Handler: udsHandler, Logger: testutil.DebugLogger(&logs)}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
 
 	// Clients in every state.
-	framed, err := ipc.Dial(udsCtx(t, udsWait), path, ipc.ConnConfig{})
+	framed, err := ipc.Dial(udsCtx(t, testutil.UDSWait), path, ipc.ConnConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer framed.Close()
-	if err := udsFramedEcho(udsCtx(t, udsWait), framed, []byte("x")); err != nil {
+	if err := udsFramedEcho(udsCtx(t, testutil.UDSWait), framed, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
@@ -991,7 +991,7 @@ func TestServerShutdown(t *testing.T) {
 	if _, err := halfHello.Write(hello[:wire.HeaderSize]); err != nil {
 		t.Fatal(err)
 	}
-	slow, err := udsConnect(path)
+	slow, err := testutil.ConnectUnix(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1007,26 +1007,26 @@ func TestServerShutdown(t *testing.T) {
 		if err != nil {
 			t.Errorf("Serve: %v", err)
 		}
-	case <-time.After(udsWait):
-		t.Fatalf("Serve did not return within %v of the cancel", udsWait)
+	case <-time.After(testutil.UDSWait):
+		t.Fatalf("Serve did not return within %v of the cancel", testutil.UDSWait)
 	}
 	// Well under the 5s a half-sent hello may take.
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("Serve took %v to return", d)
 	}
-	udsGone(t, path, path+".lock")
-	if left := udsPVLeftovers(t, dir); len(left) > 0 {
+	testutil.AssertGone(t, path, path+".lock")
+	if left := testutil.PVLeftovers(t, dir); len(left) > 0 {
 		t.Errorf("temporary directories left: %v", left)
 	}
 	select {
 	case <-framed.Done():
-	case <-time.After(udsWait):
+	case <-time.After(testutil.UDSWait):
 		t.Error("framed client not closed by the shutdown")
 	}
 	for name, c := range map[string]net.Conn{"raw": raw, "silent": silent, "half-hello": halfHello} {
 		t.Run(name, func(t *testing.T) { udsWantEOF(t, c) })
 	}
-	if _, err := udsConnect(path); err == nil {
+	if _, err := testutil.ConnectUnix(path); err == nil {
 		t.Error("connect after Serve returned succeeded")
 	}
 	framed.Close()
@@ -1036,7 +1036,7 @@ func TestServerShutdown(t *testing.T) {
 	closeSlow()
 
 	// Nothing left running or open.
-	deadline := time.Now().Add(udsWait)
+	deadline := time.Now().Add(testutil.UDSWait)
 	for {
 		fds := udsFDs(t)
 		gs := udsIPCGoroutines()
@@ -1059,7 +1059,7 @@ func TestDialErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	stale := filepath.Join(dir, "stale")
-	udsStale(t, stale)
+	testutil.StaleSocket(t, stale)
 	for _, tc := range []struct {
 		name string
 		path string
@@ -1073,7 +1073,7 @@ func TestDialErrors(t *testing.T) {
 		{"empty", "", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := ipc.Dial(udsCtx(t, udsWait), tc.path, ipc.ConnConfig{})
+			c, err := ipc.Dial(udsCtx(t, testutil.UDSWait), tc.path, ipc.ConnConfig{})
 			if err == nil {
 				c.Close()
 				t.Fatal("Dial succeeded")
@@ -1119,7 +1119,7 @@ func TestDialErrors(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Dial: %v, want the deadline", err)
 		}
-		if d := time.Since(start); d < 250*time.Millisecond || d > udsWait {
+		if d := time.Since(start); d < 250*time.Millisecond || d > testutil.UDSWait {
 			t.Errorf("Dial returned after %v, want about 300ms", d)
 		}
 	})
@@ -1137,7 +1137,7 @@ func TestDialErrors(t *testing.T) {
 		if err := unix.Listen(lfd, 0); err != nil {
 			t.Fatal(err)
 		}
-		tv := unix.NsecToTimeval(udsWait.Nanoseconds()) // bounds accept4
+		tv := unix.NsecToTimeval(testutil.UDSWait.Nanoseconds()) // bounds accept4
 		if err := unix.SetsockoptTimeval(lfd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 			t.Fatal(err)
 		}
@@ -1166,7 +1166,7 @@ func TestDialErrors(t *testing.T) {
 		}
 		dialed := make(chan result, 1)
 		go func() {
-			c, err := ipc.Dial(udsCtx(t, udsWait), path, ipc.ConnConfig{})
+			c, err := ipc.Dial(udsCtx(t, testutil.UDSWait), path, ipc.ConnConfig{})
 			dialed <- result{c, err}
 		}()
 		first, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC) // the queued one
@@ -1181,7 +1181,7 @@ func TestDialErrors(t *testing.T) {
 		unix.SetNonblock(srv, true) // for deadlines
 		f := os.NewFile(uintptr(srv), "server")
 		defer f.Close()
-		f.SetDeadline(time.Now().Add(udsWait))
+		f.SetDeadline(time.Now().Add(testutil.UDSWait))
 		if h, _, err := wire.ReadFrame(f, 0); err != nil || h.Type != wire.TypeHello {
 			t.Fatalf("reading Dial's hello: %v %v", h, err)
 		}

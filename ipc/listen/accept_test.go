@@ -44,7 +44,7 @@ func TestAcceptContext(t *testing.T) {
 	b := start(ctxB)
 	// Whichever holds the turn, cancelling B ends B only.
 	cancelB()
-	if r := testutil.Receive(t, b, udsWait, "Accept B after its context ended"); !errors.Is(r.err, context.Canceled) {
+	if r := testutil.Receive(t, b, testutil.UDSWait, "Accept B after its context ended"); !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("Accept B: %v, want context.Canceled", r.err)
 	}
 	select {
@@ -53,16 +53,16 @@ func TestAcceptContext(t *testing.T) {
 	default:
 	}
 	cancelA()
-	if r := testutil.Receive(t, a, udsWait, "Accept A after its context ended"); !errors.Is(r.err, context.Canceled) {
+	if r := testutil.Receive(t, a, testutil.UDSWait, "Accept A after its context ended"); !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("Accept A: %v, want context.Canceled", r.err)
 	}
 
 	// The deadline used to wake A is gone: a new Accept waits for a
 	// connection and gets it.
 	c := start(context.Background())
-	conn := udsMustConnect(t, path)
+	conn := testutil.MustConnectUnix(t, path)
 	defer closeFD(conn)
-	r := testutil.Receive(t, c, udsWait, "Accept after the cancelled ones")
+	r := testutil.Receive(t, c, testutil.UDSWait, "Accept after the cancelled ones")
 	if r.err != nil {
 		t.Fatalf("Accept: %v", r.err)
 	}

@@ -41,5 +41,5 @@ func TestListenChmodStaysOurs(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	udsGone(t, path, path+".lock")
+	testutil.AssertGone(t, path, path+".lock")
 }

@@ -68,7 +68,7 @@ func TestFromFile(t *testing.T) {
 		t.Errorf("Addr() = %q, want the bound path %q", got, path)
 	}
 	// A connection made before anybody accepts waits in the backlog.
-	c := udsMustConnect(t, path)
+	c := testutil.MustConnectUnix(t, path)
 	s, cred := udsAccept(t, l)
 	if cred.UID != uint32(os.Getuid()) || cred.PID != int32(os.Getpid()) {
 		t.Errorf("peer credentials %+v, want our uid and pid", cred)
@@ -86,7 +86,7 @@ func TestFromFile(t *testing.T) {
 	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		t.Fatalf("socket file after Close: %v (mode %o); FromFile's Listener must leave it", err, st.Mode)
 	}
-	c2 := udsMustConnect(t, path) // queued on the socket the other holder keeps
+	c2 := testutil.MustConnectUnix(t, path) // queued on the socket the other holder keeps
 	// The shared socket is non-blocking now (FromFile set it so): poll.
 	var n2 int
 	udsPoll(t, "the other holder to accept the connection made after Close", func() bool {
@@ -129,12 +129,12 @@ func TestFromFileAcceptEnds(t *testing.T) {
 	ch := make(chan error, 1)
 	go func() { _, err := l.Accept(ctx); ch <- err }()
 	cancel()
-	if err := testutil.Receive(t, ch, udsWait, "Accept after its context ended"); !errors.Is(err, context.Canceled) {
+	if err := testutil.Receive(t, ch, testutil.UDSWait, "Accept after its context ended"); !errors.Is(err, context.Canceled) {
 		t.Errorf("Accept: %v, want context.Canceled", err)
 	}
 	go func() { _, err := l.Accept(context.Background()); ch <- err }()
 	l.Close()
-	if err := testutil.Receive(t, ch, udsWait, "Accept after Close"); !errors.Is(err, net.ErrClosed) {
+	if err := testutil.Receive(t, ch, testutil.UDSWait, "Accept after Close"); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept: %v, want net.ErrClosed", err)
 	}
 }

@@ -32,26 +32,11 @@ import (
 // Every helper here is prefixed with "uds" so that it cannot collide with
 // the helpers of the package's other test files.
 
-// The socket helpers shared with the other socket tests live in
-// package testutil.
-type udsLog = testutil.LogBuffer
-
-const udsWait = testutil.UDSWait
-
-var (
-	udsLogger      = testutil.DebugLogger
-	udsConnect     = testutil.ConnectUnix
-	udsMustConnect = testutil.MustConnectUnix
-	udsStale       = testutil.StaleSocket
-	udsGone        = testutil.AssertGone
-	udsPVLeftovers = testutil.PVLeftovers
-)
-
 // udsPoll calls cond every few milliseconds until it is true, failing
-// the test after udsWait. detail, if not nil, adds to the failure.
+// the test after testutil.UDSWait. detail, if not nil, adds to the failure.
 func udsPoll(tb testing.TB, what string, cond func() bool, detail func() string) {
 	tb.Helper()
-	testutil.Poll(tb, udsWait, 5*time.Millisecond, what, cond, detail)
+	testutil.Poll(tb, testutil.UDSWait, 5*time.Millisecond, what, cond, detail)
 }
 
 // udsListen calls Listen and closes the Listener at cleanup.
@@ -65,7 +50,7 @@ func udsListen(tb testing.TB, path string, cfg listen.Config) *listen.Listener {
 	return l
 }
 
-// udsAccept accepts one connection within udsWait. The fd is closed at
+// udsAccept accepts one connection within testutil.UDSWait. The fd is closed at
 // cleanup.
 func udsAccept(tb testing.TB, l *listen.Listener) (int, *listen.Cred) {
 	tb.Helper()
@@ -82,12 +67,12 @@ func udsAccept(tb testing.TB, l *listen.Listener) (int, *listen.Cred) {
 	var r result
 	select {
 	case r = <-ch:
-	case <-time.After(udsWait):
+	case <-time.After(testutil.UDSWait):
 		l.Close() // wakes Accept
 		if r = <-ch; r.err == nil {
 			unix.Close(r.fd)
 		}
-		tb.Fatalf("Accept did not return within %v", udsWait)
+		tb.Fatalf("Accept did not return within %v", testutil.UDSWait)
 	}
 	if r.err != nil {
 		tb.Fatalf("Accept: %v", r.err)
@@ -121,11 +106,11 @@ func udsAcceptFD(l *listen.Listener) (int, *listen.Cred, error) {
 // credentials.
 func udsServes(tb testing.TB, l *listen.Listener, path string) (c, s int, cred *listen.Cred) {
 	tb.Helper()
-	c = udsMustConnect(tb, path)
+	c = testutil.MustConnectUnix(tb, path)
 	if _, err := unix.Write(c, []byte{'x'}); err != nil {
 		tb.Fatalf("write: %v", err)
 	}
-	tv := unix.NsecToTimeval(udsWait.Nanoseconds())
+	tv := unix.NsecToTimeval(testutil.UDSWait.Nanoseconds())
 	for range 100 {
 		s, cred = udsAccept(tb, l)
 		unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
@@ -153,7 +138,7 @@ func udsExchange(tb testing.TB, a, b int) {
 			tb.Fatalf("write: %v", err)
 		}
 		var buf [1]byte
-		tv := unix.NsecToTimeval(udsWait.Nanoseconds())
+		tv := unix.NsecToTimeval(testutil.UDSWait.Nanoseconds())
 		unix.SetsockoptTimeval(p[1], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 		if n, err := unix.Read(p[1], buf[:]); n != 1 || err != nil || buf[0] != 'x' {
 			tb.Fatalf("read: %d %q %v", n, buf[:n], err)
@@ -243,7 +228,7 @@ func TestListenFresh(t *testing.T) {
 	if cred.PID != int32(os.Getpid()) || cred.UID != uint32(os.Geteuid()) {
 		t.Errorf("peer credentials %+v, want pid %d uid %d", *cred, os.Getpid(), os.Geteuid())
 	}
-	if left := udsPVLeftovers(t, dir); len(left) > 0 {
+	if left := testutil.PVLeftovers(t, dir); len(left) > 0 {
 		t.Errorf("temporary directories left: %v", left)
 	}
 	if err := l.Close(); err != nil {
@@ -252,7 +237,7 @@ func TestListenFresh(t *testing.T) {
 	if err := l.Close(); err != nil { // idempotent
 		t.Fatal(err)
 	}
-	udsGone(t, path, path+".lock")
+	testutil.AssertGone(t, path, path+".lock")
 	if _, err := l.Accept(t.Context()); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v, want ErrClosed", err)
 	}
@@ -268,20 +253,20 @@ func TestListenStale(t *testing.T) {
 			t.Parallel()
 			dir := testutil.ShortDir(t, "pv")
 			path := filepath.Join(dir, "s")
-			udsStale(t, path)
+			testutil.StaleSocket(t, path)
 			if lockFile != "" { // a crashed server's lock file, no longer locked
 				if err := os.WriteFile(path+".lock", []byte(lockFile), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if _, err := udsConnect(path); !errors.Is(err, unix.ECONNREFUSED) {
+			if _, err := testutil.ConnectUnix(path); !errors.Is(err, unix.ECONNREFUSED) {
 				t.Fatalf("connect to the stale socket: %v, want ECONNREFUSED", err)
 			}
 			l := udsListen(t, path, listen.Config{})
 			udsSockStat(t, path)
 			udsServes(t, l, path) // the stale socket refused connections
 			l.Close()
-			udsGone(t, path, path+".lock")
+			testutil.AssertGone(t, path, path+".lock")
 		})
 	}
 }
@@ -334,7 +319,7 @@ sys.stdin.read()
 		if err != nil {
 			t.Fatal(err)
 		}
-		var stderr udsLog
+		var stderr testutil.LogBuffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -351,14 +336,14 @@ sys.stdin.read()
 				if err != nil {
 					t.Errorf("python server: %v; stderr:\n%s", err, stderr.String())
 				}
-			case <-time.After(udsWait):
+			case <-time.After(testutil.UDSWait):
 				cmd.Process.Kill()
 				<-waited
 				t.Errorf("python server did not exit")
 			}
 		}()
 		udsPoll(t, "the python server's socket", func() bool {
-			fd, err := udsConnect(path)
+			fd, err := testutil.ConnectUnix(path)
 			if err == nil {
 				unix.Close(fd)
 			}
@@ -380,8 +365,8 @@ sys.stdin.read()
 		if st := udsSockStat(t, path); st.Ino != before.Ino {
 			t.Errorf("live server's socket replaced")
 		}
-		udsGone(t, path+".lock")
-		if fd, err := udsConnect(path); err != nil {
+		testutil.AssertGone(t, path+".lock")
+		if fd, err := testutil.ConnectUnix(path); err != nil {
 			t.Errorf("live server unreachable after the failed Listen: %v", err)
 		} else {
 			unix.Close(fd)
@@ -435,10 +420,10 @@ sys.stdin.read()
 			if !errors.Is(err, listen.ErrInUse) {
 				t.Errorf("Listen: %v, want ErrInUse", err)
 			}
-		case <-time.After(udsWait):
+		case <-time.After(testutil.UDSWait):
 			closeListener() // wakes a blocked connect
 			<-done
-			t.Fatalf("Listen blocked for %v on a live server with a full backlog", udsWait)
+			t.Fatalf("Listen blocked for %v on a live server with a full backlog", testutil.UDSWait)
 		}
 		udsSockStat(t, path)
 	})
@@ -480,7 +465,7 @@ func TestListenNotOurs(t *testing.T) {
 		}},
 		{name: "symlink-to-stale-socket", target: "target", make: func(t *testing.T, path string) {
 			target := filepath.Join(filepath.Dir(path), "target")
-			udsStale(t, target)
+			testutil.StaleSocket(t, target)
 			if err := os.Symlink(target, path); err != nil {
 				t.Fatal(err)
 			}
@@ -527,8 +512,8 @@ func TestListenNotOurs(t *testing.T) {
 					t.Errorf("symlink target changed:\nbefore %+v\nafter  %+v", targetBefore, after)
 				}
 			}
-			udsGone(t, path+".lock")
-			if left := udsPVLeftovers(t, dir); len(left) > 0 {
+			testutil.AssertGone(t, path+".lock")
+			if left := testutil.PVLeftovers(t, dir); len(left) > 0 {
 				t.Errorf("temporary directories left: %v", left)
 			}
 		})
@@ -565,7 +550,7 @@ func TestListenForeignLock(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{name: "socket", make: func(t *testing.T, lock string) { udsStale(t, lock) }},
+		{name: "socket", make: func(t *testing.T, lock string) { testutil.StaleSocket(t, lock) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -600,7 +585,7 @@ func TestListenRace(t *testing.T) {
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
 		if stale {
-			udsStale(t, path)
+			testutil.StaleSocket(t, path)
 		}
 		start := make(chan struct{})
 		var (
@@ -635,8 +620,8 @@ func TestListenRace(t *testing.T) {
 			udsServes(t, l, path)
 			l.Close()
 		}
-		udsGone(t, path, path+".lock")
-		if left := udsPVLeftovers(t, dir); len(left) > 0 {
+		testutil.AssertGone(t, path, path+".lock")
+		if left := testutil.PVLeftovers(t, dir); len(left) > 0 {
 			t.Errorf("round %d: temporary directories left: %v", round, left)
 		}
 	}
@@ -673,7 +658,7 @@ func TestListenPathTooLong(t *testing.T) {
 	if !strings.Contains(err.Error(), strconv.Itoa(len(long))) {
 		t.Errorf("error %q does not give the path's length %d", err, len(long))
 	}
-	udsGone(t, long, long+".lock")
+	testutil.AssertGone(t, long, long+".lock")
 	if _, err := ipc.Dial(t.Context(), long, ipc.ConnConfig{}); !errors.Is(err, listen.ErrPathTooLong) {
 		t.Errorf("Dial on a %d-byte path: %v, want ErrPathTooLong", len(long), err)
 	}
@@ -689,7 +674,7 @@ func TestListenPathTooLong(t *testing.T) {
 	l = udsListen(t, exact, listen.Config{})
 	udsServes(t, l, exact)
 	l.Close()
-	udsGone(t, exact, exact+".lock")
+	testutil.AssertGone(t, exact, exact+".lock")
 }
 
 // udsInotify returns the events recorded by inotify fd ifd so far, as
@@ -755,11 +740,11 @@ func TestListenMode(t *testing.T) {
 			if got := ev["s"]; got&unix.IN_MOVED_TO == 0 || got&(unix.IN_CREATE|unix.IN_ATTRIB) != 0 {
 				t.Errorf("inotify events on the socket path: %#x, want IN_MOVED_TO only (events: %v)", got, ev)
 			}
-			if left := udsPVLeftovers(t, dir); len(left) > 0 {
+			if left := testutil.PVLeftovers(t, dir); len(left) > 0 {
 				t.Errorf("temporary directories left: %v", left)
 			}
 			l.Close()
-			udsGone(t, path, path+".lock")
+			testutil.AssertGone(t, path, path+".lock")
 		})
 	}
 }
@@ -802,7 +787,7 @@ func TestListenGID(t *testing.T) {
 			t.Errorf("socket group %d mode %04o, want group %d mode 0660", st.Gid, st.Mode&0o7777, gid)
 		}
 		l.Close()
-		udsGone(t, path, path+".lock")
+		testutil.AssertGone(t, path, path+".lock")
 	})
 }
 
@@ -872,7 +857,7 @@ func udsUnprivilegedChecks(t *testing.T) {
 		t.Errorf("peer uid %d, want %d", cred.UID, os.Geteuid())
 	}
 	l.Close()
-	udsGone(t, path, path+".lock")
+	testutil.AssertGone(t, path, path+".lock")
 
 	// A group we are not in: chown fails, and nothing is left behind.
 	groups, _ := os.Getgroups()
@@ -885,8 +870,8 @@ func udsUnprivilegedChecks(t *testing.T) {
 		if !errors.Is(err, os.ErrPermission) {
 			t.Errorf("Listen with a foreign group: %v, want a permission error", err)
 		}
-		udsGone(t, path, path+".lock")
-		if left := udsPVLeftovers(t, dir); len(left) > 0 {
+		testutil.AssertGone(t, path, path+".lock")
+		if left := testutil.PVLeftovers(t, dir); len(left) > 0 {
 			t.Errorf("temporary directories left: %v", left)
 		}
 	}
@@ -913,7 +898,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 				t.Fatal(err)
 			}
 		} else {
-			udsStale(t, tmp)
+			testutil.StaleSocket(t, tmp)
 		}
 		if err := os.Rename(tmp, path); err != nil {
 			t.Fatal(err)
@@ -930,26 +915,26 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		if st := udsSockStat(t, path); st.Ino != theirs {
 			t.Errorf("Close removed a socket it did not create")
 		}
-		udsGone(t, path+".lock")
+		testutil.AssertGone(t, path+".lock")
 	})
 	t.Run("live-socket", func(t *testing.T) {
 		t.Parallel()
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
-		var logs udsLog
-		l := udsListen(t, path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
+		var logs testutil.LogBuffer
+		l := udsListen(t, path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: testutil.DebugLogger(&logs)})
 		theirs := replace(t, path, true)
 		logs.WaitFor(t, "socket path now holds something else; leaving it alone")
 		l.Close()
 		if st := udsSockStat(t, path); st.Ino != theirs {
 			t.Errorf("a live server's socket was replaced")
 		}
-		if fd, err := udsConnect(path); err != nil {
+		if fd, err := testutil.ConnectUnix(path); err != nil {
 			t.Errorf("the live replacement is unreachable: %v", err)
 		} else {
 			unix.Close(fd)
 		}
-		udsGone(t, path+".lock")
+		testutil.AssertGone(t, path+".lock")
 	})
 	t.Run("stale-socket-reclaimed", func(t *testing.T) {
 		// The watcher treats a stale replacement like a stale socket at
@@ -957,11 +942,11 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		t.Parallel()
 		dir := testutil.ShortDir(t, "pv")
 		path := filepath.Join(dir, "s")
-		var logs udsLog
-		l := udsListen(t, path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)})
+		var logs testutil.LogBuffer
+		l := udsListen(t, path, listen.Config{WatchPeriod: 50 * time.Millisecond, Logger: testutil.DebugLogger(&logs)})
 		replace(t, path, false)
 		udsPoll(t, "the stale replacement to be reclaimed", func() bool {
-			fd, err := udsConnect(path) // the stale socket refuses
+			fd, err := testutil.ConnectUnix(path) // the stale socket refuses
 			if err == nil {
 				unix.Close(fd)
 			}
@@ -970,7 +955,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		logs.WaitFor(t, "stale socket", "path="+path)
 		udsServes(t, l, path)
 		l.Close()
-		udsGone(t, path, path+".lock")
+		testutil.AssertGone(t, path, path+".lock")
 	})
 	t.Run("lock", func(t *testing.T) {
 		t.Parallel()
@@ -986,7 +971,7 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		}
 		before := udsSnapshot(t, lock)
 		l.Close()
-		udsGone(t, path)
+		testutil.AssertGone(t, path)
 		if after := udsSnapshot(t, lock); after != before {
 			t.Errorf("replaced lock file changed by Close:\nbefore %+v\nafter  %+v", before, after)
 		}
@@ -1014,10 +999,10 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 			if !errors.Is(err, net.ErrClosed) {
 				t.Errorf("Accept during Close: %v, want net.ErrClosed", err)
 			}
-		case <-time.After(udsWait):
+		case <-time.After(testutil.UDSWait):
 			t.Fatal("Accept did not return after Close")
 		}
-		udsGone(t, path, path+".lock")
+		testutil.AssertGone(t, path, path+".lock")
 	})
 }
 
@@ -1025,8 +1010,8 @@ func TestListenRebind(t *testing.T) {
 	t.Parallel()
 	dir := testutil.ShortDir(t, "pv")
 	path := filepath.Join(dir, "s")
-	var logs udsLog
-	cfg := listen.Config{Mode: 0o640, GID: -1, WatchPeriod: 50 * time.Millisecond, Logger: udsLogger(&logs)}
+	var logs testutil.LogBuffer
+	cfg := listen.Config{Mode: 0o640, GID: -1, WatchPeriod: 50 * time.Millisecond, Logger: testutil.DebugLogger(&logs)}
 	wantGID := uint32(os.Getegid())
 	if os.Geteuid() == 0 {
 		cfg.GID, wantGID = 4243, 4243
@@ -1034,7 +1019,7 @@ func TestListenRebind(t *testing.T) {
 	l := udsListen(t, path, cfg)
 
 	// A connection accepted before the rebind keeps working after it.
-	c1 := udsMustConnect(t, path)
+	c1 := testutil.MustConnectUnix(t, path)
 	s1, _ := udsAccept(t, l)
 
 	// Accept is waiting while the file disappears.
@@ -1061,7 +1046,7 @@ func TestListenRebind(t *testing.T) {
 	}
 	logs.WaitFor(t, "socket file was removed", "path="+path)
 
-	c2 := udsMustConnect(t, path)
+	c2 := testutil.MustConnectUnix(t, path)
 	select {
 	case r := <-accepted:
 		if r.err != nil {
@@ -1069,7 +1054,7 @@ func TestListenRebind(t *testing.T) {
 		}
 		defer unix.Close(r.fd)
 		udsExchange(t, c2, r.fd)
-	case <-time.After(udsWait):
+	case <-time.After(testutil.UDSWait):
 		l.Close()
 		if r := <-accepted; r.err == nil {
 			unix.Close(r.fd)
@@ -1077,11 +1062,11 @@ func TestListenRebind(t *testing.T) {
 		t.Fatal("Accept did not return the connection made after the rebind")
 	}
 	udsExchange(t, c1, s1)
-	if left := udsPVLeftovers(t, dir); len(left) > 0 {
+	if left := testutil.PVLeftovers(t, dir); len(left) > 0 {
 		t.Errorf("temporary directories left: %v", left)
 	}
 	l.Close()
-	udsGone(t, path, path+".lock")
+	testutil.AssertGone(t, path, path+".lock")
 }
 
 func TestListenAbstract(t *testing.T) {
