@@ -81,7 +81,11 @@ func New(cfg Config) (*Supervisor, error) {
 		allUp:    make(chan struct{}),
 		procs:    make(map[*proc]struct{}),
 	}
-	s.sp = newRealSpawner(&s.cfg)
+	sp := newRealSpawner(&s.cfg)
+	if err := sp.takeListeners(); err != nil { // listeners.go
+		return nil, err
+	}
+	s.sp = sp
 	s.checker = s.runHealthCommand
 	for i := range cfg.Workers {
 		s.slots = append(s.slots, &slot{id: i + 1, state: StateStarting, backoff: cfg.BackoffMin})
