@@ -522,10 +522,33 @@ func TestListenBlueGreen(t *testing.T) {
 	if !strings.Contains(r.stdout, "changed web") {
 		t.Errorf("reload: %s", r)
 	}
-	rolled(t, sock, 3, pids, run.Output)
+	pids = rolled(t, sock, 3, pids, run.Output)
 	poll(t, "the removed listener to be closed, its socket file removed", func() bool { return gone(adminSock) }, run.Output)
 	if _, doc := statusJSON(t, sock); len(doc.Listeners) != 1 {
 		t.Errorf("status lists %+v, want the http listener only", doc.Listeners)
+	}
+
+	// A reload whose new address cannot be bound changes nothing, and
+	// leaves nothing of what it bound.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	extra := filepath.Join(dir, "extra.sock")
+	write(3, `"http=tcp://127.0.0.1:0", "extra=unix:`+extra+`", "busy=tcp://`+busy.Addr().String()+`"`)
+	r = cliWant(t, exitFail, cliOpts{}, "reload", "--socket", sock)
+	if !strings.Contains(r.stderr, "config file not applied, nothing changed: listener tcp://"+busy.Addr().String()+": address already in use") {
+		t.Errorf("reload with an address in use: %s", r)
+	}
+	if !gone(extra) {
+		t.Error("a reload that failed left a socket it bound")
+	}
+	if _, doc := statusJSON(t, sock); len(doc.Listeners) != 1 || doc.Listeners[0].Bound != addr {
+		t.Errorf("after a failed reload, status lists %+v, want the http listener only, on %s", doc.Listeners, addr)
+	}
+	if now := readyWorkers(t, sock, 3); !slices.Equal(now, pids) {
+		t.Errorf("after a failed reload the workers are %v, want %v still", now, pids)
 	}
 	ld.waitFor(t, ld.ok.Load()+loadBetween, run.Output)
 	res := ld.stop()
