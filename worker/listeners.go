@@ -132,8 +132,9 @@ func markInheritedCloexec() {
 }
 
 // takeListenEnv reads the listeners' layout for FromEnv, which removes
-// the variables afterwards (clearListenEnv), as sd_listen_fds(1) does,
-// so the worker's children do not take the descriptors for theirs.
+// the variables once the process proves a worker (clearListenEnv), as
+// sd_listen_fds(1) does, so the worker's children do not take the
+// descriptors for theirs.
 func takeListenEnv(chfd int) *inherited {
 	fds, names, err := parseListenEnv(os.LookupEnv, os.Getpid(), chfd)
 	for _, fd := range fds {

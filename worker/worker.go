@@ -130,7 +130,6 @@ func FromEnv() (*Worker, error) {
 		listen = takeListenEnv(chfd) // marks them close-on-exec
 		unix.CloseOnExec(chfd)       // in case the variables were set after init
 	}
-	clearListenEnv()
 	for _, kv := range os.Environ() {
 		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "PAIRVISOR_") {
 			os.Unsetenv(k)
@@ -157,6 +156,7 @@ func FromEnv() (*Worker, error) {
 	if level == hclog.NoLevel {
 		level = hclog.Info
 	}
+	clearListenEnv() // only now: a refused process may be socket-activated itself
 	return &Worker{id: id, file: os.NewFile(uintptr(chfd), "pairvisor-channel"), level: level, unwatch: watchParent(ppid), listen: listen}, nil
 }
 
