@@ -166,6 +166,21 @@ type Config struct {
 	// Dir is the workers' working directory; empty means ours.
 	Dir string
 
+	// Listeners are passed to every worker in the systemd
+	// socket-activation layout (see [Listener]; at most MaxListeners):
+	// fds 3 … 3+n−1 in this order, LISTEN_FDS, LISTEN_FDNAMES and
+	// LISTEN_PID (the worker's own pid, set by an exec shim: each such
+	// worker is started through this program's own executable, which
+	// execs the real one; see docs/LISTENERS.md), and the channel on fd
+	// 3+n, as PAIRVISOR_FD says. Env may then not set any LISTEN_
+	// variable. The caller binds the sockets and owns the files: New
+	// takes a duplicate of each, which the Supervisor keeps until Run
+	// returns, so the caller may close its own at once after New.
+	// Because the sockets outlive the workers, a rolling restart
+	// (Reload) loses no connection: the kernel queues connections
+	// between one worker's last accept and the next one's first.
+	Listeners []Listener
+
 	// PingInterval is the time between health pings (default 1s).
 	PingInterval time.Duration
 	// PingTimeout bounds each ping from the moment it is written
@@ -303,6 +318,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Watchdog > 0 && c.Ready != ReadyNotify {
 		return c, fmt.Errorf("%w: Watchdog needs Ready: ReadyNotify (the worker feeds it with WATCHDOG=1)", ErrConfig)
 	}
+	if err := checkListeners(c.Listeners, c.Env); err != nil {
+		return c, err
+	}
+	c.Listeners = append([]Listener(nil), c.Listeners...)
 	if len(c.HealthCmd) > 0 {
 		if c.HealthCmd[0] == "" {
 			return c, fmt.Errorf("%w: HealthCmd has an empty command name", ErrConfig)

@@ -621,6 +621,7 @@ func (s *Supervisor) ready(p *proc) {
 		sl.wasReady = true
 		if s.upCount++; s.upCount == len(s.slots) {
 			s.log.Info("all workers ready", "workers", len(s.slots), "elapsed", now.Sub(s.startedAt).Round(time.Microsecond))
+			s.publish() // whoever Ready wakes sees every worker ready in Status
 			close(s.allUp)
 		}
 	}

@@ -43,6 +43,13 @@ type realSpawner struct {
 
 	adopting             bool // the process is a subreaper for this Run
 	sweepStop, sweepDone chan struct{}
+
+	// Listeners (listeners.go): the spawner's own duplicates of
+	// Config.Listeners, taken by New and closed by close; their
+	// LISTEN_FDNAMES; the exec shim's path. Empty without listeners.
+	lfiles []*os.File
+	lnames string
+	shim   string
 }
 
 func newRealSpawner(cfg *Config) *realSpawner {
@@ -87,6 +94,7 @@ func (sp *realSpawner) close() {
 		releaseSubreaper()
 		sp.sweeper.drain()
 	}
+	sp.closeListeners() // no spawn can come now
 }
 
 // spawnThread starts every worker from one goroutine locked to its OS
@@ -221,6 +229,7 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 		ExtraFiles:  []*os.File{childEnd},
 		SysProcAttr: workerAttr(),
 	}
+	sp.withListeners(cmd) // listeners.go: fds 3…, the channel after them, the exec shim
 	req := spawnRequest{cmd: cmd, err: make(chan error, 1)}
 	sp.reqs <- req
 	err = <-req.err

@@ -60,7 +60,8 @@ type Supervisor struct {
 
 // New returns a Supervisor for cfg. It starts nothing until Run.
 //
-// Workers inherit exactly fds 0–2 and the channel on fd 3, whatever the
+// Workers inherit exactly fds 0–2, the channel on fd 3 (after the
+// listeners, 3+n, with Config.Listeners; see [Listener]), whatever the
 // program holds: before each fork, Run marks every other descriptor of
 // the process from 3 up close-on-exec (see the package doc), so one the
 // program inherited or opened without close-on-exec stays out of
@@ -81,7 +82,11 @@ func New(cfg Config) (*Supervisor, error) {
 		allUp:    make(chan struct{}),
 		procs:    make(map[*proc]struct{}),
 	}
-	s.sp = newRealSpawner(&s.cfg)
+	sp := newRealSpawner(&s.cfg)
+	if err := sp.takeListeners(); err != nil { // listeners.go
+		return nil, err
+	}
+	s.sp = sp
 	s.checker = s.runHealthCommand
 	for i := range cfg.Workers {
 		s.slots = append(s.slots, &slot{id: i + 1, state: StateStarting, backoff: cfg.BackoffMin})

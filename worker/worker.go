@@ -30,16 +30,13 @@ var ErrNotWorker = errors.New("worker: not started by a supervisor")
 // error wrapping it also wraps [ErrNotWorker].
 var ErrNotSocket = errors.New("worker: inherited channel is not a socket")
 
-// init marks the channel close-on-exec as soon as the package is
-// initialised, before main and before the init functions of packages
-// that import this one, so no child of the worker can inherit it even
-// if one is started before FromEnv. It is one fcntl, and only in a
-// process that the environment calls a worker.
-func init() {
-	if _, ok := os.LookupEnv(contract.EnvWorker); ok {
-		unix.CloseOnExec(contract.ChannelFD)
-	}
-}
+// init marks the channel (and the listeners, if any) close-on-exec as
+// soon as the package is initialised, before main and before the init
+// functions of packages that import this one, so no child of the worker
+// can inherit them even if one is started before FromEnv. It is one
+// fcntl per descriptor, and only in a process that the environment
+// calls a worker.
+func init() { markInheritedCloexec() } // listeners.go
 
 // shutdownLinger bounds how long Serve waits, after acknowledging a
 // shutdown request, for the supervisor to close its end.
@@ -88,6 +85,8 @@ type Worker struct {
 	level hclog.Level
 	conn  atomic.Pointer[ipc.Conn] // while Serve runs
 
+	listen *inherited // the listeners (listeners.go); nil if none
+
 	// unwatch stops the watch on the supervisor that FromEnv started
 	// where the system has no parent-death signal (parent_bsd.go); Serve
 	// calls it when it returns. A no-op on Linux.
@@ -116,7 +115,8 @@ func (w *Worker) Call(ctx context.Context, msg []byte) ([]byte, error) {
 //
 //   - PAIRVISOR_WORKER is a worker id (a number from 1);
 //   - the parent process is the one PAIRVISOR_PARENT_PID names;
-//   - fd 3 is a socket whose peer credentials (SO_PEERCRED) name that
+//   - the channel, fd 3 (or 3+n after n listeners, as PAIRVISOR_FD
+//     says), is a socket whose peer credentials (SO_PEERCRED) name that
 //     same parent: a socketpair's are those of the process that created
 //     it, so a socket inherited from anyone else does not pass. On
 //     darwin and FreeBSD the credentials are LOCAL_PEERCRED's: their
@@ -124,8 +124,12 @@ func (w *Worker) Call(ctx context.Context, msg []byte) ([]byte, error) {
 //     the parent's; FreeBSD records no pid there, so only the uid is
 //     checked.
 //
-// When every check passes it returns the Worker, which owns fd 3 until
-// Serve returns. On darwin and FreeBSD it also starts watching the
+// It also takes the listeners the supervisor passed, if any (see
+// [Worker.Listeners]), and removes LISTEN_FDS, LISTEN_FDNAMES and
+// LISTEN_PID.
+//
+// When every check passes it returns the Worker, which owns the channel
+// until Serve returns. On darwin and FreeBSD it also starts watching the
 // supervisor in place of the parent-death signal (see the package doc). When one fails it returns nil and an error wrapping
 // [ErrNotWorker] (and [ErrNotSocket] when fd 3 is no socket): the
 // variables were inherited by mistake, and the program should carry on
@@ -139,12 +143,20 @@ func FromEnv() (*Worker, error) {
 	}
 	ppidStr := os.Getenv(contract.EnvParentPID)
 	level := hclog.LevelFromString(os.Getenv(contract.EnvLogLevel))
+	chfd, fdErr := channelFD(os.LookupEnv) // PAIRVISOR_FD: 3, or 3+n after n listeners
+	var listen *inherited
+	if fdErr == nil {
+		listen = takeListenEnv(chfd) // marks them close-on-exec
+		unix.CloseOnExec(chfd)       // in case the variables were set after init
+	}
 	for _, kv := range os.Environ() {
 		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "PAIRVISOR_") {
 			os.Unsetenv(k)
 		}
 	}
-	unix.CloseOnExec(contract.ChannelFD) // in case the variable was set after init
+	if fdErr != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotWorker, fdErr)
+	}
 	id, err := strconv.Atoi(idStr)
 	if err != nil || id < 1 {
 		return nil, fmt.Errorf("%w: %s=%q is not a worker id", ErrNotWorker, contract.EnvWorker, idStr)
@@ -154,16 +166,17 @@ func FromEnv() (*Worker, error) {
 		return nil, fmt.Errorf("%w: %s=%q but the parent is pid %d: environment inherited from elsewhere", ErrNotWorker, contract.EnvParentPID, ppidStr, ppid)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(contract.ChannelFD, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return nil, fmt.Errorf("%w: %w (fd %d)", ErrNotWorker, ErrNotSocket, contract.ChannelFD)
+	if err := unix.Fstat(chfd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("%w: %w (fd %d)", ErrNotWorker, ErrNotSocket, chfd)
 	}
-	if err := checkPeer(contract.ChannelFD, ppid); err != nil {
+	if err := checkPeer(chfd, ppid); err != nil {
 		return nil, err
 	}
 	if level == hclog.NoLevel {
 		level = hclog.Info
 	}
-	return &Worker{id: id, file: os.NewFile(contract.ChannelFD, "pairvisor-channel"), level: level, unwatch: watchParent(ppid)}, nil
+	clearListenEnv() // only now: a refused process may be socket-activated itself
+	return &Worker{id: id, file: os.NewFile(uintptr(chfd), "pairvisor-channel"), level: level, unwatch: watchParent(ppid), listen: listen}, nil
 }
 
 // ID returns the worker's id (1 for the first worker).

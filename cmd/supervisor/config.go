@@ -10,21 +10,33 @@ import (
 )
 
 // loadPrograms reads the config file at path and returns its programs
-// as the supervisor runs them.
+// as the supervisor runs them, without their listeners (see loadFile).
 func loadPrograms(path string) ([]supervisor.Program, error) {
+	programs, _, err := loadFile(path)
+	return programs, err
+}
+
+// loadFile is loadPrograms that also returns each program's listeners
+// (the listen key), which a run binds (listenerSet.attach).
+func loadFile(path string) ([]supervisor.Program, [][]config.Listen, error) {
 	f, err := config.Load(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	programs := make([]supervisor.Program, 0, len(f.Programs))
+	listens := make([][]config.Listen, 0, len(f.Programs))
 	for _, p := range f.Programs {
 		sp, err := toProgram(p)
+		if err == nil {
+			err = checkListens(p.Listen, "listen")
+		}
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: programs.%s: %w", f.Path, p.Line, p.Name, err)
+			return nil, nil, fmt.Errorf("%s:%d: programs.%s: %w", f.Path, p.Line, p.Name, err)
 		}
 		programs = append(programs, sp)
+		listens = append(listens, p.Listen)
 	}
-	return programs, nil
+	return programs, listens, nil
 }
 
 // toProgram maps a program of the file onto the supervisor's settings;

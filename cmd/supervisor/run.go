@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/pairvisor/pairvisor/internal/config"
 	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
@@ -56,7 +57,7 @@ type supervisorFlags struct {
 // not allowed with --config.
 var programFlagNames = []string{"name", "workers", "ready", "start-secs", "watchdog", "health-cmd", "health-interval",
 	"health-timeout", "health-misses", "ping-interval", "ping-timeout", "ping-misses", "start-timeout", "stop-timeout",
-	"stop-signal", "restart", "backoff-min", "backoff-max", "healthy-after", "max-restarts", "restart-window"}
+	"stop-signal", "restart", "backoff-min", "backoff-max", "healthy-after", "max-restarts", "restart-window", "listen"}
 
 func (f *supervisorFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.name, "name", "worker", "the program's name: workers log as NAME.N")
@@ -222,7 +223,9 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		echoInterval time.Duration
 		echoMax      int
 		configPath   string
+		listens      listenList // --listen (listenflags.go)
 	)
+	fs.Var(&listens, "listen", "[NAME=]tcp://HOST:PORT or [NAME=]unix:PATH: bind it once and pass it to every worker as systemd socket activation does (LISTEN_FDS; repeatable; see docs/LISTENERS.md)")
 	sf.register(fs)
 	lf.register(fs)
 	lsf.register(fs, false)
@@ -250,6 +253,9 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		}
 	} else {
 		err = sf.check()
+		if err == nil {
+			err = checkListens(listens, "--listen")
+		}
 	}
 	if err == nil {
 		err = firstError(
@@ -258,12 +264,15 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 			between("echo-max", echoMax, 0, wire.MaxPayload, "the largest message is 16 MiB"),
 		)
 	}
-	var programs []supervisor.Program
+	var (
+		programs []supervisor.Program
+		specs    [][]config.Listen // each program's listeners
+	)
 	switch {
 	case err != nil:
 	case configPath != "":
 		echoInterval = 0 // the programs are the user's: no built-in echo traffic
-		programs, err = loadPrograms(configPath)
+		programs, specs, err = loadFile(configPath)
 	default:
 		cfg := sf.config()
 		if len(command) > 0 {
@@ -274,9 +283,10 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		programs = []supervisor.Program{{Name: cfg.Name, Config: cfg}}
+		specs = [][]config.Listen{listens}
 	}
 	if err == nil {
-		err = lsf.check(fs, fdReserve+totalWorkers(programs)*fdsPerWorker)
+		err = lsf.check(fs, fdReserve+totalWorkers(programs)*fdsPerWorker+listenerFDs(specs))
 	}
 	if err != nil {
 		return usage(err)
@@ -285,6 +295,15 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usage(err)
 	}
+	// Every listener is bound before any program starts; the set is
+	// closed when the run has ended (listenflags.go).
+	runListeners = newListenerSet(log)
+	defer runListeners.close()
+	if err := runListeners.attach(programs, specs); err != nil {
+		fmt.Fprintln(stderr, "supervisor run: listener", err)
+		return exitFail
+	}
+	runListeners.settle(programs)
 	g, err := supervisor.NewGroup(programs, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor run:", err)
@@ -392,6 +411,18 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// listenerFDs is how many descriptors the listeners of specs hold in
+// this process: the CLI's socket (two for a unix one: its path's
+// listener and the duplicate) and one duplicate per program run,
+// doubled for a blue/green roll.
+func listenerFDs(specs [][]config.Listen) int {
+	n := 0
+	for _, ls := range specs {
+		n += 4 * len(ls)
+	}
+	return n
+}
+
 // totalWorkers counts the workers of programs.
 func totalWorkers(programs []supervisor.Program) int {
 	n := 0
@@ -469,14 +500,25 @@ func reload(ctx context.Context, g *supervisor.Group, configPath, name string, s
 		return "rolling restart done", nil
 	}
 	log.Info("re-reading the config file", "file", configPath)
-	programs, err := loadPrograms(configPath)
+	programs, specs, err := loadFile(configPath)
 	if err != nil {
 		return "", fmt.Errorf("config file not applied, nothing changed: %w", err)
 	}
+	// Listeners (listenflags.go): sockets of addresses still listed are
+	// kept, new ones bound, and the rest closed once the file is
+	// applied. One reload at a time.
+	runListeners.reloadMu.Lock()
+	defer runListeners.reloadMu.Unlock()
+	if err := runListeners.attach(programs, specs); err != nil {
+		runListeners.settle(nil)
+		return "", fmt.Errorf("config file not applied, nothing changed: listener %w", err)
+	}
 	d, err := g.Replace(ctx, programs)
 	if err != nil {
+		runListeners.settle(nil)
 		return "", err
 	}
+	runListeners.settle(programs)
 	log.Info("config file applied", "added", d.Added, "removed", d.Removed, "changed", d.Changed, "unchanged", d.Unchanged)
 	list := func(names []string) string {
 		if len(names) == 0 {

@@ -27,6 +27,9 @@ type statusDoc struct {
 	// Programs groups the workers (all of which are also in Workers) by
 	// program, in the order of the command line or config file.
 	Programs []programDoc `json:"programs,omitempty"`
+	// Listeners are the run's sockets (--listen, listen), with the
+	// address each is bound to (listenflags.go).
+	Listeners []listenerDoc `json:"listeners,omitempty"`
 }
 
 // programDoc is one program in a status document.
@@ -49,6 +52,7 @@ func groupStatusDoc(g *supervisor.Group, mode, socket string, conns frontdoor.St
 		Version:     version,
 		Socket:      socket,
 		Connections: conns,
+		Listeners:   runListeners.docs(),
 	}
 	for _, ps := range g.Status() {
 		ws := ps.Status.Workers

@@ -16,6 +16,7 @@ const (
 	MaxPrograms = 1000
 	MaxWorkers  = 10000 // per program
 	MaxErrors   = 50    // problems reported from one file; the rest are counted
+	MaxListen   = 64    // listeners per program (the supervisor's MaxListeners)
 )
 
 // Values of [Program.Ready].
@@ -98,6 +99,13 @@ type Program struct {
 	// After names the programs this one starts after (once they are
 	// ready) and stops before; as written, each named once.
 	After []string
+
+	// Listen are the program's listeners (key listen; see
+	// [ParseListen]): bound once by the supervisor and passed to every
+	// worker in the systemd socket-activation layout, in this order.
+	// Each address and each name appears once in a program, and an
+	// address in one program only.
+	Listen []Listen
 
 	// Line is where the program's table begins in the file ([Compare]
 	// ignores it).
@@ -248,6 +256,9 @@ func settings(p Program) Program {
 		return s
 	}
 	p.Args, p.Env, p.HealthCmd = norm(p.Args), norm(p.Env), norm(p.HealthCmd)
+	if len(p.Listen) == 0 {
+		p.Listen = nil
+	}
 	if p.After = norm(p.After); p.After != nil {
 		p.After = slices.Clone(p.After)
 		slices.Sort(p.After)
@@ -323,6 +334,13 @@ func (f *File) Format() []byte {
 		dur("ping_timeout", p.PingTimeout)
 		num("ping_misses", p.PingMisses)
 		list("after", p.After)
+		if p.Listen != nil {
+			ls := make([]string, len(p.Listen))
+			for i, l := range p.Listen {
+				ls[i] = l.String()
+			}
+			list("listen", ls)
+		}
 	}
 	return []byte(b.String())
 }

@@ -259,6 +259,8 @@ func TestCompareEveryField(t *testing.T) {
 			v.SetInt(v.Int() + 1)
 		case reflect.TypeOf([]string(nil)):
 			v.Set(reflect.ValueOf([]string{"other"}))
+		case reflect.TypeOf([]Listen(nil)):
+			v.Set(reflect.ValueOf([]Listen{{Name: "x", Network: "tcp", Address: ":1"}}))
 		default:
 			t.Fatalf("field %s: type %v not covered by this test", field.Name, field.Type)
 		}

@@ -36,6 +36,7 @@
 //	ping_timeout = "1s"                 # ready = "hello" only
 //	ping_misses = 3                     # ready = "hello" only
 //	after = ["other"]                   # start once these are ready; stop before them
+//	listen = ["http=tcp://:8080", "unix:/run/db.sock"]  # sockets bound once, passed to every worker (docs/LISTENERS.md)
 //
 // The only top-level key is "programs", a table with one table per
 // program; there must be at least one program, and at most 1000. A

@@ -55,6 +55,7 @@ func parse(name string, data []byte) (*File, error) {
 		f.Programs = append(f.Programs, c.program(n, table[n]))
 	}
 	c.dependencies(f.Programs)
+	c.listenersShared(f.Programs)
 	if len(c.errs) > 0 {
 		return nil, c.result()
 	}
@@ -312,9 +313,10 @@ var fields = map[string]func(c *checker, p *Program, it item){
 			p.Command = s
 		}
 	},
-	"args": func(c *checker, p *Program, it item) { p.Args, _ = c.strs(it, true) },
-	"env":  (*checker).env,
-	"dir":  func(c *checker, p *Program, it item) { p.Dir, _ = c.text(it) },
+	"args":   func(c *checker, p *Program, it item) { p.Args, _ = c.strs(it, true) },
+	"env":    (*checker).env,
+	"listen": (*checker).listen, // listen.go
+	"dir":    func(c *checker, p *Program, it item) { p.Dir, _ = c.text(it) },
 	"workers": func(c *checker, p *Program, it item) {
 		if n := c.integer(it, 1, MaxWorkers); n > 0 {
 			p.Workers = n

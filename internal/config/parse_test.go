@@ -39,6 +39,7 @@ ping_interval = "1.5s"
 ping_timeout = "1s"
 ping_misses = 4
 after = ["db"]
+listen = ["http=tcp://:8080", "unix:/run/web.sock"]
 
 [programs.batch]
 command = "batch"
@@ -63,9 +64,10 @@ func TestParseExample(t *testing.T) {
 	}, {
 		Name: "web", Command: "/usr/bin/web", Workers: 1, Ready: ReadyHello, Restart: RestartOnFailure, StopSignal: "TERM",
 		PingInterval: 1500 * time.Millisecond, PingTimeout: time.Second, PingMisses: 4, After: []string{"db"}, Line: 23,
+		Listen: []Listen{{Name: "http", Network: "tcp", Address: ":8080"}, {Name: "unix-web.sock", Network: "unix", Address: "/run/web.sock"}},
 	}, {
 		Name: "batch", Command: "batch", Workers: 1, Ready: ReadyStarted, ReadyAfter: 2 * time.Second, Restart: RestartNever,
-		StopSignal: "TERM", After: []string{"web", "db"}, Line: 31,
+		StopSignal: "TERM", After: []string{"web", "db"}, Line: 32,
 	}}
 	if !reflect.DeepEqual(f.Programs, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", f.Programs, want)
