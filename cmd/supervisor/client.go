@@ -224,6 +224,9 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 func printStatus(w io.Writer, doc statusDoc) {
 	fmt.Fprintf(w, "%s pid %d, up %v, socket %s, %d client(s) connected\n", doc.Mode, doc.PID,
 		(time.Duration(doc.UptimeSeconds * float64(time.Second))).Round(time.Second), doc.Socket, doc.Connections.Active)
+	for _, l := range doc.Listeners {
+		fmt.Fprintf(w, "listener %s of %s: %s (bound %s)\n", l.Name, l.Program, l.Address, l.Bound)
+	}
 	if len(doc.Workers) == 0 && len(doc.Programs) == 0 {
 		return
 	}
