@@ -250,6 +250,30 @@ func TestPythonWorkerRun(t *testing.T) {
 			t.Errorf("messages answered by %v, want both workers %v", answered, pids)
 		}
 	})
+	t.Run("cancel", func(t *testing.T) {
+		// A caller that gives up on a message: the supervisor cancels its
+		// call to the Python worker (version 2), whose handler is told.
+		cctx, ccancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Call(cctx, wire.TypeMessage, []byte("sleep 60"), nil)
+			done <- err
+		}()
+		poll(t, "the worker's handler running the sleep", func() bool {
+			return strings.Contains(run.Stderr.String(), `"@message":"sleeping"`)
+		}, run.Output)
+		ccancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled call: %v", err)
+		}
+		poll(t, "the worker's handler told of the cancel", func() bool {
+			return strings.Contains(run.Stderr.String(), `"@message":"request cancelled"`)
+		}, run.Output)
+		// The connection to the worker goes on.
+		if got, err := c.Call(ctx, wire.TypeMessage, []byte("upper after"), nil); err != nil || string(got) != "AFTER" {
+			t.Errorf("message after the cancel: %q, %v", got, err)
+		}
+	})
 	t.Run("concurrent-echoes", func(t *testing.T) {
 		const conns, perConn = 4, 50
 		var wg sync.WaitGroup
@@ -284,7 +308,7 @@ func TestPythonWorkerRun(t *testing.T) {
 	t.Run("python-client", func(t *testing.T) {
 		out := runPyClient(t, py, dir, sock, pyClientScript)
 		want := map[string]any{
-			"peer": "supervisor", "version": 1.0, "rtt_ok": true, "mode": "run", "status_pid": float64(run.PID()),
+			"peer": "supervisor", "version": 2.0, "rtt_ok": true, "mode": "run", "status_pid": float64(run.PID()),
 			"echo":    map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
 			"message": "FROM PYTHON", "closed": true,
 		}
@@ -334,7 +358,7 @@ func TestPythonClientServe(t *testing.T) {
 	srv.waitSocket(t, sock)
 	out := runPyClient(t, py, pythonDir(t), sock, pyClientScript)
 	want := map[string]any{
-		"peer": "supervisor-serve", "version": 1.0, "rtt_ok": true, "mode": "serve", "status_pid": float64(srv.PID()),
+		"peer": "supervisor-serve", "version": 2.0, "rtt_ok": true, "mode": "serve", "status_pid": float64(srv.PID()),
 		"echo":          map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
 		"message_error": []any{float64(wire.CodeUnsupported), "message is not served by 'supervisor serve'"}, "closed": true,
 	}

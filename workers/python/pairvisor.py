@@ -1,20 +1,23 @@
 """pairvisor: workers and clients for pairvisor, in Python.
 
 One file, standard library only, Python 3.9 or later, Linux. Copy it next
-to your program. It speaks version 1 of the pairvisor wire protocol
-(docs/PROTOCOL.md in the pairvisor repository) and implements its process
-contract, so that `supervisor run -- python3 my_worker.py` supervises a
-Python program as it does a Go one.
+to your program. It speaks versions 1 and 2 of the pairvisor wire protocol
+(docs/PROTOCOL.md in the pairvisor repository; version 2 adds CANCEL) and
+implements its process contract, so that `supervisor run -- python3
+my_worker.py` supervises a Python program as it does a Go one.
 
 Worker side::
 
     import pairvisor
 
-    def handle(payload: bytes) -> bytes:
+    def handle(payload: bytes, ctx: pairvisor.RequestContext) -> bytes:
+        if ctx.cancelled.is_set():   # the caller gave up (CANCEL, version 2)
+            raise pairvisor.Cancelled()
         return payload.upper()
 
     if __name__ == "__main__":
-        pairvisor.serve(handle)      # returns when the supervisor is done with us
+        pairvisor.serve(handle)      # returns after a SHUTDOWN (exit 0);
+                                     # raises ChannelClosed otherwise (exit 1)
 
 Client side (a supervisor's socket path)::
 
@@ -28,8 +31,10 @@ How a connection works (both sides share it, class ``_Conn``):
 * The **reader** reads frames one at a time: in the thread that called
   :func:`serve` for a worker, in a daemon thread for a :class:`Client`.
   It answers PING and ECHO itself, hands MESSAGE requests to a bounded
-  pool of handler threads, refuses what it does not serve, and routes
-  replies to the calls waiting for them. It never writes to the socket.
+  pool of handler threads, refuses what it does not serve, sets the
+  ``cancelled`` event of a handler whose request the peer cancels, and
+  routes replies to the calls waiting for them (a reply nobody waits for
+  is read and dropped). It never writes to the socket.
 * The **writer** thread is the only one that writes. Every frame (our
   hello, pongs, echoes, handler replies, errors, our requests) is queued
   to it and written whole, in order, with non-blocking ``sendmsg`` calls
@@ -49,8 +54,11 @@ How a connection works (both sides share it, class ``_Conn``):
   writer thread has ended, when the stream ends (EOF, a protocol
   violation, or a close requested by another thread, which shuts the
   socket down to wake it). Handler threads are daemon threads; a handler
-  still running when the connection closes has its reply dropped, and
-  cannot keep the process from exiting.
+  still running when the connection closes has its ``cancelled`` event
+  set and its reply dropped, and cannot keep the process from exiting.
+* **Violations.** A frame that breaks the protocol is answered with an
+  ERROR with id 0 (code 8, or 5 for a length over a limit), never the
+  offending frame's id, and the connection closes.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ import collections
 import datetime
 import enum
 import errno
+import inspect
 import json
 import logging
 import os
@@ -79,6 +88,7 @@ from typing import (
     List,
     NamedTuple,
     Optional,
+    Set,
     Tuple,
     Union,
 )
@@ -90,6 +100,7 @@ __all__ = [
     "MAX_PAYLOAD",
     "MAX_PING_PAYLOAD",
     "MAX_HELLO_PAYLOAD",
+    "MAX_QUEUED_CANCELS",
     "FLAG_REPLY",
     "DEFAULT_MAX_CONCURRENT",
     "DEFAULT_MAX_BUFFERED",
@@ -104,7 +115,9 @@ __all__ = [
     "FrameTooLarge",
     "VersionMismatch",
     "RemoteError",
+    "Cancelled",
     "ConnectionClosed",
+    "ChannelClosed",
     "NotWorkerError",
     "UntrustedPeerError",
     "encode_header",
@@ -119,6 +132,7 @@ __all__ = [
     "TRACE",
     "HclogFormatter",
     "get_logger",
+    "RequestContext",
     "serve",
     "Client",
 ]
@@ -126,8 +140,9 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # Wire format (docs/PROTOCOL.md, "Frame layout").
 
-PROTOCOL_VERSION = 1
-"""The highest protocol version this module speaks."""
+PROTOCOL_VERSION = 2
+"""The highest protocol version this module speaks (2: version 1 and
+CANCEL). ``serve`` and ``Client`` take ``max_version`` to offer less."""
 MIN_PROTOCOL_VERSION = 1
 """The lowest protocol version this module speaks."""
 
@@ -142,6 +157,9 @@ MAX_PING_PAYLOAD = 64
 MAX_NAME_LEN = 256
 MAX_HELLO_PAYLOAD = 8 + MAX_NAME_LEN
 """A hello payload is 8 fixed bytes and a name of at most 256 bytes."""
+MAX_QUEUED_CANCELS = 1024
+"""CANCEL frames a connection queues at most; more are dropped (a CANCEL
+is advice: the peer's handler then runs to its end)."""
 FLAG_REPLY = 0x01
 """Flag bit 0: the frame answers the request with the same id."""
 _KNOWN_FLAGS = FLAG_REPLY
@@ -170,6 +188,7 @@ class MessageType(enum.IntEnum):
     SHUTDOWN = 5
     STATUS = 6
     RELOAD = 7
+    CANCEL = 8  # version 2 only; never a reply, never answered
     ERROR = 15
 
 
@@ -185,6 +204,7 @@ class ErrorCode(enum.IntEnum):
     VERSION = 7
     PROTOCOL = 8
     DENIED = 9
+    CRASHED = 10
 
 
 _TYPE_VALUES = frozenset(int(t) for t in MessageType)
@@ -209,8 +229,10 @@ class ProtocolError(PairvisorError):
     """A malformed or unexpected frame.
 
     ``code`` is the ERROR code a receiver sends about it (``PROTOCOL``,
-    ``TOO_LARGE`` or ``VERSION``), ``frame_id`` the id that ERROR carries.
-    The connection that read it is closed.
+    ``TOO_LARGE`` or ``VERSION``); that ERROR always carries id 0 (it is
+    about the connection, and the offending frame's id may be one of the
+    receiver's own). ``frame_id`` is the offending frame's id where its
+    header was readable, for logs. The connection that read it is closed.
     """
 
     def __init__(self, detail: str, *, code: int = ErrorCode.PROTOCOL, frame_id: int = 0) -> None:
@@ -254,12 +276,31 @@ class RemoteError(PairvisorError):
         return "peer replied with error %d: %s" % (self.code, self.message)
 
 
+class Cancelled(RemoteError):
+    """Raised by a handler whose request was cancelled (see
+    :meth:`RequestContext.check`): answers with ``INTERNAL``, as the Go
+    implementation answers a handler that returns its context's error.
+    The caller has gone and drops the reply."""
+
+    def __init__(self, message: str = "request cancelled") -> None:
+        super().__init__(ErrorCode.INTERNAL, message)
+
+
 class ConnectionClosed(PairvisorError, ConnectionError):
     """The connection is closed; ``reason`` says why (a string)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ChannelClosed(ConnectionClosed):
+    """Raised by :func:`serve` when the channel ended without a SHUTDOWN:
+    EOF, an ERROR with id 0 from the supervisor, a protocol violation, a
+    failed hello, a stalled peer. ``reason`` says which; ``__cause__`` is
+    the underlying error, if any. The worker must exit with a non-zero
+    status (an uncaught exception does): the supervisor did not ask it to
+    stop, and its restart policy reads the status."""
 
 
 class NotWorkerError(PairvisorError):
@@ -306,7 +347,10 @@ def parse_header(b: Union[bytes, bytearray, memoryview], max_payload: int = MAX_
     if b is shorter than a header, :class:`FrameTooLarge` for a length over
     the limit, and :class:`ProtocolError` for wrong magic bytes, an unknown
     type or undefined flag bits. Errors about a header whose magic is right
-    carry its id (``frame_id``), as the Go implementation's do.
+    name its id (``frame_id``, for logs; the ERROR sent about any of them
+    carries id 0). CANCEL (type 8) is a known type here: whether it is
+    allowed depends on the connection's version, which the connection
+    checks.
     """
     if len(b) < HEADER_SIZE:
         raise TruncatedFrame("header has %d of %d bytes" % (len(b), HEADER_SIZE))
@@ -410,11 +454,14 @@ def encode_hello(h: Hello) -> bytes:
 def parse_hello(p: Union[bytes, bytearray, memoryview]) -> Hello:
     """Decode a hello payload; raise :class:`ProtocolError` if malformed.
 
-    The payload must be 8 to 264 bytes and its version range must be
-    1 <= lowest <= highest. A name that is not valid UTF-8 is decoded with
-    replacement characters (it is for humans).
+    The payload must be 8 to 264 bytes (:class:`FrameTooLarge`, code
+    ``TOO_LARGE``, above; code ``PROTOCOL`` below) and its version range
+    must be 1 <= lowest <= highest (code ``PROTOCOL``). A name that is not
+    valid UTF-8 is decoded with replacement characters (it is for humans).
     """
-    if len(p) < 8 or len(p) > MAX_HELLO_PAYLOAD:
+    if len(p) > MAX_HELLO_PAYLOAD:
+        raise FrameTooLarge("frame too large: hello payload of %d bytes exceeds the limit of %d" % (len(p), MAX_HELLO_PAYLOAD))
+    if len(p) < 8:
         raise ProtocolError("malformed payload: hello payload of %d bytes, want 8 to %d" % (len(p), MAX_HELLO_PAYLOAD))
     lo, hi, pid = _HELLO_FIXED.unpack_from(p, 0)
     h = Hello(lo, hi, pid, bytes(p[8:]).decode("utf-8", "replace"))
@@ -594,6 +641,15 @@ class _Budget:
                 self._cond.wait(end - now)
             if self._closed is not None:
                 raise ConnectionClosed(self._closed)
+            self._held += n
+            self.peak = max(self.peak, self._held)
+            return True
+
+    def try_take(self, n: int) -> bool:
+        """Take n bytes if there is room now and the budget is open."""
+        with self._cond:
+            if self._closed is not None or self._held + n > self._limit:
+                return False
             self._held += n
             self.peak = max(self.peak, self._held)
             return True
@@ -921,15 +977,66 @@ class _Pending:
         self.error: Optional[BaseException] = None
 
 
-Handler = Callable[[bytes], Union[bytes, bytearray, memoryview, None]]
-"""A MESSAGE handler: the request's payload in, the reply's out."""
+class RequestContext:
+    """What a handler learns about the MESSAGE request it is answering.
+
+    ``id`` is the request's id (the supervisor's; for logs).
+    ``cancelled`` is a :class:`threading.Event`, set when the caller
+    cancels the request (a CANCEL frame, protocol version 2 only) or the
+    connection closes: the reply is dropped by then, so a long handler
+    should check it (or wait on it) and give up early, e.g. with
+    :meth:`check`. The handler's reply is still sent, exactly once.
+    """
+
+    __slots__ = ("id", "cancelled")
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+        self.cancelled = threading.Event()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the request has been cancelled."""
+        if self.cancelled.is_set():
+            raise Cancelled()
+
+    def __repr__(self) -> str:
+        return "RequestContext(id=%d, cancelled=%s)" % (self.id, self.cancelled.is_set())
+
+
+Handler = Callable[..., Union[bytes, bytearray, memoryview, None]]
+"""A MESSAGE handler: ``handler(payload)`` or ``handler(payload, ctx)``
+(ctx a :class:`RequestContext`); the reply's bytes out."""
+
+
+def _wants_context(handler: Callable[..., Any]) -> bool:
+    """Whether handler takes a second positional argument that it needs:
+    it can be called with two, and not with one. A handler that can be
+    called both ways (a default, ``*args``) or whose signature cannot be
+    read is called with the payload alone; ``serve(cancellable=True)``
+    says otherwise."""
+    try:
+        sig = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return False
+    try:
+        sig.bind(b"")
+        return False
+    except TypeError:
+        pass
+    try:
+        sig.bind(b"", None)
+        return True
+    except TypeError:
+        return False
 
 
 class _Conn:
     """One end of a framed connection; see the module doc.
 
     role is "worker" (serves SHUTDOWN, runs the handler for MESSAGE) or
-    "client" (answers PING and ECHO, refuses everything else).
+    "client" (answers PING and ECHO, refuses everything else). With
+    handler_ctx the handler is called as handler(payload, ctx).
+    max_version (1 or 2) is the highest protocol version we offer.
     """
 
     def __init__(
@@ -939,13 +1046,16 @@ class _Conn:
         name: str,
         role: str,
         handler: Optional[Handler] = None,
+        handler_ctx: bool = False,
         logger: Optional[logging.Logger] = None,
         max_payload: int = MAX_PAYLOAD,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         shutdown_linger: float = 1.0,
+        max_version: int = PROTOCOL_VERSION,
     ) -> None:
+        _check_version(max_version)
         if max_payload <= 0 or max_payload > MAX_PAYLOAD:
             max_payload = MAX_PAYLOAD
         if max_concurrent <= 0:
@@ -959,6 +1069,8 @@ class _Conn:
         self._name = name
         self._role = role
         self._handler = handler
+        self._handler_ctx = handler_ctx
+        self._max_version = max_version
         self._log = logger if logger is not None else logging.getLogger("pairvisor")
         self._max_payload = max_payload
         self._max_concurrent = max_concurrent
@@ -968,13 +1080,21 @@ class _Conn:
         self._writer = _Writer(self, sock, write_timeout)
         self._held = _Budget(max_buffered)  # bytes held for the peer
         self._outgoing = _Budget(max_buffered)  # our requests queued
+        self._cancels = _Budget(MAX_QUEUED_CANCELS * HEADER_SIZE)  # our CANCEL frames queued
         self._pool = _Pool(max_concurrent)
         self._lock = threading.Lock()
         self._pending: Dict[int, _Pending] = {}
         self._next_id = 0
         self._inflight = 0  # MESSAGE requests given to the pool, reply not queued yet
+        # Contexts of the requests with the handler: by id on version 2
+        # (a CANCEL finds them there; an id in use is a violation), and
+        # all of them, to cancel when the connection closes. A context is
+        # removed by its handler's thread before its reply is queued.
+        self._active: Dict[int, RequestContext] = {}
+        self._running: Set[RequestContext] = set()
         self._draining = False  # a SHUTDOWN arrived
         self._shutdown: Optional[Tuple[int, int]] = None  # (id, bytes held) of the SHUTDOWN whose reply is owed
+        self.shutdown_acked = False  # a SHUTDOWN's reply has been queued: the peer asked us to stop
         self._linger_timer: Optional[threading.Timer] = None
         self._reason: Optional[str] = None  # why the connection closed
         self._fd_closed = False
@@ -987,7 +1107,7 @@ class _Conn:
         """Send our hello and read the peer's (until deadline, if any).
         On failure the connection is torn down and the error raised."""
         self._writer.start()
-        ours = Hello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, os.getpid(), self._name)
+        ours = Hello(MIN_PROTOCOL_VERSION, self._max_version, os.getpid(), self._name)
         p = encode_hello(ours)
         self._writer.put(encode_header(MessageType.HELLO, 0, len(p), 0), p)
         try:
@@ -1002,12 +1122,17 @@ class _Conn:
             h = r.read_header(self._max_payload, deadline)
             if h is None:
                 raise ConnectionClosed(self._reason or "peer closed the connection before its hello")
-            if h.type != MessageType.HELLO or h.is_reply:
-                if h.type == MessageType.ERROR and h.is_reply:
-                    raise parse_error(r.read_payload(h.length, deadline))
+            if h.type == MessageType.ERROR and h.is_reply:
+                raise parse_error(r.read_payload(h.length, deadline))  # the peer refuses us: close without answering
+            if h.type != MessageType.HELLO:
                 raise ProtocolError("unexpected frame: first frame is %s, want hello" % _type_name(h.type), frame_id=h.id)
+            if h.is_reply:
+                raise ProtocolError("unexpected frame: hello with the reply flag", frame_id=h.id)
+            if h.id != 0:
+                raise ProtocolError("unexpected frame: hello with id %d, want 0" % h.id, frame_id=h.id)
             if h.length > MAX_HELLO_PAYLOAD:
-                raise ProtocolError("malformed payload: hello payload of %d bytes, limit %d" % (h.length, MAX_HELLO_PAYLOAD))
+                # Sent on the header alone: the payload is not read.
+                raise FrameTooLarge("frame too large: hello payload of %d bytes exceeds the limit of %d" % (h.length, MAX_HELLO_PAYLOAD))
             peer = parse_hello(r.read_payload(h.length, deadline))
             self.version = negotiate(ours, peer)
             self.peer = peer
@@ -1020,10 +1145,12 @@ class _Conn:
             raise TimeoutError("no hello from the peer in time") from None
 
     def _violation(self, e: ProtocolError) -> None:
-        """Tell the peer what it did wrong (best effort) before we close."""
+        """Tell the peer what it did wrong (best effort) before we close,
+        in an ERROR with id 0: it is about the connection, and the
+        offending frame's id may be one of the peer's own requests'."""
         self._log.log(logging.WARNING if self._role == "worker" else logging.DEBUG, "pairvisor: protocol violation by the peer; closing", extra={"error": e.detail, "code": e.code})
         p = encode_error(e.code, e.detail)
-        self._writer.put(encode_header(MessageType.ERROR, FLAG_REPLY, len(p), e.frame_id), p)
+        self._writer.put(encode_header(MessageType.ERROR, FLAG_REPLY, len(p), 0), p)
         self._writer.stop(flush=_CLOSE_FLUSH)
         with self._lock:
             if self._reason is None:
@@ -1061,18 +1188,36 @@ class _Conn:
                 return self._reason
             if h.is_reply:
                 self._on_reply(h)
+            elif h.type in (MessageType.HELLO, MessageType.ERROR):
+                raise ProtocolError("unexpected frame: %s frame without the reply flag after the handshake" % _type_name(h.type), frame_id=h.id)
+            elif h.id == 0:
+                raise ProtocolError("unexpected frame: %s request with id 0, which is reserved" % _type_name(h.type))
+            elif h.type == MessageType.CANCEL:
+                self._on_cancel(h)
             elif h.type == MessageType.PING:
                 if h.length > MAX_PING_PAYLOAD:
-                    raise FrameTooLarge(
-                        "frame too large: ping payload of %d bytes exceeds the limit of %d" % (h.length, MAX_PING_PAYLOAD), frame_id=h.id
-                    )
-                self._answer_inline(h)
+                    # Not a violation: refused on its own id, unread.
+                    self._refuse(h, ErrorCode.TOO_LARGE, "ping payload of %d bytes exceeds the limit of %d" % (h.length, MAX_PING_PAYLOAD))
+                else:
+                    self._answer_inline(h)
             elif h.type == MessageType.ECHO:
                 self._answer_inline(h)
-            elif h.type in (MessageType.HELLO, MessageType.ERROR):
-                raise ProtocolError("unexpected frame: %s request after the handshake" % _type_name(h.type), frame_id=h.id)
             else:
                 self._on_request(h)
+
+    def _on_cancel(self, h: Header) -> None:
+        """The peer cancels its request h.id (version 2): tell its handler.
+        Unknown ids, and requests answered without a handler, are
+        ignored; the request is still answered once."""
+        if self.version < 2:
+            raise ProtocolError("unknown frame type: type byte %d (cancel) on a version %d connection" % (h.type, self.version), frame_id=h.id)
+        if h.length:
+            raise ProtocolError("malformed payload: cancel frame with a payload of %d bytes, want none" % h.length, frame_id=h.id)
+        with self._lock:
+            ctx = self._active.get(h.id)
+        if ctx is not None:
+            self._log.debug("pairvisor: request cancelled by the peer", extra={"request_id": h.id})
+            ctx.cancelled.set()
 
     def _take(self, n: int) -> None:
         """Hold n more bytes for the peer, waiting for room (back-pressure);
@@ -1126,9 +1271,12 @@ class _Conn:
                 return
             with self._lock:
                 busy = self._inflight >= self._max_concurrent
+                dup = self.version >= 2 and h.id in self._active
             if busy:
                 self._refuse(h, ErrorCode.UNAVAILABLE, "more than %d requests in flight" % self._max_concurrent)
                 return
+            if dup:
+                raise ProtocolError("unexpected frame: %s request %d while request %d is in flight" % (_type_name(t), h.id, h.id), frame_id=h.id)
             cost = 2 * HEADER_SIZE + h.length  # the request, and a header for its reply until we know its size
             self._take(cost)
             try:
@@ -1136,23 +1284,30 @@ class _Conn:
             except BaseException:
                 self._held.release(cost)
                 raise
+            ctx = RequestContext(h.id)
             with self._lock:
                 self._inflight += 1
-            self._pool.submit(lambda: self._handle(h.id, payload, cost))
+                if self.version >= 2:
+                    self._active[h.id] = ctx
+                self._running.add(ctx)
+            self._pool.submit(lambda: self._handle(ctx, payload, cost))
         elif self._role == "worker":
             self._refuse(h, ErrorCode.UNSUPPORTED, "%s is not served by workers" % _type_name(t))
         else:
             self._refuse(h, ErrorCode.UNSUPPORTED, "no handler for %s requests" % _type_name(t))
 
-    def _handle(self, id: int, payload: bytes, cost: int) -> None:
-        """Run the handler for MESSAGE request id (a pool thread) and queue
-        its reply. cost bytes are held for the request; they are settled
-        against the real reply and released once it is written."""
+    def _handle(self, ctx: RequestContext, payload: bytes, cost: int) -> None:
+        """Run the handler for MESSAGE request ctx.id (a pool thread) and
+        queue its reply. cost bytes are held for the request; they are
+        settled against the real reply and released once it is written.
+        A handler that raises anything but RemoteError has crashed: its
+        traceback is logged and the request answered with CRASHED."""
         rtype = MessageType.MESSAGE
         out: Any = b""
+        id = ctx.id
         try:
             assert self._handler is not None
-            result = self._handler(payload)
+            result = self._handler(payload, ctx) if self._handler_ctx else self._handler(payload)
             if result is None:
                 result = b""
             if not isinstance(result, _PAYLOAD_LIKE):
@@ -1165,15 +1320,24 @@ class _Conn:
             rtype, out = MessageType.ERROR, encode_error(e.code, e.message)
         except BaseException as e:
             self._log.error(
-                "handler failed", exc_info=True, extra={"request_id": id, "request_bytes": len(payload)}
+                "handler crashed", exc_info=True, extra={"request_id": id, "request_bytes": len(payload)}
             )
-            rtype, out = MessageType.ERROR, encode_error(ErrorCode.INTERNAL, "%s: %s" % (type(e).__name__, e))
+            rtype, out = MessageType.ERROR, encode_error(
+                ErrorCode.CRASHED, "the message handler crashed (%s; the worker's log has the details)" % type(e).__name__
+            )
             if not isinstance(e, Exception):
-                self._finish_request(id, rtype, out, cost)
+                self._finish_request(ctx, rtype, out, cost)
                 raise
-        self._finish_request(id, rtype, out, cost)
+        self._finish_request(ctx, rtype, out, cost)
 
-    def _finish_request(self, id: int, rtype: int, out: Any, cost: int) -> None:
+    def _finish_request(self, ctx: RequestContext, rtype: int, out: Any, cost: int) -> None:
+        id = ctx.id
+        with self._lock:
+            # Out of the table before the reply is queued: the peer may
+            # reuse the id as soon as it has the reply.
+            if self._active.get(id) is ctx:
+                del self._active[id]
+            self._running.discard(ctx)
         d = len(_byteview(out))  # the reply's size beyond the header held for it
         self._held.force(d)
         self._reply(rtype, id, out, cost + d)
@@ -1188,6 +1352,7 @@ class _Conn:
             if self._shutdown is None or self._inflight > 0:
                 return
             (id, cost), self._shutdown = self._shutdown, None
+            self.shutdown_acked = True
         self._reply(MessageType.SHUTDOWN, id, b"", cost, on_sent=self._start_linger)
 
     def _start_linger(self) -> None:
@@ -1205,6 +1370,8 @@ class _Conn:
 
     def _on_reply(self, h: Header) -> None:
         r = self._reader
+        if h.type in (MessageType.HELLO, MessageType.CANCEL):
+            raise ProtocolError("unexpected frame: %s frame with the reply flag" % _type_name(h.type), frame_id=h.id)
         with self._lock:
             pend = self._pending.pop(h.id, None)
         if pend is None:
@@ -1247,8 +1414,11 @@ class _Conn:
                 self._reason = reason
             pending, self._pending = self._pending, {}
             timer, self._linger_timer = self._linger_timer, None
+            running = list(self._running)
         if timer is not None:
             timer.cancel()
+        for ctx in running:  # their replies can no longer be sent
+            ctx.cancelled.set()
         for p in pending.values():
             p.error = ConnectionClosed(reason)
             p.event.set()
@@ -1275,7 +1445,7 @@ class _Conn:
     def call(self, type: int, payload: Union[bytes, bytearray, memoryview], timeout: Optional[float]) -> bytes:
         """Send a request and wait for its reply (see Client.call)."""
         t = int(type)
-        if t not in _TYPE_VALUES or t in (MessageType.HELLO, MessageType.ERROR):
+        if t not in _TYPE_VALUES or t in (MessageType.HELLO, MessageType.ERROR, MessageType.CANCEL):
             raise ValueError("%s is not a request type" % _type_name(t))
         payload = _byteview(payload)
         n = len(payload)
@@ -1297,13 +1467,30 @@ class _Conn:
         self._writer.put(encode_header(t, 0, n, id), payload, cost, self._outgoing)
         if not pend.event.wait(timeout):
             with self._lock:
-                self._pending.pop(id, None)  # a late reply is read and dropped
+                mine = self._pending.pop(id, None) is not None  # a late reply is read and dropped
             if not pend.event.is_set():
+                if mine:
+                    self._send_cancel(t, id)
                 raise TimeoutError("no reply to %s request %d within %gs" % (_type_name(t), id, timeout or 0))
         if pend.error is not None:
             raise pend.error
         assert pend.reply is not None
         return pend.reply
+
+
+    def _send_cancel(self, t: int, id: int) -> None:
+        """Tell the peer we gave up on our request id (version 2; not for
+        PING, which the peer answers without a handler). Best effort: at
+        most MAX_QUEUED_CANCELS wait to be written, after the request."""
+        if self.version < 2 or t == MessageType.PING or self._reason is not None:
+            return
+        if self._cancels.try_take(HEADER_SIZE):
+            self._writer.put(encode_header(MessageType.CANCEL, 0, 0, id), b"", HEADER_SIZE, self._cancels)
+
+
+def _check_version(v: int) -> None:
+    if not isinstance(v, int) or not MIN_PROTOCOL_VERSION <= v <= PROTOCOL_VERSION:
+        raise ValueError("max_version %r: this module speaks versions %d to %d" % (v, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION))
 
 
 # ---------------------------------------------------------------------------
@@ -1394,6 +1581,7 @@ def _peer_cred(sock: socket.socket) -> Tuple[int, int, int]:
 def serve(
     handler: Optional[Handler],
     *,
+    cancellable: Optional[bool] = None,
     name: Optional[str] = None,
     logger: Optional[logging.Logger] = None,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
@@ -1401,6 +1589,7 @@ def serve(
     max_buffered: int = DEFAULT_MAX_BUFFERED,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     shutdown_linger: float = 1.0,
+    max_version: int = PROTOCOL_VERSION,
 ) -> str:
     """Serve as a pairvisor worker until the supervisor is done with us.
 
@@ -1415,24 +1604,36 @@ def serve(
     parent created (``SO_PEERCRED``). If not, it raises
     :class:`NotWorkerError` and leaves the descriptor open and alone.
 
-    Then it answers PING and ECHO itself and runs ``handler(payload)`` for
-    each MESSAGE in a bounded pool of threads (``max_concurrent``; more are
-    refused with ``UNAVAILABLE``). The handler returns the reply's bytes
-    (None for an empty reply); raising :class:`RemoteError` sends that
-    error, raising anything else sends ``INTERNAL`` with the exception's
-    text and logs the traceback. A None handler refuses messages with
-    ``UNSUPPORTED``.
+    Then it answers PING and ECHO itself and runs the handler for each
+    MESSAGE in a bounded pool of threads (``max_concurrent``; more are
+    refused with ``UNAVAILABLE``): ``handler(payload)``, or
+    ``handler(payload, ctx)`` with a :class:`RequestContext` whose
+    ``cancelled`` event is set when the supervisor cancels the request
+    (protocol version 2) or the channel closes. ``cancellable`` says
+    which; by default (None) a handler that can be called with two
+    arguments and not with one gets ctx. The handler returns the reply's
+    bytes (None for an empty reply); raising :class:`RemoteError` (or
+    :class:`Cancelled`) sends that error on purpose; raising anything
+    else is a crash: the traceback is logged and the request answered with
+    ``CRASHED`` (code 10), and the worker goes on serving. A None handler
+    refuses messages with ``UNSUPPORTED``.
 
-    It returns (the reason, a string) when the supervisor closes the
-    channel, after a SHUTDOWN once the supervisor closes it (or
-    ``shutdown_linger`` seconds after the reply), or after a protocol
-    violation. The program must then exit: a worker never outlives its
-    supervisor. Failing to exchange hellos raises.
+    It returns (the reason, a string) after a SHUTDOWN: once it has
+    answered every request before it and the SHUTDOWN itself, and the
+    supervisor has closed the channel (or ``shutdown_linger`` seconds
+    after the reply). The program should then exit with status 0. When
+    the channel ends any other way (EOF, an ERROR with id 0, a protocol
+    violation, a failed hello), it raises :class:`ChannelClosed`, and the
+    program must exit with a non-zero status, which an uncaught exception
+    does. Either way it must exit: a worker never outlives its channel.
 
     ``name`` is sent in the hello (default ``worker.N``); ``logger``
     receives the library's own lines (default :func:`get_logger` at the
-    supervisor's level).
+    supervisor's level); ``max_version`` (1 or 2) is the highest protocol
+    version offered.
     """
+    _check_version(max_version)
+    ctx_arg = _wants_context(handler) if cancellable is None and handler is not None else bool(cancellable)
     env = _take_env()
     log = logger if logger is not None else get_logger("worker", env.level)
     sock = socket.socket(fileno=env.fd)
@@ -1455,18 +1656,27 @@ def serve(
         name=name if name is not None else "worker.%d" % env.id,
         role="worker",
         handler=handler,
+        handler_ctx=ctx_arg,
         logger=log,
         max_payload=max_payload,
         max_concurrent=max_concurrent,
         max_buffered=max_buffered,
         write_timeout=write_timeout,
         shutdown_linger=shutdown_linger,
+        max_version=max_version,
     )
-    conn.hello()
+    try:
+        conn.hello()
+    except (PairvisorError, OSError) as e:
+        # The connection is torn down (the socket closed) by now.
+        raise ChannelClosed("hello failed: %s" % e) from e
     assert conn.peer is not None
     log.debug("ready", extra={"version": conn.version, "peer": conn.peer.name})
     reason = conn.run()
-    log.debug("channel closed", extra={"reason": reason})
+    if not conn.shutdown_acked:
+        log.debug("channel closed without a shutdown request", extra={"reason": reason})
+        raise ChannelClosed(reason)
+    log.debug("shutdown requested; channel closed", extra={"reason": reason})
     return reason
 
 
@@ -1493,6 +1703,10 @@ class Client:
     own PING and ECHO requests are answered; others are refused with
     ``UNSUPPORTED``.
 
+    ``max_version`` (1 or 2) is the highest protocol version offered. On a
+    version 2 connection a call that times out sends a CANCEL for its
+    request (not for a ping), so that the server stops working on it.
+
     Errors: :class:`RemoteError` for an ERROR reply,
     :class:`ConnectionClosed` once the connection has closed,
     ``TimeoutError`` for a call not answered in time (its late reply is
@@ -1508,7 +1722,9 @@ class Client:
         trust_uids: Iterable[int] = (),
         logger: Optional[logging.Logger] = None,
         max_payload: int = MAX_PAYLOAD,
+        max_version: int = PROTOCOL_VERSION,
     ) -> None:
+        _check_version(max_version)
         self.timeout = timeout
         self.path = path
         deadline = time.monotonic() + timeout
@@ -1521,7 +1737,7 @@ class Client:
         except BaseException:
             sock.close()
             raise
-        self._conn = _Conn(sock, name=name, role="client", logger=logger, max_payload=max_payload)
+        self._conn = _Conn(sock, name=name, role="client", logger=logger, max_payload=max_payload, max_version=max_version)
         self._conn.hello(deadline)
         self._thread = threading.Thread(target=self._conn.run, name="pairvisor-client-reader", daemon=True)
         self._thread.start()
@@ -1556,8 +1772,8 @@ class Client:
 
     def call(self, type: int, payload: Union[bytes, bytearray, memoryview] = b"", timeout: Optional[float] = None) -> bytes:
         """Send a request of ``type`` (a :class:`MessageType` other than
-        HELLO and ERROR) and return its reply's payload. ``timeout``
-        defaults to the client's."""
+        HELLO, CANCEL and ERROR) and return its reply's payload.
+        ``timeout`` defaults to the client's."""
         return self._conn.call(type, payload, self.timeout if timeout is None else timeout)
 
     def ping(self, data: bytes = b"", timeout: Optional[float] = None) -> float:

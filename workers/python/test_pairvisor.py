@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import queue
 import random
 import select
 import socket
@@ -41,16 +42,23 @@ WAIT = 20.0  # bound on any single wait; a healthy run takes a fraction
 
 class TestCodec(unittest.TestCase):
     def test_golden_session(self) -> None:
-        # The byte-by-byte session of docs/PROTOCOL.md.
-        s_hello = bytes.fromhex("c150010012000000 0000000000000000 01000100e8030000 73757065727669736f72".replace(" ", ""))
-        w_hello = bytes.fromhex("c150010010000000 0000000000000000 01000100e9030000 776f726b65722e31".replace(" ", ""))
-        self.assertEqual(pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 1000, "supervisor"))), s_hello)
-        self.assertEqual(pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 1001, "worker.1"))), w_hello)
-        self.assertEqual(pv.encode_frame(T.PING, id=1), bytes.fromhex("c150020000000000 0100000000000000".replace(" ", "")))
-        self.assertEqual(pv.encode_frame(T.PING, id=1, flags=pv.FLAG_REPLY), bytes.fromhex("c150020100000000 0100000000000000".replace(" ", "")))
+        # The byte-by-byte session of docs/PROTOCOL.md (version 2).
+        x = lambda s: bytes.fromhex(s.replace(" ", ""))  # noqa: E731
+        s_hello = x("c150010012000000 0000000000000000 01000200e8030000 73757065727669736f72")
+        w_hello = x("c150010010000000 0000000000000000 01000200e9030000 776f726b65722e31")
+        self.assertEqual(pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 2, 1000, "supervisor"))), s_hello)
+        self.assertEqual(pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 2, 1001, "worker.1"))), w_hello)
+        self.assertEqual(pv.encode_frame(T.PING, id=1), x("c150020000000000 0100000000000000"))
+        self.assertEqual(pv.encode_frame(T.PING, id=1, flags=pv.FLAG_REPLY), x("c150020100000000 0100000000000000"))
+        self.assertEqual(pv.encode_frame(T.MESSAGE, b"hi", id=2), x("c150040002000000 0200000000000000 6869"))
+        self.assertEqual(pv.encode_frame(T.CANCEL, id=2), x("c150080000000000 0200000000000000"))
+        err = x("c1500f0112000000 0200000000000000 0400636f6e746578742063616e63656c6564")
+        self.assertEqual(pv.encode_frame(T.ERROR, pv.encode_error(C.INTERNAL, "context canceled"), id=2, flags=pv.FLAG_REPLY), err)
         d = pv.FrameDecoder()
         frames = d.feed(s_hello + w_hello)
-        self.assertEqual([pv.parse_hello(p) for _, p in frames], [pv.Hello(1, 1, 1000, "supervisor"), pv.Hello(1, 1, 1001, "worker.1")])
+        self.assertEqual([pv.parse_hello(p) for _, p in frames], [pv.Hello(1, 2, 1000, "supervisor"), pv.Hello(1, 2, 1001, "worker.1")])
+        self.assertEqual(pv.negotiate(*[pv.parse_hello(p) for _, p in frames]), 2)
+        self.assertEqual((pv.PROTOCOL_VERSION, pv.MIN_PROTOCOL_VERSION, int(C.CRASHED), int(T.CANCEL)), (2, 1, 10, 8))
 
     def test_header_round_trip(self) -> None:
         for t in T:
@@ -67,6 +75,7 @@ class TestCodec(unittest.TestCase):
             (b"\xc0" + good[1:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
             (good[:1] + b"Q" + good[2:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
             (good[:2] + b"\x09" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
+            (good[:2] + b"\x0e" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
             (good[:2] + b"\x00" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
             (good[:3] + b"\x02" + good[4:], 0, pv.ProtocolError, C.PROTOCOL, "undefined frame flags"),
             (pv.encode_header(T.ECHO, 0, pv.MAX_PAYLOAD + 1, 77), 0, pv.FrameTooLarge, C.TOO_LARGE, "exceeds the limit of 16777216"),
@@ -94,16 +103,16 @@ class TestCodec(unittest.TestCase):
         long = pv.encode_hello(pv.Hello(1, 1, 0, "a" + "é" * 200))
         self.assertLessEqual(len(long), pv.MAX_HELLO_PAYLOAD)
         self.assertEqual(pv.parse_hello(long).name, "a" + "é" * 127)
-        for bad, text in [
-            (b"\x01\x00\x01\x00\x00\x00\x00", "7 bytes"),
-            (struct.pack("<HHI", 1, 1, 0) + b"x" * 257, "265 bytes"),
-            (struct.pack("<HHI", 0, 1, 0), "range 0..1"),
-            (struct.pack("<HHI", 3, 2, 0), "range 3..2"),
+        for bad, text, code in [
+            (b"\x01\x00\x01\x00\x00\x00\x00", "7 bytes", C.PROTOCOL),
+            (struct.pack("<HHI", 1, 1, 0) + b"x" * 257, "265 bytes exceeds the limit of 264", C.TOO_LARGE),
+            (struct.pack("<HHI", 0, 1, 0), "range 0..1", C.PROTOCOL),
+            (struct.pack("<HHI", 3, 2, 0), "range 3..2", C.PROTOCOL),
         ]:
             with self.subTest(text=text):
                 with self.assertRaises(pv.ProtocolError) as cm:
                     pv.parse_hello(bad)
-                self.assertEqual(cm.exception.code, C.PROTOCOL)
+                self.assertEqual(cm.exception.code, code)
                 self.assertIn(text, str(cm.exception))
         # A name that is not UTF-8 does not fail the hello.
         self.assertEqual(pv.parse_hello(struct.pack("<HHI", 1, 1, 0) + b"\xff").name, "\ufffd")
@@ -239,7 +248,7 @@ import pairvisor as pv
 release_fd = int(os.environ.get("TEST_RELEASE_FD", "-1"))
 barrier = threading.Barrier(int(os.environ.get("TEST_BARRIER", "1")), timeout=20)
 
-def handle(p):
+def handle(p, ctx):
     cmd, _, arg = p.partition(b" ")
     if cmd == b"upper":
         return arg.upper()
@@ -247,6 +256,8 @@ def handle(p):
         raise ValueError("boom")
     if cmd == b"remote":
         raise pv.RemoteError(pv.ErrorCode.BAD_REQUEST, "bad " + arg.decode())
+    if cmd == b"internal":
+        raise pv.RemoteError(pv.ErrorCode.INTERNAL, "on purpose")
     if cmd == b"str":
         return "text"
     if cmd == b"none":
@@ -259,6 +270,15 @@ def handle(p):
     if cmd == b"barrier":
         barrier.wait()
         return b"met " + arg
+    if cmd == b"ctx":
+        return repr(ctx).encode()
+    if cmd == b"wait_cancel":
+        # Waits for the cancel (bounded), then says so on stdout and
+        # answers as a cancelled handler does.
+        got = ctx.cancelled.wait(20)
+        print("handler %d cancelled: %s" % (ctx.id, got), flush=True)
+        ctx.check()
+        return b"never cancelled"
     if cmd == b"env":
         flags = fcntl.fcntl(3, fcntl.F_GETFD)
         return json.dumps({
@@ -268,9 +288,19 @@ def handle(p):
         }).encode()
     raise KeyError(cmd)
 
+handlers = {
+    "ctx": handle,                                  # detected: takes ctx
+    "plain": lambda p: handle(p, pv.RequestContext(0)),  # detected: payload only
+    "varargs": lambda *a: handle(a[0], a[1]),       # ambiguous: needs cancellable=True
+    "none": None,
+}
+handler = handlers[os.environ.get("TEST_HANDLER", "ctx")]
 kwargs = json.loads(os.environ.get("TEST_SERVE_KWARGS", "{}"))
+if os.environ.get("TEST_UNCAUGHT"):
+    print("serve returned: " + pv.serve(handler, **kwargs), flush=True)   # ChannelClosed escapes
+    sys.exit(0)
 try:
-    reason = pv.serve(handle, **kwargs)
+    reason = pv.serve(handler, **kwargs)
 except pv.NotWorkerError as e:
     try:
         os.fstat(3)
@@ -280,6 +310,9 @@ except pv.NotWorkerError as e:
     left = sorted(k for k in os.environ if k.startswith("PAIRVISOR_"))
     print("not a worker: %s | fd3 %s | vars %s" % (e, fd3, left), flush=True)
     sys.exit(3)
+except pv.ChannelClosed as e:
+    print("channel closed: %s" % e.reason, flush=True)
+    sys.exit(1)
 print("serve returned: " + reason, flush=True)
 """
 
@@ -296,7 +329,7 @@ class Peer:
     def send(self, t: int, payload: bytes = b"", id: int = 0, flags: int = 0) -> None:
         self.sock.sendall(pv.encode_frame(t, payload, id=id, flags=flags))
 
-    def hello(self, lo: int = 1, hi: int = 1, name: str = "supervisor") -> None:
+    def hello(self, lo: int = 1, hi: int = 2, name: str = "supervisor") -> None:
         self.send(T.HELLO, pv.encode_hello(pv.Hello(lo, hi, os.getpid(), name)))
 
     def _more(self, deadline: float) -> None:
@@ -329,6 +362,14 @@ class Peer:
             self._more(deadline)
         self.dec.close()
 
+    def expect_none_before_pong(self, id: int = 999) -> None:
+        """Ping with id and check that its pong is the next frame: nothing
+        else (an error, a second reply) was sent before it."""
+        self.send(T.PING, b"sync", id)
+        h, p = self.recv()
+        if (h.type, h.flags, h.id, p) != (T.PING, pv.FLAG_REPLY, id, b"sync"):
+            raise AssertionError("want the pong for %d, got %s %r" % (id, h, p[:100]))
+
     def call(self, t: int, payload: bytes = b"", id: int = 1) -> Tuple[pv.Header, bytes]:
         self.send(t, payload, id)
         h, p = self.recv()
@@ -348,7 +389,15 @@ class Peer:
 class WorkerProc:
     """A worker process started as a supervisor starts one."""
 
-    def __init__(self, tc: unittest.TestCase, env: Optional[Dict[str, str]] = None, kwargs: Optional[Dict[str, Any]] = None, channel: Optional[socket.socket] = None, hello: bool = True) -> None:
+    def __init__(
+        self,
+        tc: unittest.TestCase,
+        env: Optional[Dict[str, str]] = None,
+        kwargs: Optional[Dict[str, Any]] = None,
+        channel: Optional[socket.socket] = None,
+        hello: bool = True,
+        peer_max: int = 2,
+    ) -> None:
         self.tc = tc
         self.release_r, self.release_w = (_high_fd(fd) for fd in os.pipe())
         ours: Optional[socket.socket] = None
@@ -385,7 +434,7 @@ class WorkerProc:
             h, p = self.peer.recv()
             self.tc.assertEqual((h.type, h.flags, h.id), (T.HELLO, 0, 0))
             self.hello_from_worker = pv.parse_hello(p)
-            self.peer.hello()
+            self.peer.hello(hi=peer_max)
 
     def release(self, n: int = 1) -> None:
         os.write(self.release_w, b"x" * n)
@@ -403,10 +452,19 @@ class WorkerProc:
         return self._out
 
     def close_and_wait(self) -> str:
+        """Close our end without a SHUTDOWN: the worker exits 1."""
         assert self.peer is not None
         self.peer.sock.close()
-        out, _ = self.wait(0)
+        out, _ = self.wait(1)
         return out
+
+    def ready_version(self) -> int:
+        """The version of the worker's "ready" log line (after wait)."""
+        _, err = self._out or ("", "")
+        for x in err.splitlines():
+            if x.startswith("{") and json.loads(x)["@message"] == "ready":
+                return int(json.loads(x)["version"])
+        raise AssertionError("no ready line in\n" + err)
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
@@ -437,7 +495,7 @@ class TestWorker(unittest.TestCase):
     def test_hello_ping_echo_message(self) -> None:
         w = WorkerProc(self)
         assert w.peer is not None
-        self.assertEqual(w.hello_from_worker, pv.Hello(1, 1, w.proc.pid, "worker.1"))
+        self.assertEqual(w.hello_from_worker, pv.Hello(1, 2, w.proc.pid, "worker.1"))
         for i, p in enumerate([b"", b"x", b"p" * 64]):
             h, got = w.peer.call(T.PING, p, id=10 + i)
             self.assertEqual((h.type, h.flags, got), (T.PING, pv.FLAG_REPLY, p))
@@ -454,7 +512,11 @@ class TestWorker(unittest.TestCase):
         self.assertEqual((h.type, got), (T.MESSAGE, b""))
         h, got = w.peer.call(T.MESSAGE, b"big %d" % (3 << 20), id=9)
         self.assertEqual(got, b"z" * (3 << 20))
-        self.assertIn("serve returned: closed by the peer", w.close_and_wait())
+        h, got = w.peer.call(T.MESSAGE, b"ctx", id=10)
+        self.assertEqual(got, b"RequestContext(id=10, cancelled=False)")
+        # EOF without a SHUTDOWN: serve raises ChannelClosed, exit 1.
+        self.assertIn("channel closed: closed by the peer", w.close_and_wait())
+        self.assertEqual(w.ready_version(), 2)
 
     def test_env_removed_and_channel_cloexec(self) -> None:
         w = WorkerProc(self)
@@ -466,12 +528,16 @@ class TestWorker(unittest.TestCase):
     def test_handler_errors(self) -> None:
         w = WorkerProc(self)
         assert w.peer is not None
+        # A handler that raises is a crash (code 10); RemoteError, even
+        # with code 4, is an answer on purpose.
         w.peer.send(T.MESSAGE, b"boom", 1)
-        w.peer.expect_error(1, C.INTERNAL, "ValueError: boom")
+        self.assertEqual(w.peer.expect_error(1, C.CRASHED, "crashed"), "the message handler crashed (ValueError; the worker's log has the details)")
         w.peer.send(T.MESSAGE, b"remote x", 2)
         w.peer.expect_error(2, C.BAD_REQUEST, "bad x")
         w.peer.send(T.MESSAGE, b"str", 3)
-        w.peer.expect_error(3, C.INTERNAL, "TypeError: handler returned str, want bytes")
+        w.peer.expect_error(3, C.CRASHED, "TypeError")
+        w.peer.send(T.MESSAGE, b"internal", 7)
+        w.peer.expect_error(7, C.INTERNAL, "on purpose")
         w.peer.send(T.STATUS, b"", 4)
         w.peer.expect_error(4, C.UNSUPPORTED, "status is not served by workers")
         w.peer.send(T.RELOAD, b"", 5)
@@ -481,23 +547,20 @@ class TestWorker(unittest.TestCase):
         self.assertEqual(h.type, T.PING)
         w.close_and_wait()
         _, err = w._out or ("", "")
-        failures = [json.loads(x) for x in err.splitlines() if x.startswith("{") and '"handler failed"' in x]
+        failures = [json.loads(x) for x in err.splitlines() if x.startswith("{") and '"handler crashed"' in x]
         self.assertEqual(len(failures), 2, err)
+        self.assertIn("TypeError: handler returned str, want bytes", failures[1]["traceback"])
         self.assertEqual(failures[0]["@level"], "error")
         self.assertEqual(failures[0]["request_id"], 1)
         self.assertRegex(failures[0]["traceback"], r'(?s)^Traceback.*, in handle\n.*ValueError: boom\n$')
 
     def test_no_handler(self) -> None:
         # serve(None): messages are refused, pings and echoes answered.
-        script_env = {"TEST_SERVE_KWARGS": "{}"}
-        w = WorkerProc(self, env=script_env)
-        assert w.peer is not None
-        w.close_and_wait()
-        code = WORKER_SCRIPT.replace("pv.serve(handle, **kwargs)", "pv.serve(None, **kwargs)")
+        # No PAIRVISOR_FD: fd 3 by default.
         ours, theirs = socket.socketpair()
         e = {k: v for k, v in os.environ.items() if not k.startswith("PAIRVISOR_")}
-        e.update(PAIRVISOR_WORKER="2", PAIRVISOR_PARENT_PID=str(os.getpid()), PYTHONPATH=HERE, TEST_CHANNEL=str(theirs.fileno()), PYTHONDONTWRITEBYTECODE="1")
-        proc = subprocess.Popen([sys.executable, "-c", code], env=e, pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        e.update(PAIRVISOR_WORKER="2", PAIRVISOR_PARENT_PID=str(os.getpid()), PYTHONPATH=HERE, TEST_CHANNEL=str(theirs.fileno()), PYTHONDONTWRITEBYTECODE="1", TEST_HANDLER="none")
+        proc = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT], env=e, pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         theirs.close()
         try:
             peer = Peer(ours)
@@ -509,7 +572,7 @@ class TestWorker(unittest.TestCase):
             self.assertEqual(peer.call(T.ECHO, b"e", 2)[1], b"e")
             ours.close()
             out, err = proc.communicate(timeout=WAIT)
-            self.assertEqual(proc.returncode, 0, err)
+            self.assertEqual(proc.returncode, 1, err)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -572,7 +635,10 @@ class TestWorker(unittest.TestCase):
         h2, p2 = w.peer.recv()
         self.assertEqual((h1.type, h1.id, p1), (T.MESSAGE, 1, b"released first"))
         self.assertEqual((h2.type, h2.flags, h2.id, p2), (T.SHUTDOWN, pv.FLAG_REPLY, 2, b""))
-        self.assertIn("serve returned: closed by the peer", w.close_and_wait())
+        # A SHUTDOWN answered, then EOF: serve returns, exit 0.
+        w.peer.sock.close()
+        out, _ = w.wait(0)
+        self.assertIn("serve returned: closed by the peer", out)
 
     def test_shutdown_linger(self) -> None:
         # A supervisor that never closes after the shutdown reply: the
@@ -589,7 +655,33 @@ class TestWorker(unittest.TestCase):
         assert w.peer is not None
         w.peer.send(T.MESSAGE, b"block forever", 1)
         self.assertEqual(w.peer.call(T.PING, b"", 2)[0].type, T.PING)  # the message has been taken in
-        self.assertIn("serve returned: closed by the peer", w.close_and_wait())
+        self.assertIn("channel closed: closed by the peer", w.close_and_wait())
+
+    def test_eof_during_shutdown_drain_is_not_a_shutdown(self) -> None:
+        # The SHUTDOWN arrived but was not answered yet (a message before
+        # it still runs) when the channel ended: not a graceful stop.
+        w = WorkerProc(self)
+        assert w.peer is not None
+        w.peer.send(T.MESSAGE, b"block forever", 1)
+        w.peer.send(T.SHUTDOWN, b"", 2)
+        w.peer.send(T.MESSAGE, b"upper late", 3)
+        w.peer.expect_error(3, C.SHUTTING_DOWN)
+        self.assertIn("channel closed: closed by the peer", w.close_and_wait())
+
+    def test_uncaught_channel_closed_exits_non_zero(self) -> None:
+        # A program that just calls serve() gets the exit status right:
+        # ChannelClosed escapes (status 1); after a SHUTDOWN serve returns.
+        w = WorkerProc(self, env={"TEST_UNCAUGHT": "1"})
+        assert w.peer is not None
+        w.peer.sock.close()
+        _, err = w.wait(1)
+        self.assertIn("pairvisor.ChannelClosed: closed by the peer", err)
+        w = WorkerProc(self, env={"TEST_UNCAUGHT": "1"})
+        assert w.peer is not None
+        self.assertEqual(w.peer.call(T.SHUTDOWN, b"", 1)[0].type, T.SHUTDOWN)
+        w.peer.sock.close()
+        out, _ = w.wait(0)
+        self.assertIn("serve returned: closed by the peer", out)
 
     def test_eof_before_hello(self) -> None:
         w = WorkerProc(self, hello=False)
@@ -597,53 +689,205 @@ class TestWorker(unittest.TestCase):
         h, _ = w.peer.recv()
         self.assertEqual(h.type, T.HELLO)  # sent without waiting for ours
         w.peer.sock.close()
-        _, err = w.wait(1)  # serve raised: no hello exchange
-        self.assertIn("ConnectionClosed", err)
+        out, _ = w.wait(1)  # serve raised ChannelClosed: no hello exchange
+        self.assertIn("channel closed: hello failed: peer closed the connection before its hello", out)
 
     def test_protocol_violations(self) -> None:
-        cases: List[Tuple[str, bool, bytes, int, int, str]] = [
-            # name, hello first, bytes sent, error id, code, text
-            ("first frame not hello", False, pv.encode_frame(T.PING, id=5), 5, C.PROTOCOL, "first frame is ping, want hello"),
-            ("reply as first frame", False, pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 0, "s")), flags=1), 0, C.PROTOCOL, "first frame is hello"),
-            ("second hello", True, pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 0, "s")), id=3), 3, C.PROTOCOL, "hello request after the handshake"),
-            ("error request", True, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=4), 4, C.PROTOCOL, "error request after the handshake"),
-            ("bad magic", True, b"\xc1Q" + pv.encode_frame(T.PING, id=6)[2:], 0, C.PROTOCOL, "bad frame magic"),
-            ("unknown type", True, pv.encode_header(9, 0, 0, 7), 7, C.PROTOCOL, "unknown frame type: type byte 9"),
-            ("undefined flags", True, pv.encode_header(T.PING, 2, 0, 8), 8, C.PROTOCOL, "undefined frame flags"),
-            ("ping too large", True, pv.encode_frame(T.PING, b"x" * 65, id=9), 9, C.TOO_LARGE, "ping payload of 65 bytes exceeds the limit of 64"),
-            ("frame over the limit", True, pv.encode_header(T.ECHO, 0, (1 << 20) + 1, 10), 10, C.TOO_LARGE, "exceeds the limit of 1048576"),
-            ("version mismatch", False, pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(2, 3, 0, "future"))), 0, C.VERSION, "no common protocol version"),
-            ("hello too long", False, pv.encode_header(T.HELLO, 0, 265, 0) + b"\x01\x00\x01\x00" + b"x" * 261, 0, C.PROTOCOL, "hello payload of 265 bytes"),
-            ("hello bad range", False, pv.encode_frame(T.HELLO, struct.pack("<HHI", 2, 1, 0)), 0, C.PROTOCOL, "hello version range 2..1"),
-            ("reply type differs", True, b"", 0, 0, ""),  # not applicable to a worker: it sends no requests
+        hello = lambda lo, hi: pv.encode_hello(pv.Hello(lo, hi, 0, "s"))  # noqa: E731
+        # name, peer's max version (0: no hello first), bytes sent, code, text
+        cases: List[Tuple[str, int, bytes, int, str]] = [
+            ("first frame not hello", 0, pv.encode_frame(T.PING, id=5), C.PROTOCOL, "first frame is ping, want hello"),
+            ("cancel as first frame", 0, pv.encode_frame(T.CANCEL, id=5), C.PROTOCOL, "first frame is cancel, want hello"),
+            ("error request as first frame", 0, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=0), C.PROTOCOL, "first frame is error"),
+            ("hello with the reply flag", 0, pv.encode_frame(T.HELLO, hello(1, 2), flags=1), C.PROTOCOL, "hello with the reply flag"),
+            ("hello with an id", 0, pv.encode_frame(T.HELLO, hello(1, 2), id=3), C.PROTOCOL, "hello with id 3, want 0"),
+            ("version mismatch", 0, pv.encode_frame(T.HELLO, hello(3, 4)), C.VERSION, "no common protocol version"),
+            ("hello too long", 0, pv.encode_header(T.HELLO, 0, 265, 0), C.TOO_LARGE, "hello payload of 265 bytes exceeds the limit of 264"),
+            ("hello too short", 0, pv.encode_frame(T.HELLO, b"\x01\x00\x01\x00"), C.PROTOCOL, "hello payload of 4 bytes"),
+            ("hello lowest above highest", 0, pv.encode_frame(T.HELLO, hello(2, 1)), C.PROTOCOL, "hello version range 2..1"),
+            ("hello lowest 0", 0, pv.encode_frame(T.HELLO, hello(0, 2)), C.PROTOCOL, "hello version range 0..2"),
+            ("second hello", 2, pv.encode_frame(T.HELLO, hello(1, 1), id=3), C.PROTOCOL, "hello frame without the reply flag after the handshake"),
+            ("hello reply", 2, pv.encode_frame(T.HELLO, hello(1, 1), id=3, flags=1), C.PROTOCOL, "hello frame with the reply flag"),
+            ("error request", 2, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=4), C.PROTOCOL, "error frame without the reply flag"),
+            ("bad magic", 2, b"\xc1Q" + pv.encode_frame(T.PING, id=6)[2:], C.PROTOCOL, "bad frame magic"),
+            ("unknown type", 2, pv.encode_header(9, 0, 0, 7), C.PROTOCOL, "unknown frame type: type byte 9"),
+            ("undefined flags", 2, pv.encode_header(T.PING, 2, 0, 8), C.PROTOCOL, "undefined frame flags"),
+            ("frame over the limit", 2, pv.encode_header(T.ECHO, 0, (1 << 20) + 1, 10), C.TOO_LARGE, "exceeds the limit of 1048576"),
+            ("ping with id 0", 2, pv.encode_frame(T.PING, id=0), C.PROTOCOL, "ping request with id 0, which is reserved"),
+            ("message with id 0", 2, pv.encode_frame(T.MESSAGE, b"upper x", id=0), C.PROTOCOL, "message request with id 0"),
+            ("cancel with id 0", 2, pv.encode_frame(T.CANCEL, id=0), C.PROTOCOL, "cancel request with id 0"),
+            ("cancel with a payload", 2, pv.encode_frame(T.CANCEL, b"x", id=5), C.PROTOCOL, "cancel frame with a payload of 1 bytes"),
+            ("cancel with the reply flag", 2, pv.encode_frame(T.CANCEL, id=5, flags=1), C.PROTOCOL, "cancel frame with the reply flag"),
+            ("cancel on version 1", 1, pv.encode_frame(T.CANCEL, id=5), C.PROTOCOL, "type byte 8 (cancel) on a version 1 connection"),
+            ("id in use (version 2)", 2, pv.encode_frame(T.MESSAGE, b"block a", id=5) + pv.encode_frame(T.MESSAGE, b"upper b", id=5), C.PROTOCOL, "message request 5 while request 5 is in flight"),
         ]
-        for name, hello, data, id, code, text in cases:
-            if not data:
-                continue
+        for name, peer_max, data, code, text in cases:
             with self.subTest(name):
                 w = WorkerProc(self, kwargs={"max_payload": 1 << 20}, hello=False)
                 assert w.peer is not None
                 self.assertEqual(w.peer.recv()[0].type, T.HELLO)
-                if hello:
-                    w.peer.hello()
+                if peer_max:
+                    w.peer.hello(hi=peer_max)
                 w.peer.sock.sendall(data)
-                w.peer.expect_error(id, code, text)
+                # Always id 0: the offending frame's id may be one of ours.
+                w.peer.expect_error(0, code, text)
                 w.peer.expect_eof()  # the worker closes; it never resynchronises
-                out, err = w.wait(0 if hello else 1)
-                if hello:
-                    self.assertIn("serve returned: protocol violation", out)
+                out, _ = w.wait(1)  # and exits non-zero: no SHUTDOWN
+                self.assertIn("hello failed" if not peer_max else "protocol violation", out)
+
+    def test_same_id_again_after_its_reply(self) -> None:
+        # Version 2 forbids an id in use by a request with the handler;
+        # once answered, the id may be used again; on version 1 the worker
+        # does not check.
+        for peer_max in (1, 2):
+            with self.subTest(version=peer_max):
+                w = WorkerProc(self, peer_max=peer_max)
+                assert w.peer is not None
+                self.assertEqual(w.peer.call(T.MESSAGE, b"upper a", 5)[1], b"A")
+                self.assertEqual(w.peer.call(T.MESSAGE, b"upper b", 5)[1], b"B")
+                if peer_max == 1:
+                    w.peer.send(T.MESSAGE, b"block x", 6)
+                    w.peer.send(T.MESSAGE, b"upper y", 6)
+                    self.assertEqual(w.peer.recv(), (pv.Header(T.MESSAGE, 1, 1, 6), b"Y"))
+                w.close_and_wait()
+
+    def test_oversize_ping_refused_on_its_id(self) -> None:
+        # Not a violation: code 5 on the ping's own id, payload skipped,
+        # and the connection goes on.
+        w = WorkerProc(self)
+        assert w.peer is not None
+        w.peer.send(T.PING, b"x" * 65, 9)
+        w.peer.expect_error(9, C.TOO_LARGE, "ping payload of 65 bytes exceeds the limit of 64")
+        w.peer.send(T.PING, b"y" * 70000, 10)
+        w.peer.expect_error(10, C.TOO_LARGE, "ping payload of 70000 bytes")
+        self.assertEqual(w.peer.call(T.PING, b"z" * 64, 11), (pv.Header(T.PING, 1, 64, 11), b"z" * 64))
+        w.close_and_wait()
+
+    def test_cancel(self) -> None:
+        # Version 2: a CANCEL sets the handler's ctx.cancelled; the
+        # request is still answered exactly once (here with the error a
+        # cancelled handler raises). Unknown ids, ids answered already and
+        # requests answered inline are ignored.
+        w = WorkerProc(self)
+        assert w.peer is not None
+        w.peer.send(T.CANCEL, b"", 12345)
+        w.peer.send(T.MESSAGE, b"wait_cancel", 5)
+        w.peer.send(T.CANCEL, b"", 5)
+        w.peer.expect_error(5, C.INTERNAL, "request cancelled")
+        w.peer.send(T.CANCEL, b"", 5)  # answered already
+        self.assertEqual(w.peer.call(T.ECHO, b"e", 6)[1], b"e")
+        w.peer.send(T.CANCEL, b"", 6)  # answered inline
+        w.peer.expect_none_before_pong(7)
+        # The id may be used again once answered.
+        self.assertEqual(w.peer.call(T.MESSAGE, b"upper again", 5)[1], b"AGAIN")
+        w.peer.expect_none_before_pong(8)
+        out = w.close_and_wait()
+        self.assertIn("handler 5 cancelled: True", out)
+
+    def test_cancel_of_a_blocked_handler_and_close(self) -> None:
+        # A handler that ignores the cancel answers in its own time, once;
+        # a handler still running when the channel closes is told too.
+        w = WorkerProc(self)
+        assert w.peer is not None
+        w.peer.send(T.MESSAGE, b"block a", 1)
+        w.peer.send(T.CANCEL, b"", 1)
+        w.peer.expect_none_before_pong(2)
+        w.release()
+        self.assertEqual(w.peer.recv(), (pv.Header(T.MESSAGE, 1, 10, 1), b"released a"))
+        w.peer.expect_none_before_pong(3)
+        w.peer.send(T.MESSAGE, b"wait_cancel", 4)
+        w.peer.expect_none_before_pong(5)  # the message is with its handler
+        out = w.close_and_wait()
+        # The handler may or may not print before the process exits; if
+        # it does, it was cancelled by the close.
+        self.assertNotIn("handler 4 cancelled: False", out)
+
+    def test_mixed_versions(self) -> None:
+        # A version 1 supervisor and a version 2 worker speak version 1:
+        # CANCEL is unknown there (see test_protocol_violations), the rest
+        # works. A worker held to version 1 says so in its hello.
+        w = WorkerProc(self, peer_max=1)
+        assert w.peer is not None
+        self.assertEqual(w.peer.call(T.MESSAGE, b"upper v1", 1)[1], b"V1")
+        w.close_and_wait()
+        self.assertEqual(w.ready_version(), 1)
+        w = WorkerProc(self, kwargs={"max_version": 1})
+        assert w.peer is not None
+        self.assertEqual(w.hello_from_worker, pv.Hello(1, 1, w.proc.pid, "worker.1"))
+        self.assertEqual(w.peer.call(T.MESSAGE, b"ctx", 1)[1], b"RequestContext(id=1, cancelled=False)")
+        w.peer.send(T.CANCEL, b"", 1)
+        w.peer.expect_error(0, C.PROTOCOL, "type byte 8 (cancel) on a version 1 connection")
+        w.peer.expect_eof()
+        w.wait(1)
+        self.assertEqual(w.ready_version(), 1)
+        with self.assertRaises(ValueError):
+            pv.serve(None, max_version=3)  # checked before the environment
+
+    def test_handler_signatures(self) -> None:
+        # A one-argument handler works unchanged; one that can be called
+        # either way gets ctx only when serve(cancellable=True) says so.
+        w = WorkerProc(self, env={"TEST_HANDLER": "plain"})
+        assert w.peer is not None
+        self.assertEqual(w.peer.call(T.MESSAGE, b"upper one", 1)[1], b"ONE")
+        w.close_and_wait()
+        w = WorkerProc(self, env={"TEST_HANDLER": "varargs"}, kwargs={"cancellable": True})
+        assert w.peer is not None
+        self.assertEqual(w.peer.call(T.MESSAGE, b"ctx", 7)[1], b"RequestContext(id=7, cancelled=False)")
+        w.close_and_wait()
+        w = WorkerProc(self, env={"TEST_HANDLER": "varargs"})  # called with the payload alone: a crash
+        assert w.peer is not None
+        w.peer.send(T.MESSAGE, b"ctx", 8)
+        w.peer.expect_error(8, C.CRASHED, "IndexError")
+        w.close_and_wait()
+
+    def test_wants_context(self) -> None:
+        import functools
+
+        def two(p: bytes, ctx: pv.RequestContext) -> bytes:
+            return p
+
+        def default(p: bytes, ctx: Any = None) -> bytes:
+            return p
+
+        class Two:
+            def __call__(self, p: bytes, ctx: Any) -> bytes:
+                return p
+
+            def method(self, p: bytes, ctx: Any) -> bytes:
+                return p
+
+        for h, want in [
+            (lambda p: p, False),
+            (two, True),
+            (default, False),
+            (lambda *a: a[0], False),
+            (lambda p, ctx, extra: p, False),
+            (Two(), True),
+            (Two().method, True),
+            (functools.partial(lambda x, p, ctx: p, 1), True),
+            (functools.partial(two, ctx=None), False),
+            (bytes.upper, False),
+            (len, False),
+        ]:
+            with self.subTest(h=h):
+                self.assertEqual(pv._wants_context(h), want)
 
     def test_replies_to_nothing_and_connection_errors(self) -> None:
         w = WorkerProc(self)
         assert w.peer is not None
-        # A reply whose caller is gone is read and dropped.
+        # A reply whose caller is gone is read and dropped, whatever its
+        # type, ERROR included, and id 0 too unless it is an ERROR.
         w.peer.send(T.ECHO, b"late" * 1000, id=99, flags=pv.FLAG_REPLY)
         w.peer.send(T.ERROR, pv.encode_error(3, "late"), id=98, flags=pv.FLAG_REPLY)
-        self.assertEqual(w.peer.call(T.PING, b"", 1)[0].type, T.PING)
-        # An ERROR with id 0 is about the connection: the worker closes.
+        w.peer.send(T.MESSAGE, b"", id=97, flags=pv.FLAG_REPLY)
+        w.peer.send(T.PING, b"", id=0, flags=pv.FLAG_REPLY)
+        w.peer.expect_none_before_pong(1)
+        # An ERROR with id 0 is about the connection: the worker closes
+        # without answering, and exits non-zero.
         w.peer.send(T.ERROR, pv.encode_error(C.PROTOCOL, "you are wrong"), id=0, flags=pv.FLAG_REPLY)
         w.peer.expect_eof()
-        out, _ = w.wait(0)
+        self.assertEqual(w.peer.frames, [])
+        out, _ = w.wait(1)
         self.assertIn("error 8: you are wrong", out)
 
     def test_truncated_frame(self) -> None:
@@ -653,8 +897,8 @@ class TestWorker(unittest.TestCase):
         w.peer.sock.shutdown(socket.SHUT_WR)
         w.peer.expect_eof()
         self.assertEqual(w.peer.frames, [])  # nothing is sent about it
-        out, _ = w.wait(0)
-        self.assertIn("serve returned: truncated frame", out)
+        out, _ = w.wait(1)
+        self.assertIn("channel closed: truncated frame", out)
 
     def test_large_echoes_both_ways(self) -> None:
         # The peer writes 40 MiB of echo requests from one thread while
@@ -694,8 +938,8 @@ class TestWorker(unittest.TestCase):
             self.fail("the worker kept reading from a peer that reads nothing")
         except OSError as e:
             self.assertIn(e.errno, (errno.EPIPE, errno.ECONNRESET), e)
-        out, _ = w.wait(0)
-        self.assertIn("serve returned: stalled", out)
+        out, _ = w.wait(1)
+        self.assertIn("channel closed: stalled", out)
 
 
 class InProcessWorker:
@@ -739,8 +983,12 @@ class TestStreamFuzz(unittest.TestCase):
 
     def test_stream_fuzz(self) -> None:
         rng = random.Random(int(os.environ.get("PAIRVISOR_FUZZ_SEED", "4")))
-        hello = pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, 1, 1, "fuzz")))
+        hellos = [pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, v, 1, "fuzz"))) for v in (1, 2)]
         valid = [
+            pv.encode_frame(T.CANCEL, id=3),
+            pv.encode_frame(T.CANCEL, id=99),
+            pv.encode_frame(T.PING, b"q" * 65, id=8),
+            pv.encode_frame(T.PING, id=0),
             pv.encode_frame(T.PING, b"p", id=1),
             pv.encode_frame(T.ECHO, b"echo" * 50, id=2),
             pv.encode_frame(T.MESSAGE, b"abc", id=3),
@@ -760,7 +1008,7 @@ class TestStreamFuzz(unittest.TestCase):
             if rng.random() < 0.2:
                 del stream[rng.randrange(len(stream)) :]
             w = InProcessWorker(max_payload=4096, shutdown_linger=0.05)
-            data = (bytes(stream) if rng.random() < 0.1 else hello) + bytes(stream)
+            data = (bytes(stream) if rng.random() < 0.1 else rng.choice(hellos)) + bytes(stream)
             w.peer_sock.sendall(data)
             w.peer_sock.shutdown(socket.SHUT_WR)
             dec = pv.FrameDecoder()
@@ -777,7 +1025,10 @@ class TestStreamFuzz(unittest.TestCase):
             for h, p in frames[1:]:
                 self.assertTrue(h.is_reply, h)
                 if h.type == T.ERROR:
-                    self.assertIn(pv.parse_error(p).code, set(int(c) for c in C))
+                    e = pv.parse_error(p)
+                    self.assertIn(e.code, set(int(c) for c in C))
+                    if e.code in (C.PROTOCOL, C.VERSION):
+                        self.assertEqual(h.id, 0, e)  # about the connection, never a frame's id
             # Every byte held is given back, once handlers still running
             # at the close have returned.
             deadline = time.monotonic() + WAIT
@@ -806,6 +1057,43 @@ class TestStreamFuzz(unittest.TestCase):
         w.peer_sock.shutdown(socket.SHUT_WR)
         w.join(self)
         self.assertEqual(w.reason, "closed by the peer")
+
+
+class TestCancelInProcess(unittest.TestCase):
+    def test_cancel_and_close_set_the_event(self) -> None:
+        started: "queue.Queue[pv.RequestContext]" = queue.Queue()
+
+        def handler(p: bytes, ctx: pv.RequestContext) -> bytes:
+            started.put(ctx)
+            if not ctx.cancelled.wait(WAIT):
+                return b"not cancelled"
+            if p == b"check":
+                ctx.check()
+            return b"saw the cancel"
+
+        w = InProcessWorker(handler=handler, handler_ctx=True)
+        peer = Peer(w.peer_sock)
+        self.assertEqual(peer.recv()[0].type, T.HELLO)
+        peer.hello()
+        peer.send(T.MESSAGE, b"check", 1)
+        ctx = started.get(timeout=WAIT)
+        self.assertEqual((ctx.id, ctx.cancelled.is_set()), (1, False))
+        peer.send(T.CANCEL, b"", 1)
+        peer.expect_error(1, C.INTERNAL, "request cancelled")
+        peer.send(T.MESSAGE, b"plain", 2)
+        ctx = started.get(timeout=WAIT)
+        peer.send(T.CANCEL, b"", 2)
+        self.assertEqual(peer.recv(), (pv.Header(T.MESSAGE, 1, 14, 2), b"saw the cancel"))
+        peer.expect_none_before_pong()
+        # A handler running when the connection closes is told.
+        peer.send(T.MESSAGE, b"plain", 3)
+        ctx = started.get(timeout=WAIT)
+        self.assertFalse(ctx.cancelled.is_set())
+        w.peer_sock.shutdown(socket.SHUT_WR)
+        self.assertTrue(ctx.cancelled.wait(WAIT))
+        w.join(self)
+        self.assertEqual(w.reason, "closed by the peer")
+        self.assertFalse(w.conn.shutdown_acked)
 
 
 class TestNotWorker(unittest.TestCase):
@@ -946,7 +1234,7 @@ class TestClient(unittest.TestCase):
         with pv.Client(srv.path, timeout=WAIT) as c:
             self.assertEqual(srv.first_byte, b"\xc1")
             assert srv.client_hello is not None
-            self.assertEqual(srv.client_hello, pv.Hello(1, 1, os.getpid(), "client"))
+            self.assertEqual(srv.client_hello, pv.Hello(1, 2, os.getpid(), "client"))
             self.assertEqual((c.peer.name, c.version), ("fake-server", 1))
             t = self.serve_in_thread(srv.peer(), 8, answer)
             self.assertGreaterEqual(c.ping(), 0)
@@ -973,6 +1261,8 @@ class TestClient(unittest.TestCase):
                 c.ping(b"x" * 65)
             with self.assertRaises(ValueError):
                 c.call(T.HELLO)
+            with self.assertRaises(ValueError):
+                c.call(T.CANCEL)
         srv.peer().expect_eof()
 
     def test_concurrent_calls_out_of_order(self) -> None:
@@ -1011,6 +1301,62 @@ class TestClient(unittest.TestCase):
             self.assertEqual(c.echo(b"next"), b"next")
             t.join(WAIT)
 
+    def test_timeout_sends_cancel_on_version_2(self) -> None:
+        srv = FakeServer(self, hello=pv.Hello(1, 2, os.getpid(), "fake-v2"))
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            self.assertEqual(c.version, 2)
+            peer = srv.peer()
+            with self.assertRaises(TimeoutError):
+                c.message(b"slow", timeout=0.05)
+            h, _ = peer.recv()
+            self.assertEqual((h.type, h.flags), (T.MESSAGE, 0))
+            # The CANCEL follows the request, with its id and nothing else.
+            self.assertEqual(peer.recv(), (pv.Header(T.CANCEL, 0, 0, h.id), b""))
+            peer.send(T.ERROR, pv.encode_error(C.INTERNAL, "context canceled"), h.id, pv.FLAG_REPLY)  # dropped
+            # No CANCEL for a ping.
+            with self.assertRaises(TimeoutError):
+                c.ping(timeout=0.05)
+            hp, _ = peer.recv()
+            self.assertEqual(hp.type, T.PING)
+            t = self.serve_in_thread(peer, 1, lambda pr, h, p: pr.send(h.type, p, h.id, pv.FLAG_REPLY))
+            self.assertEqual(c.echo(b"next"), b"next")  # the next frame was the echo, not a cancel
+            t.join(WAIT)
+            # A CANCEL from the server (the client runs no handlers) is
+            # ignored; one on a reply is a violation.
+            peer.send(T.CANCEL, b"", 77)
+            self.assertEqual(peer.call(T.PING, b"p", 78)[1], b"p")
+
+    def test_client_held_to_version_1(self) -> None:
+        srv = FakeServer(self, hello=pv.Hello(1, 2, os.getpid(), "fake-v2"))
+        with pv.Client(srv.path, timeout=WAIT, max_version=1) as c:
+            self.assertEqual(srv.client_hello, pv.Hello(1, 1, os.getpid(), "client"))
+            self.assertEqual(c.version, 1)
+            peer = srv.peer()
+            with self.assertRaises(TimeoutError):
+                c.message(b"slow", timeout=0.05)
+            h, _ = peer.recv()
+            t = self.serve_in_thread(peer, 1, lambda pr, h, p: pr.send(h.type, p, h.id, pv.FLAG_REPLY))
+            self.assertEqual(c.echo(b"next"), b"next")  # no CANCEL on version 1
+            t.join(WAIT)
+            peer.send(T.CANCEL, b"", 5)
+            peer.expect_error(0, C.PROTOCOL, "type byte 8 (cancel) on a version 1 connection")
+            peer.expect_eof()
+        with self.assertRaises(ValueError):
+            pv.Client(srv.path, max_version=0)
+
+    def test_violation_error_has_id_0(self) -> None:
+        # The client's ERROR about a reply it cannot take carries id 0,
+        # not the reply's id (which is one of the client's own).
+        srv = FakeServer(self)
+        with pv.Client(srv.path, timeout=WAIT) as c:
+            peer = srv.peer()
+            t = self.serve_in_thread(peer, 1, lambda pr, h, p: pr.send(T.HELLO, b"", h.id, pv.FLAG_REPLY))
+            with self.assertRaises(pv.ConnectionClosed):  # the call fails as the connection closes
+                c.echo(b"x")
+            t.join(WAIT)
+            peer.expect_error(0, C.PROTOCOL, "hello frame with the reply flag")
+            peer.expect_eof()
+
     def test_server_closes(self) -> None:
         srv = FakeServer(self)
         with pv.Client(srv.path, timeout=WAIT) as c:
@@ -1045,7 +1391,7 @@ class TestClient(unittest.TestCase):
             peer.expect_eof()
 
     def test_version_mismatch(self) -> None:
-        srv = FakeServer(self, hello=pv.Hello(2, 2, 0, "future"))
+        srv = FakeServer(self, hello=pv.Hello(3, 3, 0, "future"))
         with self.assertRaises(pv.VersionMismatch):
             pv.Client(srv.path, timeout=WAIT)
         peer = srv.peer()
