@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
@@ -120,7 +119,7 @@ func (f *listenFlags) listen(log hclog.Logger) (*listen.Listener, frontdoor.Conf
 	if f.connsNote != "" {
 		log.Warn(f.connsNote)
 	}
-	l, err := activatedListener(f.socket, activation.Files(true), log)
+	l, err := activatedListener(f.socket, passedFiles(), log)
 	switch {
 	case err != nil:
 		return nil, frontdoor.Config{}, err
@@ -162,12 +161,8 @@ func (f *listenFlags) listen(log hclog.Logger) (*listen.Listener, frontdoor.Conf
 // not taken are closed. The socket is systemd's: we neither bind, lock,
 // chmod, rebind nor remove it, and --mode and --group do not apply.
 // The variables are removed from our environment once read; the fds
-// are close-on-exec (activation.Files sets it, as main does for every
+// are close-on-exec (passedFiles sets it, as main does for every
 // inherited fd), so neither reaches a worker.
-//
-// github.com/coreos/go-systemd/v22/activation reads the variables: it
-// is systemd's own Go implementation of the protocol (LISTEN_PID,
-// LISTEN_FDS from fd 3, LISTEN_FDNAMES).
 
 // fdNamePairvisor is the LISTEN_FDNAMES name that marks a passed socket
 // as ours, whatever address it has (FileDescriptorName=pairvisor).

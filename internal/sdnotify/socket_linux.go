@@ -3,9 +3,8 @@
 package sdnotify
 
 import (
-	"crypto/rand"
+	"math/rand/v2"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"strconv"
@@ -101,9 +100,11 @@ func bindFresh(fd int) (string, error) {
 	prefix := "@pairvisor-notify/" + strconv.Itoa(os.Getpid()) + "/"
 	var err error
 	for range bindAttempts {
-		var r [4]byte
-		rand.Read(r[:])
-		addr := prefix + strconv.FormatUint(listenSeq.Add(1), 10) + "-" + hex.EncodeToString(r[:])
+		// math/rand/v2's generator is seeded by the runtime from the
+		// OS; the name needs to be unguessable only in passing (the
+		// sender is checked anyway), and crypto/rand would link the
+		// crypto packages into every worker.
+		addr := prefix + strconv.FormatUint(listenSeq.Add(1), 10) + "-" + strconv.FormatUint(uint64(rand.Uint32()), 16)
 		err = unix.Bind(fd, &unix.SockaddrUnix{Name: addr})
 		if err == nil {
 			return addr, nil
