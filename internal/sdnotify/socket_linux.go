@@ -3,9 +3,9 @@
 package sdnotify
 
 import (
-	"math/rand/v2"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"sync"
