@@ -15,7 +15,8 @@ CLIENTS=${CLIENTS:-1000}
 LOAD_SECS=${LOAD_SECS:-10}
 
 mkdir -p bench/bin
-go build -o bench/bin/supervisor ./cmd/supervisor
+# Static, as deployed: see compare.sh.
+CGO_ENABLED=0 go build -o bench/bin/supervisor ./cmd/supervisor
 dir=$(mktemp -d /tmp/pvscale.XXXXXX)
 sock=$dir/s
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
