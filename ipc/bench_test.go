@@ -23,8 +23,12 @@ func BenchmarkPing(b *testing.B) { benchPing(b, ipc.ConnConfig{Name: "bench"}) }
 
 // benchPing measures ping round trips to the serve helper through a
 // Conn with cfg.
-func benchPing(b *testing.B, cfg ipc.ConnConfig) {
-	c, _ := dialHelper(b, "serve", cfg)
+func benchPing(b *testing.B, cfg ipc.ConnConfig) { benchPingRole(b, "serve", cfg) }
+
+// benchPingRole measures ping round trips to role through a Conn with
+// cfg.
+func benchPingRole(b *testing.B, role string, cfg ipc.ConnConfig) {
+	c, _ := dialHelper(b, role, cfg)
 	ctx := context.Background()
 	for range 1000 { // warm up both processes
 		if _, err := c.Ping(ctx); err != nil {
@@ -45,8 +49,23 @@ func benchPing(b *testing.B, cfg ipc.ConnConfig) {
 	reportPercentiles(b, rtt)
 }
 
-func BenchmarkEcho(b *testing.B) {
-	c, _ := dialHelper(b, "serve", ipc.ConnConfig{Name: "bench"})
+func BenchmarkEcho(b *testing.B) { benchEcho(b, "serve", ipc.ConnConfig{Name: "bench"}) }
+
+// BenchmarkFilesPing and BenchmarkFilesEcho: BenchmarkPing and
+// BenchmarkEcho on a version 3 connection (MaxFiles on both sides),
+// which reads with recvmsg(2) instead of read(2) so that descriptors
+// can arrive; none is sent.
+func BenchmarkFilesPing(b *testing.B) {
+	benchPingRole(b, "serve-files", ipc.ConnConfig{Name: "bench", MaxFiles: 16})
+}
+
+func BenchmarkFilesEcho(b *testing.B) {
+	benchEcho(b, "serve-files", ipc.ConnConfig{Name: "bench", MaxFiles: 16})
+}
+
+// benchEcho measures echo round trips to role through a Conn with cfg.
+func benchEcho(b *testing.B, role string, cfg ipc.ConnConfig) {
+	c, _ := dialHelper(b, role, cfg)
 	for _, size := range []int{64, 4 << 10, 64 << 10, 1 << 20} {
 		name := fmt.Sprintf("%dB", size)
 		switch {

@@ -18,6 +18,7 @@ type call struct {
 	typ   wire.Type
 	dst   []byte
 	reply []byte
+	files []int // descriptors that came with the reply (fds.go)
 	err   error
 
 	// done carries one send per event, and state says which event the
@@ -48,6 +49,10 @@ var spinning atomic.Bool
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
 func (c *Conn) putCall(cl *call) {
+	if cl.files != nil { // nobody took them
+		closeFDs(cl.files)
+		cl.files = nil
+	}
 	cl.dst, cl.reply, cl.err, cl.probe, cl.id, cl.lead, cl.waiting = nil, nil, nil, nil, 0, nil, false
 	cl.state.Store(stateWait)
 	callPool.Put(cl)
@@ -144,8 +149,19 @@ func (c *Conn) Echo(ctx context.Context, payload, dst []byte) ([]byte, error) {
 // the read is done, so it closes the Conn (reason [ErrStalled]) to end
 // the read at once; with a nil dst it simply abandons the reply.
 func (c *Conn) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]byte, error) {
+	reply, files, err := c.call(ctx, t, payload, dst, nil)
+	if files != nil { // the peer sent some; Call does not take them
+		closeFDs(files)
+	}
+	return reply, err
+}
+
+// call is Call, and CallFiles with ctl, the control message carrying
+// the request's descriptors (nil for none). It returns the descriptors
+// that came with the reply, which the caller owns, only with a reply.
+func (c *Conn) call(ctx context.Context, t wire.Type, payload, dst, ctl []byte) ([]byte, []int, error) {
 	if len(payload) > int(c.cfg.MaxPayload) {
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: &wire.FrameError{Err: wire.ErrFrameTooLarge, Detail: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", len(payload), c.cfg.MaxPayload)}}
+		return nil, nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: &wire.FrameError{Err: wire.ErrFrameTooLarge, Detail: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", len(payload), c.cfg.MaxPayload)}}
 	}
 	cl := callPool.Get().(*call)
 	cl.typ, cl.dst = t, dst
@@ -154,14 +170,18 @@ func (c *Conn) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]by
 		err := closeErr(c.err)
 		c.pmu.Unlock()
 		callPool.Put(cl)
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
+		return nil, nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
 	}
 	c.nextID++
 	id := c.nextID
 	c.pending[id] = cl
 	c.pmu.Unlock()
 
-	if finishing, err := c.write(ctx, 0, wire.Header{Type: t, ID: id}, payload); err != nil {
+	h := wire.Header{Type: t, ID: id}
+	if ctl != nil {
+		h.Flags = wire.FlagFiles
+	}
+	if finishing, err := c.write(ctx, 0, h, payload, ctl); err != nil {
 		c.pmu.Lock()
 		mine := c.claim(id) != nil
 		if mine && finishing {
@@ -172,17 +192,19 @@ func (c *Conn) Call(ctx context.Context, t wire.Type, payload, dst []byte) ([]by
 		if mine {
 			c.putCall(cl)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	if err := c.await(ctx, cl, id); err != nil {
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
+		return nil, nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
 	}
-	reply, err := cl.reply, cl.err
+	reply, files, err := cl.reply, cl.files, cl.err
+	cl.files = nil
 	c.putCall(cl)
 	if err != nil {
-		return nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
+		closeFDs(files)
+		return nil, nil, &OpError{Op: "call " + t.String(), Addr: c.cfg.Addr, Err: err}
 	}
-	return reply, nil
+	return reply, files, nil
 }
 
 // await waits for the reply to cl, request id: it leads (reads the reply
@@ -303,6 +325,15 @@ func (c *Conn) giveUp(ctx context.Context, cl *call, id uint64) error {
 			<-cl.done
 		}
 		c.putCall(cl)
+	} else if c.ver >= 3 {
+		// The reply being read may bring descriptors, which must be
+		// closed. The reader hands it over soon (it finishes every
+		// call it claimed, with an error if the Conn ends first), and
+		// this goroutine ends then.
+		go func() {
+			<-cl.done
+			c.putCall(cl)
+		}()
 	}
 	return ctx.Err()
 }

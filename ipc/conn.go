@@ -184,10 +184,21 @@ type ConnConfig struct {
 
 	// MaxVersion is the highest protocol version offered in our hello.
 	// Zero means [wire.ProtocolVersion]; larger values are lowered to
-	// it. 1 makes the Conn a version 1 peer, which neither sends nor
-	// accepts cancel frames: for testing mixed versions, or for a
-	// gradual roll-out.
+	// it, and so is 3 without MaxFiles (version 3 is the one that
+	// passes file descriptors). 1 makes the Conn a version 1 peer,
+	// which neither sends nor accepts cancel frames: for testing mixed
+	// versions, or for a gradual roll-out.
 	MaxVersion uint16
+
+	// MaxFiles, if positive, makes the Conn take file descriptors
+	// passed with frames (protocol version 3; Linux only), at most
+	// MaxFiles with one frame: it is lowered to [wire.MaxFiles], and a
+	// peer that sends more loses the connection ([ErrTooManyFiles]).
+	// Both sides need it for the connection to speak version 3, on
+	// which [Conn.CallFiles] and [Request.AttachFiles] send
+	// descriptors. Zero means none: the Conn offers at most version 2,
+	// and reads with read(2) rather than recvmsg(2).
+	MaxFiles int
 
 	// Handler answers message, status, shutdown and reload requests.
 	// Nil refuses them with [wire.CodeUnsupported] (and answers a
@@ -395,6 +406,13 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		cfg.MaxVersion = wire.ProtocolVersion
 	}
 	cfg.MaxVersion = max(cfg.MaxVersion, wire.MinProtocolVersion)
+	cfg.MaxFiles = min(max(cfg.MaxFiles, 0), wire.MaxFiles)
+	if !filesSupported || cfg.MaxVersion < 3 {
+		cfg.MaxFiles = 0
+	}
+	if cfg.MaxFiles == 0 {
+		cfg.MaxVersion = min(cfg.MaxVersion, 2)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -402,6 +420,9 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	s, err := newSock(fd, cfg.Poll, cfg.IdleTimeout)
 	if err != nil {
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
+	}
+	if cfg.MaxFiles > 0 {
+		s.rf = newRecvFiles(cfg.MaxFiles)
 	}
 	c := &Conn{
 		cfg:       cfg,
@@ -578,6 +599,7 @@ func (c *Conn) teardown(r *reader) {
 	c.wclosed = true
 	c.sock.close()
 	<-c.wlock
+	r.dropFiles()
 
 	c.handlers.Wait()
 	c.writers.Wait()

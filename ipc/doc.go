@@ -18,8 +18,8 @@
 // details and docs/PROTOCOL.md the full specification, detailed enough
 // to write a peer in another language. Each side first sends a hello
 // with the protocol versions it speaks; the higher version both speak is
-// used (this package speaks 1 and 2; [ConnConfig].MaxVersion can hold it
-// to 1). Requests carry an id chosen by the sender and replies echo it,
+// used (this package speaks 1 to 3, 3 only with [ConnConfig].MaxFiles;
+// [ConnConfig].MaxVersion can hold it lower). Requests carry an id chosen by the sender and replies echo it,
 // so any number of requests may be in flight in both directions at once,
 // and replies come in whatever order they are ready: a health-check ping
 // never waits for a handler's work. It may still wait for the frames
@@ -32,6 +32,17 @@
 // [Handler] working on it; the reply that may still come is dropped. A
 // Handler that panics answers its request with [wire.CodeCrashed], the
 // panic is logged, and the Conn serves on (whatever the version).
+//
+// # File descriptors
+//
+// On a version 3 connection (both sides set [ConnConfig].MaxFiles;
+// Linux) requests and replies may carry open file descriptors
+// (SCM_RIGHTS): [Conn.CallFiles] sends files with a request and returns
+// those of its reply, a [Handler] finds a request's in [Request].Files
+// and sends some with its reply by [Request.AttachFiles]. They arrive
+// close-on-exec (MSG_CMSG_CLOEXEC); the sender keeps its own, the
+// receiver owns what arrives, and whatever nobody takes is closed (see
+// fds.go and docs/PROTOCOL.md, "File descriptors").
 //
 // # Conn
 //

@@ -40,6 +40,16 @@ var (
 	// nor one of [ConnConfig].TrustUIDs. Dial sends it nothing; the
 	// error names the server's uid and pid.
 	ErrUntrustedPeer = errors.New("ipc: server runs as an untrusted user")
+
+	// ErrNoFiles reports file descriptors for a connection that cannot
+	// carry them: it speaks a version below 3 (one side has no
+	// ConnConfig.MaxFiles, or the system passes none: Linux only).
+	ErrNoFiles = errors.New("ipc: connection does not pass file descriptors")
+
+	// ErrTooManyFiles reports more file descriptors with one frame than
+	// the protocol allows (wire.MaxFiles) or the receiver accepts
+	// (ConnConfig.MaxFiles).
+	ErrTooManyFiles = errors.New("ipc: too many file descriptors")
 )
 
 // OpError is the error type returned by the functions and methods of

@@ -54,6 +54,10 @@ type sock struct {
 	rn      int
 	rerr    error
 	wwait   bool
+
+	// rf, when the Conn takes file descriptors, makes every read a
+	// recvmsg(2) that can receive them (fds_linux.go); nil otherwise.
+	rf *recvFiles
 }
 
 // errSlice is returned by sock.read to a leading caller whose read
@@ -122,7 +126,15 @@ func (s *sock) lead(on bool) error {
 // Holder of the read side only.
 func (s *sock) read(p []byte) (int, error) {
 	if s.file == nil {
-		n, err := readfd(s.fd, p)
+		var (
+			n   int
+			err error
+		)
+		if s.rf != nil {
+			n, err = s.rf.recv(s.fd, p, 0)
+		} else {
+			n, err = readfd(s.fd, p)
+		}
 		if err == unix.EAGAIN && s.leading {
 			err = errSlice
 		}
@@ -144,11 +156,20 @@ func (s *sock) read(p []byte) (int, error) {
 
 // readNow is one read that does not wait (MSG_DONTWAIT): unix.EAGAIN
 // if nothing is there. Blocking mode, holder of the read side only.
-func (s *sock) readNow(p []byte) (int, error) { return recvNow(s.fd, p) }
+func (s *sock) readNow(p []byte) (int, error) {
+	if s.rf != nil {
+		return s.rf.recv(s.fd, p, unix.MSG_DONTWAIT)
+	}
+	return recvNow(s.fd, p)
+}
 
 // pollRead is the RawConn.Read callback: one read(2) into s.rp.
 func (s *sock) pollRead(fd uintptr) bool {
-	s.rn, s.rerr = readfd(int(fd), s.rp)
+	if s.rf != nil {
+		s.rn, s.rerr = s.rf.recv(int(fd), s.rp, 0)
+	} else {
+		s.rn, s.rerr = readfd(int(fd), s.rp)
+	}
 	return s.rerr != unix.EAGAIN
 }
 

@@ -27,6 +27,11 @@ type reader struct {
 
 	part partial // a reply whose payload is partly read
 
+	// Received file descriptors (fds.go): batches not yet claimed by a
+	// frame, oldest first, and the frame being handled's.
+	files   []fileBatch
+	inFiles []int
+
 	hello     bool // the peer's hello has been read
 	draining  bool // a shutdown request arrived: refuse later requests
 	served    bool // the background reader has handed a reply to a Call
@@ -48,7 +53,8 @@ type partial struct {
 	cl     *call  // whose reply; nil for partDiscard and partConnErr
 	buf    []byte // the payload; buf[:got] is read
 	got    int
-	left   int // partDiscard: bytes still to skip
+	left   int   // partDiscard: bytes still to skip
+	files  []int // partReply: the descriptors that came with it
 }
 
 type partKind uint8
@@ -251,6 +257,11 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 		if lead != nil && !h.IsReply() {
 			return stopRequest
 		}
+		if h.Flags&wire.FlagFiles != 0 || len(r.files) != 0 {
+			if err := r.claimFiles(h); err != nil {
+				return r.stopOn(err)
+			}
+		}
 		r.r += wire.HeaderSize
 		r.large = h.Length >= alignThreshold
 		switch {
@@ -270,6 +281,9 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 			err = r.cancelRequest(h)
 		default:
 			err = r.dispatch(h)
+		}
+		if r.inFiles != nil { // nobody took them: a ping, a refused request, ...
+			closeFDs(r.takeFiles())
 		}
 		if err != nil {
 			return r.stopOn(err)
@@ -320,6 +334,7 @@ func (r *reader) deliver(h wire.Header) error {
 			p.buf = make([]byte, n)
 		}
 		p.buf = p.buf[:n]
+		p.files = r.takeFiles()
 	}
 	if p.kind == partDiscard {
 		k := min(p.left, r.w-r.r)
@@ -346,9 +361,10 @@ func (r *reader) finishPart() error {
 	if err == errSlice {
 		return err
 	}
-	cl, buf, kind := p.cl, p.buf, p.kind
+	cl, buf, kind, files := p.cl, p.buf, p.kind, p.files
 	*p = partial{}
 	if err != nil {
+		closeFDs(files)
 		err = r.readErr(err)
 		if cl != nil {
 			cl.err = closeErr(err) // the Conn closes on any error here
@@ -358,7 +374,7 @@ func (r *reader) finishPart() error {
 	}
 	switch kind {
 	case partReply:
-		cl.reply = buf
+		cl.reply, cl.files = buf, files
 	case partError:
 		cl.err = wire.ParseError(buf)
 	case partConnErr:
@@ -415,6 +431,9 @@ func (r *reader) readHello(h wire.Header) error {
 }
 
 func (r *reader) readErr(err error) error {
+	if oe, ok := err.(*OpError); ok {
+		return oe // already said (a protocol error found while reading)
+	}
 	if err == io.EOF {
 		err = &wire.FrameError{Err: wire.ErrTruncated, Detail: "stream ended inside a frame"}
 	} else if errors.Is(err, unix.EAGAIN) {
@@ -493,6 +512,11 @@ func (r *reader) read(p []byte) (int, error) {
 	}
 	r.slow = false
 	r.c.received.Add(uint64(n))
+	if rf := r.c.sock.rf; rf != nil && (len(rf.got) > 0 || rf.trunc) {
+		if err := r.arrived(n); err != nil {
+			return 0, err
+		}
+	}
 	return n, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime/debug"
 	"time"
 
@@ -19,6 +20,13 @@ import (
 type Request struct {
 	Type    wire.Type
 	Payload []byte
+
+	// Files are the file descriptors that came with the request
+	// (protocol version 3), close-on-exec. The handler owns them, as
+	// Payload: the Conn never closes them.
+	Files []*os.File
+
+	reply *replyFiles // the files of the reply (AttachFiles); nil below version 3
 }
 
 // Handler answers requests that a Conn does not answer itself: message,
@@ -103,11 +111,12 @@ func (r *reader) dispatch(h wire.Header) error {
 			return err
 		}
 		r.draining = true
+		fds := r.takeFiles()
 		c.handlers.Add(1)
 		go func() {
 			defer c.handlers.Done()
 			c.inflight.Wait()
-			c.handle(ctx, cancel, h, p, n, hint, false)
+			c.handle(ctx, cancel, h, p, fds, n, hint, false)
 		}()
 		return nil
 	case c.cfg.Handler == nil:
@@ -134,12 +143,13 @@ func (r *reader) dispatch(h wire.Header) error {
 			cancel context.CancelFunc
 		)
 		if ctx, cancel, err = r.track(h); err == nil {
+			fds := r.takeFiles()
 			c.handlers.Add(1)
 			c.inflight.Add(1)
 			go func() {
 				defer c.handlers.Done()
 				defer c.inflight.Done() // after the reply is written
-				c.handle(ctx, cancel, h, p, n, hint, true)
+				c.handle(ctx, cancel, h, p, fds, n, hint, true)
 			}()
 			return nil
 		}
@@ -197,16 +207,21 @@ func (r *reader) cancelRequest(h wire.Header) error {
 	return nil
 }
 
-// handle runs the Handler (if any) for request h, whose payload is p,
-// with ctx (see track), and writes its answer (see answer). A Handler
-// that panics, or ends its goroutine with runtime.Goexit, is answered
-// for with CodeCrashed, and logged.
-func (c *Conn) handle(ctx context.Context, cancel context.CancelFunc, h wire.Header, p []byte, n, hint int64, slot bool) {
+// handle runs the Handler (if any) for request h, whose payload is p
+// and descriptors fds (the Handler's from now on), with ctx (see track),
+// and writes its answer (see answer) with the files the Handler
+// attached. A Handler that panics, or ends its goroutine with
+// runtime.Goexit, is answered for with CodeCrashed, and logged.
+func (c *Conn) handle(ctx context.Context, cancel context.CancelFunc, h wire.Header, p []byte, fds []int, n, hint int64, slot bool) {
 	var (
 		resp     []byte
 		err      error
 		returned bool
+		req      = Request{Type: h.Type, Payload: p, Files: filesOf(fds)}
 	)
+	if c.ver >= 3 {
+		req.reply = new(replyFiles)
+	}
 	defer func() {
 		if !returned {
 			v := recover()
@@ -225,10 +240,24 @@ func (c *Conn) handle(ctx context.Context, cancel context.CancelFunc, h wire.Hea
 			c.amu.Unlock()
 			cancel()
 		}
-		c.answer(h, resp, err, n, hint, slot)
+		var (
+			ctl  []byte
+			dups []int
+		)
+		if files := req.reply.take(); len(files) > 0 {
+			if err != nil {
+				closeFiles(files) // an error reply carries no descriptors
+			} else if ctl, dups, err = replyRights(files); err != nil {
+				resp, err = nil, fmt.Errorf("attaching files to the reply: %w", err)
+			}
+		}
+		c.answer(h, resp, err, n, hint, slot, ctl)
+		closeFDs(dups)
 	}()
-	if c.cfg.Handler != nil {
-		resp, err = c.cfg.Handler(ctx, Request{Type: h.Type, Payload: p})
+	if c.cfg.Handler == nil {
+		closeFiles(req.Files)
+	} else {
+		resp, err = c.cfg.Handler(ctx, req)
 	}
 	returned = true
 }
@@ -240,17 +269,23 @@ func (c *Conn) handle(ctx context.Context, cancel context.CancelFunc, h wire.Hea
 // slot is given back as soon as the reply's turn to be written comes:
 // a peer that sends its next request only after this reply must find a
 // slot free, while replies waiting their turn keep theirs, so that at
-// most MaxConcurrent of them wait.
-func (c *Conn) answer(h wire.Header, resp []byte, err error, n, hint int64, slot bool) {
+// most MaxConcurrent of them wait. ctl, if not nil, carries the
+// reply's descriptors (fds.go); an error reply goes without them.
+func (c *Conn) answer(h wire.Header, resp []byte, err error, n, hint int64, slot bool, ctl []byte) {
 	deadline := time.Now().Add(c.cfg.WriteTimeout)
 	rh := wire.Header{Type: h.Type, Flags: wire.FlagReply, ID: h.ID}
+	if ctl != nil {
+		rh.Flags |= wire.FlagFiles
+	}
 	if err != nil {
+		ctl, rh.Flags = nil, wire.FlagReply
 		var re *wire.RemoteError
 		if !errors.As(err, &re) {
 			re = &wire.RemoteError{Code: wire.CodeInternal, Message: err.Error()}
 		}
 		rh.Type, resp = wire.TypeError, wire.AppendError(nil, re.Code, re.Message)
 	} else if len(resp) > int(c.cfg.MaxPayload) {
+		ctl, rh.Flags = nil, wire.FlagReply
 		rh.Type, resp = wire.TypeError, wire.AppendError(nil, wire.CodeTooLarge, fmt.Sprintf("reply of %d bytes exceeds the limit of %d", len(resp), c.cfg.MaxPayload))
 	}
 	if d := frameCost(len(resp)) - hint; d > 0 {
@@ -260,7 +295,7 @@ func (c *Conn) answer(h wire.Header, resp []byte, err error, n, hint int64, slot
 		c.release(-d)
 		n += d
 	}
-	c.writeReply(rh, resp, n, deadline, slot)
+	c.writeReply(rh, resp, n, deadline, slot, ctl)
 }
 
 // closingWait bounds the wait of an error sent as the Conn closes (a
@@ -305,7 +340,7 @@ func (r *reader) refuse(id uint64, code wire.Code, msg string) error {
 // for closingWait: the error is sent on a best-effort basis.
 func (r *reader) protocolErr(err error) error {
 	code := wire.CodeProtocol
-	if errors.Is(err, wire.ErrFrameTooLarge) {
+	if errors.Is(err, wire.ErrFrameTooLarge) || errors.Is(err, ErrTooManyFiles) {
 		code = wire.CodeTooLarge
 	}
 	r.c.sendConnError(code, err.Error())

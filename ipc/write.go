@@ -138,6 +138,10 @@ func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err erro
 		n, err := c.sock.sendmsg(&c.msg)
 		if n > 0 {
 			started = true
+			if c.msg.Controllen != 0 {
+				// The descriptors went with the first byte (fds.go).
+				c.msg.Control, c.msg.Controllen = nil, 0
+			}
 			if c.advance(n) {
 				return sent, true, nil
 			}
@@ -154,9 +158,15 @@ func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err erro
 	}
 }
 
-// setFrame points the iovecs at h and p. The caller holds the write
-// lock.
-func (c *Conn) setFrame(h wire.Header, p []byte) {
+// setFrame points the iovecs at h and p, and attaches ctl, the control
+// message carrying the frame's descriptors (fds.go), if not nil. The
+// caller holds the write lock.
+func (c *Conn) setFrame(h wire.Header, p, ctl []byte) {
+	c.msg.Control, c.msg.Controllen = nil, 0
+	if ctl != nil {
+		c.msg.Control = &ctl[0]
+		c.msg.SetControllen(len(ctl))
+	}
 	h.Length = uint32(len(p))
 	wire.PutHeader(c.whdr[:], h)
 	c.msg.Iov = &c.iov[0]
@@ -176,13 +186,14 @@ func (c *Conn) setFrame(h wire.Header, p []byte) {
 // does not allocate unless it has to wait for the lock with a timeout
 // or leave the frame to finishLater.
 func (c *Conn) writeFrame(ctx context.Context, timeout time.Duration, h wire.Header, p []byte) error {
-	_, err := c.write(ctx, timeout, h, p)
+	_, err := c.write(ctx, timeout, h, p, nil)
 	return err
 }
 
 // write is writeFrame, also reporting, with an error, whether the frame
 // was left to finishLater: then the peer gets it whole all the same.
-func (c *Conn) write(ctx context.Context, timeout time.Duration, h wire.Header, p []byte) (finishing bool, err error) {
+// ctl, if not nil, carries the frame's descriptors (see setFrame).
+func (c *Conn) write(ctx context.Context, timeout time.Duration, h wire.Header, p, ctl []byte) (finishing bool, err error) {
 	if err := c.lockW(ctx, timeout); err != nil {
 		return false, c.writeErr(h, err)
 	}
@@ -190,7 +201,7 @@ func (c *Conn) write(ctx context.Context, timeout time.Duration, h wire.Header, 
 		c.unlockW()
 		return false, c.writeErr(h, c.closedErr())
 	}
-	c.setFrame(h, p)
+	c.setFrame(h, p, ctl)
 	res, started, err := c.sendLocked(&patience{ctx: ctx, timeout: timeout})
 	switch {
 	case res == sent:
@@ -212,8 +223,9 @@ func (c *Conn) write(ctx context.Context, timeout time.Duration, h wire.Header, 
 // then releases the n bytes held for it. The reply must be written by
 // deadline, the wait for the write lock included; if it is not, the
 // Conn is closed with ErrStalled. With slot set, a handler slot is
-// given back once the lock is taken (see answer).
-func (c *Conn) writeReply(h wire.Header, p []byte, n int64, deadline time.Time, slot bool) {
+// given back once the lock is taken (see answer). ctl, if not nil,
+// carries the reply's descriptors (see setFrame).
+func (c *Conn) writeReply(h wire.Header, p []byte, n int64, deadline time.Time, slot bool, ctl []byte) {
 	defer c.release(n)
 	err := c.lockW(context.Background(), max(time.Until(deadline), 1)) // > 0: a deadline
 	if slot {
@@ -227,7 +239,7 @@ func (c *Conn) writeReply(h wire.Header, p []byte, n int64, deadline time.Time, 
 	if c.wclosed {
 		return
 	}
-	c.setFrame(h, p)
+	c.setFrame(h, p, ctl)
 	switch res, started, err := c.sendLocked(&patience{deadline: deadline}); res {
 	case gaveUp:
 		c.stalled(h, "")
@@ -254,7 +266,7 @@ func (r *reader) reply(h wire.Header, p []byte, n int64) error {
 		c.release(n)
 		return c.writeErr(h, c.closedErr())
 	}
-	c.setFrame(h, p)
+	c.setFrame(h, p, nil)
 	// A peer that reads takes even a large frame within one blocking
 	// send; one that does not has had two writeSlices.
 	res, started, err := c.sendLocked(&patience{waits: 2})
@@ -306,7 +318,7 @@ func (c *Conn) replyLater(h wire.Header, p []byte, n int64) error {
 	go func() {
 		defer c.writers.Done()
 		defer func() { <-c.wsem }()
-		c.writeReply(h, p, n, deadline, false)
+		c.writeReply(h, p, n, deadline, false, nil)
 	}()
 	return nil
 }

@@ -272,10 +272,11 @@ func (p *process) hello(ctx context.Context) (channel, error) {
 	end := p.end
 	p.end = nil
 	conn, err := ipc.NewConn(ctx, end, ipc.ConnConfig{
-		Name:    "supervisor",
-		Handler: p.sp.cfg.Handler,
-		Logger:  p.log,
-		Poll:    p.sp.cfg.Workers > pollAbove,
+		Name:     "supervisor",
+		Handler:  p.sp.cfg.Handler,
+		Logger:   p.log,
+		Poll:     p.sp.cfg.Workers > pollAbove,
+		MaxFiles: channelMaxFiles, // files.go
 	})
 	if err != nil {
 		return nil, err

@@ -224,7 +224,7 @@ func TestRelayWorkerOutput(t *testing.T) {
 		{"info", junk, "worker.1", stderr},
 		{"info", "to-stdout", "worker.1", map[string]any{"stream": "stdout"}},
 		{"info", "partial-last-line", "worker.1", stderr},                // relayed at EOF
-		{"debug", "ready", "worker.1", map[string]any{"w.version": 2.0}}, // Serve's own log, at our level (protocol version 2)
+		{"debug", "ready", "worker.1", map[string]any{"w.version": 3.0}}, // Serve's own log, at our level (protocol version 3)
 	}
 	for _, w := range want {
 		found := false

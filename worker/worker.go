@@ -57,6 +57,15 @@ type Config struct {
 	// wire.CodeUnsupported.
 	Handler func(ctx context.Context, msg []byte) ([]byte, error)
 
+	// FilesHandler, if set, answers application messages in Handler's
+	// place (files.go), with the file descriptors that came with each
+	// (none, or those the supervisor sent with SendFiles: close-on-exec,
+	// the handler's to close) and returns, besides its reply, files to
+	// send with it, which the worker closes once they are sent. Without
+	// it a message that comes with files is refused with
+	// wire.CodeUnsupported, its files closed.
+	FilesHandler func(ctx context.Context, msg []byte, files []*os.File) (reply []byte, replyFiles []*os.File, err error)
+
 	// Logger receives the worker's own log lines. Nil means
 	// [Worker.Logger]: hclog JSON on stderr at the supervisor's level.
 	Logger hclog.Logger
@@ -216,6 +225,9 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 	handle := func(hctx context.Context, req ipc.Request) ([]byte, error) {
 		switch req.Type {
 		case wire.TypeMessage:
+			if cfg.FilesHandler != nil || len(req.Files) > 0 {
+				return handleFiles(hctx, req, &cfg) // files.go
+			}
 			if cfg.Handler == nil {
 				return nil, &wire.RemoteError{Code: wire.CodeUnsupported, Message: "worker has no message handler"}
 			}
@@ -234,6 +246,7 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 		Handler:    handle,
 		Logger:     log,
 		MaxVersion: cfg.maxVersion,
+		MaxFiles:   wire.MaxFiles, // files.go
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)

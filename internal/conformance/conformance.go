@@ -231,14 +231,19 @@ func (w *worker) kill() {
 	w.out.Wait()
 }
 
+// checkedVersion is the highest protocol version the checker offers: it
+// checks what versions 1 and 2 define, and reads with read(2), which
+// would discard the file descriptors version 3 may pass.
+const checkedVersion = 2
+
 // hello exchanges hellos over a raw connection: ours first (offering
-// versions up to maxVersion, or wire.ProtocolVersion if 0), then theirs,
+// versions up to maxVersion, or checkedVersion if 0), then theirs,
 // within d.
 func hello(conn net.Conn, d time.Duration, maxVersion uint16) (wire.Header, wire.Hello, error) {
 	conn.SetDeadline(time.Now().Add(d))
 	defer conn.SetDeadline(time.Time{})
 	if maxVersion == 0 {
-		maxVersion = wire.ProtocolVersion
+		maxVersion = checkedVersion
 	}
 	ours := wire.AppendHello(nil, wire.Hello{MinVersion: wire.MinProtocolVersion, MaxVersion: maxVersion, PID: uint32(os.Getpid()), Name: "check-worker"})
 	if _, err := conn.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, ours)); err != nil {
@@ -282,8 +287,8 @@ func (c *checker) helloAndContract(ctx context.Context) bool {
 		return false
 	case h.Flags != 0 || h.ID != 0:
 		c.fail("hello", "hello header has flags %#x and id %d, want 0 and 0", h.Flags, h.ID)
-	case hl.MinVersion > wire.ProtocolVersion || hl.MaxVersion < wire.MinProtocolVersion || hl.MinVersion > hl.MaxVersion:
-		c.fail("hello", "versions %d–%d do not include one we speak (%d–%d)", hl.MinVersion, hl.MaxVersion, wire.MinProtocolVersion, wire.ProtocolVersion)
+	case hl.MinVersion > checkedVersion || hl.MaxVersion < wire.MinProtocolVersion || hl.MinVersion > hl.MaxVersion:
+		c.fail("hello", "versions %d–%d do not include one we speak (%d–%d)", hl.MinVersion, hl.MaxVersion, wire.MinProtocolVersion, checkedVersion)
 	case !utf8.ValidString(hl.Name):
 		c.fail("hello", "name %q is not UTF-8", hl.Name)
 	case hl.PID != 0 && int(hl.PID) != w.cmd.Process.Pid:

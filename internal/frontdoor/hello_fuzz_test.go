@@ -28,6 +28,7 @@ func FuzzCheckHello(f *testing.F) {
 	f.Add(hello(0, 265, 0), uint32(0))
 	f.Add(hello(0, 300, 0), uint32(100))
 	f.Add(hello(wire.FlagReply, 16, 0), uint32(0))
+	f.Add(hello(wire.FlagFiles, 16, 0), uint32(0))
 	f.Add(hello(0, 16, 9), uint32(0))
 	f.Add(hello(0, 16, 0)[:10], uint32(0))
 	f.Add(wire.AppendFrame(nil, wire.Header{Type: wire.TypeCancel, ID: 1}, nil), uint32(0))

@@ -369,6 +369,8 @@ func checkHello(b []byte, maxPayload uint32) *wire.RemoteError {
 		return bad(wire.CodeProtocol, "the first frame is %s", h.Type)
 	case h.IsReply():
 		return bad(wire.CodeProtocol, "the first frame is a hello with the reply flag")
+	case h.Flags != 0:
+		return bad(wire.CodeProtocol, "the first frame is a hello with flags %#02x", h.Flags)
 	case h.ID != 0:
 		return bad(wire.CodeProtocol, "the first frame is a hello with id %d, want 0", h.ID)
 	case h.Length > wire.MaxHelloPayload:

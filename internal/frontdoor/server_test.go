@@ -384,6 +384,7 @@ func TestServerRefusesBadHello(t *testing.T) {
 		{"ping", udsHeader(wire.TypePing, 0, 0, 1), wire.CodeProtocol},
 		{"message", wire.AppendFrame(nil, wire.Header{Type: wire.TypeMessage, ID: 1}, []byte("hi")), wire.CodeProtocol},
 		{"hello-reply-flag", udsHeader(wire.TypeHello, wire.FlagReply, 8, 0), wire.CodeProtocol},
+		{"hello-files-flag", udsHeader(wire.TypeHello, wire.FlagFiles, 8, 0), wire.CodeProtocol},
 		{"hello-id", udsHeader(wire.TypeHello, 0, 8, 5), wire.CodeProtocol},
 		{"hello-short", udsHeader(wire.TypeHello, 0, 4, 0), wire.CodeProtocol},
 		{"hello-too-long", udsHeader(wire.TypeHello, 0, 100000, 0), wire.CodeTooLarge},

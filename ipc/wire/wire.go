@@ -22,9 +22,14 @@ const (
 
 	// ProtocolVersion is the highest protocol version pairvisor
 	// speaks; MinProtocolVersion the lowest. Version 2 adds
-	// [TypeCancel]; everything else is as in version 1.
-	ProtocolVersion    = 2
+	// [TypeCancel]; version 3 adds file descriptors passed with frames
+	// ([FlagFiles]); everything else is as in version 1.
+	ProtocolVersion    = 3
 	MinProtocolVersion = 1
+
+	// MaxFiles bounds the file descriptors one frame may carry
+	// (version 3, [FlagFiles]).
+	MaxFiles = 16
 
 	// MaxPayload is the protocol's hard limit on a frame's payload
 	// (16 MiB). A receiver may be configured with a lower limit.
@@ -83,7 +88,13 @@ const (
 	// same id.
 	FlagReply uint8 = 1 << 0
 
-	knownFlags = FlagReply
+	// FlagFiles (version 3) marks a frame that carries file
+	// descriptors: 1 to [MaxFiles] of them, passed (SCM_RIGHTS) with
+	// the frame's first byte. Package ipc checks that the connection's
+	// version allows it and that the descriptors came.
+	FlagFiles uint8 = 1 << 1
+
+	knownFlags = FlagReply | FlagFiles
 )
 
 // Header is a decoded frame header.
@@ -104,6 +115,10 @@ type Header struct {
 
 // IsReply reports whether the frame answers an earlier request.
 func (h Header) IsReply() bool { return h.Flags&FlagReply != 0 }
+
+// HasFiles reports whether the frame carries file descriptors
+// ([FlagFiles]).
+func (h Header) HasFiles() bool { return h.Flags&FlagFiles != 0 }
 
 // PutHeader encodes h into b, which must be at least [HeaderSize] long.
 func PutHeader(b []byte, h Header) {

@@ -36,6 +36,8 @@ func TestHeaderRoundTrip(t *testing.T) {
 		{Type: wire.TypeStatus, Flags: wire.FlagReply},
 		{Type: wire.TypeReload, ID: 1 << 32},
 		{Type: wire.TypeError, Flags: wire.FlagReply, Length: 2},
+		{Type: wire.TypeMessage, Flags: wire.FlagFiles, Length: 3, ID: 5},
+		{Type: wire.TypeMessage, Flags: wire.FlagReply | wire.FlagFiles, ID: 5},
 	} {
 		b := make([]byte, wire.HeaderSize, wire.HeaderSize+3)
 		wire.PutHeader(b, h)
@@ -45,6 +47,9 @@ func TestHeaderRoundTrip(t *testing.T) {
 		}
 		if got.IsReply() != (h.Flags&wire.FlagReply != 0) {
 			t.Errorf("%+v: IsReply() = %v", h, got.IsReply())
+		}
+		if got.HasFiles() != (h.Flags&wire.FlagFiles != 0) {
+			t.Errorf("%+v: HasFiles() = %v", h, got.HasFiles())
 		}
 	}
 }
@@ -75,7 +80,7 @@ func TestParseHeaderErrors(t *testing.T) {
 		{"type14", with(2, 14), 0, wire.ErrUnknownType, "type byte 14", true},
 		{"type16", with(2, 16), 0, wire.ErrUnknownType, "type byte 16", true},
 		{"type255", with(2, 255), 0, wire.ErrUnknownType, "type byte 255", true},
-		{"flags2", with(3, 2), 0, wire.ErrBadFlags, "flags 0x02", true},
+		{"flags4", with(3, 4), 0, wire.ErrBadFlags, "flags 0x04", true},
 		{"flags80", with(3, 0x81), 0, wire.ErrBadFlags, "flags 0x81", true},
 		{"over-max", valid, 9, wire.ErrFrameTooLarge, "echo payload of 10 bytes exceeds the limit of 9", true},
 		{"over-protocol", header(wire.TypeMessage, 0, wire.MaxPayload+1, 99), 0, wire.ErrFrameTooLarge, "message payload of 16777217 bytes exceeds the limit of 16777216", true},
