@@ -266,6 +266,21 @@ type ConnConfig struct {
 	// Addr names the socket in errors and logs; empty for socketpairs.
 	Addr string
 
+	// Detachable lets [Conn.Detach] move the connection to another
+	// Conn (detach.go). In blocking mode the background reader then
+	// waits in read(2) at most 100 ms at a time, so that it sees a
+	// detach while the peer is quiet.
+	Detachable bool
+
+	// DetachAt, if set, makes the Conn detach by itself (as by
+	// [Conn.Detach]) instead of taking in a request of a type for which
+	// it reports true: the request stays unread, at the start of the
+	// Session's Buffered bytes, for whoever resumes the connection
+	// ([Conn.Detach] returns them once the Conn is done). It is called
+	// on the background reader's goroutine, for every request it takes
+	// in, and must return at once.
+	DetachAt func(t wire.Type) bool
+
 	// Logger receives protocol errors at debug level, and handlers'
 	// panics, with their stacks, at error level. Nil discards.
 	Logger hclog.Logger
@@ -346,6 +361,12 @@ type Conn struct {
 	cancelQ  []uint64                      // our cancels not yet written; under pmu
 	cancelOn bool                          // writeCancels runs; under pmu
 
+	// Detaching (detach.go).
+	detachWant atomic.Bool   // Detach was called, or DetachAt said so
+	detached   *detached     // set, under pmu, when the Conn detached
+	drainCh    chan struct{} // closed when the peer's shutdown request arrives
+	drainOnce  sync.Once
+
 	kill      chan struct{} // closed when the Conn starts closing
 	killOnce  sync.Once
 	closeOnce sync.Once
@@ -384,12 +405,13 @@ func NewConnPrefixed(ctx context.Context, f *os.File, prefix []byte, cfg ConnCon
 		unix.Close(fd)
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: ErrNotSocket}
 	}
-	return newConn(ctx, fd, cfg, prefix)
+	return newConn(ctx, fd, cfg, prefix, nil)
 }
 
 // newConn takes ownership of fd (closed on error too). prefix holds
-// bytes already read from fd that belong to the stream.
-func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn, error) {
+// bytes already read from fd that belong to the stream. With sess the
+// connection is established already (Resume): no hellos are exchanged.
+func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte, sess *Session) (*Conn, error) {
 	if cfg.MaxPayload == 0 || cfg.MaxPayload > wire.MaxPayload {
 		cfg.MaxPayload = wire.MaxPayload
 	}
@@ -417,7 +439,11 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	s, err := newSock(fd, cfg.Poll, cfg.IdleTimeout)
+	if sess != nil && (sess.Version < wire.MinProtocolVersion || sess.Version > cfg.MaxVersion) {
+		unix.Close(fd)
+		return nil, &OpError{Op: "resume", Addr: cfg.Addr, Err: fmt.Errorf("session at version %d, this Conn speaks %d to %d", sess.Version, wire.MinProtocolVersion, cfg.MaxVersion)}
+	}
+	s, err := newSock(fd, cfg.Poll, cfg.IdleTimeout, cfg.Detachable)
 	if err != nil {
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
 	}
@@ -438,6 +464,7 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 		room:      make(chan struct{}, 1),
 		sem:       make(chan struct{}, cfg.MaxConcurrent),
 		kill:      make(chan struct{}),
+		drainCh:   make(chan struct{}),
 		helloDone: make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -449,6 +476,16 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte) (*Conn,
 	c.msg.Iov = &c.iov[0]
 	c.iov[0].Base = &c.whdr[0]
 	c.iov[0].SetLen(wire.HeaderSize)
+	if sess != nil {
+		c.peer, c.ver = sess.Peer, sess.Version
+		if sess.NextID > 0 {
+			c.nextID = sess.NextID - 1
+		}
+		r.hello = true
+		close(c.helloDone)
+		go c.background(r)
+		return c, nil
+	}
 	hello := wire.AppendHello(make([]byte, 0, 64), c.ourHello(uint32(os.Getpid())))
 	if err := c.writeFrame(ctx, 0, wire.Header{Type: wire.TypeHello}, hello); err != nil {
 		c.cancel()

@@ -74,7 +74,7 @@ func TestViolationErrorIDZero(t *testing.T) {
 		}, ipc.ErrUnexpected, wire.CodeProtocol},
 		{"reply-hello", func(id uint64) []byte { return header(wire.TypeHello, wire.FlagReply, 0, id) }, ipc.ErrUnexpected, wire.CodeProtocol},
 		{"reply-cancel", func(id uint64) []byte { return header(wire.TypeCancel, wire.FlagReply, 0, id) }, ipc.ErrUnexpected, wire.CodeProtocol},
-		{"request-unknown-type", func(id uint64) []byte { return header(9, 0, 0, id) }, wire.ErrUnknownType, wire.CodeProtocol},
+		{"request-unknown-type", func(id uint64) []byte { return header(10, 0, 0, id) }, wire.ErrUnknownType, wire.CodeProtocol},
 		{"request-error", func(id uint64) []byte {
 			return wire.AppendFrame(nil, wire.Header{Type: wire.TypeError, ID: id}, wire.AppendError(nil, wire.CodeInternal, "x"))
 		}, ipc.ErrUnexpected, wire.CodeProtocol},

@@ -97,7 +97,7 @@ func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
 		unix.Close(fd)
 		return nil, &OpError{Op: "dial", Addr: path, Err: os.NewSyscallError("fcntl", err)}
 	}
-	return newConn(ctx, fd, cfg, nil)
+	return newConn(ctx, fd, cfg, nil, nil)
 }
 
 // checkServerCred is Dial's check of the server it reached, before it

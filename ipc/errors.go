@@ -41,6 +41,11 @@ var (
 	// error names the server's uid and pid.
 	ErrUntrustedPeer = errors.New("ipc: server runs as an untrusted user")
 
+	// ErrDetached reports a Conn that was detached (Conn.Detach,
+	// ConnConfig.DetachAt): its connection goes on elsewhere. It wraps
+	// ErrClosed.
+	ErrDetached = fmt.Errorf("%w: detached", ErrClosed)
+
 	// ErrNoFiles reports file descriptors for a connection that cannot
 	// carry them: it speaks a version below 3 (one side has no
 	// ConnConfig.MaxFiles, or the system passes none: Linux only).

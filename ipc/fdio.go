@@ -58,6 +58,10 @@ type sock struct {
 	// rf, when the Conn takes file descriptors, makes every read a
 	// recvmsg(2) that can receive them (fds_linux.go); nil otherwise.
 	rf *recvFiles
+
+	// wk, when the Conn is detachable, lets a detach reach the
+	// background reader (detach.go); nil otherwise.
+	wk *sockWake
 }
 
 // errSlice is returned by sock.read to a leading caller whose read
@@ -66,8 +70,11 @@ var errSlice = errors.New("ipc: nothing to read within the slice")
 
 // newSock prepares fd, which it takes ownership of, for its mode. On
 // error the fd is closed.
-func newSock(fd int, poll bool, idle time.Duration) (*sock, error) {
+func newSock(fd int, poll bool, idle time.Duration, detachable bool) (*sock, error) {
 	s := &sock{fd: fd, idle: idle}
+	if detachable {
+		s.wk = new(sockWake)
+	}
 	if err := s.setup(poll); err != nil {
 		s.close()
 		return nil, err
@@ -80,8 +87,8 @@ func (s *sock) setup(poll bool) error {
 		if err := setSendTimeout(s.fd, writeSlice); err != nil {
 			return err
 		}
-		if s.idle > 0 {
-			return setRecvTimeout(s.fd, s.idle)
+		if d := s.bgTimeout(); d > 0 {
+			return setRecvTimeout(s.fd, d)
 		}
 		return nil
 	}
@@ -109,7 +116,7 @@ func (s *sock) lead(on bool) error {
 	if s.leading == on || s.file != nil {
 		return nil
 	}
-	d := s.idle
+	d := s.bgTimeout()
 	if on {
 		d = ioSlice
 		if s.idle > 0 {
@@ -125,6 +132,12 @@ func (s *sock) lead(on bool) error {
 // leading caller, and unix.EAGAIN (idle) to the background reader.
 // Holder of the read side only.
 func (s *sock) read(p []byte) (int, error) {
+	if s.wk != nil && !s.leading {
+		if s.file == nil {
+			return s.readBlocking(p)
+		}
+		return s.readPolled(p)
+	}
 	if s.file == nil {
 		var (
 			n   int

@@ -508,6 +508,8 @@ func TestFilesViolations(t *testing.T) {
 		{name: "unannounced", peer: 3, frame: append(header(wire.TypeEcho, 0, 1, 1), 'x'), n: 3, next: header(wire.TypePing, 0, 0, 2), want: ipc.ErrUnexpected, wantVer: 3},
 		{name: "mid-frame", peer: 3, pre: header(wire.TypeEcho, 0, 4, 1), frame: []byte("abcd"), n: 1, next: header(wire.TypePing, 0, 0, 2), want: ipc.ErrUnexpected, wantVer: 3},
 		{name: "cancel", peer: 3, frame: header(wire.TypeCancel, wire.FlagFiles, 0, 7), n: 1, want: ipc.ErrUnexpected, wantVer: 3},
+		{name: "client-on-v2", peer: 2, frame: header(wire.TypeClient, 0, 0, 1), want: wire.ErrUnknownType, wantVer: 2},
+		{name: "client-on-v2-with-files", peer: 2, frame: header(wire.TypeClient, 0, 0, 1), n: 1, next: header(wire.TypePing, 0, 0, 2), want: wire.ErrUnknownType, wantVer: 2},
 		{name: "reply-to-nothing-flag-only", peer: 3, frame: header(wire.TypeMessage, wire.FlagReply|wire.FlagFiles, 0, 99), want: ipc.ErrUnexpected, wantVer: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -526,7 +528,8 @@ func TestFilesViolations(t *testing.T) {
 				}
 				sendRawFiles(t, raw, tc.frame, tc.n)
 				if tc.next != nil {
-					sendRaw(t, raw, tc.next)
+					// The Conn may have closed at the frame already.
+					unix.Sendmsg(int(raw.Fd()), tc.next, nil, nil, unix.MSG_NOSIGNAL)
 				}
 				waitDone(t, c)
 				wantOpFrameError(t, c.Err(), tc.want)

@@ -222,7 +222,7 @@ func header(t wire.Type, flags uint8, length uint32, id uint64) []byte {
 var garbageCases = []garbageCase{
 	// Instead of a hello.
 	{name: "magic", bytes: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want: wire.ErrBadMagic, code: wire.CodeProtocol},
-	{name: "type", bytes: header(9, 0, 0, 7), want: wire.ErrUnknownType, code: wire.CodeProtocol},
+	{name: "type", bytes: header(10, 0, 0, 7), want: wire.ErrUnknownType, code: wire.CodeProtocol},
 	{name: "flags", bytes: header(wire.TypePing, 0x80, 0, 7), want: wire.ErrBadFlags, code: wire.CodeProtocol},
 	{name: "length", bytes: header(wire.TypeHello, 0, 0xFFFFFFFF, 0), want: wire.ErrFrameTooLarge, code: wire.CodeTooLarge},
 	{name: "hello-length", bytes: header(wire.TypeHello, 0, 1000, 0), want: wire.ErrFrameTooLarge, code: wire.CodeTooLarge},

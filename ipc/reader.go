@@ -77,6 +77,7 @@ const (
 	stopGaveUp               // a caller holding the read side gave up: its context ended
 	stopPassed               // the background reader has passed the read side on
 	stopBoundary             // (handOn) the background reader, about to block in read(2)
+	stopDetach               // the background reader, between frames: detach (detach.go)
 )
 
 func newReader(c *Conn, prefix []byte) *reader {
@@ -160,6 +161,10 @@ func (c *Conn) background(r *reader) {
 			c.teardown(r)
 			return
 		}
+		if why == stopDetach {
+			c.detachTeardown(r) // detach.go
+			return
+		}
 		r = c.waitRead()
 	}
 }
@@ -223,6 +228,9 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 				return r.stopOn(err)
 			}
 		}
+		if lead == nil && !r.draining && c.detachWant.Load() {
+			return stopDetach
+		}
 		if lead != nil {
 			if lead.state.Load() == stateDone {
 				return stopOwnReply
@@ -238,7 +246,22 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 				return stopPassed
 			}
 		}
-		if err := r.fillHeader(); err != nil {
+		wk := c.sock.wk
+		if wk != nil && lead == nil {
+			wk.boundary = true
+		}
+		err := r.fillHeader()
+		if wk != nil {
+			wk.boundary = false
+		}
+		if err == errWake {
+			if !r.draining {
+				return stopDetach
+			}
+			c.sock.unwake() // a draining Conn runs to its end
+			continue
+		}
+		if err != nil {
 			switch {
 			case err == errSlice:
 			case err == io.EOF && r.r == r.w:
@@ -256,6 +279,10 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 		}
 		if lead != nil && !h.IsReply() {
 			return stopRequest
+		}
+		if lead == nil && r.hello && !h.IsReply() && !r.draining && c.cfg.DetachAt != nil && c.cfg.DetachAt(h.Type) {
+			c.detachWant.Store(true)
+			return stopDetach // the request stays unread
 		}
 		if h.Flags&wire.FlagFiles != 0 || len(r.files) != 0 {
 			if err := r.claimFiles(h); err != nil {
@@ -279,6 +306,8 @@ func (r *reader) run(ctx context.Context, lead *call) stop {
 			err = r.answerInline(h, c.cfg.MaxPayload)
 		case h.Type == wire.TypeCancel:
 			err = r.cancelRequest(h)
+		case h.Type == wire.TypeClient && c.ver < 3:
+			err = r.protocolErr(&wire.FrameError{Err: wire.ErrUnknownType, Detail: fmt.Sprintf("type byte %d (client) on a version %d connection", uint8(h.Type), c.ver)})
 		default:
 			err = r.dispatch(h)
 		}

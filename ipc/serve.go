@@ -111,6 +111,7 @@ func (r *reader) dispatch(h wire.Header) error {
 			return err
 		}
 		r.draining = true
+		c.markDraining()
 		fds := r.takeFiles()
 		c.handlers.Add(1)
 		go func() {

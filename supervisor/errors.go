@@ -37,6 +37,11 @@ var (
 	// of them did not exit with status 0.
 	ErrWorkersFailed = errors.New("supervisor: workers failed")
 
+	// ErrNoTaker is returned by HandOff when no worker took the client:
+	// none is ready, speaks protocol version 3 and has room. Nothing
+	// has touched the client's connection: the caller serves it.
+	ErrNoTaker = errors.New("supervisor: no worker takes the client")
+
 	// ErrUnsupported is returned by New when Config asks for a feature
 	// this system lacks: Ready: ReadyNotify anywhere but Linux. The
 	// error names the system.

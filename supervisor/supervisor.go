@@ -40,6 +40,7 @@ type Supervisor struct {
 	stats    stats
 	routed   func(*routes) // if set (by tests, before Run), sees every routing table published
 	checker  checker       // runs Config.HealthCmd; tests may replace it before Run
+	clients  clientLoad    // handed-over clients per worker (clients.go)
 
 	// The loop's own (loop.go, reload.go).
 	slots              []*slot

@@ -40,6 +40,15 @@
 // wrapping [ErrChannelClosed]): a supervisor does not restart a worker
 // that exited 0 under its default on-failure policy.
 //
+// The channel speaks protocol version 3 with a Go supervisor: messages
+// may carry open file descriptors both ways ([Worker.CallFiles],
+// [Config].FilesHandler), and a supervisor that serves a socket path
+// may hand the worker clients of that path (CLIENT requests), which
+// Serve then serves directly with the same Handler, up to
+// [Config].MaxClients, handing them back when the supervisor stops the
+// worker or a client asks for status or reload (docs/PROTOCOL.md,
+// "Handing clients to workers").
+//
 // Log through [Worker.Logger] (hclog JSON on stderr): the supervisor
 // relays each line under the worker's name with its level and fields.
 // Anything else on stdout or stderr is relayed as plain text; none of it

@@ -66,6 +66,13 @@ type Config struct {
 	// wire.CodeUnsupported, its files closed.
 	FilesHandler func(ctx context.Context, msg []byte, files []*os.File) (reply []byte, replyFiles []*os.File, err error)
 
+	// MaxClients bounds the clients of the supervisor's socket path
+	// that the worker serves at once when the supervisor hands them
+	// over (clients.go): the handler answers their messages directly.
+	// Zero means DefaultMaxClients; negative takes none (the
+	// supervisor then serves them itself).
+	MaxClients int
+
 	// Logger receives the worker's own log lines. Nil means
 	// [Worker.Logger]: hclog JSON on stderr at the supervisor's level.
 	Logger hclog.Logger
@@ -222,8 +229,11 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 		log = w.Logger()
 	}
 	shutdown := make(chan struct{})
+	clients := newClientSet(&cfg, clientName(w.id), log) // clients.go
 	handle := func(hctx context.Context, req ipc.Request) ([]byte, error) {
 		switch req.Type {
+		case wire.TypeClient:
+			return clients.serve(hctx, req)
 		case wire.TypeMessage:
 			if cfg.FilesHandler != nil || len(req.Files) > 0 {
 				return handleFiles(hctx, req, &cfg) // files.go
@@ -242,17 +252,19 @@ func (w *Worker) Serve(ctx context.Context, cfg Config) error {
 		}
 	}
 	conn, err := ipc.NewConn(ctx, w.file, ipc.ConnConfig{
-		Name:       "worker." + strconv.Itoa(w.id),
-		Handler:    handle,
-		Logger:     log,
-		MaxVersion: cfg.maxVersion,
-		MaxFiles:   wire.MaxFiles, // files.go
+		Name:          "worker." + strconv.Itoa(w.id),
+		Handler:       handle,
+		Logger:        log,
+		MaxVersion:    cfg.maxVersion,
+		MaxFiles:      wire.MaxFiles,   // files.go
+		MaxConcurrent: clients.slots(), // clients.go
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
 	w.conn.Store(conn)
 	defer w.conn.Store(nil)
+	go clients.watch(conn) // ends when conn is done
 	log.Debug("ready", "version", conn.Version())
 	select {
 	case <-conn.Done():

@@ -233,6 +233,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&duration, "duration", 0, "stop by itself after this long and print a summary; exit 1 if any echo or worker failed (0: run until SIGINT/SIGTERM)")
 	fs.DurationVar(&echoInterval, "echo-interval", 50*time.Millisecond, "time between echo requests sent to the built-in workers (0: no echo traffic; never with a command)")
 	fs.IntVar(&echoMax, "echo-max", 64<<10, "largest echo payload in bytes, 0 to 16 MiB; sizes are drawn between 0 and this")
+	handoff := registerHandoff(fs) // handoff.go
 	if st, ok := parseFlags(fs, args, stdout); !ok {
 		return st
 	}
@@ -337,6 +338,9 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		scfg.Name = "supervisor"
 		scfg.Handler = frontDoor(g, front, &srv, l.Addr(), configPath, sd, log)
 		scfg.ForwardEcho = true
+		if *handoff {
+			scfg.HandOff = handOffTo(g, front) // handoff.go
+		}
 		srv = frontdoor.New(l, scfg)
 	}
 

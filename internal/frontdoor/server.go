@@ -106,6 +106,11 @@ type Config struct {
 	// Being listed here also lets a peer connect, as AllowUIDs does.
 	ControlUIDs []uint32
 	ControlGIDs []uint32
+
+	// HandOff, if set, is offered every framed client before the
+	// server says hello to it, to pass the connection to a worker that
+	// serves it directly (handoff.go). Nil serves every client here.
+	HandOff HandOffFunc
 }
 
 // Stats counts a server's connections.
@@ -118,6 +123,9 @@ type Stats struct {
 	Evicted  int64 `json:"evicted"`   // quiet connections closed to make room for a newcomer
 	Denied   int64 `json:"denied"`    // control requests refused with wire.CodeDenied
 	BadHello int64 `json:"bad_hello"` // framed clients refused because their first header was not a hello
+	// With Config.HandOff (handoff.go):
+	HandedOff   int64 `json:"handed_off"`   // hand-overs to a worker that have ended: the client went away, or came back
+	WithWorkers int64 `json:"with_workers"` // clients being handed over or served by workers now
 }
 
 // Server serves connections accepted from a [listen.Listener]: framed
@@ -146,6 +154,7 @@ type Server struct {
 	refusedLog, fullLog, uidFullLog, evictLog, deniedLog *throttle
 
 	active, accepted, refused, framed, raw, evicted, denied, badHello atomic.Int64
+	handedOff, withWorkers                                            atomic.Int64 // handoff.go
 }
 
 // New returns a Server for l. It takes ownership of l: Serve closes it
@@ -202,7 +211,7 @@ func New(l *listen.Listener, cfg Config) *Server {
 func (s *Server) Stats() Stats {
 	return Stats{Active: s.active.Load(), Accepted: s.accepted.Load(), Refused: s.refused.Load(),
 		Framed: s.framed.Load(), Raw: s.raw.Load(), Evicted: s.evicted.Load(), Denied: s.denied.Load(),
-		BadHello: s.badHello.Load()}
+		BadHello: s.badHello.Load(), HandedOff: s.handedOff.Load(), WithWorkers: s.withWorkers.Load()}
 }
 
 // Serve accepts and serves connections until ctx ends, then closes the
@@ -281,34 +290,74 @@ func (s *Server) serveConn(ctx context.Context, sl *connSlot) {
 		return
 	}
 	s.framed.Add(1)
-	cfg := s.cfg.ConnConfig
-	if !sl.ctl {
-		cfg.Handler = s.guard(sl.cred)
-	}
-	cfg.Budget, cfg.Poll, cfg.Addr, cfg.Logger = s.budget, poll, s.l.Addr(), log
-	hctx, cancel := context.WithTimeout(ctx, handshakeWait)
-	c, err := ipc.NewConnPrefixed(hctx, sl.f, prefix, cfg) // closes sl.f
-	cancel()
-	if err != nil {
-		s.release(sl)
-		log.Debug("framed client failed its hello", "error", err)
-		return
-	}
-	s.mu.Lock()
-	stopping := s.stopping
-	sl.conn = c
-	s.mu.Unlock()
-	if stopping {
-		c.Close()
-	}
-	select {
-	case <-c.Done():
-	case <-s.stop:
-		c.Close()
-	}
+	s.serveFramed(ctx, sl, prefix, poll, log)
 	s.release(sl)
-	if err := c.Err(); err != nil && !errors.Is(err, ipc.ErrClosed) {
-		log.Warn("dropped client", "error", err)
+}
+
+// serveFramed serves a framed client whose first bytes are prefix, by a
+// Conn of ours and, with Config.HandOff, by workers for the stretches
+// of its life that begin with an echo or a message (handoff.go). It
+// owns sl.f, and closes it.
+func (s *Server) serveFramed(ctx context.Context, sl *connSlot, prefix []byte, poll bool, log hclog.Logger) {
+	f := sl.f
+	var (
+		sess *ipc.Session // where a worker left the client
+		ho   *handOff
+	)
+	if s.cfg.HandOff != nil {
+		ho = s.newHandOff(sl)
+	}
+	for {
+		cfg := s.cfg.ConnConfig
+		if !sl.ctl {
+			cfg.Handler = s.guard(sl.cred)
+		}
+		cfg.Budget, cfg.Poll, cfg.Addr, cfg.Logger = s.budget, poll, s.l.Addr(), log
+		if ho != nil {
+			cfg.DetachAt = ho.detachAt
+		}
+		var (
+			c   *ipc.Conn
+			err error
+		)
+		if sess != nil {
+			c, err = ipc.Resume(f, *sess, cfg) // closes f
+		} else {
+			hctx, cancel := context.WithTimeout(ctx, handshakeWait)
+			c, err = ipc.NewConnPrefixed(hctx, f, prefix, cfg) // closes f
+			cancel()
+		}
+		if err != nil {
+			log.Debug("framed client failed its hello", "error", err)
+			return
+		}
+		s.mu.Lock()
+		stopping := s.stopping
+		sl.conn = c
+		s.mu.Unlock()
+		if stopping {
+			c.Close()
+		}
+		select {
+		case <-c.Done():
+		case <-s.stop:
+			c.Close()
+		}
+		err = c.Err()
+		if ho == nil || !errors.Is(err, ipc.ErrDetached) {
+			if err != nil && !errors.Is(err, ipc.ErrClosed) {
+				log.Warn("dropped client", "error", err)
+			}
+			return
+		}
+		var ds ipc.Session
+		if f, ds, err = c.Detach(ctx); err != nil { // detached already: at once
+			return
+		}
+		var done bool
+		if sess, done = ho.offer(ctx, f, ds, log); done {
+			return
+		}
 	}
 }
 

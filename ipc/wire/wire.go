@@ -60,13 +60,14 @@ const (
 	TypeStatus   Type = 6 // asks for a JSON status document
 	TypeReload   Type = 7 // asks a supervisor for a rolling restart
 	TypeCancel   Type = 8 // version 2: the sender gave up on its request with this id; empty, never answered
+	TypeClient   Type = 9 // version 3: a client's connection handed to a worker (client.go)
 	TypeError    Type = 15
 )
 
 var typeNames = [...]string{
 	TypeHello: "hello", TypePing: "ping", TypeEcho: "echo", TypeMessage: "message",
 	TypeShutdown: "shutdown", TypeStatus: "status", TypeReload: "reload", TypeCancel: "cancel",
-	TypeError: "error",
+	TypeClient: "client", TypeError: "error",
 }
 
 // String returns the type's lower-case name, or "type(N)" when unknown.
@@ -79,7 +80,8 @@ func (t Type) String() string {
 
 // Known reports whether t is a type defined by the protocol (by its
 // highest version: [TypeCancel] is known although a version 1
-// connection must not carry it; package ipc checks that).
+// connection must not carry it, and [TypeClient] likewise below
+// version 3; package ipc checks that).
 func (t Type) Known() bool { return int(t) < len(typeNames) && typeNames[t] != "" }
 
 // Frame flags.

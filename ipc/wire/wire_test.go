@@ -76,7 +76,7 @@ func TestParseHeaderErrors(t *testing.T) {
 		{"magic1", with(1, 'Q'), 0, wire.ErrBadMagic, "got 0xc1 0x51", false},
 		{"text", []byte("{\"type\":\"ping\"}\n"), 0, wire.ErrBadMagic, "got 0x7b 0x22", false},
 		{"type0", with(2, 0), 0, wire.ErrUnknownType, "type byte 0", true},
-		{"type9", with(2, 9), 0, wire.ErrUnknownType, "type byte 9", true},
+		{"type10", with(2, 10), 0, wire.ErrUnknownType, "type byte 10", true},
 		{"type14", with(2, 14), 0, wire.ErrUnknownType, "type byte 14", true},
 		{"type16", with(2, 16), 0, wire.ErrUnknownType, "type byte 16", true},
 		{"type255", with(2, 255), 0, wire.ErrUnknownType, "type byte 255", true},
@@ -321,7 +321,7 @@ func TestTypeString(t *testing.T) {
 	for typ, want := range map[wire.Type]string{
 		wire.TypeHello: "hello", wire.TypePing: "ping", wire.TypeEcho: "echo", wire.TypeMessage: "message",
 		wire.TypeShutdown: "shutdown", wire.TypeStatus: "status", wire.TypeReload: "reload", wire.TypeError: "error",
-		wire.TypeCancel: "cancel", 0: "type(0)", 9: "type(9)", 14: "type(14)", 16: "type(16)", 255: "type(255)",
+		wire.TypeCancel: "cancel", wire.TypeClient: "client", 0: "type(0)", 10: "type(10)", 14: "type(14)", 16: "type(16)", 255: "type(255)",
 	} {
 		if got := typ.String(); got != want {
 			t.Errorf("Type(%d).String() = %q, want %q", uint8(typ), got, want)

@@ -1,0 +1,283 @@
+//go:build linux
+
+package ipc_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/wire"
+)
+
+// Detach and Resume (detach.go): a connection moves from one Conn to
+// another while its peer goes on sending, and the peer notices nothing.
+
+// detachPair returns a client Conn and the server Conn of the other end
+// of a socketpair, the server detachable with cfg.
+func detachPair(tb testing.TB, cfg ipc.ConnConfig) (client, server *ipc.Conn) {
+	tb.Helper()
+	cfg.Detachable = true
+	return pair(tb, ipc.ConnConfig{Name: "client"}, cfg)
+}
+
+// echoServer answers messages with their payload, prefixed by name.
+func echoServer(name string) ipc.Handler {
+	return func(_ context.Context, req ipc.Request) ([]byte, error) {
+		return append([]byte(name+":"), req.Payload...), nil
+	}
+}
+
+// TestDetachResume: while several goroutines of the client send echoes
+// and messages back to back, the server's side is detached and resumed
+// in a new Conn again and again, in blocking and in polled mode. Every
+// request gets its right reply, none fails, and no descriptor is left
+// open.
+func TestDetachResume(t *testing.T) {
+	for _, poll := range []bool{false, true} {
+		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
+			before := openFDs(t)
+			func() {
+				cfg := ipc.ConnConfig{Name: "server", Handler: echoServer("s"), Poll: poll, Detachable: true}
+				client, server := detachPair(t, cfg)
+				ctx := ctxTimeout(t, waitTimeout)
+				var (
+					stop   atomic.Bool
+					wg     sync.WaitGroup
+					done   atomic.Int64
+					failed = make(chan error, 8)
+				)
+				for g := range 4 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := 0; !stop.Load(); i++ {
+							p := randBytes(uint64(g*100000+i), 1+(i*977)%20000)
+							got, err := client.Echo(ctx, p, nil)
+							if err == nil && !bytes.Equal(got, p) {
+								err = fmt.Errorf("echo of %d bytes came back different", len(p))
+							}
+							if err == nil {
+								var r []byte
+								r, err = client.Call(ctx, wire.TypeMessage, p[:1], nil)
+								if err == nil && !bytes.Equal(r, append([]byte("s:"), p[0])) {
+									err = fmt.Errorf("message reply %q", r)
+								}
+							}
+							if err != nil {
+								failed <- err
+								return
+							}
+							done.Add(1)
+						}
+					}()
+				}
+				for round := range 20 {
+					f, sess, err := server.Detach(ctx)
+					if err != nil {
+						t.Fatalf("round %d: Detach: %v", round, err)
+					}
+					if !errors.Is(server.Err(), ipc.ErrDetached) {
+						t.Fatalf("round %d: a detached Conn reports %v", round, server.Err())
+					}
+					if sess.Version != client.Version() || sess.Peer.Name != "client" || len(sess.Buffered) > 16<<10 {
+						t.Fatalf("round %d: session %+v", round, sess)
+					}
+					if server, err = ipc.Resume(f, sess, cfg); err != nil {
+						t.Fatalf("round %d: Resume: %v", round, err)
+					}
+					// Let some requests through the new Conn.
+					deadline := time.Now().Add(waitTimeout)
+					for n := done.Load(); done.Load() < n+5; {
+						select {
+						case err := <-failed:
+							t.Fatalf("round %d: %v", round, err)
+						default:
+						}
+						if time.Now().After(deadline) {
+							t.Fatalf("round %d: no requests answered within %v", round, waitTimeout)
+						}
+						runtime.Gosched()
+					}
+				}
+				stop.Store(true)
+				wg.Wait()
+				select {
+				case err := <-failed:
+					t.Fatal(err)
+				default:
+				}
+				client.Close()
+				server.Close()
+			}()
+			waitFDs(t, before, "after the detaches")
+		})
+	}
+}
+
+// TestDetachAt: a Conn that DetachAt tells to leave status requests
+// answers what comes before one, and detaches in front of it; the Conn
+// that resumes the session reads the status request first, and what
+// follows it.
+func TestDetachAt(t *testing.T) {
+	t.Parallel()
+	client, server := pair(t, ipc.ConnConfig{Name: "client"}, ipc.ConnConfig{
+		Name:     "worker",
+		Handler:  echoServer("w"),
+		DetachAt: func(t wire.Type) bool { return t == wire.TypeStatus },
+	})
+	ctx := ctxTimeout(t, waitTimeout)
+	if r, err := client.Call(ctx, wire.TypeMessage, []byte("1"), nil); err != nil || string(r) != "w:1" {
+		t.Fatalf("before the status: %q, %v", r, err)
+	}
+	status := make(chan error, 1)
+	go func() {
+		r, err := client.Call(ctx, wire.TypeStatus, nil, nil)
+		if err == nil && string(r) != "status from s" {
+			err = fmt.Errorf("status reply %q", r)
+		}
+		status <- err
+	}()
+	waitDone(t, server)
+	if !errors.Is(server.Err(), ipc.ErrDetached) {
+		t.Fatalf("Err() = %v, want ErrDetached", server.Err())
+	}
+	f, sess, err := server.Detach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := wire.ParseHeader(sess.Buffered, 0); err != nil || h.Type != wire.TypeStatus {
+		t.Fatalf("Buffered begins with %v, %v; want the status request", h, err)
+	}
+	s2, err := ipc.Resume(f, sess, ipc.ConnConfig{Name: "supervisor", Handler: func(_ context.Context, req ipc.Request) ([]byte, error) {
+		if req.Type == wire.TypeStatus {
+			return []byte("status from s"), nil
+		}
+		return echoServer("s")(ctx, req)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if err := recv(t, status, "the status reply"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := client.Call(ctx, wire.TypeMessage, []byte("2"), nil); err != nil || string(r) != "s:2" {
+		t.Fatalf("after the status: %q, %v", r, err)
+	}
+	if _, _, err := server.Detach(ctx); err != nil {
+		t.Fatalf("a second Detach: %v", err)
+	}
+}
+
+// TestDetachWaitsForRequests: a detach waits until every request the
+// Conn took in is answered: the peer gets the reply of a request that
+// was with the handler, from the old Conn.
+func TestDetachWaitsForRequests(t *testing.T) {
+	t.Parallel()
+	blk := newBlocker(3)
+	client, server := detachPair(t, ipc.ConnConfig{Name: "server", Handler: blk.handle})
+	ctx := ctxTimeout(t, waitTimeout)
+	reply := make(chan error, 1)
+	go func() {
+		r, err := client.Call(ctx, wire.TypeMessage, []byte(msgBlock), nil)
+		if err == nil && len(r) != 3 {
+			err = fmt.Errorf("reply of %d bytes", len(r))
+		}
+		reply <- err
+	}()
+	recv(t, blk.started, "the blocked request")
+	detached := make(chan error, 1)
+	var f *os.File
+	var sess ipc.Session
+	go func() {
+		var err error
+		f, sess, err = server.Detach(ctx)
+		detached <- err
+	}()
+	select {
+	case err := <-detached:
+		t.Fatalf("Detach returned (%v) while a request was with the handler", err)
+	case err := <-reply:
+		t.Fatalf("the blocked request was answered (%v) before its release", err)
+	default:
+	}
+	close(blk.release)
+	if err := recv(t, reply, "the released reply"); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, detached, "the detach"); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := ipc.Resume(f, sess, ipc.ConnConfig{Name: "s2", Handler: echoServer("s2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if r, err := client.Call(ctx, wire.TypeMessage, []byte("x"), nil); err != nil || string(r) != "s2:x" {
+		t.Fatalf("after the resume: %q, %v", r, err)
+	}
+}
+
+// TestDetachDraining: a Conn whose peer asked for a shutdown does not
+// detach; Detach reports it once the Conn has run to its end.
+func TestDetachDraining(t *testing.T) {
+	t.Parallel()
+	client, server := detachPair(t, ipc.ConnConfig{Name: "server"})
+	ctx := ctxTimeout(t, waitTimeout)
+	if _, err := client.Call(ctx, wire.TypeShutdown, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-server.Draining():
+	default:
+		t.Fatal("Draining() is not closed after the shutdown request")
+	}
+	res := make(chan error, 1)
+	go func() { _, _, err := server.Detach(ctx); res <- err }()
+	if _, err := client.Ping(ctx); err != nil { // pings are still answered
+		t.Fatal(err)
+	}
+	client.Close()
+	if err := recv(t, res, "Detach"); err == nil || errors.Is(err, ipc.ErrDetached) || !errors.Is(err, ipc.ErrClosed) {
+		t.Fatalf("Detach of a draining Conn: %v, want a plain close", err)
+	}
+}
+
+// TestDetachNotDetachable: Detach needs ConnConfig.Detachable.
+func TestDetachNotDetachable(t *testing.T) {
+	t.Parallel()
+	_, server := pair(t, ipc.ConnConfig{Name: "client"}, ipc.ConnConfig{Name: "server"})
+	if _, _, err := server.Detach(ctxTimeout(t, waitTimeout)); err == nil {
+		t.Fatal("Detach of a Conn without Detachable succeeded")
+	}
+	if server.Err() != nil {
+		t.Fatalf("the refused Detach closed the Conn: %v", server.Err())
+	}
+}
+
+// TestResumeVersion: a session at a version the new Conn does not speak
+// is refused, and the socket closed.
+func TestResumeVersion(t *testing.T) {
+	t.Parallel()
+	a, b, err := ipc.Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = ipc.Resume(a, ipc.Session{Version: 3, Peer: wire.Hello{MinVersion: 1, MaxVersion: 3}}, ipc.ConnConfig{})
+	if err == nil {
+		t.Fatal("Resume at version 3 without MaxFiles succeeded")
+	}
+	if n, _ := b.Read(make([]byte, 1)); n != 0 {
+		t.Fatal("the peer read data")
+	}
+}
