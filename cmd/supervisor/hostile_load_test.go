@@ -41,11 +41,14 @@ func TestRunHeavyLoad(t *testing.T) {
 	t.Parallel()
 	t.Run("forwarded", func(t *testing.T) {
 		t.Parallel()
-		heavyLoad(t, "--handoff=false", "--ping-timeout", "200ms", "--ping-misses", "2")
+		heavyLoad(t, "--handoff=false", "--ping-timeout", "500ms", "--ping-misses", "3")
 	})
 	t.Run("handed-over", func(t *testing.T) {
 		t.Parallel()
-		heavyLoad(t, "--handoff=true", "--ping-timeout", "1s", "--ping-misses", "3")
+		// A handed-over client lives in its worker: a worker killed as
+		// hung by a machine too loaded to schedule it would drop its
+		// clients, which is not what this test is about.
+		heavyLoad(t, "--handoff=true", "--ping-timeout", "2s", "--ping-misses", "5")
 	})
 }
 

@@ -345,8 +345,13 @@ while :; do sleep 1 & wait $!; done`, dir)
 func TestPID1Failure(t *testing.T) {
 	t.Parallel()
 	requireNamespaces(t)
-	r := startPID1(t, true, "run", "--workers", "1", "--ready", "started", "--max-restarts", "2",
+	// Not startPID1: the crash loop may end the namespace before a poll
+	// could see its PID 1.
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "setsid", testutil.Executable(),
+		"run", "--workers", "1", "--ready", "started", "--max-restarts", "2",
 		"--backoff-min", "10ms", "--backoff-max", "20ms", "--", "false")
+	cmd.Env = append(os.Environ(), harness.Use(t, "cli"))
+	r := testutil.StartProcess(t, cmd)
 	r.Wait(t, cliWait)
 	if r.ExitCode() != exitFail || !strings.Contains(r.Stderr.String(), "restart") {
 		t.Errorf("PID 1 exited %d, want 1 for a crash loop\n%s", r.ExitCode(), r.Output())
