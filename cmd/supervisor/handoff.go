@@ -17,7 +17,7 @@ import (
 
 // registerHandoff registers run's --handoff flag.
 func registerHandoff(fs *flag.FlagSet) *bool {
-	return fs.Bool("handoff", true, "--socket: hand framed clients to the front program's workers, least loaded first, which serve them directly (workers that speak protocol version 3: this binary's, any Go worker of package worker); status and reload stay with the supervisor, raw clients and clients no worker takes too")
+	return fs.Bool("handoff", false, "--socket: (experimental) hand framed clients to the front program's workers, least loaded first, which serve them directly (workers that speak protocol version 3: this binary's, any Go worker of package worker); status and reload stay with the supervisor, raw clients and clients no worker takes too")
 }
 
 // handOffTo is the front door's HandOff for run: it offers each client

@@ -51,7 +51,7 @@ func dialSock(tb testing.TB, sock string) *ipc.Conn {
 // again. The client sees one connection throughout.
 func TestRunHandoff(t *testing.T) {
 	t.Parallel()
-	run, sock, _ := startRun(t, 2, "--ping-misses", "20")
+	run, sock, _ := startRun(t, 2, "--handoff", "--ping-misses", "20")
 	c := dialSock(t, sock)
 	ctx, cancel := context.WithTimeout(t.Context(), cliPoll)
 	defer cancel()
@@ -127,7 +127,7 @@ func isCode(err error, code wire.Code) bool {
 // Not one request fails or comes back wrong, and the clients did move.
 func TestRunHandoffRollingRestart(t *testing.T) {
 	t.Parallel()
-	run, sock, _ := startRun(t, 3, "--ping-misses", "20")
+	run, sock, _ := startRun(t, 3, "--handoff", "--ping-misses", "20")
 	const clients = 12
 	var (
 		stop          atomic.Bool
@@ -201,7 +201,7 @@ func TestRunHandoffRollingRestart(t *testing.T) {
 // end at once rather than hang; a new connection is served.
 func TestRunHandoffWorkerKilled(t *testing.T) {
 	t.Parallel()
-	run, sock, pids := startRun(t, 1, "--ping-misses", "20")
+	run, sock, pids := startRun(t, 1, "--handoff", "--ping-misses", "20")
 	c := dialSock(t, sock)
 	ctx, cancel := context.WithTimeout(t.Context(), cliPoll)
 	defer cancel()
@@ -225,7 +225,7 @@ func TestRunHandoffWorkerKilled(t *testing.T) {
 	run.stopOK(t, syscall.SIGTERM, sock)
 }
 
-// TestRunHandoffOff: with --handoff=false every client stays with the
+// TestRunHandoffOff: without --handoff (the default) every client stays with the
 // supervisor, which forwards echoes to the workers.
 func TestRunHandoffOff(t *testing.T) {
 	t.Parallel()
@@ -251,7 +251,7 @@ func TestRunHandoffPythonWorkers(t *testing.T) {
 	t.Parallel()
 	py := testutil.RequireTool(t, "python3")
 	_, script := pyWorkerCopy(t)
-	run, sock, _ := startRun(t, 2, "--", py, script)
+	run, sock, _ := startRun(t, 2, "--handoff", "--", py, script)
 	c := dialSock(t, sock)
 	ctx, cancel := context.WithTimeout(t.Context(), cliPoll)
 	defer cancel()
@@ -275,7 +275,7 @@ func TestRunHandoffControl(t *testing.T) {
 	messageRole := harness.Use(t, "message") // before a skip: the role is this test's
 	dir, exe := otherUser(t)
 	sock := dir + "/s"
-	run := cliStart(t, "run", "--workers", "1", "--socket", sock, "--mode", "0666")
+	run := cliStart(t, "run", "--handoff", "--workers", "1", "--socket", sock, "--mode", "0666")
 	run.waitSocket(t, sock)
 	readyWorkers(t, sock, 1)
 	r := cliRun(t, cliOpts{exe: exe, cred: nobody}, "echo", "--socket", sock, "hello")
