@@ -180,7 +180,8 @@ type detached struct {
 }
 
 // Detach stops the Conn at the next frame boundary without closing the
-// connection and returns its socket, which the caller owns, and the
+// connection and returns its socket (in blocking mode, and so outside
+// the runtime's poller), which the caller owns, and the
 // state another Conn needs to serve it on ([Resume]). It waits until
 // every request the Conn has taken in is answered and its reply
 // written; calls of this side still waiting fail with an error wrapping
@@ -261,6 +262,11 @@ func (c *Conn) detachTeardown(r *reader) {
 	c.wlock <- struct{}{}
 	if !c.killed() && !c.wclosed {
 		if fd, err := unix.FcntlInt(uintptr(c.sock.fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			// Blocking, so that os.NewFile leaves it out of the runtime's
+			// poller: whoever holds it while another process serves the
+			// connection (a front door, during a hand-over) must not be
+			// woken by the traffic of that connection.
+			unix.SetNonblock(fd, false)
 			f = os.NewFile(uintptr(fd), "pairvisor-detached")
 		} else {
 			c.pmu.Lock()

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pairvisor/pairvisor/ipc"
 	"github.com/pairvisor/pairvisor/ipc/wire"
 )
@@ -153,6 +155,12 @@ func TestDetachAt(t *testing.T) {
 	f, sess, err := server.Detach(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	rc, _ := f.SyscallConn()
+	var flags int
+	rc.Control(func(fd uintptr) { flags, _ = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+	if flags&unix.O_NONBLOCK != 0 {
+		t.Error("the detached socket is non-blocking: os.NewFile put it in the runtime's poller")
 	}
 	if h, err := wire.ParseHeader(sess.Buffered, 0); err != nil || h.Type != wire.TypeStatus {
 		t.Fatalf("Buffered begins with %v, %v; want the status request", h, err)

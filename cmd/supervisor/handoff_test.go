@@ -201,12 +201,12 @@ func TestRunHandoffRollingRestart(t *testing.T) {
 // end at once rather than hang; a new connection is served.
 func TestRunHandoffWorkerKilled(t *testing.T) {
 	t.Parallel()
-	run, sock, pids := startRun(t, 1, "--handoff", "--ping-misses", "20")
+	run, sock, pids := startRun(t, 1, "--handoff", "--ping-misses", "20", "--log-level", "debug")
 	c := dialSock(t, sock)
 	ctx, cancel := context.WithTimeout(t.Context(), cliPoll)
 	defer cancel()
 	if _, err := c.Echo(ctx, []byte("x"), nil); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\n%s", err, run.Output())
 	}
 	poll(t, "the client to be with the worker", func() bool {
 		_, with := connStats(t, sock)
