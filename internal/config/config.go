@@ -53,7 +53,8 @@ type Program struct {
 
 	// Command is run with Args as each worker (found on PATH by the
 	// supervisor if it has no slash). Args, the values of Env and
-	// HealthCmd may hold %i and %%: see [Expand] and [Program.ForSlot].
+	// HealthCmd may hold %i (the worker's slot number) and %% (a literal %),
+	// which the supervisor expands for each worker.
 	Command string
 	Args    []string
 	// Env is added to the workers' environment: "KEY=VALUE" entries

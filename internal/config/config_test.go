@@ -57,43 +57,6 @@ func TestLoad(t *testing.T) {
 	}
 }
 
-func TestExpand(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		slot int
-		want string
-	}{
-		{"", 1, ""},
-		{"plain", 1, "plain"},
-		{"54%i", 3, "543"},
-		{"%i-%i", 12, "12-12"},
-		{"100%%", 1, "100%"},
-		{"%%i", 7, "%i"},
-		{"%%%i", 7, "%7"},
-		{"%x", 1, "%x"}, // Parse refuses these; Expand leaves them
-		{"50%", 1, "50%"},
-	} {
-		if got := Expand(tc.in, tc.slot); got != tc.want {
-			t.Errorf("Expand(%q, %d) = %q, want %q", tc.in, tc.slot, got, tc.want)
-		}
-	}
-
-	f, err := Parse("p.toml", []byte(exampleFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := f.Programs[0]
-	got := db.ForSlot(2)
-	if !reflect.DeepEqual(got.Args, []string{"db.py", "--port", "542"}) ||
-		!reflect.DeepEqual(got.Env, []string{"A B=100%", "DATA=/var/lib/db/2"}) ||
-		!reflect.DeepEqual(got.HealthCmd, []string{"pg_isready", "-p", "542"}) || got.Dir != "/srv/db" {
-		t.Errorf("ForSlot(2) = %+v", got)
-	}
-	if db.Args[2] != "54%i" || db.Env[1] != "DATA=/var/lib/db/%i" {
-		t.Errorf("ForSlot changed the original: %+v", db)
-	}
-}
-
 // names returns the groups of StartOrder as one string: "a | b c | d".
 func names(groups [][]string) string {
 	s := make([]string, len(groups))

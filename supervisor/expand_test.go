@@ -1,0 +1,40 @@
+package supervisor
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestExpand(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		slot int
+		want string
+	}{
+		{"", 1, ""},
+		{"plain", 1, "plain"},
+		{"54%i", 3, "543"},
+		{"%i-%i", 12, "12-12"},
+		{"100%%", 1, "100%"},
+		{"%%i", 7, "%i"},
+		{"%%%i", 7, "%7"},
+		{"%x", 1, "%x"}, // the config file refuses these; the command line keeps them
+		{"50%", 1, "50%"},
+	} {
+		if got := expand(tc.in, tc.slot); got != tc.want {
+			t.Errorf("expand(%q, %d) = %q, want %q", tc.in, tc.slot, got, tc.want)
+		}
+	}
+
+	args := []string{"db.py", "--port", "54%i"}
+	if got := expandAll(args, 2, false); !slices.Equal(got, []string{"db.py", "--port", "542"}) {
+		t.Errorf("expandAll(args) = %q", got)
+	}
+	env := []string{"A%i=100%%", "DATA=/var/lib/db/%i", "NOVALUE%i"}
+	if got := expandAll(env, 2, true); !slices.Equal(got, []string{"A%i=100%", "DATA=/var/lib/db/2", "NOVALUE2"}) {
+		t.Errorf("expandAll(env) = %q", got)
+	}
+	if args[2] != "54%i" || env[1] != "DATA=/var/lib/db/%i" {
+		t.Errorf("expandAll changed its input: %q %q", args, env)
+	}
+}
