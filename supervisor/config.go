@@ -166,6 +166,16 @@ type Config struct {
 	// Dir is the workers' working directory; empty means ours.
 	Dir string
 
+	// Credential, if set, is the user, group and supplementary groups
+	// that the workers and HealthCmd run as; nil means ours. Giving
+	// another one takes root: New fails with ErrConfig otherwise. The
+	// supervisor looks no account up and sets no variable: the caller
+	// puts HOME, USER and the like in Env if the program needs them.
+	// The executable must be one that user may run; sockets passed as
+	// Listeners are bound by us, so a port below 1024 needs no
+	// privilege of the workers'.
+	Credential *syscall.Credential
+
 	// Listeners are passed to every worker in the systemd
 	// socket-activation layout (see [Listener]; at most MaxListeners):
 	// fds 3 … 3+n−1 in this order, LISTEN_FDS, LISTEN_FDNAMES and
@@ -310,6 +320,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.StopSignal < 0 || c.StopSignal > 64 {
 		return c, fmt.Errorf("%w: StopSignal %d is not a signal", ErrConfig, c.StopSignal)
 	}
+	if err := c.checkCredential(os.Geteuid(), os.Getegid()); err != nil {
+		return c, err
+	}
 	if c.Ready == ReadyNotify {
 		if err := sdnotify.Supported(); err != nil {
 			return c, fmt.Errorf("%w: Ready: ReadyNotify: %w", ErrUnsupported, err)
@@ -376,4 +389,34 @@ func (c Config) withDefaults() (Config, error) {
 		c.stopGrace = stopSignalGrace
 	}
 	return c, nil
+}
+
+// checkCredential validates Credential for a supervisor running as euid
+// and egid, and makes it the caller's no more: c gets its own copy. An
+// unprivileged supervisor may only name itself, which then changes
+// nothing and so is dropped (setgroups would fail).
+func (c *Config) checkCredential(euid, egid int) error {
+	if c.Credential == nil {
+		return nil
+	}
+	cred := *c.Credential
+	cred.Groups = append([]uint32(nil), cred.Groups...)
+	c.Credential = &cred
+	if euid == 0 {
+		return nil
+	}
+	if int(cred.Uid) == euid && int(cred.Gid) == egid && len(cred.Groups) == 0 {
+		c.Credential = nil
+		return nil
+	}
+	return fmt.Errorf("%w: Credential: running workers as uid %d, gid %d takes root, and this process runs as uid %d",
+		ErrConfig, cred.Uid, cred.Gid, euid)
+}
+
+// workerUID is the uid the workers run as.
+func (c *Config) workerUID() uint32 {
+	if c.Credential != nil {
+		return c.Credential.Uid
+	}
+	return uint32(os.Geteuid())
 }

@@ -33,7 +33,7 @@ func (s *Supervisor) runHealthCommand(ctx context.Context, id, pid int, log hclo
 	cmd.Env = append(withoutContract(os.Environ()),
 		"PAIRVISOR_PROBE_WORKER="+strconv.Itoa(id),
 		"PAIRVISOR_PROBE_PID="+strconv.Itoa(pid))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cfg.Credential}
 	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
 	cmd.WaitDelay = time.Second // a descendant holding the output pipe
 	out := &cappedBuffer{max: healthOutputMax}

@@ -211,7 +211,7 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 	env := workerEnv(id, sp.cfg.Logger.GetLevel(), sp.cfg.Env)
 	var notify *sdnotify.Socket
 	if sp.cfg.Ready == ReadyNotify {
-		if notify, err = sdnotify.Listen(); err != nil {
+		if notify, err = sdnotify.Listen(sp.cfg.workerUID()); err != nil {
 			for _, f := range []*os.File{parentEnd, childEnd, outR, outW, errR, errW} {
 				f.Close()
 			}
@@ -229,6 +229,7 @@ func (sp *realSpawner) start(id int, exited func()) (handle, error) {
 		ExtraFiles:  []*os.File{childEnd},
 		SysProcAttr: workerAttr(),
 	}
+	cmd.SysProcAttr.Credential = sp.cfg.Credential
 	sp.withListeners(cmd) // listeners.go: fds 3…, the channel after them, the exec shim
 	req := spawnRequest{cmd: cmd, err: make(chan error, 1)}
 	sp.reqs <- req

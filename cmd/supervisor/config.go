@@ -58,6 +58,13 @@ func toProgram(p config.Program) (supervisor.Program, error) {
 	if !ok {
 		return supervisor.Program{}, fmt.Errorf("unknown stop signal %q", p.StopSignal)
 	}
+	cred, userEnv, err := workerAccount(p.User)
+	if err != nil {
+		return supervisor.Program{}, fmt.Errorf("user: %w", err)
+	}
+	if err := checkRunnable(exe, cred); err != nil {
+		return supervisor.Program{}, fmt.Errorf("user: %w", err)
+	}
 	return supervisor.Program{
 		Name:  p.Name,
 		After: p.After,
@@ -66,7 +73,8 @@ func toProgram(p config.Program) (supervisor.Program, error) {
 			Workers:        p.Workers,
 			Executable:     exe,
 			Args:           p.Args,
-			Env:            p.Env,
+			Env:            append(userEnv, p.Env...),
+			Credential:     cred,
 			Dir:            p.Dir,
 			Ready:          ready,
 			ReadyAfter:     p.ReadyAfter,

@@ -51,13 +51,18 @@ type supervisorFlags struct {
 	healthyAfter   time.Duration
 	maxRestarts    int
 	restartWindow  time.Duration
+	user           string
+
+	// Set by check from user (user.go).
+	cred    *syscall.Credential
+	userEnv []string
 }
 
 // programFlagNames are the flags of supervisorFlags: per program, so
 // not allowed with --config.
 var programFlagNames = []string{"name", "workers", "ready", "start-secs", "watchdog", "health-cmd", "health-interval",
 	"health-timeout", "health-misses", "ping-interval", "ping-timeout", "ping-misses", "start-timeout", "stop-timeout",
-	"stop-signal", "restart", "backoff-min", "backoff-max", "healthy-after", "max-restarts", "restart-window", "listen"}
+	"stop-signal", "restart", "backoff-min", "backoff-max", "healthy-after", "max-restarts", "restart-window", "listen", "user"}
 
 func (f *supervisorFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.name, "name", "worker", "the program's name: workers log as NAME.N")
@@ -81,6 +86,7 @@ func (f *supervisorFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.healthyAfter, "healthy-after", supervisor.DefaultHealthyAfter, "time a worker must stay ready for its restart backoff to reset (positive)")
 	fs.IntVar(&f.maxRestarts, "max-restarts", 0, "give up and exit 1 after more than this many restarts within --restart-window (0: no limit)")
 	fs.DurationVar(&f.restartWindow, "restart-window", supervisor.DefaultRestartWindow, "window for --max-restarts (positive)")
+	fs.StringVar(&f.user, "user", "", "run the workers (and --health-cmd) as USER or USER:GROUP, names or numbers; HOME, USER, LOGNAME and SHELL are set as the account has them (takes root; default: as this process)")
 }
 
 // stopSignals are the signals --stop-signal and stop_signal accept.
@@ -113,13 +119,17 @@ func (f *supervisorFlags) check() error {
 		fmt.Sprintf("RLIMIT_NOFILE is %d, and each worker holds up to %d descriptors", limit, fdsPerWorker)); err != nil {
 		return err
 	}
+	var err error
+	if f.cred, f.userEnv, err = workerAccount(f.user); err != nil {
+		return fmt.Errorf("--user: %w", err)
+	}
 	if f.maxRestarts < 0 {
 		return fmt.Errorf("--max-restarts must be 0 (no limit) or positive, got %d", f.maxRestarts)
 	}
 	if f.watchdog != 0 && f.ready != "notify" {
 		return fmt.Errorf("--watchdog needs --ready notify (the worker feeds it with WATCHDOG=1), got --ready %s", f.ready)
 	}
-	err := firstError(
+	err = firstError(
 		positive("start-secs", f.readyAfter),
 		zeroOrPositive("watchdog", f.watchdog, "no watchdog"),
 		positive("health-interval", f.healthInterval),
@@ -183,6 +193,8 @@ func (f *supervisorFlags) config() supervisor.Config {
 		HealthyAfter:   f.healthyAfter,
 		MaxRestarts:    f.maxRestarts,
 		RestartWindow:  f.restartWindow,
+		Credential:     f.cred,
+		Env:            f.userEnv,
 	}
 	if f.healthCmd != "" {
 		cfg.HealthCmd = []string{"/bin/sh", "-c", f.healthCmd}
@@ -281,6 +293,13 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 			echoInterval = 0
 			if cfg.Executable, err = resolveCommand(command[0]); err == nil {
 				cfg.Args = command[1:]
+				err = checkRunnable(cfg.Executable, cfg.Credential)
+			}
+		} else if cfg.Credential != nil {
+			// The built-in worker: this binary, run as the user.
+			var exe string
+			if exe, err = os.Executable(); err == nil {
+				err = checkRunnable(exe, cfg.Credential)
 			}
 		}
 		programs = []supervisor.Program{{Name: cfg.Name, Config: cfg}}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -30,7 +31,7 @@ type notifyListener struct {
 
 func listenNotify(t *testing.T) *notifyListener {
 	t.Helper()
-	sock, err := sdnotify.Listen()
+	sock, err := sdnotify.Listen(uint32(os.Geteuid()))
 	if err != nil {
 		t.Fatal(err)
 	}

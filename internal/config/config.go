@@ -65,6 +65,10 @@ type Program struct {
 	// expansion; a relative one is relative to the supervisor's);
 	// "" means the supervisor's.
 	Dir string
+	// User is who the workers run as: "USER" or "USER:GROUP", each a
+	// name or a number, as written (the supervisor looks it up); ""
+	// means as the supervisor.
+	User string
 
 	Workers int // at least 1 (default 1), at most MaxWorkers
 

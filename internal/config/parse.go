@@ -317,6 +317,7 @@ var fields = map[string]func(c *checker, p *Program, it item){
 	"env":    (*checker).env,
 	"listen": (*checker).listen, // listen.go
 	"dir":    func(c *checker, p *Program, it item) { p.Dir, _ = c.text(it) },
+	"user":   (*checker).user,
 	"workers": func(c *checker, p *Program, it item) {
 		if n := c.integer(it, 1, MaxWorkers); n > 0 {
 			p.Workers = n
@@ -642,4 +643,18 @@ func shortestCycle(edges [][]int, scc []int) []int {
 		}
 	}
 	return scc // not reached: scc is strongly connected
+}
+
+// user checks the user key: USER or USER:GROUP, neither part empty.
+func (c *checker) user(p *Program, it item) {
+	s, ok := c.text(it)
+	if !ok {
+		return
+	}
+	u, g, hasGroup := strings.Cut(s, ":")
+	if u == "" || (hasGroup && (g == "" || strings.Contains(g, ":"))) {
+		c.invalid(it, `must be "USER" or "USER:GROUP"`)
+		return
+	}
+	p.User = s
 }

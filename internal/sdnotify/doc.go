@@ -106,7 +106,8 @@
 //   - it carries no SCM_CREDENTIALS, or credentials whose pid is 0 (a
 //     sender in a pid namespace ours cannot see; systemd refuses these
 //     too);
-//   - its sender's uid is neither our effective uid nor 0 (root);
+//   - its sender's uid is neither the worker's (given to Listen), our
+//     effective uid nor 0 (root);
 //   - [Parse] finds it invalid.
 //
 // Every descriptor that arrives is received close-on-exec

@@ -29,8 +29,8 @@ var (
 	// with a pid of 0 (a sender our pid namespace cannot see).
 	ErrNoCredentials = errors.New("sdnotify: datagram without sender credentials")
 
-	// ErrForeignUser reports a sender whose uid is neither our
-	// effective uid nor root's.
+	// ErrForeignUser reports a sender whose uid is neither the
+	// worker's, our effective uid nor root's.
 	ErrForeignUser = errors.New("sdnotify: sender runs as another user")
 
 	// ErrInvalid reports a datagram that is not a valid list of

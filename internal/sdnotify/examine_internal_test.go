@@ -4,6 +4,7 @@ package sdnotify
 
 import (
 	"errors"
+	"os"
 	"testing"
 	"unsafe"
 
@@ -23,8 +24,11 @@ func credMsg(pid int32, uid, gid uint32) []byte {
 // fakeSocket is a Socket with buffers and an effective uid, and no
 // descriptor: enough for examine.
 func fakeSocket(euid uint32) *Socket {
-	return &Socket{euid: euid, buf: make([]byte, MaxDatagram), oob: make([]byte, oobSize)}
+	return &Socket{euid: euid, worker: workerUID, buf: make([]byte, MaxDatagram), oob: make([]byte, oobSize)}
 }
+
+// workerUID is the uid fakeSocket's worker runs as.
+const workerUID = 2000
 
 func TestExamineCredentials(t *testing.T) {
 	const body = "READY=1"
@@ -40,6 +44,7 @@ func TestExamineCredentials(t *testing.T) {
 		{"our uid", 1000, credMsg(42, 1000, 7), nil},
 		{"root", 1000, credMsg(42, 0, 0), nil},
 		{"other uid", 1000, credMsg(42, 1001, 1000), ErrForeignUser},
+		{"worker's uid", 1000, credMsg(42, workerUID, 1000), nil},
 		{"overflow uid", 0, credMsg(42, 65534, 65534), ErrForeignUser},
 		{"short credentials", 1000, shortCred(), ErrNoCredentials},
 		{"garbage header", 1000, append(credMsg(42, 1000, 1000), make([]byte, unix.SizeofCmsghdr)...), nil},
@@ -87,7 +92,7 @@ func otherLevel() []byte {
 // TestSocketOptions checks the descriptor Listen makes: a datagram
 // socket, close-on-exec, non-blocking, asking for credentials.
 func TestSocketOptions(t *testing.T) {
-	s, err := Listen()
+	s, err := Listen(uint32(os.Geteuid()))
 	if err != nil {
 		t.Fatal(err)
 	}

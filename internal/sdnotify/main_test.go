@@ -35,7 +35,7 @@ const (
 // listen returns a new Socket, closed at the end of the test.
 func listen(tb testing.TB) *sdnotify.Socket {
 	tb.Helper()
-	s, err := sdnotify.Listen()
+	s, err := sdnotify.Listen(uint32(os.Geteuid()))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -42,6 +42,7 @@ type Socket struct {
 	file   *os.File
 	rc     syscall.RawConn
 	euid   uint32
+	worker uint32 // the uid the worker runs as
 	closed atomic.Bool
 
 	refused atomic.Uint64
@@ -56,9 +57,12 @@ type Socket struct {
 	err    error
 }
 
-// Listen creates a Socket bound to a fresh abstract name. The socket is
-// close-on-exec; the caller owns it and must Close it.
-func Listen() (*Socket, error) {
+// Listen creates a Socket bound to a fresh abstract name for a worker
+// that runs as uid worker (our effective uid, unless the supervisor
+// runs workers as another user): datagrams are accepted from that uid,
+// ours and root's. The socket is close-on-exec; the caller owns it and
+// must Close it.
+func Listen(worker uint32) (*Socket, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("sdnotify: %w", os.NewSyscallError("socket", err))
@@ -82,12 +86,13 @@ func Listen() (*Socket, error) {
 		return nil, fmt.Errorf("sdnotify: %w", err)
 	}
 	s := &Socket{
-		addr: addr,
-		file: f,
-		rc:   rc,
-		euid: uint32(os.Geteuid()),
-		buf:  make([]byte, MaxDatagram),
-		oob:  make([]byte, oobSize),
+		addr:   addr,
+		file:   f,
+		rc:     rc,
+		euid:   uint32(os.Geteuid()),
+		worker: worker,
+		buf:    make([]byte, MaxDatagram),
+		oob:    make([]byte, oobSize),
 	}
 	s.readFn = s.recv
 	return s, nil
@@ -210,7 +215,7 @@ func (s *Socket) examine(n, oobn, flags int) (Message, error) {
 		return refuse(ErrTooLarge)
 	case !hasCred || cred.PID <= 0:
 		return refuse(ErrNoCredentials)
-	case cred.UID != s.euid && cred.UID != 0:
+	case cred.UID != s.euid && cred.UID != 0 && cred.UID != s.worker:
 		return refuse(ErrForeignUser)
 	}
 	m, err := Parse(s.buf[:n])

@@ -27,7 +27,7 @@ func Supported() error {
 type Socket struct{}
 
 // Listen fails with an error wrapping ErrUnsupported.
-func Listen() (*Socket, error) { return nil, Supported() }
+func Listen(worker uint32) (*Socket, error) { return nil, Supported() }
 
 // Addr returns "".
 func (s *Socket) Addr() string { return "" }
