@@ -176,8 +176,7 @@ func clearListenEnv() {
 // Closing a worker's file or listener stops this worker accepting on
 // it (http.Server.Shutdown closes the listener), while the socket,
 // which the supervisor and the other workers hold, goes on accepting
-// connections for them. It fails only if the layout was malformed or a
-// descriptor it names is not open.
+// connections for them. It fails only if the layout was malformed.
 func (w *Worker) Listeners() ([]Listener, error) {
 	in := w.listen
 	if in == nil {
@@ -189,17 +188,6 @@ func (w *Worker) Listeners() ([]Listener, error) {
 			return
 		}
 		for i, fd := range in.fds {
-			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
-				for _, l := range in.ls {
-					l.File.Close()
-				}
-				in.ls = nil
-				for _, fd := range in.fds[i+1:] {
-					unix.Close(fd)
-				}
-				in.lerr = fmt.Errorf("worker: listener %d (%s, fd %d): %w", i+1, in.names[i], fd, os.NewSyscallError("fcntl", err))
-				return
-			}
 			in.ls = append(in.ls, Listener{Name: in.names[i], File: os.NewFile(uintptr(fd), in.names[i])})
 		}
 	})

@@ -121,7 +121,7 @@ func listener(w *worker.Worker, name string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := (*os.File)(nil)
+	var f *os.File
 	if len(ls) == 1 {
 		f = ls[0].File
 	} else if f, err = w.Listener(name); err != nil {
