@@ -89,7 +89,8 @@ func TestStaticBinary(t *testing.T) {
 	t.Parallel()
 	env := goEnv()
 	if cgo := strings.TrimSpace(goTool(t, env, "env", "CGO_ENABLED")); cgo != "1" {
-		t.Skipf("cgo is off by default here (CGO_ENABLED=%s: no C compiler?), so a build cannot show what cgo would link", cgo)
+		// Still built and checked; TestNoNetDeps catches what cgo would link.
+		t.Logf("cgo is off by default here (CGO_ENABLED=%s: no C compiler?): the build cannot show what cgo would link", cgo)
 	}
 	bin := filepath.Join(t.TempDir(), "supervisor")
 	start := time.Now()
