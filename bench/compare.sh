@@ -86,9 +86,10 @@ mkdir -p "$out"
 started=$(date +%s)
 echo "compare.sh: building $bin/cbench, $bin/supervisor, $bin/pluginbench" >&2
 "$CC" -std=c11 -O2 -Wall -Wextra -o "$bin/cbench" bench/cbench.c
-# Static, as deployed (examples/deploy): the binary links package net (for --listen and
-# sd_notify), and with cgo enabled Go then links the C resolver and every worker's exec
-# goes through the dynamic loader, about 0.7 ms more per spawn (docs/BENCHMARKS.md).
+# Static, as deployed (examples/deploy). The binary links neither net nor cgo, so the default
+# build is static too (cmd/supervisor's TestStaticBinary); CGO_ENABLED=0 stays so that a
+# package linking net by mistake cannot add the dynamic loader (about 0.7 ms per spawn) to
+# the figures.
 CGO_ENABLED=0 go build -o "$bin/supervisor" ./cmd/supervisor
 (cd bench/goplugin && go build -o ../bin/pluginbench .)
 

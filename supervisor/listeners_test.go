@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/internal/testutil"
@@ -30,24 +29,24 @@ func init() {
 }
 
 // activationHTTPRole is a program written for systemd socket
-// activation with go-systemd's activation package, knowing nothing of
-// pairvisor: it serves HTTP on its first listener, answering with its
-// pid and the names it was given.
+// activation, knowing nothing of pairvisor: it reads the layout as
+// sd_listen_fds_with_names(3) does (LISTEN_PID its own pid, LISTEN_FDS
+// descriptors from fd 3, LISTEN_FDNAMES) and serves HTTP on its one
+// listener, answering with its pid, the listener's name and LISTEN_PID.
 func activationHTTPRole(string) int {
-	listenPID := os.Getenv("LISTEN_PID") // activation removes it
-	ls, err := activation.ListenersWithNames()
-	if err != nil || len(ls) == 0 {
-		fmt.Fprintln(os.Stderr, "activation-http: no listeners:", err)
+	listenPID := os.Getenv("LISTEN_PID")
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if listenPID != strconv.Itoa(os.Getpid()) || err != nil || n != 1 {
+		fmt.Fprintf(os.Stderr, "activation-http: want one listener for pid %d: LISTEN_PID=%s LISTEN_FDS=%s\n", os.Getpid(), listenPID, os.Getenv("LISTEN_FDS"))
 		return 1
 	}
-	var names []string
-	var first net.Listener
-	for name, l := range ls {
-		names = append(names, name)
-		first = l[0]
-	}
-	if len(ls) != 1 || len(ls[names[0]]) != 1 {
-		fmt.Fprintf(os.Stderr, "activation-http: want one listener, got %v\n", ls)
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	unix.CloseOnExec(3)
+	f := os.NewFile(3, names[0])
+	first, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "activation-http: fd 3:", err)
 		return 1
 	}
 	pid := strconv.Itoa(os.Getpid())
@@ -209,8 +208,8 @@ func TestListenerLayout(t *testing.T) {
 }
 
 // TestListenerGoActivation: a Go program written for systemd socket
-// activation (go-systemd's activation.ListenersWithNames) runs
-// unchanged as a worker, and both workers serve the one socket.
+// activation (reading the layout as sd_listen_fds_with_names(3) does)
+// runs unchanged as a worker, and both workers serve the one socket.
 func TestListenerGoActivation(t *testing.T) {
 	t.Parallel()
 	tl, l := tcpListener(t)

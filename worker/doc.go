@@ -49,6 +49,29 @@
 // worker or a client asks for status or reload (docs/PROTOCOL.md,
 // "Handing clients to workers").
 //
+// # Listeners
+//
+// A supervisor may pass the worker listening sockets (`run --listen`,
+// Config.Listeners of package supervisor) in the systemd
+// socket-activation layout. FromEnv takes them; [Worker.Listeners] and
+// [Worker.Listener] hand them out as *os.File values, by name. A worker
+// that serves them with package net makes a listener of each:
+//
+//	f, err := w.Listener("http")
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	ln, err := net.FileListener(f) // a duplicate of its own
+//	f.Close()
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	go http.Serve(ln, handler)
+//
+// (This package does not import net: the supervisor command, a worker
+// too, would then link the cgo resolver and become a dynamically linked
+// binary, paying the dynamic loader at every worker start.)
+//
 // Log through [Worker.Logger] (hclog JSON on stderr): the supervisor
 // relays each line under the worker's name with its level and fields.
 // Anything else on stdout or stderr is relayed as plain text; none of it

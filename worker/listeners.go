@@ -4,12 +4,16 @@ package worker
 // in the systemd socket-activation layout (see internal/contract and
 // docs/LISTENERS.md). This is the layout's reader, in a few lines of
 // its own rather than go-systemd's activation package, which would link
-// crypto/tls into every worker.
+// crypto/tls into every worker. It hands out *os.File values, not
+// net.Listeners: the supervisor command is itself a worker (it
+// re-executes itself), and package net would link the cgo resolver into
+// it, making it a dynamically linked binary that pays the dynamic
+// loader at every worker start. A program that wants a net.Listener
+// imports net itself (net.FileListener).
 
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -27,16 +31,19 @@ var ErrNoListener = errors.New("worker: no such listener")
 // maxListenFDs bounds LISTEN_FDS (the supervisor passes at most 64).
 const maxListenFDs = 1024
 
-// Listener is a listener that the supervisor passed to this worker.
+// Listener is a socket that the supervisor passed to this worker.
 type Listener struct {
 	// Name is its name in LISTEN_FDNAMES, "unknown" if it has none.
 	Name string
-	net.Listener
+	// File is the socket, close-on-exec: for the supervisor command's
+	// listeners (`run --listen`) a non-blocking listening TCP or Unix
+	// stream socket, shared with the supervisor and the other workers.
+	File *os.File
 }
 
 // inherited is what FromEnv found of the listeners: their descriptors
-// and names, or why they are unusable. Listeners turns them into
-// net.Listeners once.
+// and names, or why they are unusable. Listeners turns them into files
+// once.
 type inherited struct {
 	fds   []int
 	names []string
@@ -150,21 +157,26 @@ func clearListenEnv() {
 	}
 }
 
-// Listeners returns the listeners the supervisor passed to this worker
+// Listeners returns the sockets the supervisor passed to this worker
 // (Config.Listeners of package supervisor, or `run --listen`), in their
 // order, named as in LISTEN_FDNAMES; none, and no error, for a worker
-// given none. The first call turns each inherited descriptor into a
-// net.Listener with net.FileListener (which takes its own close-on-exec
-// duplicate, registered with the runtime's poller; the inherited
-// descriptor is then closed); later calls return the same listeners.
-// They are the caller's: closing one stops this worker accepting on it
-// (http.Server.Shutdown does), while the socket, which the supervisor
-// and the other workers hold, goes on accepting connections for them.
+// given none. The first call wraps each inherited descriptor in an
+// *os.File; later calls return the same files. The files are the
+// caller's: it closes each once done with it. To serve one with package
+// net, make a listener of it and close the file (the listener holds a
+// duplicate of its own):
 //
-// A descriptor that is not a stream listener (a datagram socket, a
-// FIFO) makes Listeners fail; read such layouts with
-// github.com/coreos/go-systemd/v22/activation.Files before FromEnv,
-// which clears the variables.
+//	f, err := w.Listener("http")
+//	...
+//	ln, err := net.FileListener(f)
+//	f.Close()
+//	...
+//	go http.Serve(ln, handler)
+//
+// Closing a worker's file or listener stops this worker accepting on
+// it (http.Server.Shutdown closes the listener), while the socket,
+// which the supervisor and the other workers hold, goes on accepting
+// connections for them. It fails only if the layout was malformed.
 func (w *Worker) Listeners() ([]Listener, error) {
 	in := w.listen
 	if in == nil {
@@ -176,29 +188,15 @@ func (w *Worker) Listeners() ([]Listener, error) {
 			return
 		}
 		for i, fd := range in.fds {
-			f := os.NewFile(uintptr(fd), in.names[i])
-			l, err := net.FileListener(f)
-			f.Close()
-			if err != nil {
-				for _, l := range in.ls {
-					l.Close()
-				}
-				in.ls = nil
-				for _, fd := range in.fds[i+1:] {
-					unix.Close(fd)
-				}
-				in.lerr = fmt.Errorf("worker: listener %d (%s, fd %d): %w", i+1, in.names[i], fd, err)
-				return
-			}
-			in.ls = append(in.ls, Listener{Name: in.names[i], Listener: l})
+			in.ls = append(in.ls, Listener{Name: in.names[i], File: os.NewFile(uintptr(fd), in.names[i])})
 		}
 	})
 	return in.ls, in.lerr
 }
 
-// Listener returns the first listener named name (see Listeners), or an
-// error wrapping ErrNoListener.
-func (w *Worker) Listener(name string) (net.Listener, error) {
+// Listener returns the file of the first listener named name (see
+// Listeners), or an error wrapping ErrNoListener.
+func (w *Worker) Listener(name string) (*os.File, error) {
 	ls, err := w.Listeners()
 	if err != nil {
 		return nil, err
@@ -206,7 +204,7 @@ func (w *Worker) Listener(name string) (net.Listener, error) {
 	names := make([]string, 0, len(ls))
 	for _, l := range ls {
 		if l.Name == name {
-			return l.Listener, nil
+			return l.File, nil
 		}
 		names = append(names, l.Name)
 	}

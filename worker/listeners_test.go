@@ -59,12 +59,15 @@ func listenersRole(...string) int {
 		rep.ListErr = err.Error()
 	}
 	again, _ := w.Listeners()
-	rep.Same = len(ls) > 0 && len(again) == len(ls) && again[0].Listener == ls[0].Listener
+	rep.Same = len(ls) > 0 && len(again) == len(ls) && again[0].File == ls[0].File
 	for _, l := range ls {
 		rep.Names = append(rep.Names, l.Name)
 	}
-	if l, err := w.Listener("admin"); err == nil {
-		rep.ByName = l.Addr().Network()
+	if f, err := w.Listener("admin"); err == nil {
+		if l, err := net.FileListener(f); err == nil {
+			rep.ByName = l.Addr().Network()
+			l.Close()
+		}
 	}
 	_, err = w.Listener("nope")
 	rep.NoSuch = errors.Is(err, ErrNoListener)
@@ -80,13 +83,19 @@ func listenersRole(...string) int {
 		}
 	}
 	json.NewEncoder(os.Stdout).Encode(rep)
-	for _, l := range ls {
+	for _, sl := range ls {
+		l, err := net.FileListener(sl.File)
+		sl.File.Close()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "FileListener:", err)
+			return 1
+		}
 		c, err := l.Accept()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "accept:", err)
 			return 1
 		}
-		io.WriteString(c, l.Name)
+		io.WriteString(c, sl.Name)
 		c.Close()
 		l.Close()
 	}

@@ -44,6 +44,7 @@ func TestListenUsage(t *testing.T) {
 		{"duplicate derived name", []string{"--listen", "tcp://127.0.0.1:80", "--listen", "tcp://[::1]:80"}, `name "tcp-80" is used twice (also by tcp://127.0.0.1:80); name them: NAME=ADDRESS`},
 		{"duplicate address", []string{"--listen", "a=tcp://:0", "--listen", "b=tcp://:0"}, "address tcp://:0 is given twice"},
 		{"path too long", []string{"--listen", long}, "the path must be at most 107 bytes"},
+		{"host name", []string{"--listen", "tcp://example.com:80"}, `invalid value "tcp://example.com:80" for flag -listen: address "tcp://example.com:80": host "example.com": want an IP address`},
 	}
 	for _, c := range cases {
 		r := cliWant(t, exitUsage, cliOpts{}, append(append([]string{"run"}, c.args...), "--", "true")...)
@@ -60,12 +61,15 @@ func TestListenUsage(t *testing.T) {
 		t.Errorf("--listen with --config:\n%s", r.stderr)
 	}
 	bad := filepath.Join(t.TempDir(), "bad.toml")
-	if err := os.WriteFile(bad, []byte("[programs.web]\ncommand = \"true\"\nlisten = [\"tcp://:1\", \"x=smtp://:25\"]\n"), 0o600); err != nil {
+	if err := os.WriteFile(bad, []byte("[programs.web]\ncommand = \"true\"\nlisten = [\"tcp://:1\", \"x=smtp://:25\", \"tcp://db.internal:5432\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	r = cliWant(t, exitUsage, cliOpts{}, "check-config", bad)
 	if !strings.Contains(r.stderr, `bad.toml:3: programs.web.listen[1]: address "smtp://:25": unknown scheme "smtp"`) {
 		t.Errorf("check-config of a bad listen key:\n%s", r.stderr)
+	}
+	if !strings.Contains(r.stderr, `bad.toml:3: programs.web.listen[2]: address "tcp://db.internal:5432": host "db.internal": want an IP address`) || !strings.Contains(r.stderr, "host names are not resolved") {
+		t.Errorf("check-config of a listen key with a host name:\n%s", r.stderr)
 	}
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"slices"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/internal/config"
+	"github.com/pairvisor/pairvisor/internal/tcplisten"
 	"github.com/pairvisor/pairvisor/ipc/listen"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
@@ -155,19 +155,19 @@ func (s *listenerSet) bind(spec config.Listen) (*boundSocket, error) {
 		}
 		return &boundSocket{spec: spec, file: sl.File, unix: l, bound: spec.Address}, nil
 	}
-	l, err := net.Listen(spec.Network, spec.Address)
+	f, bound, err := tcplisten.Listen(spec.Network, spec.Address)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("%s: address already in use (%w)", spec.Addr(), err)
 		}
 		return nil, fmt.Errorf("%s: %w", spec.Addr(), err)
 	}
-	defer l.Close() // the duplicate is the socket from now on
-	sl, err := supervisor.NewListener(spec.Name, l.(*net.TCPListener))
+	defer f.Close() // the duplicate is the socket from now on
+	sl, err := supervisor.NewListener(spec.Name, f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", spec.Addr(), err)
 	}
-	return &boundSocket{spec: spec, file: sl.File, bound: l.Addr().String()}, nil
+	return &boundSocket{spec: spec, file: sl.File, bound: bound.String()}, nil
 }
 
 // settle makes the sockets of programs, which the group now runs, the

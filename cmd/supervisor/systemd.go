@@ -7,9 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/pairvisor/pairvisor/internal/sdnotify"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
 
@@ -67,7 +67,7 @@ func newNotifier(src notifySource, log hclog.Logger) *notifier {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return nil
 	}
-	wd, err := daemon.SdWatchdogEnabled(false)
+	wd, err := sdnotify.WatchdogInterval()
 	if err != nil {
 		log.Warn("ignoring the service manager's watchdog setting", "error", err)
 		wd = 0
@@ -76,7 +76,7 @@ func newNotifier(src notifySource, log hclog.Logger) *notifier {
 		log: log.Named("systemd"),
 		src: src,
 		send: func(state string) error {
-			_, err := daemon.SdNotify(false, state)
+			_, err := sdnotify.Send(state)
 			return err
 		},
 		watchdog: wd,
@@ -127,7 +127,7 @@ func (n *notifier) run(ctx context.Context) {
 		case r := <-n.reloads:
 			if !r.end {
 				reloading++
-				n.notify("RELOADING=1\n" + strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n"))
+				n.notify("RELOADING=1\n" + sdnotify.MonotonicUSec())
 				continue
 			}
 			reloading--

@@ -112,16 +112,23 @@ func run(w *worker.Worker, name string, drain, shutdownTimeout time.Duration) in
 	return code
 }
 
-// listener returns the listener named name, or the only one.
+// listener returns the listener named name, or the only one. The
+// worker package hands out the inherited socket as a file;
+// net.FileListener makes a listener of its own duplicate, so the file
+// is closed at once.
 func listener(w *worker.Worker, name string) (net.Listener, error) {
 	ls, err := w.Listeners()
 	if err != nil {
 		return nil, err
 	}
+	var f *os.File
 	if len(ls) == 1 {
-		return ls[0], nil
+		f = ls[0].File
+	} else if f, err = w.Listener(name); err != nil {
+		return nil, err
 	}
-	return w.Listener(name)
+	defer f.Close()
+	return net.FileListener(f)
 }
 
 // server counts the open connections and knows whether it is draining.

@@ -3,14 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/pairvisor/pairvisor/internal/contract"
+	"github.com/pairvisor/pairvisor/internal/tcplisten"
 )
 
 // Listen is one listener of a program (key listen, flag --listen): an
@@ -22,8 +21,9 @@ type Listen struct {
 	Name string
 	// Network is "tcp", "tcp4", "tcp6" or "unix".
 	Network string
-	// Address is "HOST:PORT" for TCP (HOST may be empty: every
-	// address), a path or "@name" (a Linux abstract socket) for unix.
+	// Address is "HOST:PORT" for TCP (HOST an IP address, "localhost",
+	// or empty or "*": every address), a path or "@name" (a Linux
+	// abstract socket) for unix.
 	Address string
 }
 
@@ -47,8 +47,10 @@ func (l Listen) String() string { return l.Name + "=" + l.Addr() }
 // ParseListen parses a listener as written in the listen key and the
 // --listen flag: [NAME=]ADDR, where ADDR is
 //
-//	tcp://HOST:PORT   (also tcp4:// and tcp6://; HOST may be empty, a
-//	                  name, an IPv4 address or a bracketed IPv6 one;
+//	tcp://HOST:PORT   (also tcp4:// and tcp6://; HOST is an IPv4
+//	                  address, a bracketed IPv6 one, localhost (the
+//	                  loopback address), or empty or * for every
+//	                  address; no other name, as no name is resolved;
 //	                  PORT is 0 to 65535, 0 for any free port)
 //	unix:PATH         (also unix:///ABSOLUTE/PATH; "@name" is a Linux
 //	                  abstract socket)
@@ -80,18 +82,14 @@ func ParseListen(s string) (Listen, error) {
 		if !ok {
 			return l, fmt.Errorf("address %q: want %s://HOST:PORT", addr, scheme)
 		}
-		host, port, err := net.SplitHostPort(hostport)
+		host, port, err := tcplisten.SplitHostPort(hostport)
 		if err != nil {
-			return l, fmt.Errorf("address %q: want %s://HOST:PORT: %v", addr, scheme, strings.TrimPrefix(err.Error(), "address "+hostport+": "))
+			return l, fmt.Errorf("address %q: want %s://HOST:PORT: %v", addr, scheme, trimSentinel(err))
 		}
-		if err := checkHost(scheme, host); err != nil {
-			return l, fmt.Errorf("address %q: %w", addr, err)
+		if _, err := tcplisten.Parse(scheme, hostport); err != nil {
+			return l, fmt.Errorf("address %q: %v", addr, trimSentinel(err))
 		}
-		p, err := strconv.ParseUint(port, 10, 16)
-		if err != nil || port != strconv.FormatUint(p, 10) {
-			return l, fmt.Errorf("address %q: port %q: want a number from 0 to 65535", addr, port)
-		}
-		l.Network, l.Address = scheme, net.JoinHostPort(host, port)
+		l.Network, l.Address = scheme, tcplisten.JoinHostPort(host, port)
 		if l.Name == "" {
 			l.Name = "tcp-" + port
 		}
@@ -116,31 +114,9 @@ func ParseListen(s string) (Listen, error) {
 	return l, nil
 }
 
-// checkHost checks the HOST of a TCP address: empty, an IP address of
-// the scheme's family, or a DNS name.
-func checkHost(scheme, host string) error {
-	if host == "" {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil {
-		switch {
-		case scheme == "tcp4" && ip.To4() == nil:
-			return fmt.Errorf("host %s is not an IPv4 address", host)
-		case scheme == "tcp6" && ip.To4() != nil && !strings.Contains(host, ":"):
-			return fmt.Errorf("host %s is not an IPv6 address", host)
-		}
-		return nil
-	}
-	if len(host) > 253 {
-		return fmt.Errorf("host name longer than 253 bytes")
-	}
-	for i := 0; i < len(host); i++ {
-		c := host[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return fmt.Errorf("host %q: want an IP address or a host name", host)
-		}
-	}
-	return nil
+// trimSentinel returns err's message without the sentinel's prefix.
+func trimSentinel(err error) string {
+	return strings.TrimPrefix(err.Error(), tcplisten.ErrAddress.Error()+": ")
 }
 
 // unixName derives a listener's name from a socket path.

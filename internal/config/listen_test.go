@@ -24,6 +24,8 @@ func TestParseListen(t *testing.T) {
 		{"admin=unix:@pv-admin", Listen{"admin", "unix", "@pv-admin"}},
 		{"unix:/tmp/x=y", Listen{"unix-x_y", "unix", "/tmp/x=y"}}, // '=' after a ':' is the path's
 		{"A.b_c-9=tcp://:1", Listen{"A.b_c-9", "tcp", ":1"}},
+		{"tcp://*:81", Listen{"tcp-81", "tcp", "*:81"}},
+		{"tcp://[fe80::1%2]:82", Listen{"tcp-82", "tcp", "[fe80::1%2]:82"}},
 	}
 	for _, c := range good {
 		got, err := ParseListen(c.in)
@@ -51,7 +53,9 @@ func TestParseListen(t *testing.T) {
 		{"tcp://8080", "want tcp://HOST:PORT"},
 		{"tcp4://[::1]:80", "not an IPv4 address"},
 		{"tcp6://127.0.0.1:80", "not an IPv6 address"},
-		{"tcp://ho st:80", "want an IP address or a host name"},
+		{"tcp://ho st:80", "want an IP address"},
+		{"tcp://example.com:80", "host names are not resolved"},
+		{"tcp://[fe80::1%eth0]:80", "interface index"},
 		{"unix:", "want unix:PATH"},
 		{"unix://rel", "absolute path"},
 		{"bad name=tcp://:1", `listener name "bad name"`},

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -30,6 +29,8 @@ import (
 	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/internal/contract"
 	"github.com/pairvisor/pairvisor/ipc"
@@ -199,12 +200,31 @@ func cleanEnv() []string {
 	return env
 }
 
-// raw takes the parent's end as a net.Conn with deadlines.
-func (w *worker) raw() (net.Conn, error) {
+// raw takes the parent's end as a file with deadlines: a close-on-exec,
+// non-blocking duplicate in the runtime's poller (os.NewFile registers
+// a non-blocking descriptor), whose Set*Deadline methods work and whose
+// timeouts wrap os.ErrDeadlineExceeded. The worker's end of the
+// socketpair is a file description of its own and stays as it was.
+func (w *worker) raw() (*os.File, error) {
 	f := w.end
 	w.end = nil
 	defer f.Close()
-	return net.FileConn(f)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl", derr)
+	}
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	return os.NewFile(uintptr(nfd), "check-worker-raw"), nil
 }
 
 // waitExit waits up to d for the worker to exit and says how it did.
@@ -239,7 +259,7 @@ const checkedVersion = 2
 // hello exchanges hellos over a raw connection: ours first (offering
 // versions up to maxVersion, or checkedVersion if 0), then theirs,
 // within d.
-func hello(conn net.Conn, d time.Duration, maxVersion uint16) (wire.Header, wire.Hello, error) {
+func hello(conn *os.File, d time.Duration, maxVersion uint16) (wire.Header, wire.Hello, error) {
 	conn.SetDeadline(time.Now().Add(d))
 	defer conn.SetDeadline(time.Time{})
 	if maxVersion == 0 {

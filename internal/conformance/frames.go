@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"os"
 	"time"
 
 	"github.com/pairvisor/pairvisor/ipc/wire"
@@ -42,14 +42,14 @@ func readFrame(r io.Reader) (wire.Header, []byte, error) {
 }
 
 // readWithin reads one frame from conn, waiting at most d.
-func readWithin(conn net.Conn, d time.Duration) (wire.Header, []byte, error) {
+func readWithin(conn *os.File, d time.Duration) (wire.Header, []byte, error) {
 	conn.SetReadDeadline(time.Now().Add(d))
 	defer conn.SetReadDeadline(time.Time{})
 	return readFrame(conn)
 }
 
 // writeWithin writes frames to conn, waiting at most d.
-func writeWithin(conn net.Conn, d time.Duration, frames ...[]byte) error {
+func writeWithin(conn *os.File, d time.Duration, frames ...[]byte) error {
 	conn.SetWriteDeadline(time.Now().Add(d))
 	defer conn.SetWriteDeadline(time.Time{})
 	var b []byte
@@ -61,10 +61,7 @@ func writeWithin(conn net.Conn, d time.Duration, frames ...[]byte) error {
 }
 
 // timedOut reports whether err is a deadline's.
-func timedOut(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+func timedOut(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // describe says what a frame from the worker is, for a report.
 func describe(h wire.Header, p []byte) string {

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"os"
 
 	"github.com/pairvisor/pairvisor/ipc/wire"
 )
@@ -21,7 +21,7 @@ import (
 type rawSession struct {
 	c    *checker
 	w    *worker
-	conn net.Conn
+	conn *os.File
 }
 
 // openSession starts a worker for check name and exchanges hellos.

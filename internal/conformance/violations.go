@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -130,7 +130,7 @@ func (c *checker) violation(v violation) {
 // errorThenClose reads the worker's answer to a violation: an ERROR
 // reply with id 0 (before it, only the worker's hello if helloFirst),
 // then the end of the stream.
-func (c *checker) errorThenClose(conn net.Conn, helloFirst bool) (*wire.RemoteError, error) {
+func (c *checker) errorThenClose(conn *os.File, helloFirst bool) (*wire.RemoteError, error) {
 	deadline := time.Now().Add(c.cfg.Timeout)
 	conn.SetReadDeadline(deadline)
 	defer conn.SetReadDeadline(time.Time{})

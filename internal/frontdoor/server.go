@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -227,7 +226,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	for {
 		p, aerr := s.l.Accept(context.Background()) // ctx ending closes l: see stop
 		if aerr != nil {
-			if !errors.Is(aerr, net.ErrClosed) {
+			if !errors.Is(aerr, listen.ErrClosed) {
 				err = aerr
 			}
 			break

@@ -41,6 +41,10 @@ var (
 	// other than Linux: the socket needs SO_PASSCRED and abstract
 	// socket names. Parse works everywhere.
 	ErrUnsupported = errors.New("sdnotify: notify sockets need Linux")
+
+	// ErrEnv reports a NOTIFY_SOCKET, WATCHDOG_USEC or WATCHDOG_PID
+	// that Send or WatchdogInterval cannot use (the sending side).
+	ErrEnv = errors.New("sdnotify: invalid service manager environment")
 )
 
 // A RefusedError describes a datagram that Read refused. It matches

@@ -5,7 +5,7 @@ package listen_test
 import (
 	"context"
 	"errors"
-	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -93,7 +93,7 @@ func TestAcceptContext(t *testing.T) {
 		t.Errorf("Accept with an ended context: %v, want context.Canceled", err)
 	}
 	l.Close()
-	if _, err := l.Accept(context.Background()); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+	if _, err := l.Accept(context.Background()); !errors.Is(err, listen.ErrClosed) || !errors.Is(err, os.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want ErrClosed", err)
 	}
 }

@@ -117,7 +117,7 @@ func TestFromFileAbstract(t *testing.T) {
 }
 
 // TestFromFileAcceptEnds: Close wakes an Accept on a passed socket,
-// which returns net.ErrClosed, and a context ends one as with New.
+// which returns ErrClosed, and a context ends one as with New.
 func TestFromFileAcceptEnds(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(testutil.ShortDir(t, "pv"), "s")
@@ -134,8 +134,8 @@ func TestFromFileAcceptEnds(t *testing.T) {
 	}
 	go func() { _, err := l.Accept(context.Background()); ch <- err }()
 	l.Close()
-	if err := testutil.Receive(t, ch, testutil.UDSWait, "Accept after Close"); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("Accept: %v, want net.ErrClosed", err)
+	if err := testutil.Receive(t, ch, testutil.UDSWait, "Accept after Close"); !errors.Is(err, listen.ErrClosed) {
+		t.Errorf("Accept: %v, want ErrClosed", err)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,6 +43,14 @@ var (
 	// abstract sockets (all but Linux).
 	ErrAbstractUnsupported = errors.New("listen: abstract socket names (@name) exist on Linux only")
 )
+
+// ErrClosed is wrapped by the errors of [Listener.Accept] and
+// [Listener.SyscallConn] once the Listener is closed. It wraps
+// os.ErrClosed, so errors.Is(err, os.ErrClosed) holds too. (It is not
+// net.ErrClosed: this package does not link package net, which would
+// make the supervisor command, which uses it, a dynamically linked
+// binary.)
+var ErrClosed = fmt.Errorf("listen: listener closed: %w", os.ErrClosed)
 
 // Config says how [New] creates a socket. The zero value
 // creates a 0600 socket owned by the caller's uid and gid.
@@ -544,7 +551,7 @@ func (l *Listener) watch() {
 // credentials. The connection's file is close-on-exec and non-blocking
 // (registered with the runtime's poller); the caller owns it. Accept
 // returns promptly with ctx's error once ctx ends, and with an error
-// wrapping [net.ErrClosed] once the Listener is closed. Concurrent
+// wrapping [ErrClosed] once the Listener is closed. Concurrent
 // Accepts take turns.
 func (l *Listener) Accept(ctx context.Context) (*Peer, error) {
 	select {
@@ -552,7 +559,7 @@ func (l *Listener) Accept(ctx context.Context) (*Peer, error) {
 	case <-ctx.Done():
 		return nil, l.acceptErr(ctx.Err())
 	case <-l.done:
-		return nil, l.acceptErr(net.ErrClosed)
+		return nil, l.acceptErr(ErrClosed)
 	}
 	defer func() { <-l.turn }()
 	// ctx ending sets a past deadline on the listening socket, which
@@ -586,7 +593,7 @@ func (l *Listener) Accept(ctx context.Context) (*Peer, error) {
 		f, closed := l.lf, l.closed
 		l.mu.Unlock()
 		if closed {
-			return nil, l.acceptErr(net.ErrClosed)
+			return nil, l.acceptErr(ErrClosed)
 		}
 		nfd, err := acceptOn(f)
 		if err == nil {
@@ -651,7 +658,7 @@ func (l *Listener) acceptErr(err error) error {
 // [FromFile] created neither and removes nothing). Connections already
 // accepted are not affected. Close is idempotent and safe to call
 // concurrently with Accept, which then returns an error wrapping
-// [net.ErrClosed].
+// [ErrClosed].
 func (l *Listener) Close() error {
 	l.closeOnce.Do(l.close) // concurrent callers wait for the first
 	return nil

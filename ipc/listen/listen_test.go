@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -238,7 +237,7 @@ func TestListenFresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.AssertGone(t, path, path+".lock")
-	if _, err := l.Accept(t.Context()); !errors.Is(err, net.ErrClosed) {
+	if _, err := l.Accept(t.Context()); !errors.Is(err, listen.ErrClosed) {
 		t.Errorf("Accept after Close: %v, want ErrClosed", err)
 	}
 	if names := udsDirNames(dir); names != "[]" {
@@ -996,8 +995,8 @@ func TestListenCloseLeavesReplacements(t *testing.T) {
 		wg.Wait()
 		select {
 		case err := <-accepted:
-			if !errors.Is(err, net.ErrClosed) {
-				t.Errorf("Accept during Close: %v, want net.ErrClosed", err)
+			if !errors.Is(err, listen.ErrClosed) {
+				t.Errorf("Accept during Close: %v, want ErrClosed", err)
 			}
 		case <-time.After(testutil.UDSWait):
 			t.Fatal("Accept did not return after Close")

@@ -48,7 +48,7 @@ func TestSyscallConn(t *testing.T) {
 	}
 	unix.Close(nfd)
 	l.Close()
-	if _, err := l.SyscallConn(); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("SyscallConn after Close: %v, want net.ErrClosed", err)
+	if _, err := l.SyscallConn(); !errors.Is(err, listen.ErrClosed) {
+		t.Errorf("SyscallConn after Close: %v, want ErrClosed", err)
 	}
 }
