@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/pairvisor/pairvisor/internal/frontdoor"
+	"github.com/pairvisor/pairvisor/internal/userdb"
 	"github.com/pairvisor/pairvisor/ipc"
 	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
@@ -78,7 +79,7 @@ func (f *clientFlags) check() error {
 		return errors.New("--socket is required")
 	}
 	var err error
-	if f.trustIDs, err = f.trust.resolve("/etc/passwd"); err != nil {
+	if f.trustIDs, err = f.trust.resolve(userdb.System.UID); err != nil {
 		return fmt.Errorf("--trust-uid must be a user name or uid: %w", err)
 	}
 	return positive("timeout", f.timeout)

@@ -51,7 +51,7 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"serve", "--socket", sock, "--mode", "rwx"}, "--mode must be an octal permission"},
 		{[]string{"serve", "--socket", sock, "--mode", "0"}, "--mode must be an octal permission"},
 		{[]string{"serve", "--socket", sock, "--mode", "1777"}, "--mode must be an octal permission"},
-		{[]string{"serve", "--socket", sock, "--group", "nosuchgroup"}, "--group must be a group name or gid: no such name in /etc/group: nosuchgroup"},
+		{[]string{"serve", "--socket", sock, "--group", "nosuchgroup"}, `--group must be a group name or gid: userdb: no such user or group: group "nosuchgroup" is not in /etc/group`},
 		{[]string{"run", "--socket", sock, "--group", "nosuchgroup"}, "--group must be a group name or gid"},
 		{[]string{"serve", "--socket", sock, "--allow-uid", "nosuchuser"}, "--allow-uid must be a user name or uid"},
 		{[]string{"serve", "--socket", sock, "--allow-gid", "nosuchgroup"}, "--allow-gid must be a group name or gid"},

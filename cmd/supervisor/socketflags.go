@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pairvisor/pairvisor/internal/frontdoor"
+	"github.com/pairvisor/pairvisor/internal/userdb"
 	"github.com/pairvisor/pairvisor/ipc"
 	"github.com/pairvisor/pairvisor/ipc/listen"
 )
@@ -76,20 +76,22 @@ func (f *listenFlags) check(fs *flag.FlagSet, fdsInUse int) error {
 	}
 	f.gid = -1
 	if f.group != "" {
-		if f.gid, err = lookupID("/etc/group", f.group); err != nil {
+		gid, err := userdb.System.GID(f.group)
+		if err != nil {
 			return fmt.Errorf("--group must be a group name or gid: %w", err)
 		}
+		f.gid = int(gid)
 	}
-	if f.uids, err = f.allowUIDs.resolve("/etc/passwd"); err != nil {
+	if f.uids, err = f.allowUIDs.resolve(userdb.System.UID); err != nil {
 		return fmt.Errorf("--allow-uid must be a user name or uid: %w", err)
 	}
-	if f.gids, err = f.allowGIDs.resolve("/etc/group"); err != nil {
+	if f.gids, err = f.allowGIDs.resolve(userdb.System.GID); err != nil {
 		return fmt.Errorf("--allow-gid must be a group name or gid: %w", err)
 	}
-	if f.ctlUIDs, err = f.controlUIDs.resolve("/etc/passwd"); err != nil {
+	if f.ctlUIDs, err = f.controlUIDs.resolve(userdb.System.UID); err != nil {
 		return fmt.Errorf("--allow-control-uid must be a user name or uid: %w", err)
 	}
-	if f.ctlGIDs, err = f.controlGIDs.resolve("/etc/group"); err != nil {
+	if f.ctlGIDs, err = f.controlGIDs.resolve(userdb.System.GID); err != nil {
 		return fmt.Errorf("--allow-control-gid must be a group name or gid: %w", err)
 	}
 	if err := positive("idle-timeout", f.idleTimeout); err != nil {
@@ -315,39 +317,15 @@ type idList []string
 func (l *idList) String() string     { return strings.Join(*l, ",") }
 func (l *idList) Set(s string) error { *l = append(*l, s); return nil }
 
-func (l idList) resolve(db string) ([]uint32, error) {
+// resolve resolves the names with lookup (userdb.System.UID or GID).
+func (l idList) resolve(lookup func(string) (uint32, error)) ([]uint32, error) {
 	var ids []uint32
 	for _, s := range l {
-		id, err := lookupID(db, s)
+		id, err := lookup(s)
 		if err != nil {
 			return nil, err
 		}
-		ids = append(ids, uint32(id))
+		ids = append(ids, id)
 	}
 	return ids, nil
-}
-
-// lookupID resolves a number or a name in /etc/passwd or /etc/group
-// (without os/user, which would link cgo into every worker).
-func lookupID(db, s string) (int, error) {
-	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-		return int(n), nil
-	}
-	f, err := os.Open(db)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) >= 3 && fields[0] == s {
-			n, err := strconv.ParseUint(fields[2], 10, 32)
-			if err != nil {
-				break
-			}
-			return int(n), nil
-		}
-	}
-	return 0, errors.New("no such name in " + db + ": " + s)
 }

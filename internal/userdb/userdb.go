@@ -76,6 +76,15 @@ func (fs Files) Lookup(spec string) (Account, error) {
 	return a, nil
 }
 
+// UID resolves a user name or number to its uid.
+func (fs Files) UID(user string) (uint32, error) {
+	a, err := fs.user(user)
+	return a.UID, err
+}
+
+// GID resolves a group name or number to its gid.
+func (fs Files) GID(group string) (uint32, error) { return fs.group(group) }
+
 // user finds a user by name or number.
 func (fs Files) user(user string) (Account, error) {
 	id, numeric := parseID(user)
