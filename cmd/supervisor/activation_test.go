@@ -4,20 +4,25 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/pairvisor/pairvisor/internal/config"
 	"github.com/pairvisor/pairvisor/internal/testutil"
 )
 
@@ -485,26 +490,137 @@ func TestPickPassed(t *testing.T) {
 		}
 	}
 
-	sock := passedSocket{fd: 3, unix: true, addr: bound}
-	named := passedSocket{fd: 4, unix: true, addr: "/elsewhere", name: "pairvisor"}
-	base := passedSocket{fd: 5, unix: true, addr: "/elsewhere2", name: "pv.sock"}
-	other := passedSocket{fd: 6, unix: true, addr: "/x", name: "web"}
-	inet := passedSocket{fd: 7, name: "metrics"}
+	sock := passedSocket{fd: 3, unix: true, stream: true, listen: true, addr: bound}
+	named := passedSocket{fd: 4, unix: true, stream: true, listen: true, addr: "/elsewhere", name: "pairvisor"}
+	base := passedSocket{fd: 5, unix: true, stream: true, listen: true, addr: "/elsewhere2", name: "pv.sock"}
+	other := passedSocket{fd: 6, unix: true, stream: true, listen: true, addr: "/x", name: "web"}
+	inet := passedSocket{fd: 7, name: "metrics", stream: true, listen: true, tcp: netip.MustParseAddrPort("[::]:80")}
 	for _, tc := range []struct {
 		path   string
 		passed []passedSocket
-		want   int    // index, or -1 for an error
+		want   int    // index, or -1 for none or an error
 		errHas string // for an error
 	}{
 		{bound, []passedSocket{named, sock}, 1, ""}, // the address wins over the name
 		{"/run/x/y.sock", []passedSocket{other, named}, 1, ""},
 		{"/run/x/pv.sock", []passedSocket{other, base}, 1, ""}, // the path's last element
-		{"/run/x/y.sock", []passedSocket{other, inet}, -1, `fd 6 named "web" (a Unix socket bound to /x); fd 7 named "metrics" (not a Unix socket)`},
+		{"/run/x/y.sock", []passedSocket{other, inet}, -1, ""}, // none: finish decides
 		{"/run/x/pv.sock", []passedSocket{named, base}, -1, "more than one socket named"},
 	} {
-		got, err := pickPassed(tc.path, tc.passed)
-		if got != tc.want || (tc.want < 0) != (err != nil) || err != nil && !strings.Contains(err.Error(), tc.errHas) {
+		got, err := pickPassed(tc.path, tc.passed, make([]bool, len(tc.passed)))
+		if got != tc.want || (tc.errHas != "") != (err != nil) || err != nil && !strings.Contains(err.Error(), tc.errHas) {
 			t.Errorf("pickPassed(%q, %v) = %d, %v; want %d (error saying %q)", tc.path, tc.passed, got, err, tc.want, tc.errHas)
 		}
+	}
+	if got, err := pickPassed(bound, []passedSocket{sock}, []bool{true}); got != -1 || err != nil {
+		t.Errorf("pickPassed offered a taken socket: %d, %v", got, err)
+	}
+}
+
+// TestPassedNone: a --socket that no passed socket serves is an error
+// listing what was passed, unless a --listen took one; a taken socket
+// is not offered again.
+func TestPassedNone(t *testing.T) {
+	other := passedSocket{fd: 6, unix: true, stream: true, listen: true, addr: "/x", name: "web"}
+	inet := passedSocket{fd: 7, name: "metrics", stream: true, listen: true, tcp: netip.MustParseAddrPort("[::]:80")}
+	pool := func() *passedSockets {
+		return &passedSockets{socks: []passedSocket{other, inet}, taken: make([]bool, 2), log: hclog.NewNullLogger()}
+	}
+	err := pool().finish("/run/x/y.sock", false)
+	want := `systemd passed 2 socket(s) (LISTEN_FDS), none for --socket /run/x/y.sock: fd 6 named "web" (a Unix socket bound to /x); fd 7 named "metrics" (a TCP socket on [::]:80)`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("finish = %v, want an error saying %q", err, want)
+	}
+	p := pool()
+	f, bound, err := p.forListen(config.Listen{Name: "http", Network: "tcp", Address: ":80"})
+	if err != nil || bound != "[::]:80" || !p.taken[1] {
+		t.Fatalf("forListen(tcp://:80) = %v, %q, %v; want fd 7's socket", f, bound, err)
+	}
+	if f, _, err := p.forListen(config.Listen{Name: "metrics", Network: "tcp", Address: ":81"}); f != nil || err != nil {
+		t.Errorf("a taken socket was offered again: %v, %v", f, err)
+	}
+	if err := p.finish("/run/x/y.sock", false); err != nil {
+		t.Errorf("finish after a --listen took a socket = %v, want nil (--socket binds its own)", err)
+	}
+}
+
+// TestActivationListen: under systemd-socket-activate with a TCP socket
+// named "http", a Unix socket for --socket and one more Unix socket,
+// `run --listen http=tcp://…` hands the passed TCP socket to its
+// workers instead of binding one (the tool holds the port, so a bind
+// would fail): a connection queued before the supervisor existed is
+// answered by a worker, and so are later ones, across a worker's
+// restart. --socket takes its own passed socket, and the third, which
+// nothing asks for, is closed with a warning.
+func TestActivationListen(t *testing.T) {
+	t.Parallel()
+	python := testutil.RequireTool(t, "python3")
+	dir := tempDir(t)
+	sock, extra := filepath.Join(dir, "s"), filepath.Join(dir, "extra")
+	script := filepath.Join(dir, "pid_server.py")
+	err := os.WriteFile(script, []byte(`import os, socket
+s = socket.socket(fileno=3)  # the first listener: LISTEN_FDS=1
+assert os.environ["LISTEN_FDNAMES"] == "http" and os.environ["LISTEN_PID"] == str(os.getpid())
+while True:
+    c, _ = s.accept()
+    c.sendall(b"%d\n" % os.getpid())
+    c.close()
+`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+
+	p := activate(t, []string{"-l", addr, "-l", sock, "-l", extra, "--fdname=http:pairvisor:extra"},
+		"", "run", "--workers", "2", "--socket", sock, "--listen", "http=tcp://"+addr,
+		"--ready", "started", "--start-secs", "10ms", "--", python, script)
+	p.waitBound(t, sock)
+	ask := func() int {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", addr, cliWait)
+		if err != nil {
+			t.Fatalf("connecting to %s: %v\n%s", addr, err, p.Output())
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(cliWait))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		pid, _ := strconv.Atoi(strings.TrimSpace(line))
+		if err != nil || pid <= 0 {
+			t.Fatalf("reading %s: %q, %v\n%s", addr, line, err, p.Output())
+		}
+		return pid
+	}
+	// The tool execs the supervisor at the first connection: this one,
+	// queued on the passed TCP socket before the supervisor exists.
+	firstPID := ask()
+	workers := readyWorkers(t, sock, 2)
+	if !slices.Contains(workers, firstPID) {
+		t.Errorf("the first connection was answered by pid %d, not a worker %v", firstPID, workers)
+	}
+	p.replaceWorker(t, sock, 2, workers[0])
+	workers = readyWorkers(t, sock, 2)
+	for range 4 {
+		if pid := ask(); !slices.Contains(workers, pid) {
+			t.Errorf("answered by pid %d, not a worker %v", pid, workers)
+		}
+	}
+	loose, _ := statusJSON(t, sock)
+	if ls, _ := json.Marshal(loose["listeners"]); !strings.Contains(string(ls), `"bound":"`+addr+`"`) {
+		t.Errorf("status lists the listeners %s, want http bound to %s", ls, addr)
+	}
+	log := p.Stderr.String()
+	for _, want := range []string{"closing a socket systemd passed that no --socket or --listen asks for", `named \"extra\"`,
+		"using the socket systemd passed: listener=http"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log does not say %q\n%s", want, p.Output())
+		}
+	}
+	if code := p.stop(t, syscall.SIGTERM); code != exitOK {
+		t.Errorf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 }

@@ -75,7 +75,8 @@ func checkListens(ls []config.Listen, what string) error {
 // still being retired keeps its own duplicates until it ends (see
 // supervisor.Config.Listeners), so it loses nothing either.
 type listenerSet struct {
-	log hclog.Logger
+	log    hclog.Logger
+	passed *passedSockets // what systemd passed: the first attach takes from it
 
 	reloadMu sync.Mutex // serialises reloads: attach, Replace, settle
 
@@ -107,8 +108,8 @@ type listenerDoc struct {
 // process.
 var runListeners *listenerSet
 
-func newListenerSet(log hclog.Logger) *listenerSet {
-	return &listenerSet{log: log, socks: map[string]*boundSocket{}, used: map[string]bool{}}
+func newListenerSet(log hclog.Logger, passed *passedSockets) *listenerSet {
+	return &listenerSet{log: log, passed: passed, socks: map[string]*boundSocket{}, used: map[string]bool{}}
 }
 
 // attach binds the addresses of specs (specs[i] for programs[i]) that
@@ -124,7 +125,7 @@ func (s *listenerSet) attach(programs []supervisor.Program, specs [][]config.Lis
 			b := s.socks[spec.Addr()]
 			if b == nil {
 				var err error
-				if b, err = s.bind(spec); err != nil {
+				if b, err = s.take(spec); err != nil {
 					return err
 				}
 				b.program = p.Name
@@ -136,6 +137,23 @@ func (s *listenerSet) attach(programs []supervisor.Program, specs [][]config.Lis
 		}
 	}
 	return nil
+}
+
+// take binds spec's address, or takes the socket systemd passed for it
+// (activation.go).
+func (s *listenerSet) take(spec config.Listen) (*boundSocket, error) {
+	f, bound, err := s.passed.forListen(spec)
+	if err != nil || f == nil {
+		if err == nil {
+			return s.bind(spec)
+		}
+		return nil, err
+	}
+	sl, err := supervisor.NewListener(spec.Name, f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", spec.Addr(), err)
+	}
+	return &boundSocket{spec: spec, file: sl.File, bound: bound}, nil
 }
 
 // bind binds spec's address.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pairvisor/pairvisor/internal/config"
 	"github.com/pairvisor/pairvisor/internal/frontdoor"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
@@ -315,12 +316,32 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usage(err)
 	}
-	// Every listener is bound before any program starts; the set is
-	// closed when the run has ended (listenflags.go).
-	runListeners = newListenerSet(log)
+	// Every listener is bound, or taken from what systemd passed,
+	// before any program starts; the set is closed when the run has
+	// ended (listenflags.go, activation.go).
+	passed := newPassedSockets(log)
+	var sockPassed *listen.Listener
+	if lsf.socket != "" {
+		if sockPassed, err = passed.forSocket(lsf.socket); err != nil {
+			passed.finish("", false)
+			fmt.Fprintln(stderr, "supervisor run:", err)
+			return exitFail
+		}
+	}
+	runListeners = newListenerSet(log, passed)
 	defer runListeners.close()
-	if err := runListeners.attach(programs, specs); err != nil {
-		fmt.Fprintln(stderr, "supervisor run: listener", err)
+	err = runListeners.attach(programs, specs)
+	if err != nil {
+		err = fmt.Errorf("listener %w", err)
+	}
+	if ferr := passed.finish(lsf.socket, sockPassed != nil); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		if sockPassed != nil {
+			sockPassed.Close()
+		}
+		fmt.Fprintln(stderr, "supervisor run:", err)
 		return exitFail
 	}
 	runListeners.settle(programs)
@@ -349,7 +370,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 
 	var srv *frontdoor.Server
 	if lsf.socket != "" {
-		l, scfg, err := lsf.listen(log)
+		l, scfg, err := lsf.listen(sockPassed, log)
 		if err != nil {
 			fmt.Fprintln(stderr, "supervisor run:", err)
 			return exitFail

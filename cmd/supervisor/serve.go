@@ -12,6 +12,7 @@ import (
 
 	"github.com/pairvisor/pairvisor/internal/frontdoor"
 	"github.com/pairvisor/pairvisor/ipc"
+	"github.com/pairvisor/pairvisor/ipc/listen"
 	"github.com/pairvisor/pairvisor/ipc/wire"
 	"github.com/pairvisor/pairvisor/supervisor"
 )
@@ -89,7 +90,16 @@ func serveCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "supervisor serve:", err)
 		return exitUsage
 	}
-	l, scfg, err := lf.listen(log)
+	passed := newPassedSockets(log) // activation.go
+	pl, err := passed.forSocket(lf.socket)
+	if ferr := passed.finish(lf.socket, pl != nil); err == nil {
+		err = ferr
+	}
+	var l *listen.Listener
+	var scfg frontdoor.Config
+	if err == nil {
+		l, scfg, err = lf.listen(pl, log)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "supervisor serve:", err)
 		return exitFail
