@@ -58,7 +58,7 @@ class TestCodec(unittest.TestCase):
         frames = d.feed(s_hello + w_hello)
         self.assertEqual([pv.parse_hello(p) for _, p in frames], [pv.Hello(1, 2, 1000, "supervisor"), pv.Hello(1, 2, 1001, "worker.1")])
         self.assertEqual(pv.negotiate(*[pv.parse_hello(p) for _, p in frames]), 2)
-        self.assertEqual((pv.PROTOCOL_VERSION, pv.MIN_PROTOCOL_VERSION, int(C.CRASHED), int(T.CANCEL)), (2, 1, 10, 8))
+        self.assertEqual((pv.PROTOCOL_VERSION, pv.MIN_PROTOCOL_VERSION, int(C.CRASHED), int(T.CANCEL), int(T.CLIENT)), (3, 1, 10, 8, 9))
 
     def test_header_round_trip(self) -> None:
         for t in T:
@@ -74,10 +74,10 @@ class TestCodec(unittest.TestCase):
             (b"\xc1P\x02", 0, pv.TruncatedFrame, C.PROTOCOL, "header has 3 of 16"),
             (b"\xc0" + good[1:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
             (good[:1] + b"Q" + good[2:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
-            (good[:2] + b"\x09" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
+            (good[:2] + b"\x0a" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
             (good[:2] + b"\x0e" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
             (good[:2] + b"\x00" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
-            (good[:3] + b"\x02" + good[4:], 0, pv.ProtocolError, C.PROTOCOL, "undefined frame flags"),
+            (good[:3] + b"\x04" + good[4:], 0, pv.ProtocolError, C.PROTOCOL, "undefined frame flags"),
             (pv.encode_header(T.ECHO, 0, pv.MAX_PAYLOAD + 1, 77), 0, pv.FrameTooLarge, C.TOO_LARGE, "exceeds the limit of 16777216"),
             (good, 9, pv.FrameTooLarge, C.TOO_LARGE, "exceeds the limit of 9"),
         ]
@@ -495,7 +495,7 @@ class TestWorker(unittest.TestCase):
     def test_hello_ping_echo_message(self) -> None:
         w = WorkerProc(self)
         assert w.peer is not None
-        self.assertEqual(w.hello_from_worker, pv.Hello(1, 2, w.proc.pid, "worker.1"))
+        self.assertEqual(w.hello_from_worker, pv.Hello(1, 3, w.proc.pid, "worker.1"))
         for i, p in enumerate([b"", b"x", b"p" * 64]):
             h, got = w.peer.call(T.PING, p, id=10 + i)
             self.assertEqual((h.type, h.flags, got), (T.PING, pv.FLAG_REPLY, p))
@@ -701,7 +701,7 @@ class TestWorker(unittest.TestCase):
             ("error request as first frame", 0, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=0), C.PROTOCOL, "first frame is error"),
             ("hello with the reply flag", 0, pv.encode_frame(T.HELLO, hello(1, 2), flags=1), C.PROTOCOL, "hello with the reply flag"),
             ("hello with an id", 0, pv.encode_frame(T.HELLO, hello(1, 2), id=3), C.PROTOCOL, "hello with id 3, want 0"),
-            ("version mismatch", 0, pv.encode_frame(T.HELLO, hello(3, 4)), C.VERSION, "no common protocol version"),
+            ("version mismatch", 0, pv.encode_frame(T.HELLO, hello(4, 5)), C.VERSION, "no common protocol version"),
             ("hello too long", 0, pv.encode_header(T.HELLO, 0, 265, 0), C.TOO_LARGE, "hello payload of 265 bytes exceeds the limit of 264"),
             ("hello too short", 0, pv.encode_frame(T.HELLO, b"\x01\x00\x01\x00"), C.PROTOCOL, "hello payload of 4 bytes"),
             ("hello lowest above highest", 0, pv.encode_frame(T.HELLO, hello(2, 1)), C.PROTOCOL, "hello version range 2..1"),
@@ -710,8 +710,12 @@ class TestWorker(unittest.TestCase):
             ("hello reply", 2, pv.encode_frame(T.HELLO, hello(1, 1), id=3, flags=1), C.PROTOCOL, "hello frame with the reply flag"),
             ("error request", 2, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=4), C.PROTOCOL, "error frame without the reply flag"),
             ("bad magic", 2, b"\xc1Q" + pv.encode_frame(T.PING, id=6)[2:], C.PROTOCOL, "bad frame magic"),
-            ("unknown type", 2, pv.encode_header(9, 0, 0, 7), C.PROTOCOL, "unknown frame type: type byte 9"),
-            ("undefined flags", 2, pv.encode_header(T.PING, 2, 0, 8), C.PROTOCOL, "undefined frame flags"),
+            ("unknown type", 2, pv.encode_header(10, 0, 0, 7), C.PROTOCOL, "unknown frame type: type byte 10"),
+            ("client below version 3", 2, pv.encode_header(T.CLIENT, 0, 0, 7), C.PROTOCOL, "type byte 9 (client) on a version 2 connection"),
+            ("undefined flags", 3, pv.encode_header(T.PING, 4, 0, 8), C.PROTOCOL, "undefined frame flags"),
+            ("files flag below version 3", 2, pv.encode_header(T.PING, 2, 0, 8), C.PROTOCOL, "undefined frame flags: flags 0x02 (files) below version 3"),
+            ("files flag without descriptors", 3, pv.encode_header(T.PING, 2, 0, 8), C.PROTOCOL, "missing descriptors"),
+            ("files flag on a cancel", 3, pv.encode_header(T.CANCEL, 2, 0, 8), C.PROTOCOL, "a cancel frame with the files flag"),
             ("frame over the limit", 2, pv.encode_header(T.ECHO, 0, (1 << 20) + 1, 10), C.TOO_LARGE, "exceeds the limit of 1048576"),
             ("ping with id 0", 2, pv.encode_frame(T.PING, id=0), C.PROTOCOL, "ping request with id 0, which is reserved"),
             ("message with id 0", 2, pv.encode_frame(T.MESSAGE, b"upper x", id=0), C.PROTOCOL, "message request with id 0"),
@@ -821,7 +825,7 @@ class TestWorker(unittest.TestCase):
         w.wait(1)
         self.assertEqual(w.ready_version(), 1)
         with self.assertRaises(ValueError):
-            pv.serve(None, max_version=3)  # checked before the environment
+            pv.serve(None, max_version=4)  # checked before the environment
 
     def test_handler_signatures(self) -> None:
         # A one-argument handler works unchanged; one that can be called
