@@ -987,7 +987,8 @@ class TestStreamFuzz(unittest.TestCase):
 
     def test_stream_fuzz(self) -> None:
         rng = random.Random(int(os.environ.get("PAIRVISOR_FUZZ_SEED", "4")))
-        hellos = [pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, v, 1, "fuzz"))) for v in (1, 2)]
+        hellos = [pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, v, 1, "fuzz"))) for v in (1, 2, 3, 3)]
+        client = pv.encode_client(pv.ClientState(pv.CLIENT_ESTABLISHED, 2, 0, 0, 0, 0, 1, pv.encode_hello(pv.Hello(1, 2, 1, "c")), b""))
         valid = [
             pv.encode_frame(T.CANCEL, id=3),
             pv.encode_frame(T.CANCEL, id=99),
@@ -1000,7 +1001,12 @@ class TestStreamFuzz(unittest.TestCase):
             pv.encode_frame(T.SHUTDOWN, id=5),
             pv.encode_frame(T.ECHO, b"r", id=6, flags=pv.FLAG_REPLY),
             pv.encode_frame(T.ERROR, pv.encode_error(2, "x"), id=7, flags=pv.FLAG_REPLY),
+            pv.encode_frame(T.CLIENT, client, id=11),
+            pv.encode_frame(T.CLIENT, client[:20], id=12, flags=pv.FLAG_FILES),
+            pv.encode_frame(T.ECHO, b"files", id=13, flags=pv.FLAG_FILES),
+            pv.encode_frame(T.PING, b"", id=14, flags=pv.FLAG_FILES),
         ]
+        leak_r, leak_w = os.pipe()  # its write end goes with some frames: every copy must be closed
         seconds = float(os.environ.get("PAIRVISOR_FUZZ_SECONDS", "0"))
         end = time.monotonic() + seconds
         runs = 0
@@ -1011,15 +1017,27 @@ class TestStreamFuzz(unittest.TestCase):
                 stream[rng.randrange(len(stream))] = rng.getrandbits(8)
             if rng.random() < 0.2:
                 del stream[rng.randrange(len(stream)) :]
-            w = InProcessWorker(max_payload=4096, shutdown_linger=0.05)
+            w = InProcessWorker(max_payload=4096, shutdown_linger=0.05, max_files=rng.choice((0, 1, 16)))
             data = (bytes(stream) if rng.random() < 0.1 else rng.choice(hellos)) + bytes(stream)
-            w.peer_sock.sendall(data)
+            # The stream in up to 3 writes, some with descriptors.
+            cuts = sorted(rng.randrange(len(data) + 1) for _ in range(2))
+            try:
+                for part in (data[: cuts[0]], data[cuts[0] : cuts[1]], data[cuts[1] :]):
+                    if part and rng.random() < 0.3:
+                        socket.send_fds(w.peer_sock, [part], [leak_w] * rng.randrange(1, 4))
+                    elif part:
+                        w.peer_sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the worker closed on a violation already
             w.peer_sock.shutdown(socket.SHUT_WR)
             dec = pv.FrameDecoder()
             w.peer_sock.settimeout(WAIT)
             frames = []
             while True:
-                b = w.peer_sock.recv(65536)
+                try:
+                    b = w.peer_sock.recv(65536)
+                except ConnectionResetError:  # it closed with our bytes unread: after what it wrote
+                    b = b""
                 if not b:
                     break
                 frames += dec.feed(b)  # raises if the worker wrote a bad frame
@@ -1039,6 +1057,8 @@ class TestStreamFuzz(unittest.TestCase):
             while w.conn._held.held != 0 and time.monotonic() < deadline:
                 time.sleep(0.001)
             self.assertEqual(w.conn._held.held, 0)
+        os.close(leak_w)
+        self.assertTrue(_all_closed(leak_r), "a descriptor sent with the fuzzed streams was kept")
 
     def test_bound_holds(self) -> None:
         # 24 MiB of echo requests to a connection bound to 2 MiB, from a
