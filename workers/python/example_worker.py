@@ -17,7 +17,10 @@ socket::
 
     supervisor run --workers 2 --socket /tmp/pv.sock -- python3 workers/python/example_worker.py
 
-Pings and echoes are answered by the library itself. The exit status
+With ``--handoff`` the supervisor hands each framed client of the socket
+to a worker (protocol version 3), which serves its echoes and messages
+directly, with this same handler. Pings and echoes are answered by the
+library itself. The exit status
 says how the channel ended: 0 after the supervisor's SHUTDOWN, 1 when it
 ended any other way, 2 when not started by a supervisor.
 """

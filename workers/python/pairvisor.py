@@ -1,10 +1,12 @@
 """pairvisor: workers and clients for pairvisor, in Python.
 
 One file, standard library only, Python 3.9 or later, Linux. Copy it next
-to your program. It speaks versions 1 and 2 of the pairvisor wire protocol
-(docs/PROTOCOL.md in the pairvisor repository; version 2 adds CANCEL) and
-implements its process contract, so that `supervisor run -- python3
-my_worker.py` supervises a Python program as it does a Go one.
+to your program. It speaks versions 1 to 3 of the pairvisor wire protocol
+(docs/PROTOCOL.md in the pairvisor repository; version 2 adds CANCEL,
+version 3 file descriptors passed with frames and the CLIENT request that
+hands a socket path's client to a worker) and implements its process
+contract, so that `supervisor run -- python3 my_worker.py` supervises a
+Python program as it does a Go one.
 
 Worker side::
 
@@ -59,6 +61,21 @@ How a connection works (both sides share it, class ``_Conn``):
 * **Violations.** A frame that breaks the protocol is answered with an
   ERROR with id 0 (code 8, or 5 for a length over a limit), never the
   offending frame's id, and the connection closes.
+* **Descriptors** (version 3). A connection that offers version 3 reads
+  with ``recvmsg`` and ``MSG_CMSG_CLOEXEC`` from its first read on, notes
+  the stream offsets each read with descriptors covered, and gives them
+  to the frame with the ``FILES`` flag whose header begins there. Every
+  received descriptor has one owner: the handler that takes it
+  (:meth:`RequestContext.take_files`), the client thread of a CLIENT
+  request, the caller of ``_Conn.call_files``; the connection closes all
+  others (pings, echoes, refused requests, errors, violations, the end).
+  Descriptors we send are our own duplicates, closed once written or
+  dropped.
+* **Handed-over clients** (version 3). A CLIENT request on the channel
+  starts a thread (at most ``max_clients``) that serves that client's
+  connection with a connection of its own, until the client goes away
+  (empty reply) or is handed back (its state), in front of a STATUS or
+  RELOAD and when a SHUTDOWN arrives on the channel.
 """
 
 from __future__ import annotations
@@ -67,6 +84,7 @@ import collections
 import datetime
 import enum
 import errno
+import array
 import inspect
 import json
 import logging
@@ -102,6 +120,13 @@ __all__ = [
     "MAX_HELLO_PAYLOAD",
     "MAX_QUEUED_CANCELS",
     "FLAG_REPLY",
+    "FLAG_FILES",
+    "MAX_FILES",
+    "CLIENT_CONTROL",
+    "CLIENT_ESTABLISHED",
+    "CLIENT_HERE",
+    "MAX_CLIENT_BUFFERED",
+    "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_CONCURRENT",
     "DEFAULT_MAX_BUFFERED",
     "DEFAULT_WRITE_TIMEOUT",
@@ -109,6 +134,7 @@ __all__ = [
     "ErrorCode",
     "Header",
     "Hello",
+    "ClientState",
     "PairvisorError",
     "ProtocolError",
     "TruncatedFrame",
@@ -120,6 +146,7 @@ __all__ = [
     "ChannelClosed",
     "NotWorkerError",
     "UntrustedPeerError",
+    "NoFilesError",
     "encode_header",
     "parse_header",
     "encode_frame",
@@ -129,6 +156,8 @@ __all__ = [
     "negotiate",
     "encode_error",
     "parse_error",
+    "encode_client",
+    "parse_client",
     "TRACE",
     "HclogFormatter",
     "get_logger",
@@ -140,9 +169,11 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # Wire format (docs/PROTOCOL.md, "Frame layout").
 
-PROTOCOL_VERSION = 2
-"""The highest protocol version this module speaks (2: version 1 and
-CANCEL). ``serve`` and ``Client`` take ``max_version`` to offer less."""
+PROTOCOL_VERSION = 3
+"""The highest protocol version this module speaks (3: version 2, which is
+version 1 and CANCEL, plus file descriptors and CLIENT). ``serve`` and
+``Client`` take ``max_version`` to offer less; version 3 is offered only
+by a connection that takes descriptors (``max_files`` > 0)."""
 MIN_PROTOCOL_VERSION = 1
 """The lowest protocol version this module speaks."""
 
@@ -162,7 +193,25 @@ MAX_QUEUED_CANCELS = 1024
 is advice: the peer's handler then runs to its end)."""
 FLAG_REPLY = 0x01
 """Flag bit 0: the frame answers the request with the same id."""
-_KNOWN_FLAGS = FLAG_REPLY
+FLAG_FILES = 0x02
+"""Flag bit 1 (version 3): file descriptors came with the frame."""
+_KNOWN_FLAGS = FLAG_REPLY | FLAG_FILES
+MAX_FILES = 16
+"""At most this many descriptors go with one frame (version 3)."""
+CLIENT_CONTROL = 0x01
+"""CLIENT flag: the client may send MESSAGE, RELOAD and SHUTDOWN."""
+CLIENT_ESTABLISHED = 0x02
+"""CLIENT flag: the hellos have been exchanged."""
+CLIENT_HERE = 0x04
+"""CLIENT flag (replies only): the client's next request is one only the
+supervisor serves (STATUS, RELOAD)."""
+_KNOWN_CLIENT_FLAGS = CLIENT_CONTROL | CLIENT_ESTABLISHED | CLIENT_HERE
+MAX_CLIENT_BUFFERED = 16 << 10
+"""A CLIENT payload carries at most this many bytes already read."""
+_CLIENT_FIXED = 34
+DEFAULT_MAX_CLIENTS = 256
+"""Default bound on handed-over clients a worker serves at once (each
+takes a reader thread and a writer thread)."""
 
 DEFAULT_MAX_CONCURRENT = 64
 """Default bound on MESSAGE requests being handled at once."""
@@ -188,7 +237,8 @@ class MessageType(enum.IntEnum):
     SHUTDOWN = 5
     STATUS = 6
     RELOAD = 7
-    CANCEL = 8  # version 2 only; never a reply, never answered
+    CANCEL = 8  # version 2 and later; never a reply, never answered
+    CLIENT = 9  # version 3: a socket path's client handed to a worker
     ERROR = 15
 
 
@@ -316,6 +366,11 @@ class UntrustedPeerError(PairvisorError):
     """The server a :class:`Client` reached runs as an untrusted user."""
 
 
+class NoFilesError(PairvisorError):
+    """Descriptors cannot go on this connection: it does not speak
+    version 3 (or more than :data:`MAX_FILES` were given)."""
+
+
 # ---------------------------------------------------------------------------
 # Frames.
 
@@ -333,6 +388,11 @@ class Header(NamedTuple):
         """Whether the frame answers an earlier request."""
         return bool(self.flags & FLAG_REPLY)
 
+    @property
+    def has_files(self) -> bool:
+        """Whether descriptors came with the frame (version 3)."""
+        return bool(self.flags & FLAG_FILES)
+
 
 def encode_header(type: int, flags: int, length: int, id: int) -> bytes:
     """Encode a 16-byte frame header."""
@@ -348,9 +408,9 @@ def parse_header(b: Union[bytes, bytearray, memoryview], max_payload: int = MAX_
     the limit, and :class:`ProtocolError` for wrong magic bytes, an unknown
     type or undefined flag bits. Errors about a header whose magic is right
     name its id (``frame_id``, for logs; the ERROR sent about any of them
-    carries id 0). CANCEL (type 8) is a known type here: whether it is
-    allowed depends on the connection's version, which the connection
-    checks.
+    carries id 0). CANCEL (type 8), CLIENT (type 9) and the ``FILES`` flag
+    are known here: whether they are allowed depends on the connection's
+    version, which the connection checks.
     """
     if len(b) < HEADER_SIZE:
         raise TruncatedFrame("header has %d of %d bytes" % (len(b), HEADER_SIZE))
@@ -493,6 +553,77 @@ def parse_error(p: Union[bytes, bytearray, memoryview]) -> RemoteError:
         return RemoteError(ErrorCode.PROTOCOL, "malformed error frame")
     (code,) = _CODE.unpack_from(p, 0)
     return RemoteError(code, bytes(p[2:]).decode("utf-8", "replace"))
+
+
+class ClientState(NamedTuple):
+    """The payload of a CLIENT request and of its reply (version 3,
+    docs/PROTOCOL.md "Handing clients to workers"): a socket path's client
+    and where its stream stands."""
+
+    flags: int = 0  # CLIENT_CONTROL, CLIENT_ESTABLISHED, CLIENT_HERE
+    version: int = 0  # the negotiated version if established, else 0
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+    idle_ms: int = 0  # close the connection after this long without input (0: never)
+    next_id: int = 0  # established: the next request id of the server's side
+    hello: bytes = b""  # established: the client's hello payload
+    buffered: bytes = b""  # bytes read from the connection and not handled yet
+
+
+_CLIENT_HEAD = struct.Struct("<BBHIIIIQH")
+
+
+def encode_client(c: ClientState) -> bytes:
+    """Encode a CLIENT payload (no checks beyond the field sizes)."""
+    return (
+        _CLIENT_HEAD.pack(c.flags, c.version, 0, c.uid, c.gid, c.pid, c.idle_ms, c.next_id, len(c.hello))
+        + bytes(c.hello)
+        + struct.pack("<I", len(c.buffered))
+        + bytes(c.buffered)
+    )
+
+
+def parse_client(p: Union[bytes, bytearray, memoryview]) -> ClientState:
+    """Decode a CLIENT payload; raise :class:`ProtocolError` (whose detail
+    the worker sends back with code ``BAD_REQUEST``) if its lengths do not
+    add up, its flags or reserved bytes are unknown, or, established, its
+    version is not 1 to 3 or its hello is malformed; or, not established,
+    it has a version, a hello, a next id or ``CLIENT_HERE``."""
+    p = bytes(p)
+
+    def bad(detail: str) -> ProtocolError:
+        return ProtocolError("client payload: " + detail)
+
+    if len(p) < _CLIENT_FIXED:
+        raise bad("%d bytes, want at least %d" % (len(p), _CLIENT_FIXED))
+    flags, version, reserved, uid, gid, pid, idle, next_id, n = _CLIENT_HEAD.unpack_from(p, 0)
+    if flags & ~_KNOWN_CLIENT_FLAGS:
+        raise bad("flags %#04x" % flags)
+    if reserved:
+        raise bad("reserved bytes %#06x" % reserved)
+    rest = p[30:]
+    if n > len(rest) - 4:
+        raise bad("hello of %d bytes in %d" % (n, len(rest)))
+    hello, rest = rest[:n], rest[n:]
+    (b,) = struct.unpack_from("<I", rest, 0)
+    rest = rest[4:]
+    if b > MAX_CLIENT_BUFFERED:
+        raise bad("%d bytes buffered, at most %d" % (b, MAX_CLIENT_BUFFERED))
+    if b != len(rest):
+        raise bad("%d bytes buffered, %d follow" % (b, len(rest)))
+    c = ClientState(flags, version, uid, gid, pid, idle, next_id, hello, rest)
+    if not flags & CLIENT_ESTABLISHED:
+        if version or n or next_id or flags & CLIENT_HERE:
+            raise bad("not established, yet version %d, a hello of %d bytes, next id %d, flags %#04x" % (version, n, next_id, flags))
+        return c
+    if not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+        raise bad("version %d" % version)
+    try:
+        parse_hello(hello)
+    except ProtocolError as e:
+        raise bad("the client's hello: %s" % e.detail) from None
+    return c
 
 
 # ---------------------------------------------------------------------------
@@ -679,33 +810,77 @@ class _Budget:
             return self._held
 
 
+def _close_fds(fds: List[int]) -> None:
+    """Close every descriptor in fds and empty the list (its owner's
+    last act)."""
+    while fds:
+        fd = fds.pop()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _dup_files(files: Iterable[Any]) -> List[int]:
+    """Duplicates (close-on-exec) of files: ints or objects with fileno().
+    The caller keeps its own; on failure nothing is left open."""
+    out: List[int] = []
+    try:
+        for f in files:
+            fd = f if isinstance(f, int) else f.fileno()
+            out.append(os.dup(fd))  # os.dup makes the new fd non-inheritable
+    except BaseException:
+        _close_fds(out)
+        raise
+    return out
+
+
 class _Out:
-    """A frame queued for the writer."""
+    """A frame queued for the writer. fds, if any, are ours (duplicates),
+    sent with the frame's first byte and closed once it is written or
+    dropped."""
 
-    __slots__ = ("header", "payload", "cost", "budget", "deadline", "on_sent")
+    __slots__ = ("header", "payload", "cost", "budget", "deadline", "on_sent", "fds")
 
-    def __init__(self, header: bytes, payload: Any, cost: int, budget: Optional[_Budget], deadline: float, on_sent: Optional[Callable[[], None]]) -> None:
+    def __init__(
+        self,
+        header: bytes,
+        payload: Any,
+        cost: int,
+        budget: Optional[_Budget],
+        deadline: float,
+        on_sent: Optional[Callable[[], None]],
+        fds: Optional[List[int]] = None,
+    ) -> None:
         self.header = header
         self.payload = payload
         self.cost = cost
         self.budget = budget
         self.deadline = deadline
         self.on_sent = on_sent
+        self.fds = fds
 
     def release(self) -> None:
         if self.budget is not None:
             self.budget.release(self.cost)
             self.budget = None
+        if self.fds:
+            _close_fds(self.fds)
 
 
-def _send_all(sock: socket.socket, bufs: List[memoryview], deadline: float) -> None:
+def _send_all(sock: socket.socket, bufs: List[memoryview], deadline: float, fds: Optional[List[int]] = None) -> None:
     """Write bufs whole with non-blocking sendmsg calls, waiting for room
-    until deadline; raise _Stalled past it, OSError on failure."""
+    until deadline; raise _Stalled past it, OSError on failure. fds go
+    with the first byte (SCM_RIGHTS): the kernel takes its own reference
+    then, and the caller still closes them."""
     fd = sock.fileno()
     poller = None
+    anc: List[Tuple[int, int, bytes]] = []
+    if fds:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
     while bufs:
         try:
-            n = sock.sendmsg(bufs, [], socket.MSG_DONTWAIT | _MSG_NOSIGNAL)
+            n = sock.sendmsg(bufs, anc, socket.MSG_DONTWAIT | _MSG_NOSIGNAL)
         except (BlockingIOError, InterruptedError):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -715,6 +890,8 @@ def _send_all(sock: socket.socket, bufs: List[memoryview], deadline: float) -> N
                 poller.register(fd, select.POLLOUT)
             poller.poll(max(1, min(int(left * 1000) + 1, 1000)))
             continue
+        if n > 0:
+            anc = []  # the descriptors went with the first byte
         while n and bufs:
             if n >= len(bufs[0]):
                 n -= len(bufs[0])
@@ -730,7 +907,8 @@ class _Writer:
     It ends when the connection's teardown stops it: at once (queued
     frames are dropped) or after flushing what is queued, within a
     deadline. Every queued frame's bytes are released from its budget
-    once it is written or dropped.
+    once it is written or dropped, and its descriptors closed. A frame
+    with descriptors always starts a sendmsg of its own.
     """
 
     def __init__(self, conn: "_Conn", sock: socket.socket, write_timeout: float) -> None:
@@ -747,9 +925,23 @@ class _Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, header: bytes, payload: Any = b"", cost: int = 0, budget: Optional[_Budget] = None, on_sent: Optional[Callable[[], None]] = None) -> bool:
-        """Queue a frame; return False (and release cost) once stopped."""
-        o = _Out(header, payload, cost, budget, time.monotonic() + self._timeout, on_sent)
+    @property
+    def broken(self) -> bool:
+        """Whether a write failed or stalled."""
+        return self._broken
+
+    def put(
+        self,
+        header: bytes,
+        payload: Any = b"",
+        cost: int = 0,
+        budget: Optional[_Budget] = None,
+        on_sent: Optional[Callable[[], None]] = None,
+        fds: Optional[List[int]] = None,
+    ) -> bool:
+        """Queue a frame; return False (and release cost, close fds) once
+        stopped."""
+        o = _Out(header, payload, cost, budget, time.monotonic() + self._timeout, on_sent, fds)
         with self._cond:
             if not self._stop:
                 self._q.append(o)
@@ -768,9 +960,11 @@ class _Writer:
                 self._flush_until = time.monotonic() + flush
             self._cond.notify()
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread's end; return whether it has ended."""
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -792,7 +986,7 @@ class _Writer:
                     return
                 batch = [self._q.popleft()]
                 size = len(batch[0].header) + len(batch[0].payload)
-                while self._q and len(batch) < _WRITE_BATCH_IOVS // 2 and size < _WRITE_BATCH_BYTES:
+                while self._q and not self._q[0].fds and len(batch) < _WRITE_BATCH_IOVS // 2 and size < _WRITE_BATCH_BYTES:
                     o = self._q.popleft()
                     batch.append(o)
                     size += len(o.header) + len(o.payload)
@@ -805,7 +999,7 @@ class _Writer:
                         bufs.append(memoryview(o.payload))
                 deadline = batch[0].deadline if flush_until is None else min(batch[0].deadline, flush_until)
                 try:
-                    _send_all(self._sock, bufs, deadline)
+                    _send_all(self._sock, bufs, deadline, batch[0].fds)
                 except _Stalled:
                     self._broken = True
                     if flush_until is None:
@@ -826,38 +1020,169 @@ class _Writer:
                 return
 
 
-class _Reader:
-    """Buffered reads from the socket, by the reader thread alone."""
+class _IdleTimeout(Exception):
+    """Nothing arrived within the connection's idle timeout."""
 
-    def __init__(self, sock: socket.socket) -> None:
+
+class _DetachNow(Exception):
+    """A handed-over client's reader stops between two frames (the
+    connection goes back to the supervisor)."""
+
+    def __init__(self, here: bool) -> None:
+        super().__init__("detach")
+        self.here = here
+
+
+class _FdBatch:
+    """Descriptors that came with one read, and the stream offsets
+    [start, end) that read covered."""
+
+    __slots__ = ("start", "end", "fds")
+
+    def __init__(self, start: int, end: int, fds: List[int]) -> None:
+        self.start = start
+        self.end = end
+        self.fds = fds
+
+
+_MAX_UNCLAIMED = 2  # reads whose descriptors a reader holds unclaimed, at most (as Go)
+
+
+def _fds_of(anc: List[Tuple[int, int, bytes]]) -> List[int]:
+    fds: List[int] = []
+    for level, typ, data in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(data[: len(data) - len(data) % a.itemsize])
+            fds.extend(a)
+    return fds
+
+
+class _Reader:
+    """Buffered reads from the socket, by the reader thread alone.
+
+    With max_files > 0 every read is a recvmsg with room for that many
+    descriptors and MSG_CMSG_CLOEXEC (docs/PROTOCOL.md "File
+    descriptors"); the descriptors of each read are held, with the stream
+    offsets it covered, until a FILES frame whose header begins there
+    claims them (read_header sets ``claimed``). The reader owns what is
+    unclaimed, and :meth:`close_files` closes it.
+
+    prefix: bytes already read from the socket (a handed-over client's).
+    wake_fd: readable when the connection must stop between frames (a
+    handed-over client going back): a read for a header then raises
+    _DetachNow. idle: seconds without input after which a read raises
+    _IdleTimeout (0: never).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_files: int = 0,
+        bufsize: int = _RECV_BUF,
+        prefix: bytes = b"",
+        wake_fd: int = -1,
+        idle: float = 0.0,
+    ) -> None:
         self._sock = sock
-        self._buf = bytearray(_RECV_BUF)
+        self._buf = bytearray(max(bufsize, len(prefix), HEADER_SIZE))
         self._view = memoryview(self._buf)
+        self._buf[: len(prefix)] = prefix
         self._r = 0
-        self._w = 0
-        self._poller: Optional["select.poll"] = None
+        self._w = len(prefix)
+        self._stream = len(prefix)  # bytes taken from the stream so far
+        self._max_files = max_files
+        self._ancsize = socket.CMSG_SPACE(max_files * array.array("i").itemsize) if max_files > 0 else 0
+        self._batches: Deque[_FdBatch] = collections.deque()
+        self.files_ok = False  # the FILES flag is allowed (version 3, after the hellos)
+        self.claimed: List[int] = []  # the last header's descriptors, until taken
+        self._wake = wake_fd
+        self._idle = idle
+        self._last = time.monotonic()
+        self._between = False
+        self._pollers: Dict[bool, "select.poll"] = {}
+
+    def _poller(self, wake: bool) -> "select.poll":
+        p = self._pollers.get(wake)
+        if p is None:
+            p = select.poll()
+            p.register(self._sock.fileno(), select.POLLIN)
+            if wake:
+                p.register(self._wake, select.POLLIN)
+            self._pollers[wake] = p
+        return p
+
+    def _wait(self, deadline: Optional[float]) -> None:
+        """Wait until the socket is readable (or raise)."""
+        wake = self._between and self._wake >= 0
+        if deadline is None and self._idle <= 0 and not wake:
+            return
+        poller = self._poller(wake)
+        while True:
+            now = time.monotonic()
+            ends = []
+            if deadline is not None:
+                ends.append(deadline)
+            if self._idle > 0:
+                ends.append(self._last + self._idle)
+            left = (min(ends) - now) if ends else None
+            if left is not None and left <= 0:
+                if deadline is not None and now >= deadline:
+                    raise socket.timeout("no data in time")
+                raise _IdleTimeout()
+            ready = poller.poll(None if left is None else max(1, int(left * 1000) + 1))
+            for fd, _ in ready:
+                if fd == self._wake:
+                    raise _DetachNow(False)
+            if ready:
+                return
 
     def _recv(self, into: memoryview, deadline: Optional[float]) -> int:
         """One read into `into`; 0 at EOF (ECONNRESET counts as EOF: a Unix
         peer that dies with data unread resets the connection)."""
         while True:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise socket.timeout("no data in time")
-                if self._poller is None:
-                    self._poller = select.poll()
-                    self._poller.register(self._sock.fileno(), select.POLLIN)
-                if not self._poller.poll(max(1, int(left * 1000) + 1)):
-                    continue
+            self._wait(deadline)
             try:
-                return self._sock.recv_into(into)
+                if self._ancsize:
+                    n, anc, flags, _ = self._sock.recvmsg_into([into], self._ancsize, socket.MSG_CMSG_CLOEXEC)
+                else:
+                    n, anc, flags = self._sock.recv_into(into), [], 0
             except InterruptedError:
                 continue
             except OSError as e:
                 if e.errno in _ECONN_GONE:
                     return 0
                 raise
+            if anc:
+                self._got_files(_fds_of(anc), flags, n)
+            elif flags & socket.MSG_CTRUNC:
+                raise ProtocolError("too many descriptors: more than %d came with one frame" % self._max_files, code=ErrorCode.TOO_LARGE)
+            if n:
+                self._last = time.monotonic()
+            self._stream += n
+            return n
+
+    def _got_files(self, fds: List[int], flags: int, n: int) -> None:
+        """Hold the descriptors of a read of n bytes at self._stream (they
+        are ours from here on), or close them and raise."""
+        if flags & socket.MSG_CTRUNC or len(fds) > self._max_files:
+            # The kernel closed what did not fit: we cannot tell which of
+            # the sender's files were lost.
+            _close_fds(fds)
+            raise ProtocolError("too many descriptors: more than %d came with one frame" % self._max_files, code=ErrorCode.TOO_LARGE)
+        if not fds:
+            return
+        if n == 0 or len(self._batches) >= _MAX_UNCLAIMED:
+            _close_fds(fds)
+            raise ProtocolError("unexpected descriptors: %d reads' descriptors unclaimed by a frame" % (len(self._batches) + 1))
+        self._batches.append(_FdBatch(self._stream, self._stream + n, fds))
+
+    def close_files(self) -> None:
+        """Close every descriptor the reader holds (connection's end)."""
+        _close_fds(self.claimed)
+        while self._batches:
+            _close_fds(self._batches.popleft().fds)
 
     def _fill(self, n: int, deadline: Optional[float]) -> bool:
         """Make n (<= buffer size) bytes available; False at EOF."""
@@ -876,15 +1201,58 @@ class _Reader:
             self._w += k
         return True
 
-    def read_header(self, max_payload: int, deadline: Optional[float] = None) -> Optional[Header]:
-        """Read and validate the next header; None at EOF between frames."""
+    def peek_header(self, deadline: Optional[float]) -> Optional[bytes]:
+        """The next 16 bytes, unread; None if the stream ended first."""
         if not self._fill(HEADER_SIZE, deadline):
+            return None
+        return bytes(self._view[self._r : self._r + HEADER_SIZE])
+
+    def read_header(self, max_payload: int, deadline: Optional[float] = None) -> Optional[Header]:
+        """Read and validate the next header; None at EOF between frames.
+        Its descriptors, if it has the FILES flag, are left in
+        ``claimed`` for the caller to take (and close)."""
+        at = self._stream - (self._w - self._r)  # the header's stream offset
+        self._between = True
+        try:
+            ok = self._fill(HEADER_SIZE, deadline)
+        finally:
+            self._between = False
+        if not ok:
             if self._w == self._r:
                 return None
             raise TruncatedFrame("stream ended after %d of %d header bytes" % (self._w - self._r, HEADER_SIZE))
         h = parse_header(self._view[self._r : self._r + HEADER_SIZE], max_payload)
         self._r += HEADER_SIZE
+        if self._batches or h.has_files:
+            self._claim(h, at)
         return h
+
+    def _claim(self, h: Header, at: int) -> None:
+        if h.has_files and not self.files_ok:
+            raise ProtocolError("undefined frame flags: flags %#04x (files) below version 3 or before the hellos" % h.flags, frame_id=h.id)
+        if h.has_files and h.type in (MessageType.HELLO, MessageType.CANCEL):
+            raise ProtocolError("unexpected descriptors: a %s frame with the files flag" % _type_name(h.type), frame_id=h.id)
+        if self._batches and self._batches[0].end <= at:
+            raise ProtocolError("unexpected descriptors: they came with bytes of which no frame has the files flag")
+        if not h.has_files:
+            return
+        if not self._batches or self._batches[0].start > at:
+            raise ProtocolError("missing descriptors: a files frame whose header did not begin within a read that brought descriptors", frame_id=h.id)
+        self.claimed = self._batches.popleft().fds
+
+    def take_claimed(self) -> List[int]:
+        """The last header's descriptors (the caller owns them)."""
+        fds, self.claimed = self.claimed, []
+        return fds
+
+    def unread_header(self) -> None:
+        """Put back the header just read (a handed-over client going back
+        in front of it); nothing of its payload has been read."""
+        self._r -= HEADER_SIZE
+
+    def pending(self) -> bytes:
+        """Bytes read from the socket and not consumed yet."""
+        return bytes(self._view[self._r : self._w])
 
     def read_payload(self, n: int, deadline: Optional[float] = None) -> bytearray:
         """Read n payload bytes into a new bytearray."""
@@ -968,36 +1336,103 @@ class _Pool:
 class _Pending:
     """A request of ours waiting for its reply."""
 
-    __slots__ = ("type", "event", "reply", "error")
+    __slots__ = ("type", "event", "reply", "error", "files")
 
     def __init__(self, type: int) -> None:
         self.type = type
         self.event = threading.Event()
         self.reply: Optional[bytes] = None
         self.error: Optional[BaseException] = None
+        self.files: List[int] = []  # the reply's descriptors: the caller's
 
 
 class RequestContext:
-    """What a handler learns about the MESSAGE request it is answering.
+    """What a handler learns about the request it is answering.
 
-    ``id`` is the request's id (the supervisor's; for logs).
-    ``cancelled`` is a :class:`threading.Event`, set when the caller
-    cancels the request (a CANCEL frame, protocol version 2 only) or the
-    connection closes: the reply is dropped by then, so a long handler
-    should check it (or wait on it) and give up early, e.g. with
-    :meth:`check`. The handler's reply is still sent, exactly once.
+    ``id`` is the request's id (the supervisor's, or a handed-over
+    client's; for logs). ``cancelled`` is a :class:`threading.Event`, set
+    when the caller cancels the request (a CANCEL frame, protocol version
+    2 and later) or the connection closes: the reply is dropped by then,
+    so a long handler should check it (or wait on it) and give up early,
+    e.g. with :meth:`check`. The handler's reply is still sent, exactly
+    once.
+
+    Descriptors (protocol version 3): ``files`` are those that came with
+    the request (close-on-exec). They belong to the context, which closes
+    them when the handler returns, unless the handler takes them with
+    :meth:`take_files`; then they are its own to close.
+    :meth:`attach_files` sends files with the reply.
     """
 
-    __slots__ = ("id", "cancelled")
+    __slots__ = ("id", "cancelled", "_files", "_reply_files", "_version", "_lock", "_callbacks")
 
-    def __init__(self, id: int) -> None:
+    def __init__(self, id: int, files: Optional[List[int]] = None, version: int = 0) -> None:
         self.id = id
         self.cancelled = threading.Event()
+        self._files: List[int] = files if files is not None else []
+        self._reply_files: List[int] = []
+        self._version = version
+        self._lock = threading.Lock()
+        self._callbacks: List[Callable[[], None]] = []
+
+    @property
+    def files(self) -> Tuple[int, ...]:
+        """The descriptors that came with the request and are not taken
+        yet (valid until the handler returns)."""
+        return tuple(self._files)
+
+    def take_files(self) -> List[int]:
+        """Take the request's descriptors: the caller owns (and closes)
+        them from now on."""
+        with self._lock:
+            fds, self._files = self._files, []
+        return fds
+
+    def attach_files(self, *files: Any) -> None:
+        """Send files (ints, or objects with ``fileno()``) with the reply.
+        The library sends duplicates, which it closes once sent: the
+        caller keeps (and closes) its own. Raises :class:`NoFilesError`
+        if the connection does not speak version 3 or the reply would
+        carry more than :data:`MAX_FILES`. A reply that is an ERROR
+        carries none."""
+        if self._version < 3:
+            raise NoFilesError("descriptors need protocol version 3; this connection speaks %d" % self._version)
+        with self._lock:
+            if len(self._reply_files) + len(files) > MAX_FILES:
+                raise NoFilesError("a frame carries at most %d descriptors" % MAX_FILES)
+            self._reply_files += _dup_files(files)
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if the request has been cancelled."""
         if self.cancelled.is_set():
             raise Cancelled()
+
+    def _cancel(self) -> None:
+        """Set ``cancelled`` and run the callbacks, once."""
+        with self._lock:
+            if self.cancelled.is_set():
+                return
+            self.cancelled.set()
+            cbs, self._callbacks = self._callbacks, []
+        for cb in cbs:
+            cb()
+
+    def _on_cancel(self, cb: Callable[[], None]) -> None:
+        """Run cb when the request is cancelled (now, if it is)."""
+        with self._lock:
+            if not self.cancelled.is_set():
+                self._callbacks.append(cb)
+                return
+        cb()
+
+    def _settle_files(self) -> List[int]:
+        """After the handler: close the request's descriptors it did not
+        take, and return the reply's (the caller's to send or close)."""
+        with self._lock:
+            fds, self._files = self._files, []
+            out, self._reply_files = self._reply_files, []
+        _close_fds(fds)
+        return out
 
     def __repr__(self) -> str:
         return "RequestContext(id=%d, cancelled=%s)" % (self.id, self.cancelled.is_set())
@@ -1030,13 +1465,109 @@ def _wants_context(handler: Callable[..., Any]) -> bool:
         return False
 
 
+_CLIENT_HELLO_HEADER_WAIT = 0.2  # a handed-over client's hello header must be complete by then
+_CLIENT_HANDSHAKE = 5.0  # bounds a handed-over client's hello (as Go's worker)
+_CLIENT_DETACH_WAIT = 1.0  # a stopping worker's client must be between frames by then, or is closed
+_CLIENT_MAX_BUFFERED = DEFAULT_MAX_BUFFERED // 8  # bytes held for one handed-over client
+
+
+class _Clients:
+    """The clients a worker's channel has been handed (CLIENT requests):
+    at most ``max`` at once (negative: none), each served by a thread of
+    its own, which owns the client's connection from the CLIENT request
+    to its reply."""
+
+    def __init__(self, channel: "_Conn", max_clients: int) -> None:
+        self._ch = channel
+        self.max = max_clients
+        self._lock = threading.Lock()
+        self.n = 0
+        self.draining = False
+        self._conns: Set["_Conn"] = set()
+
+    def add(self) -> Optional[Tuple[int, str]]:
+        """Count a new client in, or say why not (code, message)."""
+        with self._lock:
+            if self.max < 0:
+                return ErrorCode.UNSUPPORTED, "this worker takes no clients (max_clients < 0)"
+            if self.draining:
+                return ErrorCode.SHUTTING_DOWN, "worker shutting down"
+            if self.n >= self.max:
+                return ErrorCode.UNAVAILABLE, "serving %d clients already" % self.n
+            self.n += 1
+            return None
+
+    def remove(self) -> None:
+        with self._lock:
+            self.n -= 1
+
+    def drain(self) -> None:
+        """The channel's SHUTDOWN came: hand every client back."""
+        with self._lock:
+            self.draining = True
+            conns = list(self._conns)
+        for c in conns:
+            c.request_detach(_CLIENT_DETACH_WAIT)
+
+    def serve(self, ctx: RequestContext, st: ClientState, fd: int) -> bytes:
+        """Serve a handed-over client until it is done (b"") or handed
+        back (its state). Owns fd; raises Cancelled if the supervisor
+        cancelled the CLIENT request (the connection is shut down)."""
+        ch = self._ch
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise
+        established = bool(st.flags & CLIENT_ESTABLISHED)
+        files = MAX_FILES if established and st.version >= 3 else 0
+        try:
+            conn = _Conn(
+                sock,
+                name=ch._name,
+                role="front",
+                handler=ch._handler,
+                handler_ctx=ch._handler_ctx,
+                logger=ch._log,
+                max_payload=ch._max_payload,
+                max_concurrent=ch._max_concurrent,
+                max_buffered=_CLIENT_MAX_BUFFERED,
+                write_timeout=ch._write_timeout,
+                max_version=st.version if established else min(2, ch._max_version),
+                max_files=files,
+                front=st,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        with self._lock:
+            self._conns.add(conn)
+            draining = self.draining
+        if draining:
+            conn.request_detach(_CLIENT_DETACH_WAIT)
+        ctx._on_cancel(lambda: conn._abort("the supervisor cancelled the client request"))
+        try:
+            out = conn.serve_front()
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+        if not out and ctx.cancelled.is_set():
+            raise Cancelled("context canceled")
+        return out
+
+
 class _Conn:
     """One end of a framed connection; see the module doc.
 
-    role is "worker" (serves SHUTDOWN, runs the handler for MESSAGE) or
-    "client" (answers PING and ECHO, refuses everything else). With
+    role is "worker" (a worker's channel: serves SHUTDOWN and CLIENT,
+    runs the handler for MESSAGE), "client" (answers PING and ECHO,
+    refuses everything else) or "front" (a client handed over with a
+    CLIENT request, front being its state: served as a socket-path server
+    serves it, and handed back in front of STATUS and RELOAD). With
     handler_ctx the handler is called as handler(payload, ctx).
-    max_version (1 or 2) is the highest protocol version we offer.
+    max_version (1 to 3) is the highest protocol version we offer; 3 only
+    with max_files > 0, the descriptors accepted with one frame.
+    max_clients bounds a worker's handed-over clients (negative: none).
     """
 
     def __init__(
@@ -1054,6 +1585,9 @@ class _Conn:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         shutdown_linger: float = 1.0,
         max_version: int = PROTOCOL_VERSION,
+        max_files: int = 0,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        front: Optional[ClientState] = None,
     ) -> None:
         _check_version(max_version)
         if max_payload <= 0 or max_payload > MAX_PAYLOAD:
@@ -1064,6 +1598,11 @@ class _Conn:
             max_buffered = DEFAULT_MAX_BUFFERED
         if write_timeout <= 0:
             write_timeout = DEFAULT_WRITE_TIMEOUT
+        max_files = min(max(max_files, 0), MAX_FILES)
+        if max_version < 3:
+            max_files = 0
+        if max_files == 0:
+            max_version = min(max_version, 2)  # version 3 means "I take descriptors"
         sock.setblocking(True)
         self._sock = sock
         self._name = name
@@ -1076,29 +1615,52 @@ class _Conn:
         self._max_concurrent = max_concurrent
         self._write_timeout = write_timeout
         self._linger = shutdown_linger
-        self._reader = _Reader(sock)
+        self._front = front
+        self._wake_r = self._wake_w = -1
+        if front is not None:
+            self._wake_r, self._wake_w = os.pipe()  # non-inheritable; closed at the end or the hand-back
+            self._reader = _Reader(
+                sock,
+                max_files=max_files,
+                bufsize=MAX_CLIENT_BUFFERED,
+                prefix=bytes(front.buffered),
+                wake_fd=self._wake_r,
+                idle=front.idle_ms / 1000.0,
+            )
+        else:
+            self._reader = _Reader(sock, max_files=max_files)
         self._writer = _Writer(self, sock, write_timeout)
         self._held = _Budget(max_buffered)  # bytes held for the peer
         self._outgoing = _Budget(max_buffered)  # our requests queued
         self._cancels = _Budget(MAX_QUEUED_CANCELS * HEADER_SIZE)  # our CANCEL frames queued
         self._pool = _Pool(max_concurrent)
         self._lock = threading.Lock()
+        self._idle_cond = threading.Condition(self._lock)  # notified when _inflight drops
         self._pending: Dict[int, _Pending] = {}
         self._next_id = 0
-        self._inflight = 0  # MESSAGE requests given to the pool, reply not queued yet
-        # Contexts of the requests with the handler: by id on version 2
-        # (a CANCEL finds them there; an id in use is a violation), and
-        # all of them, to cancel when the connection closes. A context is
-        # removed by its handler's thread before its reply is queued.
+        self._inflight = 0  # requests whose reply is owed and not queued yet (messages, clients)
+        self._handlers = 0  # of which MESSAGE requests given to the pool
+        # Contexts of the requests with a handler or a client thread: by
+        # id on version 2 and later (a CANCEL finds them there; an id in
+        # use is a violation), and all of them, to cancel when the
+        # connection closes. A context is removed by its thread before
+        # its reply is queued.
         self._active: Dict[int, RequestContext] = {}
         self._running: Set[RequestContext] = set()
         self._draining = False  # a SHUTDOWN arrived
-        self._shutdown: Optional[Tuple[int, int]] = None  # (id, bytes held) of the SHUTDOWN whose reply is owed
+        # (id, bytes held, ERROR payload or None) of the SHUTDOWN whose reply is owed
+        self._shutdown: Optional[Tuple[int, int, Optional[bytes]]] = None
         self.shutdown_acked = False  # a SHUTDOWN's reply has been queued: the peer asked us to stop
         self._linger_timer: Optional[threading.Timer] = None
         self._reason: Optional[str] = None  # why the connection closed
         self._fd_closed = False
+        self._clients = _Clients(self, max_clients) if role == "worker" else None
+        self._detach_req = False  # front: stop between frames and hand the client back
+        self._stopping = False  # front: ... because the worker is stopping (no CLIENT_HERE)
+        self._detach_timer: Optional[threading.Timer] = None
+        self._handed_back: Optional[bytes] = None
         self.peer: Optional[Hello] = None
+        self.peer_raw = b""  # the peer's hello payload
         self.version = 0
 
     # -- life cycle ---------------------------------------------------------
@@ -1133,9 +1695,12 @@ class _Conn:
             if h.length > MAX_HELLO_PAYLOAD:
                 # Sent on the header alone: the payload is not read.
                 raise FrameTooLarge("frame too large: hello payload of %d bytes exceeds the limit of %d" % (h.length, MAX_HELLO_PAYLOAD))
-            peer = parse_hello(r.read_payload(h.length, deadline))
+            raw = bytes(r.read_payload(h.length, deadline))
+            peer = parse_hello(raw)
             self.version = negotiate(ours, peer)
             self.peer = peer
+            self.peer_raw = raw
+            r.files_ok = self.version >= 3
         except TruncatedFrame:
             raise
         except ProtocolError as e:
@@ -1158,10 +1723,19 @@ class _Conn:
 
     def run(self) -> str:
         """Read and handle frames until the stream ends; tear down and
-        return why it ended."""
+        return why it ended. A handed-over client's connection may end by
+        going back to the supervisor instead (``_handed_back``)."""
         reason = "connection closed"
         try:
             reason = self._read_loop()
+        except _DetachNow as e:
+            back = self._detach(e.here)
+            if back is not None:
+                self._handed_back = back
+                return "handed back to the supervisor"
+            reason = "could not hand the client back"
+        except _IdleTimeout:
+            reason = "idle: nothing arrived for %gs" % self._reader._idle
         except TruncatedFrame as e:
             reason = "truncated frame: %s" % e.detail
         except ProtocolError as e:
@@ -1173,37 +1747,55 @@ class _Conn:
             reason = e.reason
         except OSError as e:
             reason = "read failed: %s" % e
-        finally:
-            reason = self._reason or reason
-            self._teardown(reason)
+        except BaseException as e:
+            self._teardown(self._reason or "reader crashed: %r" % e)
+            raise
+        reason = self._reason or reason
+        self._teardown(reason)
         return reason
 
     def _read_loop(self) -> str:
         r = self._reader
         while True:
+            if self._detach_req:
+                raise _DetachNow(False)
             h = r.read_header(self._max_payload)
             if h is None:
                 return self._reason or "closed by the peer"
-            if self._reason is not None:
-                return self._reason
-            if h.is_reply:
-                self._on_reply(h)
-            elif h.type in (MessageType.HELLO, MessageType.ERROR):
-                raise ProtocolError("unexpected frame: %s frame without the reply flag after the handshake" % _type_name(h.type), frame_id=h.id)
-            elif h.id == 0:
-                raise ProtocolError("unexpected frame: %s request with id 0, which is reserved" % _type_name(h.type))
-            elif h.type == MessageType.CANCEL:
-                self._on_cancel(h)
-            elif h.type == MessageType.PING:
-                if h.length > MAX_PING_PAYLOAD:
-                    # Not a violation: refused on its own id, unread.
-                    self._refuse(h, ErrorCode.TOO_LARGE, "ping payload of %d bytes exceeds the limit of %d" % (h.length, MAX_PING_PAYLOAD))
-                else:
-                    self._answer_inline(h)
-            elif h.type == MessageType.ECHO:
-                self._answer_inline(h)
+            fds = r.take_claimed()  # ours until a taker empties the list
+            try:
+                if self._reason is not None:
+                    return self._reason
+                self._dispatch(h, fds)
+            finally:
+                _close_fds(fds)
+
+    def _dispatch(self, h: Header, fds: List[int]) -> None:
+        if h.type == MessageType.CLIENT and self.version < 3:
+            raise ProtocolError("unknown frame type: type byte %d (client) on a version %d connection" % (h.type, self.version), frame_id=h.id)
+        if h.is_reply:
+            self._on_reply(h, fds)
+        elif h.type in (MessageType.HELLO, MessageType.ERROR):
+            raise ProtocolError("unexpected frame: %s frame without the reply flag after the handshake" % _type_name(h.type), frame_id=h.id)
+        elif h.id == 0:
+            raise ProtocolError("unexpected frame: %s request with id 0, which is reserved" % _type_name(h.type))
+        elif h.type == MessageType.CANCEL:
+            self._on_cancel(h)
+        elif h.type == MessageType.PING:
+            if h.length > MAX_PING_PAYLOAD:
+                # Not a violation: refused on its own id, unread.
+                self._refuse(h, ErrorCode.TOO_LARGE, "ping payload of %d bytes exceeds the limit of %d" % (h.length, MAX_PING_PAYLOAD))
             else:
-                self._on_request(h)
+                self._answer_inline(h)
+        elif h.type == MessageType.ECHO:
+            self._answer_inline(h)
+        elif self._role == "front" and h.type in (MessageType.STATUS, MessageType.RELOAD) and not self._draining:
+            # The supervisor serves these: the client goes back in front
+            # of this request, unread.
+            self._reader.unread_header()
+            raise _DetachNow(True)
+        else:
+            self._on_request(h, fds)
 
     def _on_cancel(self, h: Header) -> None:
         """The peer cancels its request h.id (version 2): tell its handler.
@@ -1217,7 +1809,7 @@ class _Conn:
             ctx = self._active.get(h.id)
         if ctx is not None:
             self._log.debug("pairvisor: request cancelled by the peer", extra={"request_id": h.id})
-            ctx.cancelled.set()
+            ctx._cancel()
 
     def _take(self, n: int) -> None:
         """Hold n more bytes for the peer, waiting for room (back-pressure);
@@ -1230,9 +1822,10 @@ class _Conn:
             self._abort(reason, level=logging.WARNING)
             raise ConnectionClosed(reason)
 
-    def _reply(self, type: int, id: int, payload: Any, cost: int, on_sent: Optional[Callable[[], None]] = None) -> None:
+    def _reply(self, type: int, id: int, payload: Any, cost: int, on_sent: Optional[Callable[[], None]] = None, fds: Optional[List[int]] = None) -> None:
         p = _byteview(payload)
-        self._writer.put(encode_header(type, FLAG_REPLY, len(p), id), p, cost, self._held, on_sent)
+        flags = FLAG_REPLY | (FLAG_FILES if fds else 0)
+        self._writer.put(encode_header(type, flags, len(p), id), p, cost, self._held, on_sent, fds or None)
 
     def _answer_inline(self, h: Header) -> None:
         cost = HEADER_SIZE + h.length
@@ -1244,33 +1837,53 @@ class _Conn:
             raise
         self._reply(h.type, h.id, p, cost)
 
-    def _refuse(self, h: Header, code: int, message: str) -> None:
-        """Skip request h unread and answer it with an ERROR."""
-        self._reader.skip(h.length)
+    def _answer_error(self, id: int, code: int, message: str) -> None:
+        """Answer request id (its payload consumed) with an ERROR."""
         p = encode_error(code, message)
         cost = HEADER_SIZE + len(p)
         self._take(cost)
-        self._reply(MessageType.ERROR, h.id, p, cost)
+        self._reply(MessageType.ERROR, id, p, cost)
 
-    def _on_request(self, h: Header) -> None:
+    def _refuse(self, h: Header, code: int, message: str) -> None:
+        """Skip request h unread and answer it with an ERROR."""
+        self._reader.skip(h.length)
+        self._answer_error(h.id, code, message)
+
+    def _on_request(self, h: Header, fds: List[int]) -> None:
         t = h.type
+        serves = self._role in ("worker", "front")
         if self._draining:
             self._refuse(h, ErrorCode.SHUTTING_DOWN, "shutting down")
-        elif t == MessageType.SHUTDOWN and self._role == "worker":
+        elif t == MessageType.SHUTDOWN and serves:
             self._reader.skip(h.length)  # empty by the spec; ignored otherwise, as Go does
             cost = 2 * HEADER_SIZE
             self._take(cost)
+            err: Optional[bytes] = None
+            if self._role == "front":
+                # Answered as the supervisor does, after the drain.
+                err = self._denied(t) or encode_error(ErrorCode.UNSUPPORTED, "shutdown is not served here")
             with self._lock:
                 self._draining = True
-                self._shutdown = (h.id, cost)
+                self._shutdown = (h.id, cost, err)
             self._log.debug("shutdown requested")
+            if self._clients is not None:
+                self._clients.drain()  # they go back before the SHUTDOWN is answered
             self._maybe_drained()
-        elif t == MessageType.MESSAGE and self._role == "worker":
+        elif t == MessageType.MESSAGE and serves:
+            denied = self._denied(t)
+            if denied is not None:
+                self._reader.skip(h.length)
+                e = parse_error(denied)
+                self._answer_error(h.id, e.code, e.message)
+                return
             if self._handler is None:
                 self._refuse(h, ErrorCode.UNSUPPORTED, "worker has no message handler")
                 return
+            if fds and not self._handler_ctx:
+                self._refuse(h, ErrorCode.UNSUPPORTED, "this worker takes no files with messages (its handler takes no context)")
+                return
             with self._lock:
-                busy = self._inflight >= self._max_concurrent
+                busy = self._handlers >= self._max_concurrent
                 dup = self.version >= 2 and h.id in self._active
             if busy:
                 self._refuse(h, ErrorCode.UNAVAILABLE, "more than %d requests in flight" % self._max_concurrent)
@@ -1284,17 +1897,106 @@ class _Conn:
             except BaseException:
                 self._held.release(cost)
                 raise
-            ctx = RequestContext(h.id)
+            ctx = RequestContext(h.id, fds[:], self.version)
+            fds.clear()
             with self._lock:
                 self._inflight += 1
+                self._handlers += 1
                 if self.version >= 2:
                     self._active[h.id] = ctx
                 self._running.add(ctx)
             self._pool.submit(lambda: self._handle(ctx, payload, cost))
+        elif t == MessageType.CLIENT and self._role == "worker":
+            self._on_client(h, fds)
         elif self._role == "worker":
             self._refuse(h, ErrorCode.UNSUPPORTED, "%s is not served by workers" % _type_name(t))
+        elif self._role == "front":
+            self._refuse(h, ErrorCode.UNSUPPORTED, "%s is not served here" % _type_name(t))
         else:
             self._refuse(h, ErrorCode.UNSUPPORTED, "no handler for %s requests" % _type_name(t))
+
+    def _denied(self, t: int) -> Optional[bytes]:
+        """A handed-over client without CLIENT_CONTROL may not send
+        requests that change state: the ERROR payload for t, or None."""
+        st = self._front
+        if st is None or st.flags & CLIENT_CONTROL:
+            return None
+        return encode_error(
+            ErrorCode.DENIED,
+            "%s requests are for the server's own uid, root and the control uids and gids; uid %d is none of them" % (_type_name(t), st.uid),
+        )
+
+    def _on_client(self, h: Header, fds: List[int]) -> None:
+        """A CLIENT request (version 3): serve the client whose connection
+        came with it in a thread of its own, or refuse it, closing the
+        descriptor without touching the connection."""
+        clients = self._clients
+        assert clients is not None
+        if clients.max < 0:
+            self._refuse(h, ErrorCode.UNSUPPORTED, "this worker takes no clients (max_clients < 0)")
+            return
+        with self._lock:
+            dup = h.id in self._active
+        if dup:
+            raise ProtocolError("unexpected frame: client request %d while request %d is in flight" % (h.id, h.id), frame_id=h.id)
+        self._take(h.length)
+        try:
+            payload = bytes(self._reader.read_payload(h.length))
+        finally:
+            self._held.release(h.length)
+        if len(fds) != 1:
+            self._answer_error(h.id, ErrorCode.BAD_REQUEST, "a client request carries one descriptor, this one %d" % len(fds))
+            return
+        try:
+            st = parse_client(payload)
+        except ProtocolError as e:
+            self._answer_error(h.id, ErrorCode.BAD_REQUEST, e.detail)
+            return
+        try:
+            is_sock = stat.S_ISSOCK(os.fstat(fds[0]).st_mode)
+        except OSError:
+            is_sock = False
+        if not is_sock:
+            self._answer_error(h.id, ErrorCode.BAD_REQUEST, "a client request's descriptor is not a socket")
+            return
+        refused = clients.add()
+        if refused is not None:
+            self._answer_error(h.id, refused[0], refused[1])
+            return
+        cost = 2 * HEADER_SIZE  # the reply's header, until we know its size
+        try:
+            self._take(cost)
+        except BaseException:
+            clients.remove()
+            raise
+        fd = fds.pop()  # the client thread's from here on
+        ctx = RequestContext(h.id, None, self.version)
+        with self._lock:
+            self._inflight += 1
+            self._active[h.id] = ctx
+            self._running.add(ctx)
+        try:
+            threading.Thread(target=self._serve_client, args=(ctx, st, fd, cost), name="pairvisor-client", daemon=True).start()
+        except BaseException:
+            os.close(fd)
+            clients.remove()
+            self._finish_request(ctx, MessageType.ERROR, encode_error(ErrorCode.UNAVAILABLE, "cannot start a thread for the client"), cost, handler=False)
+
+    def _serve_client(self, ctx: RequestContext, st: ClientState, fd: int, cost: int) -> None:
+        """A client thread: serve the client, then answer its CLIENT request."""
+        assert self._clients is not None
+        rtype: int = MessageType.CLIENT
+        out: bytes = b""
+        try:
+            out = self._clients.serve(ctx, st, fd)
+        except RemoteError as e:
+            rtype, out = MessageType.ERROR, encode_error(e.code, e.message)
+        except BaseException as e:
+            self._log.error("pairvisor: serving a handed-over client crashed", exc_info=True, extra={"request_id": ctx.id})
+            rtype, out = MessageType.ERROR, encode_error(ErrorCode.CRASHED, "serving the client crashed (%s; the worker's log has the details)" % type(e).__name__)
+        finally:
+            self._clients.remove()
+        self._finish_request(ctx, rtype, out, cost, handler=False)
 
     def _handle(self, ctx: RequestContext, payload: bytes, cost: int) -> None:
         """Run the handler for MESSAGE request ctx.id (a pool thread) and
@@ -1330,8 +2032,11 @@ class _Conn:
                 raise
         self._finish_request(ctx, rtype, out, cost)
 
-    def _finish_request(self, ctx: RequestContext, rtype: int, out: Any, cost: int) -> None:
+    def _finish_request(self, ctx: RequestContext, rtype: int, out: Any, cost: int, handler: bool = True) -> None:
         id = ctx.id
+        fds = ctx._settle_files()
+        if rtype == MessageType.ERROR:
+            _close_fds(fds)  # an ERROR carries none
         with self._lock:
             # Out of the table before the reply is queued: the peer may
             # reuse the id as soon as it has the reply.
@@ -1340,9 +2045,12 @@ class _Conn:
             self._running.discard(ctx)
         d = len(_byteview(out))  # the reply's size beyond the header held for it
         self._held.force(d)
-        self._reply(rtype, id, out, cost + d)
+        self._reply(rtype, id, out, cost + d, fds=fds)
         with self._lock:
             self._inflight -= 1
+            if handler:
+                self._handlers -= 1
+            self._idle_cond.notify_all()
         self._maybe_drained()
 
     def _maybe_drained(self) -> None:
@@ -1351,8 +2059,13 @@ class _Conn:
         with self._lock:
             if self._shutdown is None or self._inflight > 0:
                 return
-            (id, cost), self._shutdown = self._shutdown, None
-            self.shutdown_acked = True
+            (id, cost, err), self._shutdown = self._shutdown, None
+            if err is None:
+                self.shutdown_acked = True
+        if err is not None:
+            self._held.force(len(err))
+            self._reply(MessageType.ERROR, id, err, cost + len(err))
+            return
         self._reply(MessageType.SHUTDOWN, id, b"", cost, on_sent=self._start_linger)
 
     def _start_linger(self) -> None:
@@ -1368,7 +2081,7 @@ class _Conn:
             self._linger_timer = t
         t.start()
 
-    def _on_reply(self, h: Header) -> None:
+    def _on_reply(self, h: Header, fds: List[int]) -> None:
         r = self._reader
         if h.type in (MessageType.HELLO, MessageType.CANCEL):
             raise ProtocolError("unexpected frame: %s frame with the reply flag" % _type_name(h.type), frame_id=h.id)
@@ -1388,7 +2101,130 @@ class _Conn:
             raise err
         else:
             pend.reply = bytes(r.read_payload(h.length))
+            pend.files = fds[:]
+            fds.clear()
         pend.event.set()
+
+    # -- handed-over clients (role "front") ------------------------------------
+
+    def serve_front(self) -> bytes:
+        """Serve a handed-over client (its state in self._front) until the
+        connection is over (b"": it is shut down and closed) or handed back
+        (the state to reply with: our descriptor is closed, the connection
+        not shut down)."""
+        st = self._front
+        assert st is not None
+        try:
+            if st.flags & CLIENT_ESTABLISHED:
+                self.version = st.version
+                self.peer_raw = bytes(st.hello)
+                self.peer = parse_hello(self.peer_raw)
+                self._next_id = max(st.next_id, 1) - 1  # we send clients no requests; it goes back as it came
+                self._reader.files_ok = self.version >= 3
+                self._writer.start()
+            else:
+                self._front_hello()
+        except BaseException as e:
+            self._teardown(self._reason or "client hello failed: %s" % e)
+            return b""
+        self._log.debug("pairvisor: serving a handed-over client", extra={"client_uid": st.uid, "client_pid": st.pid, "version": self.version})
+        reason = self.run()
+        self._log.debug("pairvisor: done with a handed-over client", extra={"client_uid": st.uid, "client_pid": st.pid, "reason": reason})
+        return self._handed_back or b""
+
+    def _front_hello(self) -> None:
+        """The hello exchange of a client handed over before it (as a
+        socket path's server runs it: docs/PROTOCOL.md "Socket paths")."""
+        r = self._reader
+        self._writer.start()
+        problem: Optional[str] = None
+        code = ErrorCode.PROTOCOL
+        try:
+            b = r.peek_header(time.monotonic() + _CLIENT_HELLO_HEADER_WAIT)
+        except socket.timeout:
+            b = b""
+            problem = "no complete hello header within %gs" % _CLIENT_HELLO_HEADER_WAIT
+        if b is None:
+            raise ConnectionClosed("the client closed the connection before its hello")
+        if problem is None:
+            m0, m1, t, flags, length, fid = _HEADER.unpack(b)
+            if m0 != MAGIC0 or m1 != MAGIC1:
+                problem = "bad frame magic %#04x %#04x" % (m0, m1)
+            elif t != MessageType.HELLO:
+                problem = "first frame is %s" % _type_name(t)
+            elif flags:
+                problem = "hello with flags %#04x" % flags
+            elif fid:
+                problem = "hello with id %d" % fid
+            elif length > MAX_HELLO_PAYLOAD:
+                problem, code = "hello payload of %d bytes exceeds the limit of %d" % (length, MAX_HELLO_PAYLOAD), ErrorCode.TOO_LARGE
+            elif length < 8:
+                problem = "hello payload of %d bytes, want 8 to %d" % (length, MAX_HELLO_PAYLOAD)
+        if problem is not None:
+            e = ProtocolError("hello expected: " + problem, code=code)
+            self._violation(e)  # in place of our hello
+            raise e
+        ours = Hello(MIN_PROTOCOL_VERSION, self._max_version, os.getpid(), self._name)
+        p = encode_hello(ours)
+        self._writer.put(encode_header(MessageType.HELLO, 0, len(p), 0), p)
+        self._read_hello(ours, time.monotonic() + _CLIENT_HANDSHAKE)
+
+    def request_detach(self, limit: float) -> None:
+        """(Any thread.) The worker is stopping: hand the client back
+        between two frames, or, if that has not happened within limit
+        seconds, close its connection."""
+        with self._lock:
+            if self._detach_req or self._reason is not None or self._wake_w < 0:
+                return
+            self._detach_req = True
+            self._stopping = True
+            os.write(self._wake_w, b"x")  # under the lock: the pipe closes under it too
+            t = threading.Timer(limit, self._abort, args=("not between two frames within %gs of the worker's shutdown: closed" % limit,))
+            t.daemon = True
+            self._detach_timer = t
+        t.start()
+
+    def _detach(self, here: bool) -> Optional[bytes]:
+        """(The reader, stopped between frames.) Answer every request
+        taken in, write the replies and close our descriptor without
+        shutting the connection down; return the state to hand back, or
+        None if the connection ended meanwhile (then torn down by run)."""
+        with self._lock:
+            while self._inflight > 0 and self._reason is None:
+                self._idle_cond.wait()
+            if self._reason is not None:
+                return None
+        self._writer.stop(flush=self._write_timeout)
+        ended = self._writer.join(self._write_timeout + 1.0)
+        with self._lock:
+            if self._reason is not None or not ended or self._writer.broken:
+                return None
+            self._reason = "handed back to the supervisor"
+            self._fd_closed = True
+            self._sock.close()  # no shutdown: the supervisor serves the connection on
+            self._close_wake()
+            timer, self._detach_timer = self._detach_timer, None
+        if timer is not None:
+            timer.cancel()
+        self._held.close(self._reason)
+        self._outgoing.close(self._reason)
+        self._pool.close()
+        self._reader.close_files()
+        st = self._front
+        assert st is not None
+        flags = CLIENT_ESTABLISHED | (st.flags & CLIENT_CONTROL)
+        if here and not self._stopping:
+            flags |= CLIENT_HERE
+        return encode_client(
+            ClientState(flags, self.version, st.uid, st.gid, st.pid, st.idle_ms, self._next_id + 1, self.peer_raw, self._reader.pending())
+        )
+
+    def _close_wake(self) -> None:
+        """Close the wake pipe (under self._lock)."""
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def _abort(self, reason: str, level: int = logging.DEBUG) -> None:
         """Close the connection from any thread: record why and shut the
@@ -1402,23 +2238,28 @@ class _Conn:
                     self._sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            self._idle_cond.notify_all()
         self._log.log(level, "pairvisor: closing the connection", extra={"reason": reason})
         self._held.close(reason)
         self._outgoing.close(reason)
 
     def _teardown(self, reason: str) -> None:
         """End the connection (reader thread only): fail pending calls,
-        stop the writer and the pool, close the socket once."""
+        stop the writer and the pool, close the socket once and every
+        descriptor the connection holds."""
         with self._lock:
             if self._reason is None:
                 self._reason = reason
             pending, self._pending = self._pending, {}
             timer, self._linger_timer = self._linger_timer, None
+            dtimer, self._detach_timer = self._detach_timer, None
             running = list(self._running)
-        if timer is not None:
-            timer.cancel()
+            self._idle_cond.notify_all()
+        for t in (timer, dtimer):
+            if t is not None:
+                t.cancel()
         for ctx in running:  # their replies can no longer be sent
-            ctx.cancelled.set()
+            ctx._cancel()
         for p in pending.values():
             p.error = ConnectionClosed(reason)
             p.event.set()
@@ -1430,23 +2271,42 @@ class _Conn:
         self._writer.stop(flush=_CLOSE_FLUSH)
         self._writer.join(_CLOSE_FLUSH + 1.0)
         with self._lock:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            if not self._fd_closed:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self._writer.join(self._write_timeout)
         self._pool.close()
+        self._reader.close_files()
         with self._lock:
             self._fd_closed = True
             self._sock.close()
+            self._close_wake()
 
     # -- our requests ---------------------------------------------------------
 
     def call(self, type: int, payload: Union[bytes, bytearray, memoryview], timeout: Optional[float]) -> bytes:
-        """Send a request and wait for its reply (see Client.call)."""
+        """Send a request and wait for its reply (see Client.call).
+        Descriptors that come with the reply are closed."""
+        reply, fds = self.call_files(type, payload, (), timeout)
+        _close_fds(fds)
+        return reply
+
+    def call_files(self, type: int, payload: Union[bytes, bytearray, memoryview], files: Iterable[Any], timeout: Optional[float]) -> Tuple[bytes, List[int]]:
+        """Send a request with files (ints or objects with fileno(), of
+        which duplicates are sent: the caller keeps its own) and wait for
+        its reply; return it and the descriptors that came with it (the
+        caller's to close). NoFilesError, sending nothing, if files is
+        not empty and the connection does not speak version 3."""
         t = int(type)
         if t not in _TYPE_VALUES or t in (MessageType.HELLO, MessageType.ERROR, MessageType.CANCEL):
             raise ValueError("%s is not a request type" % _type_name(t))
+        files = list(files)
+        if files and self.version < 3:
+            raise NoFilesError("descriptors need protocol version 3; this connection speaks %d" % self.version)
+        if len(files) > MAX_FILES:
+            raise NoFilesError("a frame carries at most %d descriptors, not %d" % (MAX_FILES, len(files)))
         payload = _byteview(payload)
         n = len(payload)
         limit = MAX_PING_PAYLOAD if t == MessageType.PING else self._max_payload
@@ -1457,14 +2317,20 @@ class _Conn:
         if not self._outgoing.take(cost, self._write_timeout if timeout is None else timeout, deadline):
             raise TimeoutError("no room to queue the %s request within %gs" % (_type_name(t), timeout or self._write_timeout))
         pend = _Pending(t)
+        try:
+            fds = _dup_files(files)
+        except BaseException:
+            self._outgoing.release(cost)
+            raise
         with self._lock:
             if self._reason is not None:
                 self._outgoing.release(cost)
+                _close_fds(fds)
                 raise ConnectionClosed(self._reason)
             self._next_id += 1
             id = self._next_id
             self._pending[id] = pend
-        self._writer.put(encode_header(t, 0, n, id), payload, cost, self._outgoing)
+        self._writer.put(encode_header(t, FLAG_FILES if fds else 0, n, id), payload, cost, self._outgoing, fds=fds or None)
         if not pend.event.wait(timeout):
             with self._lock:
                 mine = self._pending.pop(id, None) is not None  # a late reply is read and dropped
@@ -1473,10 +2339,10 @@ class _Conn:
                     self._send_cancel(t, id)
                 raise TimeoutError("no reply to %s request %d within %gs" % (_type_name(t), id, timeout or 0))
         if pend.error is not None:
+            _close_fds(pend.files)
             raise pend.error
         assert pend.reply is not None
-        return pend.reply
-
+        return pend.reply, pend.files
 
     def _send_cancel(self, t: int, id: int) -> None:
         """Tell the peer we gave up on our request id (version 2; not for
@@ -1590,6 +2456,8 @@ def serve(
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     shutdown_linger: float = 1.0,
     max_version: int = PROTOCOL_VERSION,
+    max_files: int = MAX_FILES,
+    max_clients: int = DEFAULT_MAX_CLIENTS,
 ) -> str:
     """Serve as a pairvisor worker until the supervisor is done with us.
 
@@ -1627,10 +2495,23 @@ def serve(
     program must exit with a non-zero status, which an uncaught exception
     does. Either way it must exit: a worker never outlives its channel.
 
+    Protocol version 3 (offered with ``max_files`` > 0, the default):
+    the supervisor may send descriptors with a message (the handler finds
+    them in ``ctx.files``, and a message with descriptors for a handler
+    that takes no ``ctx`` is refused with ``UNSUPPORTED``); a handler may
+    send files with its reply (``ctx.attach_files``). And the supervisor
+    of a socket path (``supervisor run --socket PATH --handoff``) may hand
+    the worker clients (CLIENT requests): up to ``max_clients`` at once
+    (negative: none), each served in a thread of its own, pings and
+    echoes by the library and messages by ``handler``, directly, until
+    the client goes away or must go back to the supervisor (in front of a
+    STATUS or RELOAD, and on SHUTDOWN, before it is answered).
+
     ``name`` is sent in the hello (default ``worker.N``); ``logger``
     receives the library's own lines (default :func:`get_logger` at the
-    supervisor's level); ``max_version`` (1 or 2) is the highest protocol
-    version offered.
+    supervisor's level); ``max_version`` (1 to 3) is the highest protocol
+    version offered; ``max_files`` (0 to 16) the descriptors accepted
+    with one frame (0: version 2 at most).
     """
     _check_version(max_version)
     ctx_arg = _wants_context(handler) if cancellable is None and handler is not None else bool(cancellable)
@@ -1664,6 +2545,8 @@ def serve(
         write_timeout=write_timeout,
         shutdown_linger=shutdown_linger,
         max_version=max_version,
+        max_files=max_files,
+        max_clients=max_clients,
     )
     try:
         conn.hello()
@@ -1703,9 +2586,12 @@ class Client:
     own PING and ECHO requests are answered; others are refused with
     ``UNSUPPORTED``.
 
-    ``max_version`` (1 or 2) is the highest protocol version offered. On a
-    version 2 connection a call that times out sends a CANCEL for its
-    request (not for a ping), so that the server stops working on it.
+    ``max_version`` (1 to 3) is the highest protocol version offered; 3
+    only with ``max_files`` > 0 (descriptors taken with one frame; the
+    default 0 offers 2). On a version 2 or 3 connection a call that times
+    out sends a CANCEL for its request (not for a ping), so that the
+    server stops working on it. :meth:`call_files` passes descriptors on
+    a version 3 connection.
 
     Errors: :class:`RemoteError` for an ERROR reply,
     :class:`ConnectionClosed` once the connection has closed,
@@ -1723,6 +2609,7 @@ class Client:
         logger: Optional[logging.Logger] = None,
         max_payload: int = MAX_PAYLOAD,
         max_version: int = PROTOCOL_VERSION,
+        max_files: int = 0,
     ) -> None:
         _check_version(max_version)
         self.timeout = timeout
@@ -1737,7 +2624,7 @@ class Client:
         except BaseException:
             sock.close()
             raise
-        self._conn = _Conn(sock, name=name, role="client", logger=logger, max_payload=max_payload, max_version=max_version)
+        self._conn = _Conn(sock, name=name, role="client", logger=logger, max_payload=max_payload, max_version=max_version, max_files=max_files)
         self._conn.hello(deadline)
         self._thread = threading.Thread(target=self._conn.run, name="pairvisor-client-reader", daemon=True)
         self._thread.start()
@@ -1775,6 +2662,16 @@ class Client:
         HELLO, CANCEL and ERROR) and return its reply's payload.
         ``timeout`` defaults to the client's."""
         return self._conn.call(type, payload, self.timeout if timeout is None else timeout)
+
+    def call_files(
+        self, type: int, payload: Union[bytes, bytearray, memoryview] = b"", files: Iterable[Any] = (), timeout: Optional[float] = None
+    ) -> Tuple[bytes, List[int]]:
+        """:meth:`call` with files (ints or objects with ``fileno()``; the
+        caller keeps its own) sent with the request, returning the reply
+        and the descriptors that came with it (close-on-exec, the
+        caller's to close). Raises :class:`NoFilesError`, sending nothing,
+        if files is not empty and the connection is not at version 3."""
+        return self._conn.call_files(type, payload, files, self.timeout if timeout is None else timeout)
 
     def ping(self, data: bytes = b"", timeout: Optional[float] = None) -> float:
         """Send a ping (at most 64 bytes of data) and return the round

@@ -58,7 +58,7 @@ class TestCodec(unittest.TestCase):
         frames = d.feed(s_hello + w_hello)
         self.assertEqual([pv.parse_hello(p) for _, p in frames], [pv.Hello(1, 2, 1000, "supervisor"), pv.Hello(1, 2, 1001, "worker.1")])
         self.assertEqual(pv.negotiate(*[pv.parse_hello(p) for _, p in frames]), 2)
-        self.assertEqual((pv.PROTOCOL_VERSION, pv.MIN_PROTOCOL_VERSION, int(C.CRASHED), int(T.CANCEL)), (2, 1, 10, 8))
+        self.assertEqual((pv.PROTOCOL_VERSION, pv.MIN_PROTOCOL_VERSION, int(C.CRASHED), int(T.CANCEL), int(T.CLIENT)), (3, 1, 10, 8, 9))
 
     def test_header_round_trip(self) -> None:
         for t in T:
@@ -74,10 +74,10 @@ class TestCodec(unittest.TestCase):
             (b"\xc1P\x02", 0, pv.TruncatedFrame, C.PROTOCOL, "header has 3 of 16"),
             (b"\xc0" + good[1:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
             (good[:1] + b"Q" + good[2:], 0, pv.ProtocolError, C.PROTOCOL, "bad frame magic"),
-            (good[:2] + b"\x09" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
+            (good[:2] + b"\x0a" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
             (good[:2] + b"\x0e" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
             (good[:2] + b"\x00" + good[3:], 0, pv.ProtocolError, C.PROTOCOL, "unknown frame type"),
-            (good[:3] + b"\x02" + good[4:], 0, pv.ProtocolError, C.PROTOCOL, "undefined frame flags"),
+            (good[:3] + b"\x04" + good[4:], 0, pv.ProtocolError, C.PROTOCOL, "undefined frame flags"),
             (pv.encode_header(T.ECHO, 0, pv.MAX_PAYLOAD + 1, 77), 0, pv.FrameTooLarge, C.TOO_LARGE, "exceeds the limit of 16777216"),
             (good, 9, pv.FrameTooLarge, C.TOO_LARGE, "exceeds the limit of 9"),
         ]
@@ -495,7 +495,7 @@ class TestWorker(unittest.TestCase):
     def test_hello_ping_echo_message(self) -> None:
         w = WorkerProc(self)
         assert w.peer is not None
-        self.assertEqual(w.hello_from_worker, pv.Hello(1, 2, w.proc.pid, "worker.1"))
+        self.assertEqual(w.hello_from_worker, pv.Hello(1, 3, w.proc.pid, "worker.1"))
         for i, p in enumerate([b"", b"x", b"p" * 64]):
             h, got = w.peer.call(T.PING, p, id=10 + i)
             self.assertEqual((h.type, h.flags, got), (T.PING, pv.FLAG_REPLY, p))
@@ -701,7 +701,7 @@ class TestWorker(unittest.TestCase):
             ("error request as first frame", 0, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=0), C.PROTOCOL, "first frame is error"),
             ("hello with the reply flag", 0, pv.encode_frame(T.HELLO, hello(1, 2), flags=1), C.PROTOCOL, "hello with the reply flag"),
             ("hello with an id", 0, pv.encode_frame(T.HELLO, hello(1, 2), id=3), C.PROTOCOL, "hello with id 3, want 0"),
-            ("version mismatch", 0, pv.encode_frame(T.HELLO, hello(3, 4)), C.VERSION, "no common protocol version"),
+            ("version mismatch", 0, pv.encode_frame(T.HELLO, hello(4, 5)), C.VERSION, "no common protocol version"),
             ("hello too long", 0, pv.encode_header(T.HELLO, 0, 265, 0), C.TOO_LARGE, "hello payload of 265 bytes exceeds the limit of 264"),
             ("hello too short", 0, pv.encode_frame(T.HELLO, b"\x01\x00\x01\x00"), C.PROTOCOL, "hello payload of 4 bytes"),
             ("hello lowest above highest", 0, pv.encode_frame(T.HELLO, hello(2, 1)), C.PROTOCOL, "hello version range 2..1"),
@@ -710,8 +710,12 @@ class TestWorker(unittest.TestCase):
             ("hello reply", 2, pv.encode_frame(T.HELLO, hello(1, 1), id=3, flags=1), C.PROTOCOL, "hello frame with the reply flag"),
             ("error request", 2, pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=4), C.PROTOCOL, "error frame without the reply flag"),
             ("bad magic", 2, b"\xc1Q" + pv.encode_frame(T.PING, id=6)[2:], C.PROTOCOL, "bad frame magic"),
-            ("unknown type", 2, pv.encode_header(9, 0, 0, 7), C.PROTOCOL, "unknown frame type: type byte 9"),
-            ("undefined flags", 2, pv.encode_header(T.PING, 2, 0, 8), C.PROTOCOL, "undefined frame flags"),
+            ("unknown type", 2, pv.encode_header(10, 0, 0, 7), C.PROTOCOL, "unknown frame type: type byte 10"),
+            ("client below version 3", 2, pv.encode_header(T.CLIENT, 0, 0, 7), C.PROTOCOL, "type byte 9 (client) on a version 2 connection"),
+            ("undefined flags", 3, pv.encode_header(T.PING, 4, 0, 8), C.PROTOCOL, "undefined frame flags"),
+            ("files flag below version 3", 2, pv.encode_header(T.PING, 2, 0, 8), C.PROTOCOL, "undefined frame flags: flags 0x02 (files) below version 3"),
+            ("files flag without descriptors", 3, pv.encode_header(T.PING, 2, 0, 8), C.PROTOCOL, "missing descriptors"),
+            ("files flag on a cancel", 3, pv.encode_header(T.CANCEL, 2, 0, 8), C.PROTOCOL, "a cancel frame with the files flag"),
             ("frame over the limit", 2, pv.encode_header(T.ECHO, 0, (1 << 20) + 1, 10), C.TOO_LARGE, "exceeds the limit of 1048576"),
             ("ping with id 0", 2, pv.encode_frame(T.PING, id=0), C.PROTOCOL, "ping request with id 0, which is reserved"),
             ("message with id 0", 2, pv.encode_frame(T.MESSAGE, b"upper x", id=0), C.PROTOCOL, "message request with id 0"),
@@ -821,7 +825,7 @@ class TestWorker(unittest.TestCase):
         w.wait(1)
         self.assertEqual(w.ready_version(), 1)
         with self.assertRaises(ValueError):
-            pv.serve(None, max_version=3)  # checked before the environment
+            pv.serve(None, max_version=4)  # checked before the environment
 
     def test_handler_signatures(self) -> None:
         # A one-argument handler works unchanged; one that can be called
@@ -983,7 +987,8 @@ class TestStreamFuzz(unittest.TestCase):
 
     def test_stream_fuzz(self) -> None:
         rng = random.Random(int(os.environ.get("PAIRVISOR_FUZZ_SEED", "4")))
-        hellos = [pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, v, 1, "fuzz"))) for v in (1, 2)]
+        hellos = [pv.encode_frame(T.HELLO, pv.encode_hello(pv.Hello(1, v, 1, "fuzz"))) for v in (1, 2, 3, 3)]
+        client = pv.encode_client(pv.ClientState(pv.CLIENT_ESTABLISHED, 2, 0, 0, 0, 0, 1, pv.encode_hello(pv.Hello(1, 2, 1, "c")), b""))
         valid = [
             pv.encode_frame(T.CANCEL, id=3),
             pv.encode_frame(T.CANCEL, id=99),
@@ -996,7 +1001,12 @@ class TestStreamFuzz(unittest.TestCase):
             pv.encode_frame(T.SHUTDOWN, id=5),
             pv.encode_frame(T.ECHO, b"r", id=6, flags=pv.FLAG_REPLY),
             pv.encode_frame(T.ERROR, pv.encode_error(2, "x"), id=7, flags=pv.FLAG_REPLY),
+            pv.encode_frame(T.CLIENT, client, id=11),
+            pv.encode_frame(T.CLIENT, client[:20], id=12, flags=pv.FLAG_FILES),
+            pv.encode_frame(T.ECHO, b"files", id=13, flags=pv.FLAG_FILES),
+            pv.encode_frame(T.PING, b"", id=14, flags=pv.FLAG_FILES),
         ]
+        leak_r, leak_w = os.pipe()  # its write end goes with some frames: every copy must be closed
         seconds = float(os.environ.get("PAIRVISOR_FUZZ_SECONDS", "0"))
         end = time.monotonic() + seconds
         runs = 0
@@ -1007,15 +1017,27 @@ class TestStreamFuzz(unittest.TestCase):
                 stream[rng.randrange(len(stream))] = rng.getrandbits(8)
             if rng.random() < 0.2:
                 del stream[rng.randrange(len(stream)) :]
-            w = InProcessWorker(max_payload=4096, shutdown_linger=0.05)
+            w = InProcessWorker(max_payload=4096, shutdown_linger=0.05, max_files=rng.choice((0, 1, 16)))
             data = (bytes(stream) if rng.random() < 0.1 else rng.choice(hellos)) + bytes(stream)
-            w.peer_sock.sendall(data)
+            # The stream in up to 3 writes, some with descriptors.
+            cuts = sorted(rng.randrange(len(data) + 1) for _ in range(2))
+            try:
+                for part in (data[: cuts[0]], data[cuts[0] : cuts[1]], data[cuts[1] :]):
+                    if part and rng.random() < 0.3:
+                        socket.send_fds(w.peer_sock, [part], [leak_w] * rng.randrange(1, 4))
+                    elif part:
+                        w.peer_sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the worker closed on a violation already
             w.peer_sock.shutdown(socket.SHUT_WR)
             dec = pv.FrameDecoder()
             w.peer_sock.settimeout(WAIT)
             frames = []
             while True:
-                b = w.peer_sock.recv(65536)
+                try:
+                    b = w.peer_sock.recv(65536)
+                except ConnectionResetError:  # it closed with our bytes unread: after what it wrote
+                    b = b""
                 if not b:
                     break
                 frames += dec.feed(b)  # raises if the worker wrote a bad frame
@@ -1035,6 +1057,8 @@ class TestStreamFuzz(unittest.TestCase):
             while w.conn._held.held != 0 and time.monotonic() < deadline:
                 time.sleep(0.001)
             self.assertEqual(w.conn._held.held, 0)
+        os.close(leak_w)
+        self.assertTrue(_all_closed(leak_r), "a descriptor sent with the fuzzed streams was kept")
 
     def test_bound_holds(self) -> None:
         # 24 MiB of echo requests to a connection bound to 2 MiB, from a
@@ -1441,6 +1465,531 @@ class TestClient(unittest.TestCase):
             if os.path.exists(path):
                 os.unlink(path)
             os.rmdir(d)
+
+
+# ---------------------------------------------------------------------------
+# Version 3: descriptors with frames, in process, over real socketpairs.
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _wait_for(what: str, cond: Any, timeout: float = WAIT) -> None:
+    """Poll cond (a bounded wait on a condition, not a sleep to
+    synchronise) until it holds; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.002)
+
+
+def _all_closed(r: int, timeout: float = WAIT) -> bool:
+    """Whether every copy of the write end of the pipe whose read end is
+    r has been closed: the read then sees EOF. Closes r."""
+    try:
+        ready, _, _ = select.select([r], [], [], timeout)
+        return bool(ready) and os.read(r, 1) == b""
+    finally:
+        os.close(r)
+
+
+class _FdLeakCheck(unittest.TestCase):
+    """Counts this process's descriptors before a test and checks, after
+    its cleanups, that the count is back (the library's threads may
+    close theirs a moment after the connection ends: a bounded wait)."""
+
+    def setUp(self) -> None:
+        self.fds_before = _open_fds()
+        self.addCleanup(self._check_fds)
+
+    def _check_fds(self) -> None:
+        try:
+            _wait_for("the descriptor count to return to %d" % self.fds_before, lambda: _open_fds() <= self.fds_before)
+        except AssertionError:
+            self.fail("descriptors leaked: %d open, %d before: %s" % (_open_fds(), self.fds_before, sorted(os.listdir("/proc/self/fd"))))
+
+
+class InProcessClient:
+    """The client side of a connection run in this process (role
+    "client"), its reader in a thread."""
+
+    def __init__(self, sock: socket.socket, **kw: Any) -> None:
+        log = logging.getLogger("pairvisor.test.inprocess")
+        self.conn = pv._Conn(sock, name="client", role="client", logger=log, **kw)
+        self.conn.hello(time.monotonic() + WAIT)
+        self.thread = threading.Thread(target=self.conn.run, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.conn._abort("closed by the test")
+        self.thread.join(WAIT)
+
+
+def _fd_handler(p: bytes, ctx: pv.RequestContext) -> bytes:
+    """Reads what comes through the request's descriptors (pipes), and
+    answers with a pipe of its own when asked to."""
+    cmd, _, arg = p.partition(b" ")
+    if cmd == b"read":
+        out = []
+        for fd in ctx.files:  # left to the context, which closes them
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            out.append(os.read(fd, 100) + (b"+cloexec" if flags & fcntl.FD_CLOEXEC else b"-inheritable"))
+        return b",".join(out)
+    if cmd == b"take":
+        fds = ctx.take_files()  # ours now
+        for fd in fds:
+            os.close(fd)
+        return b"took %d" % len(fds)
+    if cmd == b"attach":
+        r, w = os.pipe()
+        os.write(w, arg)
+        os.close(w)
+        ctx.attach_files(r)  # a duplicate goes; ours is ours to close
+        os.close(r)
+        return b"attached"
+    if cmd == b"attach17":
+        r, w = os.pipe()
+        try:
+            ctx.attach_files(*([r] * 17))
+        except pv.NoFilesError as e:
+            return str(e).encode()
+        finally:
+            os.close(r)
+            os.close(w)
+        return b"attached 17?"
+    if cmd == b"fail":
+        r, w = os.pipe()
+        ctx.attach_files(w)
+        os.close(w)
+        os.close(r)
+        raise pv.RemoteError(C.BAD_REQUEST, "failed with a file attached")
+    return b"no files"
+
+
+import fcntl  # noqa: E402
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe holding data (its write end closed)."""
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    return r
+
+
+class TestFiles(_FdLeakCheck):
+    def test_round_trip(self) -> None:
+        w = InProcessWorker(handler=_fd_handler, handler_ctx=True, max_files=16)
+        c = InProcessClient(w.peer_sock, max_files=16)
+        _wait_for("the worker's side of the hellos", lambda: w.conn.version)
+        self.assertEqual((c.conn.version, w.conn.version), (3, 3))
+        rs = [_pipe_with(b"file%d" % i) for i in range(16)]
+        reply, got = c.conn.call_files(T.MESSAGE, b"read", rs, WAIT)
+        self.assertEqual(reply, b",".join(b"file%d+cloexec" % i for i in range(16)))
+        self.assertEqual(got, [])
+        # The sender keeps its own: still open, and the receiver's copies
+        # were closed by the context (checked by the fd count at the end).
+        for r in rs:
+            os.fstat(r)
+            os.close(r)
+        self.assertEqual(c.conn.call_files(T.MESSAGE, b"take", [_r := _pipe_with(b"x")], WAIT), (b"took 1", []))
+        os.close(_r)
+        reply, got = c.conn.call_files(T.MESSAGE, b"attach from the handler", [], WAIT)
+        self.assertEqual((reply, len(got)), (b"attached", 1))
+        self.assertTrue(fcntl.fcntl(got[0], fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+        self.assertEqual(os.read(got[0], 100), b"from the handler")
+        os.close(got[0])
+        # call() closes a reply's descriptors; an ERROR carries none.
+        self.assertEqual(c.conn.call(T.MESSAGE, b"attach dropped", WAIT), b"attached")
+        with self.assertRaises(pv.RemoteError) as cm:
+            c.conn.call_files(T.MESSAGE, b"fail", [], WAIT)
+        self.assertEqual(cm.exception.code, C.BAD_REQUEST)
+        self.assertIn(b"at most 16", c.conn.call(T.MESSAGE, b"attach17", WAIT))
+        with self.assertRaises(pv.NoFilesError):
+            c.conn.call_files(T.ECHO, b"", [0] * 17, WAIT)
+        # Echo and ping with descriptors: answered, descriptors closed.
+        r, wfd = os.pipe()
+        self.assertEqual(c.conn.call_files(T.ECHO, b"e", [wfd], WAIT), (b"e", []))
+        self.assertEqual(c.conn.call_files(T.PING, b"p", [wfd, wfd], WAIT), (b"p", []))
+        os.close(wfd)
+        self.assertTrue(_all_closed(r), "the worker kept a copy of a pipe sent with an echo or ping")
+        c.close()
+        w.join(self)
+
+    def test_version_2_peer_gets_no_files(self) -> None:
+        w = InProcessWorker(handler=_fd_handler, handler_ctx=True, max_files=16)
+        c = InProcessClient(w.peer_sock, max_files=0)  # offers 2 at most: it cannot take descriptors
+        _wait_for("the worker's side of the hellos", lambda: w.conn.version)
+        self.assertEqual((c.conn.version, w.conn.version), (2, 2))
+        with self.assertRaises(pv.NoFilesError):
+            c.conn.call_files(T.ECHO, b"", [0], WAIT)
+        self.assertIn(b"version 3", c.conn.call(T.MESSAGE, b"attach17", WAIT))
+        c.close()
+        w.join(self)
+
+    def _raw_v3(self, **kw: Any) -> Tuple[InProcessWorker, Peer]:
+        w = InProcessWorker(**kw)
+        peer = Peer(w.peer_sock)
+        h, p = peer.recv()
+        self.assertEqual((h.type, pv.parse_hello(p).max_version), (T.HELLO, 3 if kw.get("max_files") else 2))
+        peer.hello(hi=3)
+        return w, peer
+
+    def test_refused_frames_close_their_files(self) -> None:
+        # A handler that takes no ctx: a message with files is refused;
+        # pings, echoes, refused requests and errors close what came.
+        w, peer = self._raw_v3(handler=lambda p: p.upper(), max_files=16)
+        r, wfd = os.pipe()
+        frames = [
+            (pv.encode_frame(T.PING, b"p", id=1, flags=pv.FLAG_FILES), lambda: peer.recv() == (pv.Header(T.PING, 1, 1, 1), b"p")),
+            (pv.encode_frame(T.ECHO, b"e", id=2, flags=pv.FLAG_FILES), lambda: peer.recv() == (pv.Header(T.ECHO, 1, 1, 2), b"e")),
+            (pv.encode_frame(T.MESSAGE, b"m", id=3, flags=pv.FLAG_FILES), lambda: bool(peer.expect_error(3, C.UNSUPPORTED, "takes no files"))),
+            (pv.encode_frame(T.STATUS, id=4, flags=pv.FLAG_FILES), lambda: bool(peer.expect_error(4, C.UNSUPPORTED))),
+            (pv.encode_frame(T.ERROR, pv.encode_error(1, "x"), id=77, flags=pv.FLAG_FILES | pv.FLAG_REPLY), lambda: True),
+            (pv.encode_frame(T.ECHO, b"r", id=78, flags=pv.FLAG_FILES | pv.FLAG_REPLY), lambda: True),
+        ]
+        for data, check in frames:
+            socket.send_fds(peer.sock, [data], [wfd, wfd, wfd])
+            self.assertTrue(check(), data[:16].hex())
+        peer.expect_none_before_pong()
+        self.assertEqual(peer.call(T.MESSAGE, b"still served", 9)[1], b"STILL SERVED")
+        os.close(wfd)
+        self.assertTrue(_all_closed(r), "the worker kept a descriptor of a refused frame")
+        w.peer_sock.shutdown(socket.SHUT_WR)
+        peer.expect_eof()
+        w.join(self)
+
+    def test_violations_close_files(self) -> None:
+        x = lambda t, i, f: pv.encode_frame(t, b"v", id=i, flags=f)  # noqa: E731
+        cases = [
+            # name, max_files, [(bytes, with descriptors)], code, text
+            ("too many (MSG_CTRUNC)", 2, [(x(T.ECHO, 1, pv.FLAG_FILES), 3)], C.TOO_LARGE, "too many descriptors"),
+            ("too many (fit the buffer's padding)", 1, [(x(T.ECHO, 1, pv.FLAG_FILES), 2)], C.TOO_LARGE, "too many descriptors"),
+            ("files flag, none came", 16, [(x(T.ECHO, 1, pv.FLAG_FILES), 0)], C.PROTOCOL, "missing descriptors"),
+            ("descriptors without the flag", 16, [(x(T.ECHO, 1, 0), 1), (x(T.ECHO, 2, 0), 0)], C.PROTOCOL, "unexpected descriptors"),
+            ("on a cancel", 16, [(pv.encode_frame(T.CANCEL, id=1, flags=pv.FLAG_FILES), 1)], C.PROTOCOL, "cancel frame with the files flag"),
+        ]
+        for name, max_files, sends, code, text in cases:
+            with self.subTest(name):
+                w, peer = self._raw_v3(max_files=max_files)
+                r, wfd = os.pipe()
+                for data, n in sends:
+                    if n:
+                        socket.send_fds(peer.sock, [data], [wfd] * n)
+                    else:
+                        peer.sock.sendall(data)
+                    if len(sends) > 1 and data is sends[0][0]:
+                        self.assertEqual(peer.recv()[0].id, 1)  # the first echo is answered
+                peer.expect_error(0, code, text)
+                peer.expect_eof()
+                os.close(wfd)
+                self.assertTrue(_all_closed(r), "a descriptor outlived the connection")
+                w.join(self)
+
+    def test_files_below_version_3(self) -> None:
+        w = InProcessWorker(max_files=16)
+        peer = Peer(w.peer_sock)
+        peer.recv()
+        peer.hello(hi=2)
+        r, wfd = os.pipe()
+        socket.send_fds(peer.sock, [pv.encode_frame(T.ECHO, b"v", id=1, flags=pv.FLAG_FILES)], [wfd])
+        peer.expect_error(0, C.PROTOCOL, "(files) below version 3")
+        peer.expect_eof()
+        os.close(wfd)
+        self.assertTrue(_all_closed(r))
+        w.join(self)
+
+
+# ---------------------------------------------------------------------------
+# Version 3: clients handed over with CLIENT requests, in process.
+
+
+def _client_hello(name: str = "client", hi: int = 2) -> bytes:
+    return pv.encode_hello(pv.Hello(1, hi, os.getpid(), name))
+
+
+class Handoff:
+    """A worker's channel (in process) with the test as its supervisor at
+    version 3, and socketpairs as clients of the supervisor's socket."""
+
+    def __init__(self, tc: unittest.TestCase, **kw: Any) -> None:
+        self.tc = tc
+        self.release = threading.Event()
+
+        def handler(p: bytes, ctx: pv.RequestContext) -> bytes:
+            if p == b"block":
+                self.release.wait(WAIT)
+                return b"unblocked"
+            if p == b"pid":
+                return str(os.getpid()).encode()
+            return p.upper()
+
+        kw.setdefault("max_files", 16)
+        self.w = InProcessWorker(handler=handler, handler_ctx=True, shutdown_linger=0.05, **kw)
+        self.sup = Peer(self.w.peer_sock)
+        h, p = self.sup.recv()
+        tc.assertEqual(pv.parse_hello(p).max_version, 3)
+        self.sup.hello(hi=3)
+        self.next = 100
+
+    def hand(self, state: pv.ClientState, nfds: int = 1, sock: Optional[socket.socket] = None) -> Tuple[int, Optional[socket.socket], socket.socket]:
+        """Send a CLIENT request: (its id, the client's end, our copy of
+        the server's end, as the supervisor keeps one)."""
+        cli = None
+        if sock is None:
+            cli, sock = socket.socketpair()
+        self.next += 1
+        fds = [sock.fileno()] * nfds
+        data = pv.encode_frame(T.CLIENT, pv.encode_client(state), id=self.next, flags=pv.FLAG_FILES if nfds else 0)
+        if nfds:
+            socket.send_fds(self.sup.sock, [data], fds)
+        else:
+            self.sup.sock.sendall(data)
+        return self.next, cli, sock
+
+    def reply(self, id: int) -> Tuple[pv.Header, bytes]:
+        h, p = self.sup.recv()
+        self.tc.assertEqual((h.id, h.is_reply), (id, True), (h, p[:60]))
+        return h, p
+
+    def close(self) -> None:
+        self.release.set()
+        self.w.peer_sock.shutdown(socket.SHUT_WR)
+        self.w.join(self.tc)
+
+
+def _established(flags: int = pv.CLIENT_CONTROL, buffered: bytes = b"", idle_ms: int = 0, version: int = 2) -> pv.ClientState:
+    return pv.ClientState(pv.CLIENT_ESTABLISHED | flags, version, os.getuid(), os.getgid(), os.getpid(), idle_ms, 7, _client_hello(), buffered)
+
+
+class TestClientState(unittest.TestCase):
+    def test_codec(self) -> None:
+        st = _established(buffered=b"\xc1P" * 10)
+        self.assertEqual(pv.parse_client(pv.encode_client(st)), st)
+        fresh = pv.ClientState(0, 0, 1, 2, 3, 4, 0, b"", b"\xc1P\x01")
+        self.assertEqual(pv.parse_client(pv.encode_client(fresh)), fresh)
+        bad = [
+            (b"\x00" * 33, "33 bytes"),
+            (pv.encode_client(fresh._replace(flags=8)), "flags"),
+            (pv.encode_client(fresh)[:2] + b"\x01\x00" + pv.encode_client(fresh)[4:], "reserved"),
+            (pv.encode_client(fresh._replace(version=2)), "not established"),
+            (pv.encode_client(fresh._replace(flags=pv.CLIENT_HERE)), "not established"),
+            (pv.encode_client(st._replace(version=4)), "version 4"),
+            (pv.encode_client(st._replace(hello=b"\x00" * 8)), "the client's hello"),
+            (pv.encode_client(fresh._replace(buffered=b"x" * (16 << 10 | 1))), "at most 16384"),
+            (pv.encode_client(fresh)[:-1], "follow"),
+            (pv.encode_client(fresh) + b"x", "follow"),
+        ]
+        for p, text in bad:
+            with self.subTest(text):
+                with self.assertRaises(pv.ProtocolError) as cm:
+                    pv.parse_client(p)
+                self.assertIn(text, cm.exception.detail)
+        rng = random.Random(3)
+        good = pv.encode_client(st)
+        for _ in range(2000):  # mutations never crash the decoder
+            b = bytearray(good[: rng.randrange(len(good) + 1)])
+            for _ in range(rng.randrange(4)):
+                if b:
+                    b[rng.randrange(len(b))] = rng.getrandbits(8)
+            try:
+                pv.parse_client(bytes(b))
+            except pv.ProtocolError:
+                pass
+
+
+class TestHandoff(_FdLeakCheck):
+    def test_established_served_then_handed_back_at_status(self) -> None:
+        hf = Handoff(self)
+        first = pv.encode_frame(T.ECHO, b"read by the supervisor", id=1)
+        id, cli, srv = hf.hand(_established(buffered=first[:20]))
+        assert cli is not None
+        peer = Peer(cli)
+        cli.sendall(first[20:])
+        self.assertEqual(peer.recv(), (pv.Header(T.ECHO, 1, 22, 1), b"read by the supervisor"))
+        self.assertEqual(peer.call(T.PING, b"p", 2)[1], b"p")
+        big = os.urandom(1 << 20)
+        self.assertEqual(peer.call(T.ECHO, big, 3)[1], big)
+        self.assertEqual(peer.call(T.MESSAGE, b"upper", 4)[1], b"UPPER")
+        self.assertEqual(peer.call(T.MESSAGE, b"pid", 5)[1], str(os.getpid()).encode())
+        peer.send(T.SHUTDOWN, b"", 6)
+        peer.expect_error(6, C.UNSUPPORTED, "shutdown is not served here")
+        peer.send(T.MESSAGE, b"after shutdown", 7)
+        peer.expect_error(7, C.SHUTTING_DOWN)
+        # STATUS: the client goes back, the STATUS and what follows it
+        # unread, in the state.
+        status = pv.encode_frame(T.STATUS, id=8) + pv.encode_frame(T.PING, id=9)
+        id2, cli2, srv2 = hf.hand(_established())
+        assert cli2 is not None
+        cli2.sendall(pv.encode_frame(T.ECHO, b"x", id=1) + status)
+        h, p = hf.reply(id2)
+        self.assertEqual(h.type, T.CLIENT)
+        st = pv.parse_client(p)
+        self.assertEqual(st, _established(pv.CLIENT_CONTROL | pv.CLIENT_HERE, status)._replace(next_id=7), st)
+        self.assertEqual(Peer(cli2).recv(), (pv.Header(T.ECHO, 1, 1, 1), b"x"))
+        # Not shut down: the supervisor's copy reads what comes next.
+        cli2.sendall(b"more")
+        srv2.settimeout(WAIT)
+        self.assertEqual(srv2.recv(10), b"more")
+        cli2.close()
+        srv2.close()
+        # The first client closes: an empty reply; the worker shut the
+        # connection down (our copy of it sees EOF too).
+        cli.close()
+        h, p = hf.reply(id)
+        self.assertEqual((h.type, p), (T.CLIENT, b""))
+        srv.settimeout(WAIT)
+        self.assertEqual(srv.recv(10), b"")
+        srv.close()
+        hf.close()
+
+    def test_not_established_hello(self) -> None:
+        hf = Handoff(self)
+        hello = pv.encode_frame(T.HELLO, _client_hello(hi=3))
+        fresh = pv.ClientState(0, 0, os.getuid(), os.getgid(), os.getpid(), 0, 0, b"", hello[:5])
+        id, cli, srv = hf.hand(fresh)
+        assert cli is not None
+        srv.close()
+        peer = Peer(cli)
+        cli.sendall(hello[5:])
+        h, p = peer.recv()
+        self.assertEqual((h.type, pv.parse_hello(p).max_version, pv.parse_hello(p).name), (T.HELLO, 2, "worker.9"))
+        self.assertEqual(peer.call(T.ECHO, b"hi", 1)[1], b"hi")
+        cli.shutdown(socket.SHUT_WR)
+        peer.expect_eof()
+        self.assertEqual(hf.reply(id), (pv.Header(T.CLIENT, 1, 0, id), b""))
+        cli.close()
+        # A first header that is no hello: "hello expected", in place of ours.
+        for first, code, text in [
+            (pv.encode_header(T.PING, 0, 0, 1), C.PROTOCOL, "hello expected: first frame is ping"),
+            (pv.encode_header(T.HELLO, 0, 300, 0), C.TOO_LARGE, "hello expected: hello payload of 300 bytes"),
+            (b"\xc1P", C.PROTOCOL, "hello expected: no complete hello header"),
+        ]:
+            with self.subTest(text):
+                id, cli, srv = hf.hand(fresh._replace(buffered=first))
+                assert cli is not None
+                srv.close()
+                peer = Peer(cli)
+                peer.expect_error(0, code, text)
+                peer.expect_eof()
+                self.assertEqual(hf.reply(id), (pv.Header(T.CLIENT, 1, 0, id), b""))
+                cli.close()
+        hf.close()
+
+    def test_rights(self) -> None:
+        hf = Handoff(self)
+        id, cli, srv = hf.hand(_established(flags=0))
+        assert cli is not None
+        srv.close()
+        peer = Peer(cli)
+        self.assertEqual(peer.call(T.ECHO, b"e", 1)[1], b"e")
+        peer.send(T.MESSAGE, b"m", 2)
+        peer.expect_error(2, C.DENIED, "message requests are for the server's own uid")
+        peer.send(T.SHUTDOWN, b"", 3)
+        peer.expect_error(3, C.DENIED, "shutdown requests")
+        cli.close()
+        self.assertEqual(hf.reply(id)[1], b"")
+        hf.close()
+
+    def test_shutdown_hands_clients_back_first(self) -> None:
+        hf = Handoff(self)
+        a, cli_a, srv_a = hf.hand(_established())
+        b, cli_b, srv_b = hf.hand(_established(version=3))
+        assert cli_a is not None and cli_b is not None
+        pa, pb = Peer(cli_a), Peer(cli_b)
+        self.assertEqual(pa.call(T.ECHO, b"a", 1)[1], b"a")
+        self.assertEqual(pb.call(T.ECHO, b"b", 1)[1], b"b")
+        pa.send(T.MESSAGE, b"block", 2)  # with the handler when the shutdown comes
+        _wait_for("the blocked message with the handler", lambda: hf.w.conn._clients is not None and any(c._handlers for c in hf.w.conn._clients._conns))
+        hf.sup.send(T.SHUTDOWN, b"", 50)
+        h, p = hf.reply(b)  # the idle client goes back at once, without HERE
+        self.assertEqual(pv.parse_client(p), _established(version=3)._replace(next_id=7))
+        hf.sup.send(T.CLIENT, pv.encode_client(_established()), id=51)  # none taken any more
+        hf.sup.expect_error(51, C.SHUTTING_DOWN)
+        hf.release.set()
+        self.assertEqual(pa.recv(), (pv.Header(T.MESSAGE, 1, 9, 2), b"unblocked"))
+        h, p = hf.reply(a)
+        self.assertEqual(pv.parse_client(p).flags, pv.CLIENT_ESTABLISHED | pv.CLIENT_CONTROL)
+        self.assertEqual(hf.sup.recv(), (pv.Header(T.SHUTDOWN, 1, 0, 50), b""))
+        hf.w.peer_sock.shutdown(socket.SHUT_WR)
+        hf.w.join(self)
+        self.assertTrue(hf.w.conn.shutdown_acked)
+        for s in (cli_a, cli_b, srv_a, srv_b):
+            s.close()
+
+    def test_stuck_client_is_closed_at_shutdown(self) -> None:
+        # A client in the middle of a frame when the shutdown comes is not
+        # between frames within 1 s: its connection is closed instead.
+        hf = Handoff(self)
+        id, cli, srv = hf.hand(_established())
+        assert cli is not None
+        srv.close()
+        cli.sendall(pv.encode_header(T.ECHO, 0, 100, 1) + b"half")
+        clients = hf.w.conn._clients
+        assert clients is not None
+        _wait_for("the worker reading the echo's payload", lambda: any(c._reader._stream >= 20 for c in list(clients._conns)))
+        hf.sup.send(T.SHUTDOWN, b"", 50)
+        self.assertEqual(hf.reply(id), (pv.Header(T.CLIENT, 1, 0, id), b""))
+        self.assertEqual(hf.sup.recv()[0].type, T.SHUTDOWN)
+        Peer(cli).expect_eof()
+        cli.close()
+        hf.close()
+
+    def test_idle_and_cancel(self) -> None:
+        hf = Handoff(self)
+        id, cli, srv = hf.hand(_established(idle_ms=50))
+        assert cli is not None
+        srv.close()
+        self.assertEqual(hf.reply(id)[1], b"")
+        Peer(cli).expect_eof()
+        cli.close()
+        id, cli, srv = hf.hand(_established())
+        assert cli is not None
+        srv.close()
+        self.assertEqual(Peer(cli).call(T.PING, b"", 1)[1], b"")
+        hf.sup.send(T.CANCEL, b"", id)
+        hf.sup.expect_error(id, C.INTERNAL, "context canceled")
+        Peer(cli).expect_eof()
+        cli.close()
+        hf.close()
+
+    def test_refusals(self) -> None:
+        hf = Handoff(self, max_clients=1)
+        r, wfd = os.pipe()
+        for name, state, fds, code, text in [
+            ("no descriptor", pv.encode_client(_established()), [], C.BAD_REQUEST, "carries one descriptor, this one 0"),
+            ("two descriptors", pv.encode_client(_established()), [wfd, wfd], C.BAD_REQUEST, "this one 2"),
+            ("malformed", b"\x00" * 10, [wfd], C.BAD_REQUEST, "client payload: 10 bytes"),
+            ("not a socket", pv.encode_client(_established()), [wfd], C.BAD_REQUEST, "not a socket"),
+        ]:
+            with self.subTest(name):
+                hf.next += 1
+                data = pv.encode_frame(T.CLIENT, state, id=hf.next, flags=pv.FLAG_FILES if fds else 0)
+                socket.send_fds(hf.sup.sock, [data], fds) if fds else hf.sup.sock.sendall(data)
+                hf.sup.expect_error(hf.next, code, text)
+        os.close(wfd)
+        self.assertTrue(_all_closed(r), "a refused CLIENT's descriptor was kept")
+        id, cli, srv = hf.hand(_established())
+        id2, cli2, srv2 = hf.hand(_established())  # max_clients=1: no room
+        hf.sup.expect_error(id2, C.UNAVAILABLE, "serving 1 clients already")
+        assert cli is not None and cli2 is not None
+        cli2.sendall(b"x")  # the worker never touched the refused connection
+        srv2.settimeout(WAIT)
+        self.assertEqual(srv2.recv(1), b"x")
+        for s in (cli, cli2, srv, srv2):
+            s.close()
+        self.assertEqual(hf.reply(id)[1], b"")
+        hf.close()
+        hf = Handoff(self, max_clients=-1)
+        id, cli, srv = hf.hand(_established())
+        hf.sup.expect_error(id, C.UNSUPPORTED, "takes no clients")
+        assert cli is not None
+        cli.close()
+        srv.close()
+        hf.close()
+
 
 
 if __name__ == "__main__":
