@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -244,13 +246,18 @@ func TestRunHandoffOff(t *testing.T) {
 	run.stopOK(t, syscall.SIGTERM, sock)
 }
 
-// TestRunHandoffPythonWorkers: Python workers speak protocol version 2:
-// they are never handed a client, and the supervisor forwards the
-// clients' echoes to them as before.
-func TestRunHandoffPythonWorkers(t *testing.T) {
+// TestRunHandoffVersion2Workers: workers that speak protocol version 2
+// at most (here the Python library told so) are never handed a client:
+// the supervisor forwards the clients' echoes to them as before. (Python
+// workers at version 3 are handed clients: TestPythonWorkerHandoff.)
+func TestRunHandoffVersion2Workers(t *testing.T) {
 	t.Parallel()
 	py := testutil.RequireTool(t, "python3")
-	_, script := pyWorkerCopy(t)
+	dir, _ := pyWorkerCopy(t)
+	script := filepath.Join(dir, "v2_worker.py")
+	if err := os.WriteFile(script, []byte("import pairvisor\npairvisor.serve(None, max_version=2)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	run, sock, _ := startRun(t, 2, "--handoff", "--", py, script)
 	c := dialSock(t, sock)
 	ctx, cancel := context.WithTimeout(t.Context(), cliPoll)
@@ -262,7 +269,7 @@ func TestRunHandoffPythonWorkers(t *testing.T) {
 		}
 	}
 	if n, with := connStats(t, sock); n != 0 || with != 0 {
-		t.Errorf("handed_off %d, with_workers %d with Python workers", n, with)
+		t.Errorf("handed_off %d, with_workers %d with version-2 workers", n, with)
 	}
 	run.stopOK(t, syscall.SIGTERM, sock)
 }
