@@ -381,7 +381,9 @@ var _ io.Closer = (*Conn)(nil)
 // exchanges hellos and returns the established Conn. f is closed in
 // every case: NewConn moves the descriptor into the Conn, which closes
 // it on [Conn.Close]; on error nothing is left open. NewConn blocks
-// until the peer's hello arrives or ctx ends.
+// until the peer's hello arrives or ctx ends. A Conn whose DetachAt took
+// the peer's first request before NewConn returned is returned done,
+// with [ErrDetached], for the caller to [Conn.Detach]: not an error.
 func NewConn(ctx context.Context, f *os.File, cfg ConnConfig) (*Conn, error) {
 	return NewConnPrefixed(ctx, f, nil, cfg)
 }
@@ -497,6 +499,15 @@ func newConn(ctx context.Context, fd int, cfg ConnConfig, prefix []byte, sess *S
 	case <-c.helloDone:
 		return c, nil
 	case <-c.done:
+		select {
+		case <-c.helloDone:
+			if errors.Is(c.err, ErrDetached) {
+				// The peer's first request came right behind its
+				// hello and DetachAt took it: the caller Detaches.
+				return c, nil
+			}
+		default:
+		}
 		var oe *OpError
 		if errors.As(c.err, &oe) {
 			return nil, c.err

@@ -289,3 +289,47 @@ func TestResumeVersion(t *testing.T) {
 		t.Fatal("the peer read data")
 	}
 }
+
+// TestDetachAtBehindHello: a peer whose first request comes in the same
+// write as its hello, so that the Conn detaches before NewConn has
+// returned, still gets a Conn: NewConn returns it (done, with
+// ErrDetached) rather than an error that would lose the connection, and
+// Detach hands the request on. Each round is a race between the hello
+// and the detach; 200 rounds lose it often without the fix.
+func TestDetachAtBehindHello(t *testing.T) {
+	t.Parallel()
+	for round := range 200 {
+		ours, theirs, err := ipc.Socketpair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hello := wire.AppendHello(nil, wire.Hello{MinVersion: 1, MaxVersion: wire.ProtocolVersion, PID: 1, Name: "client"})
+		b := wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello}, hello)
+		b = wire.AppendFrame(b, wire.Header{Type: wire.TypeEcho, ID: 1}, []byte("first"))
+		if _, err := theirs.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		ctx := ctxTimeout(t, waitTimeout)
+		c, err := ipc.NewConn(ctx, ours, ipc.ConnConfig{
+			Name:     "server",
+			DetachAt: func(t wire.Type) bool { return t == wire.TypeEcho },
+		})
+		if err != nil {
+			theirs.Close()
+			t.Fatalf("round %d: NewConn: %v", round, err)
+		}
+		waitDone(t, c)
+		if !errors.Is(c.Err(), ipc.ErrDetached) {
+			t.Fatalf("round %d: Err() = %v, want ErrDetached", round, c.Err())
+		}
+		f, sess, err := c.Detach(ctx)
+		if err != nil {
+			t.Fatalf("round %d: Detach: %v", round, err)
+		}
+		if h, err := wire.ParseHeader(sess.Buffered, 0); err != nil || h.Type != wire.TypeEcho {
+			t.Fatalf("round %d: Buffered begins with %v, %v; want the echo", round, h, err)
+		}
+		f.Close()
+		theirs.Close()
+	}
+}
