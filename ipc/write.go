@@ -143,6 +143,7 @@ type patience struct {
 	deadline time.Time       // the wait ends then
 	waits    int             // > 0: the wait ends after this many waitWrites
 	stall    stallWatch      // with c set: the wait ends when the peer is stalled (WriteTimeout)
+	slow     bool            // with stall: the peer was seen reading slowly; every send is capped (sendCapped)
 }
 
 // spent reports why the writer should stop waiting, or nil.
@@ -192,8 +193,14 @@ const (
 // the result, whether any of the frame has been written, and the error
 // (patience's or sendmsg's).
 func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err error) {
+	short := pat.slow // a send left part of the frame: the peer reads slowly, if at all
 	for {
-		n, err := c.sock.sendmsg(&c.msg)
+		var n int
+		if short && pat.stall.c != nil {
+			n, err = c.sendCapped(sendChunk)
+		} else {
+			n, err = c.sock.sendmsg(&c.msg)
+		}
 		if n > 0 {
 			started = true
 			c.sent.Add(uint64(n))
@@ -210,11 +217,49 @@ func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err erro
 		}
 		// A short send, or a whole writeSlice (SO_SNDTIMEO) went by
 		// without room: the peer reads slowly or not at all.
+		short = true
 		if err := pat.spent(); err != nil {
 			return gaveUp, started, err
 		}
 		c.sock.waitWrite()
 	}
+}
+
+// sendChunk bounds one sendmsg(2) of a background writer once the peer
+// has shown that it reads slowly (sendCapped).
+const sendChunk = 256 << 10
+
+// sendCapped is one sendmsg(2) of at most max bytes of the frame c.msg
+// describes. A blocking sendmsg goes on for as long as the peer makes
+// room within each SO_SNDTIMEO slice, and a peer that reads steadily
+// keeps one call writing a large frame for seconds, with Conn.Sent
+// (which stall watchers, such as a stopping worker handing its clients
+// back, read) unchanged until it returns. Background writers, which
+// only write to slow peers, cap their calls so that Sent moves with the
+// peer. The iovecs are restored before it returns.
+func (c *Conn) sendCapped(max int) (int, error) {
+	iov := unsafe.Slice(c.msg.Iov, c.msg.Iovlen)
+	total := 0
+	for _, v := range iov {
+		total += int(v.Len)
+	}
+	if total <= max {
+		return c.sock.sendmsg(&c.msg)
+	}
+	n0 := int(iov[0].Len)
+	if n0 >= max {
+		iov[0].SetLen(max)
+		c.msg.SetIovlen(1)
+		n, err := c.sock.sendmsg(&c.msg)
+		iov[0].SetLen(n0)
+		c.msg.SetIovlen(len(iov))
+		return n, err
+	}
+	n1 := int(iov[1].Len)
+	iov[1].SetLen(max - n0)
+	n, err := c.sock.sendmsg(&c.msg)
+	iov[1].SetLen(n1)
+	return n, err
 }
 
 // setFrame points the iovecs at h and p, and attaches ctl, the control
@@ -424,7 +469,7 @@ func (c *Conn) finishLater(p []byte, lend bool, n int64) (kept bool) {
 	c.writers.Add(1)
 	go func() {
 		defer c.writers.Done()
-		switch res, _, err := c.sendLocked(&patience{stall: c.watchStall(time.Now())}); res {
+		switch res, _, err := c.sendLocked(&patience{stall: c.watchStall(time.Now()), slow: true}); res {
 		case gaveUp:
 			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading: a frame was left incomplete, and none of it taken for %v", ErrStalled, c.cfg.WriteTimeout)})
 		case sendError:

@@ -144,7 +144,7 @@ func TestClientServedAndHandedBack(t *testing.T) {
 // its whole echo, and the connection comes back established.
 func TestClientSlowReaderHandedBack(t *testing.T) {
 	t.Parallel()
-	_, conn := startWorkerWith(t, "serve", "2", ipc.ConnConfig{MaxFiles: wire.MaxFiles})
+	proc, conn := startWorkerWith(t, "serve", "2", ipc.ConnConfig{MaxFiles: wire.MaxFiles})
 	ctx := callCtx(t)
 	a, b, err := ipc.Socketpair()
 	if err != nil {
@@ -206,7 +206,7 @@ func TestClientSlowReaderHandedBack(t *testing.T) {
 		a.SetReadDeadline(time.Now().Add(childWait))
 		n, err := a.Read(buf[:min(len(buf), size-len(got))])
 		if err != nil {
-			t.Fatalf("after %d of %d bytes: %v", len(got), size, err)
+			t.Fatalf("after %d of %d bytes, %v: %v\n%s", len(got), size, time.Since(start).Round(time.Millisecond), err, proc.Output())
 		}
 		got = append(got, buf[:n]...)
 	}
