@@ -20,7 +20,8 @@ import (
 //     reader stops reading: the peer's sends block in its kernel,
 //     which is the back-pressure a peer that reads its replies never
 //     meets. A peer that does not read them releases nothing; after
-//     WriteTimeout without a release the Conn closes with ErrStalled.
+//     WriteTimeout without a release, or a byte of theirs taken, the
+//     Conn closes with ErrStalled.
 //   - A Budget shared by many Conns, for a server's admission control.
 //     Waiting for it could mean waiting for other peers that do not
 //     read, so a request that finds no room within budgetWait is
@@ -170,27 +171,38 @@ func (c *Conn) admit(n int64, shared bool) (bool, error) {
 	return true, nil
 }
 
-// waitRoom waits until some of the held bytes are released, for at most
-// WriteTimeout; then the peer is not reading its replies, and the Conn
-// is aborted with ErrStalled. held is the amount the caller saw.
+// waitRoom waits until some of the held bytes are released. If none is,
+// and the peer takes none of the Conn's bytes either (a stallWatch:
+// a large reply going out slowly releases nothing until its end), for
+// WriteTimeout, the peer is not reading its replies, and the Conn is
+// aborted with ErrStalled. held is the amount the caller saw.
 func (c *Conn) waitRoom(held int64) error {
 	c.roomWait.Store(true)
 	defer c.roomWait.Store(false)
 	if c.held.Load() < held { // released before roomWait was seen
 		return nil
 	}
-	t := time.NewTimer(c.cfg.WriteTimeout)
-	defer t.Stop()
-	select {
-	case <-c.room:
-		return nil
-	case <-c.kill:
-		return &OpError{Op: "read", Addr: c.cfg.Addr, Err: c.closedErr()}
-	case <-t.C:
+	killed := false
+	w := c.watchStall(time.Now())
+	if !w.wait(func(expired <-chan time.Time) bool {
+		select {
+		case <-c.room:
+			return true
+		case <-c.kill:
+			killed = true
+			return true
+		case <-expired:
+			return false
+		}
+	}) {
 		err := &OpError{Op: "read", Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading its replies: %d bytes of them held and none written for %v", ErrStalled, held, c.cfg.WriteTimeout)}
 		c.abort(err)
 		return err
 	}
+	if killed {
+		return &OpError{Op: "read", Addr: c.cfg.Addr, Err: c.closedErr()}
+	}
+	return nil
 }
 
 // addHeld counts n more bytes held and keeps the peak.

@@ -254,3 +254,70 @@ func TestReceived(t *testing.T) {
 		t.Fatalf("Conn closed: %v", err)
 	}
 }
+
+// TestSlowReaderNotStalled: a peer that reads its replies slowly, a
+// little at a time, is not taken for one that does not read. Each 1 MiB
+// echo reply takes the peer several WriteTimeouts to read, and a pong
+// waits behind it for as long; since the peer keeps taking bytes, the
+// Conn stays open and every reply arrives whole (before, a reply had to
+// be written within WriteTimeout of being ready, however fast the peer
+// read: clients of a loaded machine were cut off while reading).
+func TestSlowReaderNotStalled(t *testing.T) {
+	for _, fwd := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forward=%v", fwd), func(t *testing.T) {
+			t.Parallel()
+			const size, chunk = 1 << 20, 16 << 10
+			cfg := ipc.ConnConfig{WriteTimeout: 300 * time.Millisecond}
+			if fwd {
+				cfg.ForwardEcho, cfg.Handler = true, echoBack
+			}
+			c, raw := rawPeer(t, cfg)
+			payload := randBytes(5, size)
+			var req []byte
+			for id := uint64(1); id <= 2; id++ {
+				req = wire.AppendFrame(req, wire.Header{Type: wire.TypeEcho, ID: 2*id - 1}, payload)
+				req = wire.AppendFrame(req, wire.Header{Type: wire.TypePing, ID: 2 * id}, nil)
+			}
+			errc := make(chan error, 1)
+			go func() { _, err := raw.Write(req); errc <- err }()
+			// Read the replies a chunk at a time, pausing between
+			// chunks: about 20 ms a chunk, so a 1 MiB reply takes 1.3 s
+			// or more, several times the WriteTimeout.
+			var got []byte
+			buf := make([]byte, chunk)
+			want := 2 * (2*wire.HeaderSize + size)
+			start := time.Now()
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for len(got) < want {
+				<-tick.C // pacing the slow reader, not synchronising
+				raw.SetReadDeadline(time.Now().Add(waitTimeout))
+				n, err := raw.Read(buf[:min(chunk, want-len(got))])
+				if err != nil {
+					t.Fatalf("after %d of %d bytes: %v (Conn: %v)", len(got), want, err, c.Err())
+				}
+				got = append(got, buf[:n]...)
+			}
+			if err := recv(t, errc, "the requests' write"); err != nil {
+				t.Fatal(err)
+			}
+			seen := make(map[uint64]bool) // forwarded echoes may come after the pong behind them
+			for range 4 {
+				h, err := wire.ParseHeader(got, 0)
+				if err != nil || h.ID < 1 || h.ID > 4 || seen[h.ID] || !h.IsReply() {
+					t.Fatalf("reply %v (%v), want one to each request", h, err)
+				}
+				seen[h.ID] = true
+				p := got[wire.HeaderSize : wire.HeaderSize+int(h.Length)]
+				if h.ID%2 == 1 && (h.Type != wire.TypeEcho || !bytes.Equal(p, payload)) {
+					t.Fatalf("reply %v with %d bytes, want the echo", h, len(p))
+				}
+				got = got[wire.HeaderSize+int(h.Length):]
+			}
+			if err := c.Err(); err != nil {
+				t.Fatalf("Conn closed under a slow reader: %v", err)
+			}
+			t.Logf("read %d bytes in %v with WriteTimeout %v", want, time.Since(start).Round(time.Millisecond), cfg.WriteTimeout)
+		})
+	}
+}

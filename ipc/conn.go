@@ -224,7 +224,12 @@ type ConnConfig struct {
 	// echoes, handler results) when the peer does not read: a reply not
 	// written within WriteTimeout of being ready, waiting for other
 	// frames included, closes the Conn with an error wrapping
-	// [ErrStalled]. Zero means [DefaultWriteTimeout].
+	// [ErrStalled] — unless the peer took some of the Conn's bytes
+	// meanwhile (see [Conn.Sent]): a peer that reads, however slowly,
+	// is not stalled, and the wait goes on for another WriteTimeout
+	// from then. So the Conn closes once no byte has gone out for
+	// WriteTimeout (it notices within twice that). Zero means
+	// [DefaultWriteTimeout].
 	WriteTimeout time.Duration
 
 	// MaxBuffered bounds the bytes the Conn holds on its peer's behalf:
@@ -338,6 +343,7 @@ type Conn struct {
 
 	spin     atomic.Bool   // followers: the last reply came quickly (spinWait)
 	received atomic.Uint64 // bytes read from the peer (Received)
+	sent     atomic.Uint64 // bytes written to the peer (Sent; the stall verdicts' progress, write.go)
 
 	// Bytes held on the peer's behalf (ConnConfig.MaxBuffered; see
 	// budget.go). Only the holder of the read side waits for room.
@@ -538,6 +544,14 @@ func (c *Conn) Version() uint16 { return c.ver }
 // megabytes of replies sees them arrive. It costs one atomic load and is
 // safe to call at any time, also after the Conn has closed.
 func (c *Conn) Received() uint64 { return c.received.Load() }
+
+// Sent returns the number of bytes written to the peer so far, the hello
+// included. It grows as the peer takes them, in the middle of a large
+// frame too, so a peer that reads slowly can be told from one that does
+// not read at all: that is how the Conn itself tells a slow peer from a
+// stalled one (WriteTimeout). One atomic load; safe at any time, also
+// after the Conn has closed.
+func (c *Conn) Sent() uint64 { return c.sent.Load() }
 
 // Done returns a channel that is closed once the Conn has closed, its fd
 // is released and every handler has returned.

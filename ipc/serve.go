@@ -273,7 +273,7 @@ func (c *Conn) handle(ctx context.Context, cancel context.CancelFunc, h wire.Hea
 // most MaxConcurrent of them wait. ctl, if not nil, carries the
 // reply's descriptors (fds.go); an error reply goes without them.
 func (c *Conn) answer(h wire.Header, resp []byte, err error, n, hint int64, slot bool, ctl []byte) {
-	deadline := time.Now().Add(c.cfg.WriteTimeout)
+	ready := time.Now()
 	rh := wire.Header{Type: h.Type, Flags: wire.FlagReply, ID: h.ID}
 	if ctl != nil {
 		rh.Flags |= wire.FlagFiles
@@ -296,7 +296,7 @@ func (c *Conn) answer(h wire.Header, resp []byte, err error, n, hint int64, slot
 		c.release(-d)
 		n += d
 	}
-	c.writeReply(rh, resp, n, deadline, slot, ctl)
+	c.writeReply(rh, resp, n, ready, slot, ctl)
 }
 
 // closingWait bounds the wait of an error sent as the Conn closes (a

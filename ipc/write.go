@@ -35,11 +35,15 @@ import (
 //   - A reply written by any other goroutine (writeReply: a handler's
 //     result, a replyLater copy), and finishLater itself, must be
 //     written within WriteTimeout of being ready, its wait for the lock
-//     included; one that is not closes the Conn with ErrStalled (the
-//     peer is not reading its replies), which also ends the wait of
-//     everything queued behind it. Replies are held (budget.go) until
-//     written, and the reader stops reading when the Conn holds too
-//     much, so what waits is bounded too.
+//     included, or at least see the peer take some of the Conn's bytes
+//     in every WriteTimeout (a stallWatch); one that does neither closes
+//     the Conn with ErrStalled (the peer is not reading its replies),
+//     which also ends the wait of everything queued behind it. A peer
+//     that reads slowly — a client on a loaded machine taking a
+//     megabyte reply a few kilobytes at a time — is never taken for one
+//     that does not read. Replies are held (budget.go) until written,
+//     and the reader stops reading when the Conn holds too much, so
+//     what waits is bounded too.
 //
 // The lock is a channel of capacity 1 rather than a sync.Mutex: it
 // hands itself to waiters in the order they came, so a reply queued
@@ -81,6 +85,56 @@ func (c *Conn) lockW(ctx context.Context, timeout time.Duration) error {
 
 func (c *Conn) unlockW() { <-c.wlock }
 
+// stallWatch is the stall verdict of one wait for the peer to read
+// (WriteTimeout): the wait is over at deadline only if the peer took
+// none of the Conn's bytes (Conn.sent) since the watch began or was last
+// extended; if it took some, the deadline moves WriteTimeout past the
+// moment this was seen. So a peer is stalled once it has taken nothing
+// for WriteTimeout, which is seen within twice that. Owned by the
+// goroutine that waits.
+type stallWatch struct {
+	c        *Conn
+	seen     uint64 // c.sent when the watch began or was extended
+	deadline time.Time
+}
+
+// watchStall starts a stallWatch for a wait that began at start.
+func (c *Conn) watchStall(start time.Time) stallWatch {
+	return stallWatch{c: c, seen: c.sent.Load(), deadline: start.Add(c.cfg.WriteTimeout)}
+}
+
+// stalled reports whether the wait is over: the deadline has passed
+// with no progress since the watch began or was extended. Progress
+// extends the deadline.
+func (w *stallWatch) stalled() bool {
+	if w.c == nil || time.Now().Before(w.deadline) {
+		return false
+	}
+	if n := w.c.sent.Load(); n != w.seen {
+		w.seen, w.deadline = n, time.Now().Add(w.c.cfg.WriteTimeout)
+		return false
+	}
+	return true
+}
+
+// wait waits for the caller's event until the watch says the peer is
+// stalled: try waits for the event or expired, whichever comes first,
+// and reports whether it was the event. wait reports whether the event
+// came (false: the peer is stalled).
+func (w *stallWatch) wait(try func(expired <-chan time.Time) bool) bool {
+	for {
+		t := time.NewTimer(max(time.Until(w.deadline), 1))
+		ok := try(t.C)
+		t.Stop()
+		if ok {
+			return true
+		}
+		if w.stalled() {
+			return false
+		}
+	}
+}
+
 // patience says how long a writer waits for room in the socket buffer.
 // The zero value waits for ever.
 type patience struct {
@@ -88,6 +142,8 @@ type patience struct {
 	timeout  time.Duration   // without a deadline in ctx: from the first wait
 	deadline time.Time       // the wait ends then
 	waits    int             // > 0: the wait ends after this many waitWrites
+	stall    stallWatch      // with c set: the wait ends when the peer is stalled (WriteTimeout)
+	slow     bool            // with stall: the peer was seen reading slowly; every send is capped (sendCapped)
 }
 
 // spent reports why the writer should stop waiting, or nil.
@@ -115,6 +171,9 @@ func (p *patience) spent() error {
 	if !p.deadline.IsZero() && !time.Now().Before(p.deadline) {
 		return timeUp
 	}
+	if p.stall.stalled() {
+		return os.ErrDeadlineExceeded
+	}
 	return nil
 }
 
@@ -134,10 +193,17 @@ const (
 // the result, whether any of the frame has been written, and the error
 // (patience's or sendmsg's).
 func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err error) {
+	short := pat.slow // a send left part of the frame: the peer reads slowly, if at all
 	for {
-		n, err := c.sock.sendmsg(&c.msg)
+		var n int
+		if short && pat.stall.c != nil {
+			n, err = c.sendCapped(sendChunk)
+		} else {
+			n, err = c.sock.sendmsg(&c.msg)
+		}
 		if n > 0 {
 			started = true
+			c.sent.Add(uint64(n))
 			if c.msg.Controllen != 0 {
 				// The descriptors went with the first byte (fds.go).
 				c.msg.Control, c.msg.Controllen = nil, 0
@@ -151,11 +217,49 @@ func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err erro
 		}
 		// A short send, or a whole writeSlice (SO_SNDTIMEO) went by
 		// without room: the peer reads slowly or not at all.
+		short = true
 		if err := pat.spent(); err != nil {
 			return gaveUp, started, err
 		}
 		c.sock.waitWrite()
 	}
+}
+
+// sendChunk bounds one sendmsg(2) of a background writer once the peer
+// has shown that it reads slowly (sendCapped).
+const sendChunk = 256 << 10
+
+// sendCapped is one sendmsg(2) of at most max bytes of the frame c.msg
+// describes. A blocking sendmsg goes on for as long as the peer makes
+// room within each SO_SNDTIMEO slice, and a peer that reads steadily
+// keeps one call writing a large frame for seconds, with Conn.Sent
+// (which stall watchers, such as a stopping worker handing its clients
+// back, read) unchanged until it returns. Background writers, which
+// only write to slow peers, cap their calls so that Sent moves with the
+// peer. The iovecs are restored before it returns.
+func (c *Conn) sendCapped(max int) (int, error) {
+	iov := unsafe.Slice(c.msg.Iov, c.msg.Iovlen)
+	total := 0
+	for _, v := range iov {
+		total += int(v.Len)
+	}
+	if total <= max {
+		return c.sock.sendmsg(&c.msg)
+	}
+	n0 := int(iov[0].Len)
+	if n0 >= max {
+		iov[0].SetLen(max)
+		c.msg.SetIovlen(1)
+		n, err := c.sock.sendmsg(&c.msg)
+		iov[0].SetLen(n0)
+		c.msg.SetIovlen(len(iov))
+		return n, err
+	}
+	n1 := int(iov[1].Len)
+	iov[1].SetLen(max - n0)
+	n, err := c.sock.sendmsg(&c.msg)
+	iov[1].SetLen(n1)
+	return n, err
 }
 
 // setFrame points the iovecs at h and p, and attaches ctl, the control
@@ -220,18 +324,27 @@ func (c *Conn) write(ctx context.Context, timeout time.Duration, h wire.Header, 
 
 // writeReply writes a reply from a goroutine other than the holder of
 // the read side (a handler's result, or a reply left to replyLater) and
-// then releases the n bytes held for it. The reply must be written by
-// deadline, the wait for the write lock included; if it is not, the
-// Conn is closed with ErrStalled. With slot set, a handler slot is
-// given back once the lock is taken (see answer). ctl, if not nil,
-// carries the reply's descriptors (see setFrame).
-func (c *Conn) writeReply(h wire.Header, p []byte, n int64, deadline time.Time, slot bool, ctl []byte) {
+// then releases the n bytes held for it. The reply must be written
+// within WriteTimeout of ready, the wait for the write lock included,
+// or the peer must keep taking bytes meanwhile (a stallWatch); if
+// neither, the Conn is closed with ErrStalled. With slot set, a
+// handler slot is given back once the lock is taken (see answer). ctl,
+// if not nil, carries the reply's descriptors (see setFrame).
+func (c *Conn) writeReply(h wire.Header, p []byte, n int64, ready time.Time, slot bool, ctl []byte) {
 	defer c.release(n)
-	err := c.lockW(context.Background(), max(time.Until(deadline), 1)) // > 0: a deadline
+	w := c.watchStall(ready)
+	locked := c.tryLockW() || w.wait(func(expired <-chan time.Time) bool {
+		select {
+		case c.wlock <- struct{}{}:
+			return true
+		case <-expired:
+			return false
+		}
+	})
 	if slot {
 		<-c.sem
 	}
-	if err != nil {
+	if !locked {
 		c.stalled(h, "waiting for earlier frames")
 		return
 	}
@@ -240,7 +353,7 @@ func (c *Conn) writeReply(h wire.Header, p []byte, n int64, deadline time.Time, 
 		return
 	}
 	c.setFrame(h, p, ctl)
-	switch res, started, err := c.sendLocked(&patience{deadline: deadline}); res {
+	switch res, started, err := c.sendLocked(&patience{stall: w}); res {
 	case gaveUp:
 		c.stalled(h, "")
 	case sendError:
@@ -295,20 +408,28 @@ func (r *reader) reply(h wire.Header, p []byte, n int64) error {
 // which pushes back on the peer, but for no longer than WriteTimeout:
 // then the Conn is closed with ErrStalled.
 func (c *Conn) replyLater(h wire.Header, p []byte, n int64) error {
-	deadline := time.Now().Add(c.cfg.WriteTimeout)
+	ready := time.Now()
 	select {
 	case c.wsem <- struct{}{}:
 	default:
-		t := time.NewTimer(c.cfg.WriteTimeout)
-		select {
-		case c.wsem <- struct{}{}:
-			t.Stop()
-		case <-t.C:
+		killed := false
+		w := c.watchStall(ready)
+		if !w.wait(func(expired <-chan time.Time) bool {
+			select {
+			case c.wsem <- struct{}{}:
+				return true
+			case <-expired:
+				return false
+			case <-c.kill:
+				killed = true
+				return true
+			}
+		}) {
 			c.release(n)
 			c.stalled(h, "with "+strconv.Itoa(cap(c.wsem))+" replies queued")
 			return c.writeErr(h, c.closedErr())
-		case <-c.kill:
-			t.Stop()
+		}
+		if killed {
 			c.release(n)
 			return c.writeErr(h, c.closedErr())
 		}
@@ -318,14 +439,15 @@ func (c *Conn) replyLater(h wire.Header, p []byte, n int64) error {
 	go func() {
 		defer c.writers.Done()
 		defer func() { <-c.wsem }()
-		c.writeReply(h, p, n, deadline, false, nil)
+		c.writeReply(h, p, n, ready, false, nil)
 	}()
 	return nil
 }
 
 // finishLater hands the rest of the frame described by c.msg, and the
-// write lock with it, to a background goroutine, which writes it within
-// the Conn's WriteTimeout (or closes the Conn with ErrStalled), unlocks
+// write lock with it, to a background goroutine, which writes it unless
+// the peer takes none of it for the Conn's WriteTimeout (a stallWatch;
+// then it closes the Conn with ErrStalled), unlocks
 // and releases the n held bytes, if any (the frame is a reply). The
 // unsent part of p is copied first unless lend is set: then p is the
 // reader's big buffer, which the goroutine keeps and gives back through
@@ -347,9 +469,9 @@ func (c *Conn) finishLater(p []byte, lend bool, n int64) (kept bool) {
 	c.writers.Add(1)
 	go func() {
 		defer c.writers.Done()
-		switch res, _, err := c.sendLocked(&patience{deadline: time.Now().Add(c.cfg.WriteTimeout)}); res {
+		switch res, _, err := c.sendLocked(&patience{stall: c.watchStall(time.Now()), slow: true}); res {
 		case gaveUp:
-			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading: a frame was left incomplete for %v", ErrStalled, c.cfg.WriteTimeout)})
+			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("%w: the peer is not reading: a frame was left incomplete, and none of it taken for %v", ErrStalled, c.cfg.WriteTimeout)})
 		case sendError:
 			c.abort(&OpError{Op: "write", Addr: c.cfg.Addr, Err: fmt.Errorf("frame left incomplete: %w", os.NewSyscallError("sendmsg", err))})
 		}
@@ -367,12 +489,12 @@ func (c *Conn) finishLater(p []byte, lend bool, n int64) (kept bool) {
 }
 
 // stalled closes the Conn because a reply of type h could not be
-// written within WriteTimeout.
+// written, and the peer took nothing, for WriteTimeout.
 func (c *Conn) stalled(h wire.Header, while string) {
 	if while != "" {
 		while = ", " + while
 	}
-	c.abort(c.writeErr(h, fmt.Errorf("%w: the peer is not reading its replies: a reply was not written within %v%s", ErrStalled, c.cfg.WriteTimeout, while)))
+	c.abort(c.writeErr(h, fmt.Errorf("%w: the peer is not reading its replies: a reply was not written, and the peer took nothing, for %v%s", ErrStalled, c.cfg.WriteTimeout, while)))
 }
 
 // sendErr classifies a failed sendmsg. Half a frame on the wire with no

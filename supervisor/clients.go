@@ -20,14 +20,81 @@ import (
 // the connection throughout, so that it can close it if the worker
 // fails, and serve it on if the worker hands it back.
 
-// clientLoad counts the clients each worker channel serves now, and
-// remembers the channels whose worker takes none. Its maps hold only
-// live entries: a count leaves at zero, a refusal when its channel has
-// closed.
+// clientLoad counts the clients each worker channel serves now, keeps
+// their connections (the caller's descriptors, open while listed) for
+// the health check, and remembers the channels whose worker takes none.
+// Its maps hold only live entries: a count and a connection leave when
+// HandOff's CLIENT request ends, a refusal when its channel has closed.
 type clientLoad struct {
 	mu     sync.Mutex
 	n      map[channel]int
-	refuse map[channel]bool // answered CLIENT with code 2
+	conns  map[channel]map[*os.File]*queues // the connections each worker serves now
+	moves  map[channel]uint64               // samples in which a worker was seen moving its clients' bytes
+	refuse map[channel]bool                 // answered CLIENT with code 2
+}
+
+// queues is where a handed-over connection's kernel queues stood at the
+// last sample (clientLoad.activity).
+type queues struct {
+	in, out int // bytes from the client not yet read by the worker; from the worker not yet read by the client
+	ok      bool
+}
+
+// activity samples the connections of the clients that c's worker
+// serves (the bytes queued in the kernel each way, queued in
+// sockets_*.go) and returns how many samples so far saw the worker move
+// some: read a client's bytes (fewer queued towards it than at the last
+// sample) or write to one (more queued from it). The health check
+// samples when a ping is overdue: a worker serving handed-over clients
+// does their work out of its channel's sight, and one starved of CPU on
+// a loaded machine answers its pings late while it moves its clients'
+// bytes; it is busy, not hung. Only the worker's own moves count (its
+// clients' reads and writes move the queues the other way), and nobody
+// else reads or writes these connections while the worker has them, so
+// a hung worker never counts as busy. Moves that cancel out between two
+// samples go unseen: the ping's verdict then stands, as before.
+func (l *clientLoad) activity(c channel) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	moved := false
+	for f, q := range l.conns[c] {
+		in, out, ok := queued(f)
+		if !ok {
+			continue
+		}
+		if q.ok && (in < q.in || out > q.out) {
+			moved = true
+		}
+		*q = queues{in: in, out: out, ok: true}
+	}
+	if moved {
+		if l.moves == nil {
+			l.moves = make(map[channel]uint64)
+		}
+		l.moves[c]++
+	}
+	return l.moves[c]
+}
+
+// moved returns what activity last returned for c, without sampling.
+func (l *clientLoad) moved(c channel) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.moves[c]
+}
+
+// serving lists f as a connection c's worker serves; done takes it off.
+func (l *clientLoad) serving(c channel, f *os.File) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conns == nil {
+		l.conns = make(map[channel]map[*os.File]*queues)
+	}
+	if l.conns[c] == nil {
+		l.conns[c] = make(map[*os.File]*queues)
+	}
+	in, out, ok := queued(f)
+	l.conns[c][f] = &queues{in: in, out: out, ok: ok}
 }
 
 // pick returns the ready worker channel that passes descriptors, takes
@@ -71,12 +138,18 @@ func (l *clientLoad) pick(rt *routes, rr interface{ Add(uint64) uint64 }, tried 
 	return best, bestFC
 }
 
-// done counts a client of c out.
-func (l *clientLoad) done(c channel) {
+// done counts a client of c out, and its connection f.
+func (l *clientLoad) done(c channel, f *os.File) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.n[c]--; l.n[c] <= 0 {
+	if k := l.n[c] - 1; k > 0 {
+		l.n[c] = k
+	} else {
 		delete(l.n, c)
+	}
+	if delete(l.conns[c], f); len(l.conns[c]) == 0 {
+		delete(l.conns, c)
+		delete(l.moves, c)
 	}
 }
 
@@ -133,8 +206,9 @@ func (s *Supervisor) HandOff(ctx context.Context, client *os.File, state []byte)
 		if c == nil {
 			return nil, fmt.Errorf("%w: no ready worker with room speaks protocol version 3", ErrNoTaker)
 		}
+		s.clients.serving(c, client)
 		reply, files, err := fc.CallFiles(ctx, wire.TypeClient, state, []*os.File{client})
-		s.clients.done(c)
+		s.clients.done(c, client)
 		for _, f := range files { // a worker sends none back
 			f.Close()
 		}

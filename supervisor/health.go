@@ -21,7 +21,10 @@ import (
 // busy, not hung, and its probe is given another PingTimeout from then
 // (channel.Received tells, without a round trip). A hung or stopped
 // worker sends nothing, so it is still found after PingMisses
-// timeouts.
+// timeouts. The same goes for a worker serving handed-over clients,
+// whose work does not pass through its channel: a probe overdue while
+// the worker is seen moving the bytes queued on its clients'
+// connections is given another PingTimeout (clientLoad.activity).
 
 // prober health-checks one worker process. Its plain fields are the
 // loop's; the atomics are shared with the channel's reader goroutine
@@ -40,6 +43,7 @@ type prober struct {
 	cur     uint64
 	since   time.Time
 	rx      uint64
+	act     uint64 // and the moves seen on its handed-over clients (clientLoad.activity)
 
 	judged   atomic.Uint64 // pongs up to this id come too late
 	answered atomic.Uint64 // the id of the last pong received
@@ -94,10 +98,13 @@ func (pr *prober) judge(now time.Time, c channel, timeout time.Duration) (v verd
 			if now.Sub(pr.since) < timeout {
 				return pending, false
 			}
-			if rx := c.Received(); rx != pr.rx {
+			rx, act := c.Received(), pr.s.clients.activity(c)
+			if rx != pr.rx || act != pr.act {
 				// Overdue, but the worker is sending: its pong waits
-				// behind replies. Keep waiting for it.
-				pr.since, pr.rx = now, rx
+				// behind replies. Or it is serving its handed-over
+				// clients (their bytes move), and is starved of CPU.
+				// Keep waiting for it.
+				pr.since, pr.rx, pr.act = now, rx, act
 				return answered, false
 			}
 			v = missed
@@ -112,5 +119,5 @@ func (pr *prober) judge(now time.Time, c channel, timeout time.Duration) (v verd
 // written records that the tender wrote probe id at now.
 func (pr *prober) written(now time.Time, id uint64, c channel) {
 	pr.writing = false
-	pr.cur, pr.since, pr.rx = id, now, c.Received()
+	pr.cur, pr.since, pr.rx, pr.act = id, now, c.Received(), pr.s.clients.moved(c)
 }

@@ -35,8 +35,13 @@ const (
 	clientHandshake = 5 * time.Second
 
 	// clientDetachWait bounds the hand-back of one client when the
-	// worker stops: the requests it has taken in must be answered by
-	// then, or the client's connection is closed.
+	// worker stops while nothing moves: the requests it has taken in
+	// must be answered, and their replies written, by then, or the
+	// client's connection is closed. A client that is taking the bytes
+	// of a reply (Conn.Sent grows) is given another clientDetachWait
+	// each time, however slowly it reads on a loaded machine: a slow
+	// client of a healthy worker is handed back, never cut off (its
+	// Conn's WriteTimeout ends one that stops reading).
 	clientDetachWait = time.Second
 
 	// clientPollAbove: past this many clients, a worker serves new ones
@@ -169,9 +174,7 @@ func (cs *clientSet) serve(ctx context.Context, req ipc.Request) ([]byte, error)
 		}
 		df, sess, err = c.Detach(ctx) // detached by itself (DetachAt): at once
 	case <-cs.drain:
-		dctx, cancel := context.WithTimeout(ctx, clientDetachWait)
-		df, sess, err = c.Detach(dctx)
-		cancel()
+		df, sess, err = detachMoving(ctx, c)
 		if err != nil {
 			c.Close() // ends a detach still under way
 			if errors.Is(c.Err(), ipc.ErrDetached) {
@@ -206,6 +209,22 @@ func (cs *clientSet) serve(ctx context.Context, req ipc.Request) ([]byte, error)
 		back.Flags |= wire.ClientHere // a request only the supervisor serves is next
 	}
 	return wire.AppendClient(nil, back), nil
+}
+
+// detachMoving detaches c (Conn.Detach), waiting clientDetachWait at a
+// time for as long as the client takes bytes from c meanwhile: a reply
+// going out slowly is let finish. It returns Detach's error once a wait
+// went by with nothing sent, or ctx ended.
+func detachMoving(ctx context.Context, c *ipc.Conn) (*os.File, ipc.Session, error) {
+	for {
+		sent := c.Sent()
+		dctx, cancel := context.WithTimeout(ctx, clientDetachWait)
+		df, sess, err := c.Detach(dctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || c.Sent() == sent {
+			return df, sess, err
+		}
+	}
 }
 
 func (cs *clientSet) count() int {
