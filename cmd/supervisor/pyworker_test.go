@@ -171,7 +171,10 @@ func TestPythonWorkerRun(t *testing.T) {
 	t.Parallel()
 	py := testutil.RequireTool(t, "python3")
 	dir, script := pyWorkerCopy(t)
-	run, sock, pids := startRun(t, 2, "--ping-interval", "100ms", "--log-json", "--", py, script)
+	// Forwarding (--handoff=false): the supervisor keeps the client and
+	// spreads its requests over the workers, and cancels travel the
+	// channel. Handed-over Python clients: TestPythonWorkerHandoff.
+	run, sock, pids := startRun(t, 2, "--handoff=false", "--ping-interval", "100ms", "--log-json", "--", py, script)
 	seen := slices.Clone(pids) // every worker pid of the run, for the final check
 	for _, pid := range pids {
 		if !cmdlineHas(pid, script) {
