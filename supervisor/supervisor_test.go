@@ -174,7 +174,10 @@ func TestCrashLoopWindow(t *testing.T) {
 func TestEchoAndStatus(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t, "echo", 3)
-	cfg.StopTimeout = 4 * time.Second
+	// The step the stop below checks is each worker's answer to the
+	// shutdown message and its exit: StopTimeout is that step's bound
+	// before SIGTERM, generous for one race-enabled process.
+	cfg.StopTimeout = 10 * time.Second
 	r := startSupervisor(t, cfg)
 	r.waitReady()
 
@@ -219,14 +222,12 @@ func TestEchoAndStatus(t *testing.T) {
 		t.Errorf("Call(message) = %q, %v", got, err)
 	}
 
-	start := time.Now()
 	if err := r.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	// Echo workers leave on the shutdown message, well before SIGTERM.
-	if d := time.Since(start); d > cfg.StopTimeout/2 {
-		t.Errorf("stopping echo workers took %v, want under %v (before SIGTERM)", d, cfg.StopTimeout/2)
-	}
+	// Echo workers leave on the shutdown message, before SIGTERM: no
+	// SIGTERM logged, and each exited 0 as stopped (below). (Not timed:
+	// under load 2 s was once too little for three workers to exit.)
 	if recs := r.logs.find("worker did not stop; sending SIGTERM"); len(recs) > 0 {
 		t.Errorf("echo workers needed SIGTERM: %v", recs)
 	}
@@ -433,15 +434,17 @@ func TestStopEscalates(t *testing.T) {
 		cfg.StopTimeout = time.Minute
 		r := startSupervisor(t, cfg)
 		r.waitReady()
-		start := time.Now()
 		r.cancel()
 		r.s.Kill()
 		r.s.Kill() // idempotent
-		if err := r.wait(10 * time.Second); err != nil {
+		// Without Kill, Run would wait the minute of StopTimeout for
+		// workers that ignore the shutdown and SIGTERM: returning
+		// within stopWait, with no SIGTERM logged, shows it did not.
+		if err := r.wait(stopWait); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
-		if d := time.Since(start); d > 5*time.Second {
-			t.Errorf("Run took %v after Kill", d)
+		if recs := r.logs.find("worker did not stop; sending SIGTERM"); len(recs) > 0 {
+			t.Errorf("SIGTERM sent after Kill: %v", recs)
 		}
 		for _, ws := range r.s.Status().Workers {
 			if ws.Exit != stopped(sigkill) {
