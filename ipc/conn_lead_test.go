@@ -244,6 +244,9 @@ func TestMixedCallersStress(t *testing.T) {
 						own := make([]byte, 0, 1<<20)
 						for i := range calls {
 							kind := rng.IntN(5)
+							// One call's bound is about its own work: at most
+							// the callers' other calls (11 MiB at most) are
+							// ahead of it, not the whole run.
 							ctx, cancel := context.WithTimeout(context.Background(), 2*waitTimeout)
 							short := kind != 1 && kind != 2 && rng.IntN(6) == 0
 							if short {
@@ -288,9 +291,23 @@ func TestMixedCallersStress(t *testing.T) {
 					}()
 				}()
 			}
-			for range callers {
-				if err := recv(t, errc, "result of a caller"); err != nil {
-					t.Error(err)
+			// How long the 720 calls take together is the machine's
+			// business (tens of MiB through a race-enabled peer on busy
+			// cores); what is bounded is progress: some call must end
+			// within waitTimeout of the last one that did.
+			for left := callers; left > 0; {
+				ended := done.Load() + cancelled.Load()
+				select {
+				case err := <-errc:
+					left--
+					if err != nil {
+						t.Error(err)
+					}
+				case <-time.After(waitTimeout):
+					if done.Load()+cancelled.Load() == ended {
+						t.Fatalf("no call ended within %v; %d calls answered, %d given up, %d callers still calling",
+							waitTimeout, done.Load(), cancelled.Load(), left)
+					}
 				}
 			}
 			// Replies to the calls given up may still be arriving; the

@@ -152,6 +152,32 @@ func (r *run) waitReady() {
 	}
 }
 
+// waitReadyWhile waits until every worker has said hello, for as long
+// as progress keeps changing: it fails only when neither came within
+// readyWait of progress's last change. It is for workers whose hello
+// comes after work whose size the test chose (a flood of output that
+// the relay must read first), which no fixed bound fits on every
+// machine; the test then lifts StartTimeout, this wait being its bound.
+func (r *run) waitReadyWhile(what string, progress func() int) {
+	r.t.Helper()
+	last := progress()
+	for {
+		select {
+		case <-r.s.Ready():
+			return
+		case err := <-r.done:
+			r.record(err)
+			r.t.Fatalf("Run returned before the workers were ready: %v", err)
+		case <-time.After(readyWait):
+			if now := progress(); now != last {
+				last = now
+				continue
+			}
+			r.t.Fatalf("workers not ready, and no progress in %s, within %v: %+v", what, readyWait, r.s.Status())
+		}
+	}
+}
+
 // wait waits for Run to return, at most d, and returns its result.
 func (r *run) wait(d time.Duration) error {
 	r.t.Helper()

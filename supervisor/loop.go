@@ -54,8 +54,9 @@ package supervisor
 //     worker; the status snapshot likewise after every loop iteration
 //     that changed something, the timer for the next deadline armed
 //     before it (tests on the fake clock advance it only after seeing
-//     a snapshot). Reload's answer goes back on its own buffered
-//     channel.
+//     a snapshot), and also before a worker is routed (route), so that
+//     a caller it served never reads it as not ready yet. Reload's
+//     answer goes back on its own buffered channel.
 //   - tender and reader → loop: the prober's atomics (when the probe
 //     was sent, written by the tender; the answered id and round trip,
 //     by the reader), read by the loop at each health tick.

@@ -76,6 +76,7 @@ var workerRoles = map[string]func(w *worker.Worker, file string) int{
 		time.Sleep(500 * time.Millisecond)
 		return serve(context.Background(), w, worker.Config{})
 	},
+	"hello-on-file": helloOnFile,
 	"no-hello": func(*worker.Worker, string) int {
 		for {
 			time.Sleep(time.Hour) // not select{}: the runtime would call that a deadlock
@@ -106,13 +107,12 @@ var workerRoles = map[string]func(w *worker.Worker, file string) int{
 	"grandchild": grandchildRole,
 	"env-check":  envCheckRole,
 	"flaky-first": func(w *worker.Worker, file string) int {
-		// Worker 1 crashes right after each hello; the others are
-		// slow to say hello.
+		// Worker 1 crashes right after each hello; the others say
+		// hello once the test has created file.
 		if w.ID() == 1 {
 			return crashAfterHello(w, file)
 		}
-		time.Sleep(time.Second)
-		return serve(context.Background(), w, worker.Config{})
+		return helloOnFile(w, file)
 	},
 }
 
@@ -121,6 +121,18 @@ var workerRoles = map[string]func(w *worker.Worker, file string) int{
 func role(t testing.TB, name string) string {
 	t.Helper()
 	return harness.Use(t, name)
+}
+
+// helloOnFile says hello once the test has created file: the worker is
+// starting for as long as the test wants, however slow the machine.
+func helloOnFile(w *worker.Worker, file string) int {
+	for {
+		if _, err := os.Stat(file); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond) // polling for the file
+	}
+	return serve(context.Background(), w, worker.Config{})
 }
 
 // serve runs w.Serve and turns its result into an exit status.

@@ -508,8 +508,16 @@ func init() {
 func TestRelayForgingWorker(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
-	r := startSupervisor(t, testConfig(t, "forge", 1))
-	r.waitReady()
+	cfg := testConfig(t, "forge", 1)
+	// The hello comes after the relay has read the flood and logged
+	// what the limit lets through: seconds of work for the race-enabled
+	// supervisor, and over readyWait on two busy cores (it failed so).
+	// The wait is bounded by progress instead: the log must grow within
+	// readyWait of its last growth (the limit lets a line through every
+	// millisecond, and a drop report every second).
+	cfg.StartTimeout = time.Hour
+	r := startSupervisor(t, cfg)
+	r.waitReadyWhile("the relay's log", r.logs.Len)
 	wpid := r.s.Status().Workers[0].PID
 	if err := r.stop(); err != nil {
 		t.Fatal(err)

@@ -163,10 +163,20 @@ func (s *Supervisor) setRoutes(rt *routes) {
 }
 
 // route makes c (nil for none) the routed channel of slot i.
+//
+// A channel is routed only after the snapshot that shows its slot ready
+// (which every caller of route with a channel has just made dirty) is
+// published: a caller that a worker has served must not then read an
+// older Status, in which that worker is still starting or its slot
+// still holds the process it replaced. The loop publishes again at the
+// end of its step, as ever; this publish only comes first.
 func (s *Supervisor) route(i int, c channel) {
 	old := s.routes.Load()
 	if old.conns[i] == c {
 		return
+	}
+	if c != nil {
+		s.publish()
 	}
 	rt := &routes{conns: slices.Clone(old.conns), stopping: old.stopping}
 	rt.conns[i] = c

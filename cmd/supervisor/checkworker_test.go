@@ -4,11 +4,14 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pairvisor/pairvisor/internal/conformance"
 	"github.com/pairvisor/pairvisor/internal/testutil"
@@ -138,7 +141,23 @@ var v2Checks = []string{"CANCEL of an unknown id is ignored", "CANCEL of an in-f
 // code, and returns the results by check (no check twice).
 func checkWorkerJSON(t *testing.T, code int, cmd ...string) map[string]conformance.Result {
 	t.Helper()
-	r := cliWant(t, code, cliOpts{}, append([]string{"check-worker", "--json", "--quiet", "--"}, cmd...)...)
+	// check-worker starts a worker for nearly every check (twenty-odd
+	// Python or race-enabled processes), each step bounded by its own
+	// --timeout: one fixed bound for the whole run fails on two busy
+	// cores (it did, at cliWait). Bounded by progress instead: every
+	// check's worker logs (at debug: "ready", a violation, its end),
+	// and without --quiet each line it logs reaches our stderr.
+	args := append([]string{"check-worker", "--json", "--"}, cmd...)
+	p := cliStartOpts(t, cliOpts{}, args...)
+	start := time.Now()
+	var ee *exec.ExitError
+	if err := p.WaitWhile(t, cliWait, p.Stderr.Len); err != nil && !errors.As(err, &ee) {
+		t.Fatalf("supervisor %q: %v", args, err)
+	}
+	r := cliResult{code: p.ExitCode(), stdout: p.Stdout.String(), stderr: p.Stderr.String(), elapsed: time.Since(start)}
+	if r.code != code {
+		t.Fatalf("supervisor %q: want exit %d, got %s", args, code, r)
+	}
 	var results []conformance.Result
 	if err := json.Unmarshal([]byte(r.stdout), &results); err != nil {
 		t.Fatalf("check-worker --json: %v\n%s", err, r)

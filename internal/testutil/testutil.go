@@ -54,6 +54,13 @@ func (b *Buffer) String() string {
 	return b.buf.String()
 }
 
+// Len returns how many bytes were written so far.
+func (b *Buffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
+}
+
 // next returns everything written so far and a channel that the next
 // Write closes.
 func (b *Buffer) next() (string, <-chan struct{}) {
