@@ -266,8 +266,11 @@ func TestSlowReaderNotStalled(t *testing.T) {
 	for _, fwd := range []bool{false, true} {
 		t.Run(fmt.Sprintf("forward=%v", fwd), func(t *testing.T) {
 			t.Parallel()
-			const size, chunk = 1 << 20, 16 << 10
-			cfg := ipc.ConnConfig{WriteTimeout: 300 * time.Millisecond}
+			// WriteTimeout is generous (a descheduled test must not pass
+			// for a stalled reader); the pacing makes each reply take
+			// longer than it all the same.
+			const size, chunk = 1 << 20, 8 << 10
+			cfg := ipc.ConnConfig{WriteTimeout: 2 * time.Second}
 			if fwd {
 				cfg.ForwardEcho, cfg.Handler = true, echoBack
 			}
@@ -281,8 +284,8 @@ func TestSlowReaderNotStalled(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() { _, err := raw.Write(req); errc <- err }()
 			// Read the replies a chunk at a time, pausing between
-			// chunks: about 20 ms a chunk, so a 1 MiB reply takes 1.3 s
-			// or more, several times the WriteTimeout.
+			// chunks: about 20 ms a chunk, so a 1 MiB reply takes 2.6 s
+			// or more, longer than the WriteTimeout.
 			var got []byte
 			buf := make([]byte, chunk)
 			want := 2 * (2*wire.HeaderSize + size)

@@ -109,6 +109,11 @@ func (l *clientLoad) pick(rt *routes, rr interface{ Add(uint64) uint64 }, tried 
 			delete(l.refuse, c)
 		}
 	}
+	for c := range l.moves {
+		if c.Err() != nil && l.conns[c] == nil {
+			delete(l.moves, c)
+		}
+	}
 	var (
 		best   channel
 		bestFC channelFiles
@@ -149,8 +154,11 @@ func (l *clientLoad) done(c channel, f *os.File) {
 	}
 	if delete(l.conns[c], f); len(l.conns[c]) == 0 {
 		delete(l.conns, c)
-		delete(l.moves, c)
 	}
+	// moves[c] lives as long as c: the health check compares it with
+	// its last sample, and a count that restarted from 0 when the last
+	// client left would pass for activity (or hide it). pick forgets the
+	// counts of closed channels.
 }
 
 // refused remembers that c's worker takes no clients.

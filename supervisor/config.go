@@ -149,9 +149,11 @@ type Config struct {
 	// (default 5s; the command's process group is then killed), is a
 	// miss, and HealthMisses misses in a row (default 3) declare the
 	// worker hung. Its output goes to the worker's log, at most 4 KiB
-	// of it per run. It runs in the supervisor's environment plus
-	// PAIRVISOR_PROBE_WORKER (the slot number) and PAIRVISOR_PROBE_PID
-	// (the worker's pid); PATH is searched for HealthCmd[0].
+	// of it per run. It runs as the worker does (Credential), in the
+	// supervisor's environment plus the worker's Env ("%i" expanded)
+	// and PAIRVISOR_PROBE_WORKER (the slot number) and
+	// PAIRVISOR_PROBE_PID (the worker's pid); PATH is searched for
+	// HealthCmd[0].
 	HealthCmd      []string
 	HealthInterval time.Duration
 	HealthTimeout  time.Duration

@@ -30,7 +30,7 @@ func (s *Supervisor) runHealthCommand(ctx context.Context, id, pid int, log hclo
 	defer cancel()
 	argv := expandAll(s.cfg.HealthCmd, id, false)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = append(withoutContract(os.Environ()),
+	cmd.Env = append(append(withoutContract(os.Environ()), expandAll(s.cfg.Env, id, true)...),
 		"PAIRVISOR_PROBE_WORKER="+strconv.Itoa(id),
 		"PAIRVISOR_PROBE_PID="+strconv.Itoa(pid))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cfg.Credential}

@@ -18,12 +18,17 @@ import (
 // when the process is reaped, which ends that goroutine.
 //
 // Who may speak for a worker: the socket accepts datagrams from our
-// own uid and root only (sdnotify.Socket.Read checks SCM_CREDENTIALS),
-// and of those only from the worker or a descendant of it. A sender
-// that has already exited when its datagram is read cannot be placed
-// in the tree (systemd-notify run by a user other than root sends with
-// its own pid and exits at once): its datagram is accepted on the
-// strength of the socket's name, which only the worker was given.
+// own uid, root and the worker's uid (Config.Credential) only
+// (sdnotify.Socket.Read checks SCM_CREDENTIALS), and of those only from
+// the worker or a descendant of it. A sender that has already exited
+// when its datagram is read cannot be placed in the tree (a one-shot
+// sender: python3 -c, socat): if it ran as our uid or root, its
+// datagram is accepted on the strength of the socket's name, which only
+// the worker was given. If it ran as the worker's own, other uid, it is
+// refused: abstract names are visible to every process, and that uid
+// may be shared (nobody, www-data) with processes that are not ours.
+// systemd-notify waits (BARRIER=1) until its datagrams are read, so it
+// is alive, and placed, when they are.
 
 // notifyLogEvery bounds the log lines about refused datagrams: one per
 // process per interval, with a count of those left out.
@@ -69,7 +74,8 @@ func (p *process) notice() (notice, error) {
 		case err != nil:
 			return notice{}, errNoNotices
 		}
-		if pid := int(m.Sender.PID); pid != p.pd && !sdnotify.FromTree(m.Sender.PID, p.pd) && processExists(pid) {
+		if pid := int(m.Sender.PID); pid != p.pd && !sdnotify.FromTree(m.Sender.PID, p.pd) &&
+			(processExists(pid) || !trustGone(m.Sender.UID)) {
 			refuse(errors.New("sender is not the worker or one of its descendants"), m.Sender)
 			continue
 		}
@@ -97,4 +103,11 @@ func (p *process) notice() (notice, error) {
 func processExists(pid int) bool {
 	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
 	return err == nil
+}
+
+// trustGone reports whether a notify datagram from a sender of uid that
+// has exited may be taken on the strength of the socket's name: ours
+// and root's, not another uid the workers run as (see above).
+func trustGone(uid uint32) bool {
+	return uid == 0 || uid == uint32(os.Geteuid())
 }

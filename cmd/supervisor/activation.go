@@ -84,7 +84,7 @@ func passedFiles() []*os.File {
 	if pidErr != nil || nErr != nil || pid != os.Getpid() || n <= 0 {
 		return nil
 	}
-	n = min(n, maxPassed)
+	n = min(n, maxPassed) // any further ones stay open, close-on-exec like every inherited fd (main)
 	files := make([]*os.File, 0, n)
 	for i := range n {
 		fd := contract.ListenFDStart + i
@@ -228,7 +228,7 @@ func pickPassed(path string, passed []passedSocket, taken []bool) (int, error) {
 	return pick(passed, taken, "--socket "+path, []matchStep{
 		{"bound to it", func(p passedSocket) bool { return p.unix && sameAddr(path, p.addr) }},
 		{fmt.Sprintf("named %q or %q", fdNamePairvisor, base), func(p passedSocket) bool {
-			return p.name != "" && (p.name == fdNamePairvisor || p.name == base)
+			return p.name != "" && (p.name == fdNamePairvisor || p.name == base) && p.unix
 		}},
 	})
 }
@@ -263,13 +263,16 @@ func (p *passedSockets) forListen(spec config.Listen) (*os.File, string, error) 
 	}
 	i, err := pick(p.socks, p.taken, "--listen "+spec.Name+"="+spec.Addr(), []matchStep{
 		{"bound to it", func(ps passedSocket) bool {
-			if spec.Network == "unix" {
-				return ps.unix && sameAddr(spec.Address, ps.addr)
-			}
-			if !ps.tcp.IsValid() || tcp.Port == 0 || ps.tcp.Port() != tcp.Port {
+			if !kindOK(ps) {
 				return false
 			}
-			if !tcp.IP.IsValid() { // every address
+			if spec.Network == "unix" {
+				return sameAddr(spec.Address, ps.addr)
+			}
+			if tcp.Port == 0 || ps.tcp.Port() != tcp.Port {
+				return false
+			}
+			if !tcp.IP.IsValid() || tcp.IP.IsUnspecified() { // every address, as tcplisten binds it
 				return ps.tcp.Addr().IsUnspecified()
 			}
 			return ps.tcp.Addr() == tcp.IP

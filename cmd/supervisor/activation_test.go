@@ -624,3 +624,51 @@ while True:
 		t.Errorf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 }
+
+// TestPassedMatchListen: the address rules of --listen on their own: a
+// wildcard address (empty, *, 0.0.0.0, ::) matches a passed wildcard
+// socket on the same port; a socket of the wrong family is no match by
+// address (so two passed sockets on one port, v4 and v6 only, are not
+// ambiguous for tcp4://); --socket's name rule takes only Unix sockets.
+func TestPassedMatchListen(t *testing.T) {
+	v6any := passedSocket{fd: 3, stream: true, listen: true, tcp: netip.MustParseAddrPort("[::]:80")}
+	v4any := passedSocket{fd: 4, stream: true, listen: true, tcp: netip.MustParseAddrPort("0.0.0.0:80")}
+	lo := passedSocket{fd: 5, stream: true, listen: true, tcp: netip.MustParseAddrPort("127.0.0.1:8080")}
+	named := passedSocket{fd: 6, stream: true, listen: true, name: "http", tcp: netip.MustParseAddrPort("[::]:9000")}
+	for _, tc := range []struct {
+		addr   string
+		passed []passedSocket
+		want   int // fd, 0 for none
+	}{
+		{"tcp://:80", []passedSocket{v6any}, 3},
+		{"tcp://*:80", []passedSocket{v6any}, 3},
+		{"tcp://0.0.0.0:80", []passedSocket{v6any}, 3},
+		{"tcp://[::]:80", []passedSocket{v6any}, 3},
+		{"tcp4://:80", []passedSocket{v6any, v4any}, 4},
+		{"tcp6://:80", []passedSocket{v4any, v6any}, 3},
+		{"tcp://127.0.0.1:8080", []passedSocket{v6any, lo}, 5},
+		{"tcp://127.0.0.1:80", []passedSocket{lo}, 0},
+		{"tcp://:81", []passedSocket{v6any}, 0},
+		{"http=tcp://:1234", []passedSocket{named}, 6}, // by name
+	} {
+		spec, err := config.ParseListen(tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &passedSockets{socks: tc.passed, taken: make([]bool, len(tc.passed)), log: hclog.NewNullLogger()}
+		_, _, err = p.forListen(spec)
+		got := 0
+		for i, taken := range p.taken {
+			if taken {
+				got = tc.passed[i].fd
+			}
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("forListen(%s) among %v took fd %d (%v), want %d", tc.addr, tc.passed, got, err, tc.want)
+		}
+	}
+	tcpNamed := passedSocket{fd: 7, stream: true, listen: true, name: "pairvisor", tcp: netip.MustParseAddrPort("[::]:80")}
+	if i, err := pickPassed("/run/x/s", []passedSocket{tcpNamed}, []bool{false}); i != -1 || err != nil {
+		t.Errorf("--socket took a TCP socket by its name: %d, %v", i, err)
+	}
+}

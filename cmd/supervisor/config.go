@@ -12,13 +12,15 @@ import (
 // loadPrograms reads the config file at path and returns its programs
 // as the supervisor runs them, without their listeners (see loadFile).
 func loadPrograms(path string) ([]supervisor.Program, error) {
-	programs, _, err := loadFile(path)
+	programs, _, err := loadFile(path, true)
 	return programs, err
 }
 
 // loadFile is loadPrograms that also returns each program's listeners
-// (the listen key), which a run binds (listenerSet.attach).
-func loadFile(path string) ([]supervisor.Program, [][]config.Listen, error) {
+// (the listen key), which a run binds (listenerSet.attach). checkOnly
+// is check-config's: a user key naming another account is looked up
+// but needs no root (and gives no Credential).
+func loadFile(path string, checkOnly bool) ([]supervisor.Program, [][]config.Listen, error) {
 	f, err := config.Load(path)
 	if err != nil {
 		return nil, nil, err
@@ -26,7 +28,7 @@ func loadFile(path string) ([]supervisor.Program, [][]config.Listen, error) {
 	programs := make([]supervisor.Program, 0, len(f.Programs))
 	listens := make([][]config.Listen, 0, len(f.Programs))
 	for _, p := range f.Programs {
-		sp, err := toProgram(p)
+		sp, err := toProgram(p, checkOnly)
 		if err == nil {
 			err = checkListens(p.Listen, "listen")
 		}
@@ -41,7 +43,7 @@ func loadFile(path string) ([]supervisor.Program, [][]config.Listen, error) {
 
 // toProgram maps a program of the file onto the supervisor's settings;
 // zero values keep the supervisor's defaults.
-func toProgram(p config.Program) (supervisor.Program, error) {
+func toProgram(p config.Program, checkOnly bool) (supervisor.Program, error) {
 	exe, err := resolveCommand(p.Command)
 	if err != nil {
 		return supervisor.Program{}, err
@@ -58,11 +60,11 @@ func toProgram(p config.Program) (supervisor.Program, error) {
 	if !ok {
 		return supervisor.Program{}, fmt.Errorf("unknown stop signal %q", p.StopSignal)
 	}
-	cred, userEnv, err := workerAccount(p.User)
+	cred, userEnv, err := workerAccount(p.User, checkOnly)
 	if err != nil {
 		return supervisor.Program{}, fmt.Errorf("user: %w", err)
 	}
-	if err := checkRunnable(exe, cred); err != nil {
+	if err := checkUserRuns(exe, cred, len(p.Listen) > 0); err != nil {
 		return supervisor.Program{}, fmt.Errorf("user: %w", err)
 	}
 	return supervisor.Program{

@@ -121,7 +121,7 @@ func (f *supervisorFlags) check() error {
 		return err
 	}
 	var err error
-	if f.cred, f.userEnv, err = workerAccount(f.user); err != nil {
+	if f.cred, f.userEnv, err = workerAccount(f.user, false); err != nil {
 		return fmt.Errorf("--user: %w", err)
 	}
 	if f.maxRestarts < 0 {
@@ -286,21 +286,20 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	case err != nil:
 	case configPath != "":
 		echoInterval = 0 // the programs are the user's: no built-in echo traffic
-		programs, specs, err = loadFile(configPath)
+		programs, specs, err = loadFile(configPath, false)
 	default:
 		cfg := sf.config()
 		if len(command) > 0 {
 			// A command of the user's: no built-in echo traffic.
 			echoInterval = 0
-			if cfg.Executable, err = resolveCommand(command[0]); err == nil {
-				cfg.Args = command[1:]
-				err = checkRunnable(cfg.Executable, cfg.Credential)
-			}
+			cfg.Executable, err = resolveCommand(command[0])
+			cfg.Args = command[1:]
 		} else if cfg.Credential != nil {
-			// The built-in worker: this binary, run as the user.
-			var exe string
-			if exe, err = os.Executable(); err == nil {
-				err = checkRunnable(exe, cfg.Credential)
+			cfg.Executable, err = os.Executable() // the built-in worker: this binary
+		}
+		if err == nil {
+			if err = checkUserRuns(cfg.Executable, cfg.Credential, len(listens) > 0); err != nil {
+				err = fmt.Errorf("--user: %w", err)
 			}
 		}
 		programs = []supervisor.Program{{Name: cfg.Name, Config: cfg}}
@@ -544,7 +543,7 @@ func reload(ctx context.Context, g *supervisor.Group, configPath, name string, s
 		return "rolling restart done", nil
 	}
 	log.Info("re-reading the config file", "file", configPath)
-	programs, specs, err := loadFile(configPath)
+	programs, specs, err := loadFile(configPath, false)
 	if err != nil {
 		return "", fmt.Errorf("config file not applied, nothing changed: %w", err)
 	}

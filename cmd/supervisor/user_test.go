@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -5,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -46,7 +49,8 @@ func procIDs(tb testing.TB, pid int) (uid, gid, home, user string) {
 
 // TestRunUser: run --user nobody starts its workers and their health
 // command as nobody, with nobody's HOME and USER, and takes their
-// READY=1 from nobody's notify datagrams.
+// READY=1 from nobody's notify datagrams (systemd-notify waits until
+// they are read, so it is placed in the worker's tree).
 func TestRunUser(t *testing.T) {
 	t.Parallel()
 	dir, _ := otherUser(t)
@@ -60,7 +64,7 @@ func TestRunUser(t *testing.T) {
 	}
 	sock := filepath.Join(tempDir(t), "s")
 	run := cliStart(t, "run", "--workers", "2", "--socket", sock, "--user", "nobody", "--ready", "notify",
-		"--health-cmd", "id -u > "+out+"/health.%i", "--health-interval", "50ms",
+		"--health-cmd", `echo "$(id -u) $HOME $USER" > `+out+"/health.%i", "--health-interval", "50ms",
 		"--", "sh", "-c", notify+" --ready && exec sleep 1000")
 	run.waitSocket(t, sock)
 	for _, pid := range readyWorkers(t, sock, 2) {
@@ -78,8 +82,8 @@ func TestRunUser(t *testing.T) {
 			got, _ = os.ReadFile(path)
 			return strings.HasSuffix(string(got), "\n")
 		}, func() string { return fmt.Sprintf("%s holds %q\n%s", path, got, run.Output()) })
-		if string(got) != "65534\n" {
-			t.Errorf("health command ran as uid %q, want 65534", got)
+		if string(got) != "65534 /nonexistent nobody\n" {
+			t.Errorf("health command ran as uid, HOME, USER %q; want nobody's (65534 /nonexistent nobody)", got)
 		}
 	}
 	run.stopOK(t, syscall.SIGTERM, sock)
@@ -152,6 +156,12 @@ func TestRunUserRefused(t *testing.T) {
 	if err := os.WriteFile(private, []byte("#!/bin/sh\nexec sleep 1000\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// A supervisor binary that only root may run: workers with
+	// listeners start through it (the exec shim).
+	privateExe := testutil.CopyExecutable(t, dir, "supervisor-private")
+	if err := os.Chmod(privateExe, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		o    cliOpts
 		args []string
@@ -161,6 +171,8 @@ func TestRunUserRefused(t *testing.T) {
 		{cliOpts{}, []string{"run", "--user", "nobody:no-such-group-pv", "--", "true"}, `group "no-such-group-pv"`},
 		{cliOpts{}, []string{"run", "--user", "nobody", "--", private}, "may not run " + private},
 		{cliOpts{exe: exe, cred: nobody}, []string{"run", "--user", "root", "--", "true"}, "--user: running workers as root (uid 0, gid 0) takes root; this runs as uid 65534"},
+		{cliOpts{exe: privateExe}, []string{"run", "--user", "nobody", "--listen", "tcp://127.0.0.1:0", "--", "true"},
+			"--user: uid 65534 may not run " + privateExe + " (mode 0700, owner 0, group 0): workers with listeners start through this program"},
 	} {
 		r := cliWant(t, exitUsage, tc.o, tc.args...)
 		if !strings.Contains(r.stderr, tc.want) {
@@ -186,8 +198,69 @@ func TestRunUserRefused(t *testing.T) {
 		t.Errorf("check-config: stderr does not say %q:\n%s", want, r)
 	}
 	good := filepath.Join(dir, "good.toml")
-	if err := os.WriteFile(good, []byte("[programs.a]\ncommand = \"true\"\nuser = \"nobody:nogroup\"\n"), 0o644); err != nil {
+	if err := os.WriteFile(good, []byte("[programs.a]\ncommand = \"true\"\nuser = \"nobody:nogroup\"\n\n[programs.b]\ncommand = \"true\"\nuser = \"root\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cliWant(t, exitOK, cliOpts{}, "check-config", good)
+	// check-config as another user looks the accounts up, and needs no
+	// root for them.
+	cliWant(t, exitOK, cliOpts{exe: exe, cred: nobody}, "check-config", good)
+}
+
+// TestRunUserNotifyStranger: workers run as nobody with --ready notify.
+// A process of nobody's outside the worker's tree sends READY=1 to the
+// worker's NOTIFY_SOCKET and exits: it is refused (the uid may be
+// shared, and the abstract name is visible to all), whether its
+// datagram is read while it runs or after it has gone (which of the two
+// happens is the scheduler's choice; TestTrustGone covers the rule for
+// the second), and the worker becomes ready only when it says READY=1
+// itself.
+func TestRunUserNotifyStranger(t *testing.T) {
+	t.Parallel()
+	dir, _ := otherUser(t)
+	python := testutil.ToolForOthers(t, "python3")
+	notify := testutil.ToolForOthers(t, "systemd-notify")
+	goFile := filepath.Join(dir, "go")
+	sock := filepath.Join(tempDir(t), "s")
+	run := cliStart(t, "run", "--workers", "1", "--socket", sock, "--user", "nobody", "--ready", "notify",
+		"--start-timeout", "1h", "--log-level", "debug", "--",
+		"sh", "-c", "while [ ! -e "+goFile+" ]; do sleep 0.05; done; "+notify+" --ready && exec sleep 1000")
+	run.waitSocket(t, sock)
+	var pid int
+	poll(t, "the worker's pid", func() bool {
+		_, doc := statusJSON(t, sock)
+		if len(doc.Workers) == 1 {
+			pid = doc.Workers[0].PID
+		}
+		return pid > 0
+	}, run.Output)
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr string
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "NOTIFY_SOCKET="); ok {
+			addr = v
+		}
+	}
+	if !strings.HasPrefix(addr, "@") {
+		t.Fatalf("worker %d has NOTIFY_SOCKET %q", pid, addr)
+	}
+	stranger := exec.Command(python, "-c", `import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", "\0" + sys.argv[1][1:])`, addr)
+	stranger.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+	if out, err := stranger.CombinedOutput(); err != nil {
+		t.Fatalf("the stranger's send: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(goFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	readyWorkers(t, sock, 1)
+	want := fmt.Sprintf("sender_pid=%d sender_uid=65534", stranger.Process.Pid)
+	poll(t, "the stranger's datagram refused in the log", func() bool {
+		return strings.Contains(run.Stderr.String(), "notify datagram refused") && strings.Contains(run.Stderr.String(), want)
+	}, run.Output)
+	run.stopOK(t, syscall.SIGTERM, sock)
 }

@@ -6,6 +6,7 @@ package sdnotify
 // workers, is in socket_linux.go; both share only the sentinel errors.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -37,6 +38,9 @@ func Send(state string) (sent bool, err error) {
 	addr := os.Getenv("NOTIFY_SOCKET")
 	if addr == "" {
 		return false, nil
+	}
+	if state == "" {
+		return false, errors.New("sdnotify: an empty state (sd_notify(3) refuses it with EINVAL)")
 	}
 	if err := sendTo(addr, state, SendTimeout); err != nil {
 		return false, fmt.Errorf("sdnotify: sending to NOTIFY_SOCKET=%s: %w", addr, err)

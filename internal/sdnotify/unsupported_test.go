@@ -4,6 +4,7 @@ package sdnotify_test
 
 import (
 	"errors"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
