@@ -16,7 +16,14 @@ import (
 // which the supervisor strips with every PAIRVISOR_ variable; the worker
 // contract (PAIRVISOR_WORKER) marks them, and they run main too, which
 // makes them workers.
-var harness = testutil.NewHarness(testutil.HarnessConfig{ChildEnv: contract.EnvWorker, DefaultRole: "cli"})
+var harness = testutil.NewHarness(testutil.HarnessConfig{
+	ChildEnv: contract.EnvWorker, DefaultRole: "cli",
+	// The CLI's tests wait on the processes they run (supervisors,
+	// workers, clients): four at a time keep `go test -race -count=3`
+	// of this package well inside go test's 10-minute limit on two
+	// busy cores.
+	Parallel: 4,
+})
 
 func init() {
 	harness.Register("cli", func(...string) int {

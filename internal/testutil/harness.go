@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -45,6 +46,12 @@ type HarnessConfig struct {
 	// LeakWait bounds the wait for leftovers after the tests; zero means
 	// DefaultLeakWait.
 	LeakWait time.Duration
+
+	// Parallel, if above GOMAXPROCS, is how many parallel tests run at
+	// once unless -test.parallel is given: for a package whose tests
+	// spend their time waiting on the processes they start, not on the
+	// CPU (go test's default is GOMAXPROCS, 2 on a 2-core machine).
+	Parallel int
 }
 
 // A Harness is a test binary's helper-process set-up, after os/exec's
@@ -147,6 +154,9 @@ func (h *Harness) Main(m *testing.M) {
 		os.Exit(f(os.Args[1:]...))
 	}
 	flag.Parse()
+	if h.cfg.Parallel > runtime.GOMAXPROCS(0) && !flagSet("test.parallel") {
+		flag.Set("test.parallel", strconv.Itoa(h.cfg.Parallel))
+	}
 	before := TakeSnapshot()
 	code := m.Run()
 	code = h.after(os.Stderr, code, before, runFlags{
@@ -235,4 +245,11 @@ func flagValue(name string) string {
 		return f.Value.String()
 	}
 	return ""
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
