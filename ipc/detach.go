@@ -68,6 +68,10 @@ type sockWake struct {
 	past     atomic.Bool   // polled: wake set a deadline in the past
 	boundary bool          // the read side is between frames: errWake may stop it
 	idleFor  time.Duration // blocking: ticks without data since the last read
+
+	// dupHook, if set (by tests, before the Conn detaches), runs in
+	// detach between the dup and the close, with mu held.
+	dupHook func()
 }
 
 // wake asks the background reader to look at a detach: at once in
@@ -260,17 +264,11 @@ func (c *Conn) detachTeardown(r *reader) {
 
 	var f *os.File
 	c.wlock <- struct{}{}
-	if !c.killed() && !c.wclosed {
-		if fd, err := unix.FcntlInt(uintptr(c.sock.fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
-			// Blocking, so that os.NewFile leaves it out of the runtime's
-			// poller: whoever holds it while another process serves the
-			// connection (a front door, during a hand-over) must not be
-			// woken by the traffic of that connection.
-			unix.SetNonblock(fd, false)
-			f = os.NewFile(uintptr(fd), "pairvisor-detached")
-		} else {
+	if !c.wclosed {
+		var err error
+		if f, err = c.sock.detach(c.killed); err != nil {
 			c.pmu.Lock()
-			c.err = &OpError{Op: "detach", Addr: c.cfg.Addr, Err: os.NewSyscallError("fcntl", err)}
+			c.err = &OpError{Op: "detach", Addr: c.cfg.Addr, Err: err}
 			c.pmu.Unlock()
 		}
 	}
@@ -278,7 +276,7 @@ func (c *Conn) detachTeardown(r *reader) {
 	if f == nil {
 		c.sock.shutdown(false) // not detached: the connection ends here
 	}
-	c.sock.close()
+	c.sock.close() // closed already if detached
 	<-c.wlock
 	r.dropFiles()
 	c.cancel()
@@ -291,6 +289,38 @@ func (c *Conn) detachTeardown(r *reader) {
 	}
 	c.pmu.Unlock()
 	close(c.done)
+}
+
+// detach duplicates the socket's descriptor for a new owner and closes
+// its own, unless the fd is closed or killed reports that the Conn has
+// started closing: then it returns nil, and the caller shuts the
+// connection down. Both happen under mu, which shutdown takes too, so
+// that the socket it returns is never shut down by this Conn: shutdown
+// acts on the socket, every duplicate of it included, and the Conn's
+// Close (or an abort) may run in another goroutine at any time. Those
+// close kill before they call shutdown, so a shutdown that waits for mu
+// here was either seen by killed, or finds the fd closed. The caller
+// holds the write lock.
+func (s *sock) detach(killed func() bool) (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 || killed() {
+		return nil, nil
+	}
+	fd, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	// Blocking, so that os.NewFile leaves it out of the runtime's
+	// poller: whoever holds it while another process serves the
+	// connection (a front door, during a hand-over) must not be woken
+	// by the traffic of that connection.
+	unix.SetNonblock(fd, false)
+	if s.wk != nil && s.wk.dupHook != nil {
+		s.wk.dupHook()
+	}
+	s.closeLocked()
+	return os.NewFile(uintptr(fd), "pairvisor-detached"), nil
 }
 
 // closedErr0 is why a Conn that was to detach closed instead: closed
@@ -308,7 +338,9 @@ func (c *Conn) closedErr0() error {
 // exchanged: the Conn speaks s.Version with the peer of s.Peer, reads
 // s.Buffered before the socket, and numbers its requests from s.NextID.
 // s.Version must be one that cfg allows (see [ConnConfig].MaxVersion
-// and MaxFiles).
+// and MaxFiles). The socket's timeouts (SO_RCVTIMEO, SO_SNDTIMEO), which
+// the detached Conn set for itself, are set for this one, as NewConn
+// sets those of an inherited socket.
 func Resume(f *os.File, s Session, cfg ConnConfig) (*Conn, error) {
 	if len(s.Buffered) > readBufSize {
 		f.Close()

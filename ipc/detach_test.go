@@ -333,3 +333,180 @@ func TestDetachAtBehindHello(t *testing.T) {
 		theirs.Close()
 	}
 }
+
+// sockTimeouts returns the read and write timeouts (SO_RCVTIMEO,
+// SO_SNDTIMEO) of the socket fd refers to. They are the socket's, not
+// the descriptor's: every duplicate of it, in any process, shares them.
+func sockTimeouts(tb testing.TB, fd int) (rcv, snd time.Duration) {
+	tb.Helper()
+	get := func(opt int) time.Duration {
+		tv, err := unix.GetsockoptTimeval(fd, unix.SOL_SOCKET, opt)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return time.Duration(tv.Nano())
+	}
+	return get(unix.SO_RCVTIMEO), get(unix.SO_SNDTIMEO)
+}
+
+// TestResumeSetsReadTimeout: a Conn in blocking mode sets its socket's
+// read timeout (SO_RCVTIMEO) to its own, none included, whatever the
+// socket had. The socket a detachable Conn detaches carries that Conn's
+// detachTick; a Conn resumed on it without Detachable and without an
+// IdleTimeout once kept it, so that its background reader's first
+// read(2) to wait detachTick for nothing failed with EAGAIN, taken for
+// an idle timeout: the Conn shut the connection down a tenth of a
+// second after the resume, and the peer's next call failed with
+// ErrPeerClosed. Each case keeps a duplicate of the socket to look at
+// its options after the resume.
+func TestResumeSetsReadTimeout(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  ipc.ConnConfig
+		want time.Duration
+	}{
+		{"plain", ipc.ConnConfig{}, 0},
+		{"idle", ipc.ConnConfig{IdleTimeout: time.Hour}, time.Hour},
+		{"detachable", ipc.ConnConfig{Detachable: true}, ipc.DetachTick},
+		{"polled", ipc.ConnConfig{Poll: true}, -1}, // non-blocking: not looked at
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			client, server := detachPair(t, ipc.ConnConfig{Name: "server", Handler: echoServer("s1")})
+			ctx := ctxTimeout(t, waitTimeout)
+			if r, err := client.Call(ctx, wire.TypeMessage, []byte("x"), nil); err != nil || string(r) != "s1:x" {
+				t.Fatalf("before the detach: %q, %v", r, err)
+			}
+			f, sess, err := server.Detach(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rcv, _ := sockTimeouts(t, int(f.Fd())); rcv != ipc.DetachTick {
+				t.Fatalf("the detached socket's read timeout is %v, want the detachable Conn's %v (the case proves nothing)", rcv, ipc.DetachTick)
+			}
+			probe, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(probe)
+			cfg := tc.cfg
+			cfg.Name, cfg.Handler = "s2", echoServer("s2")
+			s2, err := ipc.Resume(f, sess, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s2.Close()
+			rcv, snd := sockTimeouts(t, probe)
+			if tc.want >= 0 && rcv != tc.want {
+				t.Errorf("read timeout after the resume: %v, want %v", rcv, tc.want)
+			}
+			if !tc.cfg.Poll && snd != ipc.WriteSlice {
+				t.Errorf("write timeout after the resume: %v, want %v", snd, ipc.WriteSlice)
+			}
+			// What it did: the resumed Conn closed after detachTick of
+			// silence. Nothing can show that it stays open but some
+			// silence; several ticks of it are enough to fail without
+			// the fix, every time.
+			select {
+			case <-s2.Done():
+				t.Fatalf("the resumed Conn closed while its peer was silent: %v", s2.Err())
+			case <-time.After(5 * ipc.DetachTick):
+			}
+			if r, err := client.Call(ctx, wire.TypeMessage, []byte("y"), nil); err != nil || string(r) != "s2:y" {
+				t.Fatalf("after the resume and some silence: %q, %v", r, err)
+			}
+		})
+	}
+}
+
+// TestNewConnSetsReadTimeout: NewConn sets the read timeout of an
+// inherited socket to its own too, none included, rather than keep one
+// that its previous owner left (which it would take for idleness).
+func TestNewConnSetsReadTimeout(t *testing.T) {
+	t.Parallel()
+	fa, fb, err := ipc.Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	tv := unix.NsecToTimeval((20 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(int(fb.Fd()), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	probe, err := unix.FcntlInt(fb.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(probe)
+	ctx := ctxTimeout(t, waitTimeout)
+	res := make(chan error, 1)
+	var server *ipc.Conn
+	go func() {
+		var err error
+		server, err = ipc.NewConn(ctx, fb, ipc.ConnConfig{Name: "server", Handler: echoServer("s")})
+		res <- err
+	}()
+	client, err := ipc.NewConn(ctx, fa, ipc.ConnConfig{Name: "client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := recv(t, res, "the server's NewConn"); err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	if rcv, _ := sockTimeouts(t, probe); rcv != 0 {
+		t.Fatalf("read timeout after NewConn: %v, want none", rcv)
+	}
+	select {
+	case <-server.Done():
+		t.Fatalf("the Conn closed while its peer was silent: %v", server.Err())
+	case <-time.After(10 * 20 * time.Millisecond):
+	}
+	if r, err := client.Call(ctx, wire.TypeMessage, []byte("y"), nil); err != nil || string(r) != "s:y" {
+		t.Fatalf("after some silence: %q, %v", r, err)
+	}
+}
+
+// TestDetachRacesClose: a Close of the Conn in another goroutine that
+// comes while the detach has duplicated the socket for the new owner
+// and not yet closed its own descriptor must not shut the connection
+// down: shutdown(2) acts on the socket, the duplicate Detach returns
+// included. It once could: detachTeardown looked at whether the Conn
+// was closing, duplicated the fd, and closed its own later, while
+// Close marks the Conn closing and then shuts the socket down; a Close
+// between the look and the close left Detach returning a socket that
+// was shut down both ways, and the resumed Conn's peer saw EOF. The
+// hook makes that interleaving happen: it starts the Close and waits
+// until it has marked the Conn closing.
+func TestDetachRacesClose(t *testing.T) {
+	t.Parallel()
+	client, server := detachPair(t, ipc.ConnConfig{Name: "server", Handler: echoServer("s1")})
+	ctx := ctxTimeout(t, waitTimeout)
+	closed := make(chan struct{})
+	ipc.SetDetachDupHook(server, func() {
+		go func() { server.Close(); close(closed) }()
+		deadline := time.Now().Add(waitTimeout)
+		for !ipc.Killed(server) {
+			if time.Now().After(deadline) {
+				t.Errorf("Close did not start within %v", waitTimeout)
+				return
+			}
+			runtime.Gosched()
+		}
+	})
+	f, sess, err := server.Detach(ctx)
+	if err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	recv(t, closed, "the racing Close")
+	s2, err := ipc.Resume(f, sess, ipc.ConnConfig{Name: "s2", Handler: echoServer("s2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if r, err := client.Call(ctx, wire.TypeMessage, []byte("x"), nil); err != nil || string(r) != "s2:x" {
+		t.Fatalf("after a detach raced by Close: %q, %v", r, err)
+	}
+}

@@ -84,13 +84,14 @@ func newSock(fd int, poll bool, idle time.Duration, detachable bool) (*sock, err
 
 func (s *sock) setup(poll bool) error {
 	if !poll {
+		// Both timeouts are set, none (0) included: they belong to the
+		// socket, not to this descriptor, and one that a previous owner
+		// left (a detached Conn's detachTick, an inherited socket's) would
+		// end a read(2) that should wait, and be taken for idleness.
 		if err := setSendTimeout(s.fd, writeSlice); err != nil {
 			return err
 		}
-		if d := s.bgTimeout(); d > 0 {
-			return setRecvTimeout(s.fd, d)
-		}
-		return nil
+		return setRecvTimeout(s.fd, s.bgTimeout())
 	}
 	if err := unix.SetNonblock(s.fd, true); err != nil {
 		return os.NewSyscallError("fcntl", err)
@@ -238,6 +239,11 @@ func (s *sock) closedByUs() bool {
 func (s *sock) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closeLocked()
+}
+
+// closeLocked is close with mu held.
+func (s *sock) closeLocked() {
 	if s.fd < 0 {
 		return
 	}
