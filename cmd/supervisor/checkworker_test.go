@@ -4,7 +4,9 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -134,14 +136,40 @@ var allChecks = []string{
 
 var v2Checks = []string{"CANCEL of an unknown id is ignored", "CANCEL of an in-flight MESSAGE: exactly one reply", "violation: CANCEL with a payload"}
 
+// checkStepWait bounds the wait for each check's result. check-worker
+// bounds every step of a check (a worker's start and hello, a reply, an
+// exit) by its --timeout, 10 s by default, and a check has at most four
+// steps; it prints each result as soon as its check is over. So the test
+// waits for the run one check at a time, for as long as checks keep
+// coming, rather than for the whole run (how long that takes depends on
+// how many checks there are and on the machine).
+const checkStepWait = 4*conformance.DefaultTimeout + cliWait
+
 // checkWorkerJSON runs check-worker --json on cmd, wants exit status
-// code, and returns the results by check (no check twice).
+// code, and returns the results by check (no check twice). It reads the
+// results as they come, one line each, waiting checkStepWait for each.
 func checkWorkerJSON(t *testing.T, code int, cmd ...string) map[string]conformance.Result {
 	t.Helper()
-	r := cliWant(t, code, cliOpts{}, append([]string{"check-worker", "--json", "--quiet", "--"}, cmd...)...)
+	args := append([]string{"check-worker", "--json", "--quiet", "--"}, cmd...)
+	p := testutil.StartProcess(t, cliCommand(t, cliOpts{}, args...))
+	var lines []string
+	for len(lines) == 0 || lines[len(lines)-1] != "]" {
+		lines = append(lines, p.Line(t, checkStepWait))
+	}
+	err := p.Wait(t, cliWait) // it exits once the last line is out
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("supervisor %q: %v", args, err)
+	}
+	if p.ExitCode() != code {
+		t.Fatalf("supervisor %q: want exit %d, got %d\n%s", args, code, p.ExitCode(), p.Output())
+	}
 	var results []conformance.Result
-	if err := json.Unmarshal([]byte(r.stdout), &results); err != nil {
-		t.Fatalf("check-worker --json: %v\n%s", err, r)
+	if err := json.Unmarshal([]byte(p.Stdout.String()), &results); err != nil {
+		t.Fatalf("check-worker --json: %v\n%s", err, p.Output())
+	}
+	if len(results) != len(lines)-2 {
+		t.Errorf("check-worker --json: %d results on %d lines, want one a line between [ and ]\n%s", len(results), len(lines), p.Output())
 	}
 	byName := map[string]conformance.Result{}
 	for _, res := range results {
