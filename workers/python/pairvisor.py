@@ -92,6 +92,7 @@ import datetime
 import enum
 import errno
 import array
+import fcntl
 import inspect
 import json
 import logging
@@ -101,6 +102,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -735,6 +737,7 @@ _RECV_BUF = 64 << 10
 _WRITE_BATCH_BYTES = 256 << 10  # frames coalesced into one sendmsg
 _WRITE_BATCH_IOVS = 64
 _CLOSE_FLUSH = 1.0  # seconds without progress after which the frames queued at a close are dropped
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # bytes not yet taken by the peer (Linux: SIOCOUTQ)
 _JOIN_SLICE = 0.25  # seconds between two looks at a flushing writer's progress
 _PAYLOAD_LIKE = (bytes, bytearray, memoryview)
 
@@ -895,10 +898,15 @@ class _Writer:
     reading) only once it has taken none for ``write_timeout`` seconds,
     whatever the size of the frame or how long it has been queued. A peer
     that reads a megabyte reply a few kilobytes at a time on a loaded
-    machine is slow, not stalled, and gets it whole. ``sent`` counts the
-    bytes written so far (the progress others watch: the budgets' waits,
-    a stopping worker handing a client back). What is queued stays
-    bounded by the connection's budgets (max_buffered).
+    machine is slow, not stalled, and gets it whole. Progress is what
+    :meth:`taken` counts: the bytes written, less those still in our
+    socket's send queue, so the peer's reads are seen even while the
+    kernel does not wake the writer (it does so only once most of the
+    buffer is free); others watch it too (the budgets' waits, a stopping
+    worker handing a client back). A wait looks at it when the stall
+    bound would end it, so a peer that stops reading is cut off within
+    twice ``write_timeout``. What is queued stays bounded by the
+    connection's budgets (max_buffered).
 
     It ends when the connection's teardown stops it: at once (queued
     frames are dropped) or after flushing what is queued, for as long as
@@ -966,15 +974,28 @@ class _Writer:
         t = self._thread
         if t is threading.current_thread():
             return not t.is_alive()
-        seen, last = self.sent, time.monotonic()
+        seen, last = self.taken(), time.monotonic()
         while t.is_alive():
             now = time.monotonic()
-            if self.sent != seen:
-                seen, last = self.sent, now
+            if self.taken() != seen:
+                seen, last = self.taken(), now
             elif now - last >= stall:
                 break
             t.join(min(last + stall - now, _JOIN_SLICE))
         return not t.is_alive()
+
+    def taken(self) -> int:
+        """Bytes the peer has taken from us: written, less those still in
+        the socket's send queue (SIOCOUTQ, which the kernel counts a
+        buffer at a time, with overhead: compare two readings, do not
+        subtract them). It changes whenever the peer reads or we write.
+        Any thread."""
+        try:
+            q = array.array("i", [0])
+            fcntl.ioctl(self._sock.fileno(), _SIOCOUTQ, q, True)
+            return self.sent - q[0]
+        except (OSError, ValueError, TypeError):  # closed, or no SIOCOUTQ here
+            return self.sent
 
     def _stall(self) -> float:
         """How long the peer may take no byte before we give up on it."""
@@ -993,12 +1014,17 @@ class _Writer:
         anc: List[Tuple[int, int, bytes]] = []
         if fds:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        last = time.monotonic()  # when the peer last took a byte (or we began)
+        last = time.monotonic()  # when the peer was last seen taking bytes (or we began)
+        seen = self.taken()
         while bufs:
             try:
                 n = self._sock.sendmsg(bufs, anc, socket.MSG_DONTWAIT | _MSG_NOSIGNAL)
             except (BlockingIOError, InterruptedError):
-                left = last + self._stall() - time.monotonic()
+                now = time.monotonic()
+                left = last + self._stall() - now
+                if left <= 0 and self.taken() != seen:
+                    seen, last = self.taken(), now  # it reads, slowly: wait on
+                    left = self._stall()
                 if left <= 0:
                     raise _Stalled() from None
                 if poller is None:
@@ -1009,7 +1035,7 @@ class _Writer:
             if n > 0:
                 anc = []  # the descriptors went with the first byte
                 self.sent += n
-                last = time.monotonic()
+                seen, last = self.taken(), time.monotonic()
             while n and bufs:
                 if n >= len(bufs[0]):
                     n -= len(bufs[0])
@@ -1681,7 +1707,7 @@ class _Conn:
         else:
             self._reader = _Reader(sock, max_files=max_files)
         self._writer = _Writer(self, sock, write_timeout)
-        progress = lambda: self._writer.sent  # noqa: E731; the peer taking our bytes
+        progress = self._writer.taken  # the peer taking our bytes
         self._held = _Budget(max_buffered, progress)  # bytes held for the peer
         self._outgoing = _Budget(max_buffered, progress)  # our requests queued
         self._cancels = _Budget(MAX_QUEUED_CANCELS * HEADER_SIZE)  # our CANCEL frames queued
@@ -2240,7 +2266,7 @@ class _Conn:
     def _detach_wait(self, limit: float) -> threading.Timer:
         """A timer for the next limit seconds of a detach's wait (under
         self._lock; the caller starts it)."""
-        t = threading.Timer(limit, self._detach_overdue, args=(limit, self._writer.sent))
+        t = threading.Timer(limit, self._detach_overdue, args=(limit, self._writer.taken()))
         t.daemon = True
         return t
 
@@ -2251,7 +2277,7 @@ class _Conn:
         with self._lock:
             if self._reason is not None or self._detach_timer is None:
                 return
-            moving = self._writer.sent != seen
+            moving = self._writer.taken() != seen
             if moving:
                 t = self._detach_timer = self._detach_wait(limit)
         if moving:
