@@ -185,7 +185,10 @@ func TestPythonWorkerRun(t *testing.T) {
 	t.Parallel()
 	py := testutil.RequireTool(t, "python3")
 	dir, script := pyWorkerCopy(t)
-	run, sock, pids := startRun(t, 2, "--ping-interval", "100ms", "--log-json", "--", py, script)
+	// The supervisor forwards: messages are spread over the workers and
+	// it cancels its calls to them. (A client handed over to one worker,
+	// the default, is TestPythonWorkerHandoff's.)
+	run, sock, pids := startRun(t, 2, "--handoff=false", "--ping-interval", "100ms", "--log-json", "--", py, script)
 	seen := slices.Clone(pids) // every worker pid of the run, for the final check
 	for _, pid := range pids {
 		if !cmdlineHas(pid, script) {
