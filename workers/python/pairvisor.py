@@ -758,8 +758,8 @@ class _Budget:
     A wait ends with room (True), when the peer has made no progress for
     ``stall`` seconds (False: the peer is not reading), or when the budget
     is closed (ConnectionClosed). Progress is a release, or, with
-    ``progress`` (a counter of bytes the peer has taken from us: the
-    writer's ``sent``), the counter moving: a large reply going out
+    ``progress`` (a counter of the bytes the peer has taken from us:
+    ``_Writer.taken``), the counter moving: a large reply going out
     slowly releases nothing until its end, but its peer is slow, not
     stalled. The counter is looked at when the wait would end, so a
     stalled peer is noticed within twice ``stall``. A take larger than
@@ -968,8 +968,8 @@ class _Writer:
             self._cond.notify()
 
     def join(self, stall: float) -> bool:
-        """Wait for the thread's end for as long as it makes progress:
-        give up once it has written nothing for stall seconds. Return
+        """Wait for the thread's end for as long as the peer takes our
+        bytes: give up once it has taken none for stall seconds. Return
         whether it has ended."""
         t = self._thread
         if t is threading.current_thread():
