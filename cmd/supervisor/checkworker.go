@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -41,36 +42,56 @@ func checkWorkerCmd(args []string, stdout, stderr io.Writer) int {
 	if !quiet {
 		cfg.Stderr = func(check, line string) { fmt.Fprintf(stderr, "  worker (%s) | %s\n", check, printable(line)) }
 	}
-	results := conformance.Run(context.Background(), cfg)
-	failed := 0
-	for _, r := range results {
+	// Each result is printed as soon as its check is over: a run takes
+	// one Timeout-bounded step after another, and whoever watches it
+	// (a user, a test) sees it go on. The JSON output is still one
+	// array, one result per line.
+	n, failed := 0, 0
+	cfg.Progress = func(r conformance.Result) {
 		if !r.Pass && !r.Skip {
 			failed++
 		}
-	}
-	if asJSON {
-		writeJSON(stdout, results)
-	} else {
-		for _, r := range results {
-			mark := "PASS"
-			switch {
-			case r.Skip:
-				mark = "SKIP"
-			case !r.Pass:
-				mark = "FAIL"
+		if asJSON {
+			sep := ","
+			if n == 0 {
+				sep = "["
 			}
-			line := mark + "  " + r.Check
-			if r.Detail != "" {
-				line += ": " + printable(r.Detail)
-			}
-			fmt.Fprintln(stdout, line)
+			b, _ := json.Marshal(r)
+			fmt.Fprintf(stdout, "%s\n%s", sep, b)
+		} else {
+			fmt.Fprintln(stdout, resultLine(r))
 		}
-		fmt.Fprintf(stdout, "%d checks, %d failed\n", len(results), failed)
+		n++
+	}
+	conformance.Run(context.Background(), cfg)
+	if asJSON {
+		if n == 0 {
+			fmt.Fprint(stdout, "[")
+		}
+		fmt.Fprint(stdout, "\n]\n")
+	} else {
+		fmt.Fprintf(stdout, "%d checks, %d failed\n", n, failed)
 	}
 	if failed > 0 {
 		return exitFail
 	}
 	return exitOK
+}
+
+// resultLine is the line check-worker prints for r.
+func resultLine(r conformance.Result) string {
+	mark := "PASS"
+	switch {
+	case r.Skip:
+		mark = "SKIP"
+	case !r.Pass:
+		mark = "FAIL"
+	}
+	line := mark + "  " + r.Check
+	if r.Detail != "" {
+		line += ": " + printable(r.Detail)
+	}
+	return line
 }
 
 // printable returns s as is if it holds no control character, else

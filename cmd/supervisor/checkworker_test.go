@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/pairvisor/pairvisor/internal/conformance"
 	"github.com/pairvisor/pairvisor/internal/testutil"
@@ -137,30 +136,40 @@ var allChecks = []string{
 
 var v2Checks = []string{"CANCEL of an unknown id is ignored", "CANCEL of an in-flight MESSAGE: exactly one reply", "violation: CANCEL with a payload"}
 
+// checkStepWait bounds the wait for each check's result. check-worker
+// bounds every step of a check (a worker's start and hello, a reply, an
+// exit) by its --timeout, 10 s by default, and a check has at most four
+// steps; it prints each result as soon as its check is over. So the test
+// waits for the run one check at a time, for as long as checks keep
+// coming, rather than for the whole run (how long that takes depends on
+// how many checks there are and on the machine).
+const checkStepWait = 4*conformance.DefaultTimeout + cliWait
+
 // checkWorkerJSON runs check-worker --json on cmd, wants exit status
-// code, and returns the results by check (no check twice).
+// code, and returns the results by check (no check twice). It reads the
+// results as they come, one line each, waiting checkStepWait for each.
 func checkWorkerJSON(t *testing.T, code int, cmd ...string) map[string]conformance.Result {
 	t.Helper()
-	// check-worker starts a worker for nearly every check (twenty-odd
-	// Python or race-enabled processes), each step bounded by its own
-	// --timeout: one fixed bound for the whole run fails on two busy
-	// cores (it did, at cliWait). Bounded by progress instead: every
-	// check's worker logs (at debug: "ready", a violation, its end),
-	// and without --quiet each line it logs reaches our stderr.
-	args := append([]string{"check-worker", "--json", "--"}, cmd...)
-	p := cliStartOpts(t, cliOpts{}, args...)
-	start := time.Now()
+	args := append([]string{"check-worker", "--json", "--quiet", "--"}, cmd...)
+	p := testutil.StartProcess(t, cliCommand(t, cliOpts{}, args...))
+	var lines []string
+	for len(lines) == 0 || lines[len(lines)-1] != "]" {
+		lines = append(lines, p.Line(t, checkStepWait))
+	}
+	err := p.Wait(t, cliWait) // it exits once the last line is out
 	var ee *exec.ExitError
-	if err := p.WaitWhile(t, cliWait, p.Stderr.Len); err != nil && !errors.As(err, &ee) {
+	if err != nil && !errors.As(err, &ee) {
 		t.Fatalf("supervisor %q: %v", args, err)
 	}
-	r := cliResult{code: p.ExitCode(), stdout: p.Stdout.String(), stderr: p.Stderr.String(), elapsed: time.Since(start)}
-	if r.code != code {
-		t.Fatalf("supervisor %q: want exit %d, got %s", args, code, r)
+	if p.ExitCode() != code {
+		t.Fatalf("supervisor %q: want exit %d, got %d\n%s", args, code, p.ExitCode(), p.Output())
 	}
 	var results []conformance.Result
-	if err := json.Unmarshal([]byte(r.stdout), &results); err != nil {
-		t.Fatalf("check-worker --json: %v\n%s", err, r)
+	if err := json.Unmarshal([]byte(p.Stdout.String()), &results); err != nil {
+		t.Fatalf("check-worker --json: %v\n%s", err, p.Output())
+	}
+	if len(results) != len(lines)-2 {
+		t.Errorf("check-worker --json: %d results on %d lines, want one a line between [ and ]\n%s", len(results), len(lines), p.Output())
 	}
 	byName := map[string]conformance.Result{}
 	for _, res := range results {

@@ -31,8 +31,12 @@ import (
 // suite, Python workers supervised by the real CLI, and the Python
 // client against the CLI's socket.
 
-// pythonSuiteWait bounds the Python suite (about 5 s on its own).
-const pythonSuiteWait = 3 * time.Minute
+// pythonTestWait bounds the wait for each line of the Python suite's
+// verbose report, a test's at least: every wait in the suite is bounded
+// by 20 s (WAIT in test_pairvisor.py), a test has a few. The suite is
+// waited for one test at a time, for as long as tests keep passing,
+// not for its whole run (which depends on how many tests there are).
+const pythonTestWait = 2 * time.Minute
 
 // pythonDir returns the absolute path of workers/python.
 func pythonDir(tb testing.TB) string {
@@ -59,16 +63,26 @@ func pythonEnv() []string {
 func TestPythonUnittest(t *testing.T) {
 	t.Parallel()
 	py := testutil.RequireTool(t, "python3")
-	cmd := exec.Command(py, "-m", "unittest", "-v")
+	// unittest reports on stderr, a line a test with -v; the report
+	// goes to stdout, where the test reads it line by line.
+	sh := testutil.RequireTool(t, "sh")
+	cmd := exec.Command(sh, "-c", `exec "$0" -u -m unittest -v 2>&1`, py)
 	cmd.Dir = pythonDir(t)
 	cmd.Env = pythonEnv()
 	p := testutil.StartProcess(t, cmd)
-	if err := p.Wait(t, pythonSuiteWait); err != nil {
+	for ran := false; ; {
+		line := p.Line(t, pythonTestWait)
+		if strings.HasPrefix(line, "Ran ") {
+			ran = true
+		} else if ran && (line == "OK" || strings.HasPrefix(line, "OK (") || strings.HasPrefix(line, "FAILED")) {
+			break
+		}
+	}
+	if err := p.Wait(t, cliWait); err != nil {
 		t.Fatalf("python3 -m unittest: %v\n%s", err, p.Output())
 	}
-	// unittest reports on stderr: "Ran N tests" and "OK" (maybe with
-	// skips), never a run of nothing.
-	out := p.Stderr.String()
+	// "Ran N tests" and "OK" (maybe with skips), never a run of nothing.
+	out := p.Stdout.String()
 	m := regexp.MustCompile(`(?m)^Ran (\d+) tests? in `).FindStringSubmatch(out)
 	if m == nil || m[1] == "0" || !regexp.MustCompile(`(?m)^OK( \(skipped=\d+\))?$`).MatchString(out) {
 		t.Fatalf("python3 -m unittest did not report a passing run:\n%s", p.Output())
@@ -171,9 +185,9 @@ func TestPythonWorkerRun(t *testing.T) {
 	t.Parallel()
 	py := testutil.RequireTool(t, "python3")
 	dir, script := pyWorkerCopy(t)
-	// Forwarding (--handoff=false): the supervisor keeps the client and
-	// spreads its requests over the workers, and cancels travel the
-	// channel. Handed-over Python clients: TestPythonWorkerHandoff.
+	// The supervisor forwards: messages are spread over the workers and
+	// it cancels its calls to them. (A client handed over to one worker,
+	// the default, is TestPythonWorkerHandoff's.)
 	run, sock, pids := startRun(t, 2, "--handoff=false", "--ping-interval", "100ms", "--log-json", "--", py, script)
 	seen := slices.Clone(pids) // every worker pid of the run, for the final check
 	for _, pid := range pids {

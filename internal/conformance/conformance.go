@@ -47,6 +47,12 @@ type Config struct {
 	// Stderr, if set, receives each line the workers write to stderr or
 	// stdout, with the check that was running.
 	Stderr func(check, line string)
+	// Progress, if set, receives each Result as soon as its check is
+	// over, in order, from the goroutine that called Run (Run returns
+	// them all too). A run is a sequence of checks, each of whose steps
+	// Timeout bounds, so a report can show the run going on, and a
+	// caller can bound its wait per check rather than for the whole run.
+	Progress func(Result)
 }
 
 // Result is the outcome of one check.
@@ -115,7 +121,12 @@ func (c *checker) skipV1(name string) bool {
 	return true
 }
 
-func (c *checker) add(r Result) { c.results = append(c.results, r) }
+func (c *checker) add(r Result) {
+	c.results = append(c.results, r)
+	if c.cfg.Progress != nil {
+		c.cfg.Progress(r)
+	}
+}
 
 func (c *checker) pass(name, detail string) { c.add(Result{Check: name, Pass: true, Detail: detail}) }
 

@@ -39,19 +39,26 @@ How a connection works (both sides share it, class ``_Conn``):
   is read and dropped). It never writes to the socket.
 * The **writer** thread is the only one that writes. Every frame (our
   hello, pongs, echoes, handler replies, errors, our requests) is queued
-  to it and written whole, in order, with non-blocking ``sendmsg`` calls
-  and a deadline. Because the reader never waits for a write, a peer that
-  sends large requests and only reads our replies once it has written
-  them cannot deadlock against us.
+  to it and written whole, in order, with non-blocking ``sendmsg`` calls.
+  Because the reader never waits for a write, a peer that sends large
+  requests and only reads our replies once it has written them cannot
+  deadlock against us.
 * **Bounds.** What the connection holds on the peer's behalf (request
   payloads given to handlers until their reply is written, and every reply
   queued) is counted against ``max_buffered`` bytes; when the bound is
-  reached the reader stops reading, which pushes back on the peer. If
-  nothing is written for ``write_timeout`` seconds the peer is not reading
-  its replies and the connection is closed (as the Go implementation
-  does). At most ``max_concurrent`` MESSAGE requests run at once; more are
-  refused with ``UNAVAILABLE``. Our own requests (``Client.call``) are
-  bounded likewise, and their callers wait for room.
+  reached the reader stops reading, which pushes back on the peer. At
+  most ``max_concurrent`` MESSAGE requests run at once; more are refused
+  with ``UNAVAILABLE``. Our own requests (``Client.call``) are bounded
+  likewise, and their callers wait for room.
+* **Stalls are judged on progress.** If the peer takes *no byte* of what
+  we write for ``write_timeout`` seconds it is not reading its replies
+  and the connection is closed (noticed within twice that), as the Go
+  implementation does (``ipc.ConnConfig.WriteTimeout``). A peer that
+  takes any byte within ``write_timeout`` keeps its connection, however
+  large the reply and however long it has been queued: a client or
+  supervisor on a loaded machine reading a megabyte a few kilobytes at a
+  time is slow, not stalled. This holds for the channel to the
+  supervisor and for handed-over clients alike.
 * **Ownership.** The reader owns the socket: it closes it once, after the
   writer thread has ended, when the stream ends (EOF, a protocol
   violation, or a close requested by another thread, which shuts the
@@ -85,6 +92,7 @@ import datetime
 import enum
 import errno
 import array
+import fcntl
 import inspect
 import json
 import logging
@@ -94,6 +102,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -727,7 +736,9 @@ _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _RECV_BUF = 64 << 10
 _WRITE_BATCH_BYTES = 256 << 10  # frames coalesced into one sendmsg
 _WRITE_BATCH_IOVS = 64
-_CLOSE_FLUSH = 1.0  # seconds to flush a last ERROR frame before closing
+_CLOSE_FLUSH = 1.0  # seconds without progress after which the frames queued at a close are dropped
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # bytes not yet taken by the peer (Linux: SIOCOUTQ)
+_JOIN_SLICE = 0.25  # seconds between two looks at a flushing writer's progress
 _PAYLOAD_LIKE = (bytes, bytearray, memoryview)
 
 
@@ -738,20 +749,26 @@ def _byteview(x: Any) -> memoryview:
 
 
 class _Stalled(Exception):
-    """A frame could not be written before its deadline."""
+    """The peer took no byte of a frame for the stall bound."""
 
 
 class _Budget:
     """Bytes held, with a bound. Whoever takes bytes waits for room.
 
-    A wait ends with room (True), when nothing has been released for
+    A wait ends with room (True), when the peer has made no progress for
     ``stall`` seconds (False: the peer is not reading), or when the budget
-    is closed (ConnectionClosed). A take larger than the limit succeeds
-    when nothing else is held.
+    is closed (ConnectionClosed). Progress is a release, or, with
+    ``progress`` (a counter of the bytes the peer has taken from us:
+    ``_Writer.taken``), the counter moving: a large reply going out
+    slowly releases nothing until its end, but its peer is slow, not
+    stalled. The counter is looked at when the wait would end, so a
+    stalled peer is noticed within twice ``stall``. A take larger than
+    the limit succeeds when nothing else is held.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, progress: Optional[Callable[[], int]] = None) -> None:
         self._limit = limit
+        self._progress = progress
         self._cond = threading.Condition(threading.Lock())
         self._held = 0
         self._releases = 0
@@ -759,13 +776,17 @@ class _Budget:
         self.peak = 0
 
     def take(self, n: int, stall: float, deadline: Optional[float] = None) -> bool:
+        progress = self._progress
         with self._cond:
             seen = self._releases
+            moved = progress() if progress is not None else 0
             until = time.monotonic() + stall
             while self._closed is None and self._held and self._held + n > self._limit:
                 now = time.monotonic()
                 if self._releases != seen:
                     seen, until = self._releases, now + stall
+                if now >= until and progress is not None and progress() != moved:
+                    moved, until = progress(), now + stall  # slow, not stalled
                 end = until if deadline is None else min(until, deadline)
                 if now >= end:
                     return False
@@ -838,9 +859,11 @@ def _dup_files(files: Iterable[Any]) -> List[int]:
 class _Out:
     """A frame queued for the writer. fds, if any, are ours (duplicates),
     sent with the frame's first byte and closed once it is written or
-    dropped."""
+    dropped. A frame has no deadline of its own: the writer gives up on
+    the peer only once it has taken no byte for the write timeout,
+    however long the frame has been queued (see _Writer)."""
 
-    __slots__ = ("header", "payload", "cost", "budget", "deadline", "on_sent", "fds")
+    __slots__ = ("header", "payload", "cost", "budget", "on_sent", "fds")
 
     def __init__(
         self,
@@ -848,7 +871,6 @@ class _Out:
         payload: Any,
         cost: int,
         budget: Optional[_Budget],
-        deadline: float,
         on_sent: Optional[Callable[[], None]],
         fds: Optional[List[int]] = None,
     ) -> None:
@@ -856,7 +878,6 @@ class _Out:
         self.payload = payload
         self.cost = cost
         self.budget = budget
-        self.deadline = deadline
         self.on_sent = on_sent
         self.fds = fds
 
@@ -868,47 +889,31 @@ class _Out:
             _close_fds(self.fds)
 
 
-def _send_all(sock: socket.socket, bufs: List[memoryview], deadline: float, fds: Optional[List[int]] = None) -> None:
-    """Write bufs whole with non-blocking sendmsg calls, waiting for room
-    until deadline; raise _Stalled past it, OSError on failure. fds go
-    with the first byte (SCM_RIGHTS): the kernel takes its own reference
-    then, and the caller still closes them."""
-    fd = sock.fileno()
-    poller = None
-    anc: List[Tuple[int, int, bytes]] = []
-    if fds:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-    while bufs:
-        try:
-            n = sock.sendmsg(bufs, anc, socket.MSG_DONTWAIT | _MSG_NOSIGNAL)
-        except (BlockingIOError, InterruptedError):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Stalled() from None
-            if poller is None:
-                poller = select.poll()
-                poller.register(fd, select.POLLOUT)
-            poller.poll(max(1, min(int(left * 1000) + 1, 1000)))
-            continue
-        if n > 0:
-            anc = []  # the descriptors went with the first byte
-        while n and bufs:
-            if n >= len(bufs[0]):
-                n -= len(bufs[0])
-                bufs.pop(0)
-            else:
-                bufs[0] = bufs[0][n:]
-                n = 0
-
-
 class _Writer:
     """The one thread that writes to the socket (see the module doc).
 
+    Stalls are judged on progress, as Go's ipc.Conn judges them: the
+    writer waits for room in the socket buffer for as long as the peer
+    takes bytes, and gives up (closing the connection: the peer is not
+    reading) only once it has taken none for ``write_timeout`` seconds,
+    whatever the size of the frame or how long it has been queued. A peer
+    that reads a megabyte reply a few kilobytes at a time on a loaded
+    machine is slow, not stalled, and gets it whole. Progress is what
+    :meth:`taken` counts: the bytes written, less those still in our
+    socket's send queue, so the peer's reads are seen even while the
+    kernel does not wake the writer (it does so only once most of the
+    buffer is free); others watch it too (the budgets' waits, a stopping
+    worker handing a client back). A wait looks at it when the stall
+    bound would end it, so a peer that stops reading is cut off within
+    twice ``write_timeout``. What is queued stays bounded by the
+    connection's budgets (max_buffered).
+
     It ends when the connection's teardown stops it: at once (queued
-    frames are dropped) or after flushing what is queued, within a
-    deadline. Every queued frame's bytes are released from its budget
-    once it is written or dropped, and its descriptors closed. A frame
-    with descriptors always starts a sendmsg of its own.
+    frames are dropped) or after flushing what is queued, for as long as
+    the peer takes some of it within the flush's stall bound. Every
+    queued frame's bytes are released from its budget once it is written
+    or dropped, and its descriptors closed. A frame with descriptors
+    always starts a sendmsg of its own.
     """
 
     def __init__(self, conn: "_Conn", sock: socket.socket, write_timeout: float) -> None:
@@ -918,8 +923,9 @@ class _Writer:
         self._cond = threading.Condition(threading.Lock())
         self._q: Deque[_Out] = collections.deque()
         self._stop = False
-        self._flush_until: Optional[float] = None
+        self._flush: Optional[float] = None  # stopped with a flush: its stall bound
         self._broken = False
+        self.sent = 0  # bytes written; the writer thread's alone to change
         self._thread = threading.Thread(target=self._run, name="pairvisor-writer", daemon=True)
 
     def start(self) -> None:
@@ -941,7 +947,7 @@ class _Writer:
     ) -> bool:
         """Queue a frame; return False (and release cost, close fds) once
         stopped."""
-        o = _Out(header, payload, cost, budget, time.monotonic() + self._timeout, on_sent, fds)
+        o = _Out(header, payload, cost, budget, on_sent, fds)
         with self._cond:
             if not self._stop:
                 self._q.append(o)
@@ -951,20 +957,92 @@ class _Writer:
         return False
 
     def stop(self, flush: float = 0.0) -> None:
-        """Stop taking frames. With flush > 0, write what is queued for up
-        to flush seconds first (an earlier flush's deadline stands); else
+        """Stop taking frames. With flush > 0, write what is queued first,
+        giving up once the peer has taken nothing for flush seconds (or
+        write_timeout, if shorter; an earlier flush's bound stands); else
         drop it."""
         with self._cond:
             self._stop = True
-            if flush > 0 and self._flush_until is None:
-                self._flush_until = time.monotonic() + flush
+            if flush > 0 and self._flush is None:
+                self._flush = flush
             self._cond.notify()
 
-    def join(self, timeout: float) -> bool:
-        """Wait for the thread's end; return whether it has ended."""
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+    def join(self, stall: float) -> bool:
+        """Wait for the thread's end for as long as the peer takes our
+        bytes: give up once it has taken none for stall seconds. Return
+        whether it has ended."""
+        t = self._thread
+        if t is threading.current_thread():
+            return not t.is_alive()
+        seen, last = self.taken(), time.monotonic()
+        while t.is_alive():
+            now = time.monotonic()
+            if self.taken() != seen:
+                seen, last = self.taken(), now
+            elif now - last >= stall:
+                break
+            t.join(min(last + stall - now, _JOIN_SLICE))
+        return not t.is_alive()
+
+    def taken(self) -> int:
+        """Bytes the peer has taken from us: written, less those still in
+        the socket's send queue (SIOCOUTQ, which the kernel counts a
+        buffer at a time, with overhead: compare two readings, do not
+        subtract them). It changes whenever the peer reads or we write.
+        Any thread."""
+        try:
+            q = array.array("i", [0])
+            fcntl.ioctl(self._sock.fileno(), _SIOCOUTQ, q, True)
+            return self.sent - q[0]
+        except (OSError, ValueError, TypeError):  # closed, or no SIOCOUTQ here
+            return self.sent
+
+    def _stall(self) -> float:
+        """How long the peer may take no byte before we give up on it."""
+        flush = self._flush
+        return self._timeout if flush is None else min(self._timeout, flush)
+
+    def _send(self, bufs: List[memoryview], fds: Optional[List[int]]) -> None:
+        """Write bufs whole with non-blocking sendmsg calls, waiting for
+        room for as long as the peer takes bytes: raise _Stalled once it
+        has taken none for the stall bound since the first call or the
+        last byte, OSError on failure. fds go with the first byte
+        (SCM_RIGHTS): the kernel takes its own reference then, and the
+        caller still closes them."""
+        fd = self._sock.fileno()
+        poller = None
+        anc: List[Tuple[int, int, bytes]] = []
+        if fds:
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        last = time.monotonic()  # when the peer was last seen taking bytes (or we began)
+        seen = self.taken()
+        while bufs:
+            try:
+                n = self._sock.sendmsg(bufs, anc, socket.MSG_DONTWAIT | _MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                now = time.monotonic()
+                left = last + self._stall() - now
+                if left <= 0 and self.taken() != seen:
+                    seen, last = self.taken(), now  # it reads, slowly: wait on
+                    left = self._stall()
+                if left <= 0:
+                    raise _Stalled() from None
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(fd, select.POLLOUT)
+                poller.poll(max(1, min(int(left * 1000) + 1, 1000)))
+                continue
+            if n > 0:
+                anc = []  # the descriptors went with the first byte
+                self.sent += n
+                seen, last = self.taken(), time.monotonic()
+            while n and bufs:
+                if n >= len(bufs[0]):
+                    n -= len(bufs[0])
+                    bufs.pop(0)
+                else:
+                    bufs[0] = bufs[0][n:]
+                    n = 0
 
     def _run(self) -> None:
         try:
@@ -982,7 +1060,7 @@ class _Writer:
             with self._cond:
                 while not self._q and not self._stop:
                     self._cond.wait()
-                if not self._q or (self._stop and self._flush_until is None):
+                if not self._q or (self._stop and self._flush is None):
                     return
                 batch = [self._q.popleft()]
                 size = len(batch[0].header) + len(batch[0].payload)
@@ -990,21 +1068,20 @@ class _Writer:
                     o = self._q.popleft()
                     batch.append(o)
                     size += len(o.header) + len(o.payload)
-                flush_until = self._flush_until
+                flushing = self._flush is not None
             if not self._broken:
                 bufs: List[memoryview] = []
                 for o in batch:
                     bufs.append(memoryview(o.header))
                     if len(o.payload):
                         bufs.append(memoryview(o.payload))
-                deadline = batch[0].deadline if flush_until is None else min(batch[0].deadline, flush_until)
                 try:
-                    _send_all(self._sock, bufs, deadline, batch[0].fds)
+                    self._send(bufs, batch[0].fds)
                 except _Stalled:
                     self._broken = True
-                    if flush_until is None:
+                    if not flushing:
                         self._conn._abort(
-                            "stalled: the peer is not reading: a frame was not written within %gs" % self._timeout, level=logging.WARNING
+                            "stalled: the peer is not reading: it took no byte of a frame for %gs" % self._timeout, level=logging.WARNING
                         )
                 except OSError as e:
                     self._broken = True
@@ -1016,7 +1093,7 @@ class _Writer:
                         o.on_sent()
                     except Exception:  # a bug of ours; keep writing
                         self._conn._log.exception("pairvisor: callback after a write failed")
-            if self._broken and flush_until is not None:
+            if self._broken and flushing:
                 return
 
 
@@ -1630,8 +1707,9 @@ class _Conn:
         else:
             self._reader = _Reader(sock, max_files=max_files)
         self._writer = _Writer(self, sock, write_timeout)
-        self._held = _Budget(max_buffered)  # bytes held for the peer
-        self._outgoing = _Budget(max_buffered)  # our requests queued
+        progress = self._writer.taken  # the peer taking our bytes
+        self._held = _Budget(max_buffered, progress)  # bytes held for the peer
+        self._outgoing = _Budget(max_buffered, progress)  # our requests queued
         self._cancels = _Budget(MAX_QUEUED_CANCELS * HEADER_SIZE)  # our CANCEL frames queued
         self._pool = _Pool(max_concurrent)
         self._lock = threading.Lock()
@@ -2172,17 +2250,40 @@ class _Conn:
     def request_detach(self, limit: float) -> None:
         """(Any thread.) The worker is stopping: hand the client back
         between two frames, or, if that has not happened within limit
-        seconds, close its connection."""
+        seconds, close its connection. The wait goes on, limit seconds at
+        a time, for as long as the client takes some of our bytes
+        meanwhile (a reply going out slowly is let finish), as Go's
+        worker does."""
         with self._lock:
             if self._detach_req or self._reason is not None or self._wake_w < 0:
                 return
             self._detach_req = True
             self._stopping = True
             os.write(self._wake_w, b"x")  # under the lock: the pipe closes under it too
-            t = threading.Timer(limit, self._abort, args=("not between two frames within %gs of the worker's shutdown: closed" % limit,))
-            t.daemon = True
-            self._detach_timer = t
+            t = self._detach_timer = self._detach_wait(limit)
         t.start()
+
+    def _detach_wait(self, limit: float) -> threading.Timer:
+        """A timer for the next limit seconds of a detach's wait (under
+        self._lock; the caller starts it)."""
+        t = threading.Timer(limit, self._detach_overdue, args=(limit, self._writer.taken()))
+        t.daemon = True
+        return t
+
+    def _detach_overdue(self, limit: float, seen: int) -> None:
+        """(The detach timer.) The client is not back yet: wait on if it
+        took some of our bytes since the timer was set (seen), else
+        close its connection."""
+        with self._lock:
+            if self._reason is not None or self._detach_timer is None:
+                return
+            moving = self._writer.taken() != seen
+            if moving:
+                t = self._detach_timer = self._detach_wait(limit)
+        if moving:
+            t.start()
+            return
+        self._abort("not between two frames within %gs of the worker's shutdown, and taking none of our bytes: closed" % limit)
 
     def _detach(self, here: bool) -> Optional[bytes]:
         """(The reader, stopped between frames.) Answer every request
@@ -2195,7 +2296,7 @@ class _Conn:
             if self._reason is not None:
                 return None
         self._writer.stop(flush=self._write_timeout)
-        ended = self._writer.join(self._write_timeout + 1.0)
+        ended = self._writer.join(self._write_timeout + _JOIN_SLICE)  # while the client takes our bytes
         with self._lock:
             if self._reason is not None or not ended or self._writer.broken:
                 return None
@@ -2265,11 +2366,12 @@ class _Conn:
             p.event.set()
         self._held.close(reason)
         self._outgoing.close(reason)
-        # Frames already queued (replies, a last ERROR) get a short chance
-        # to go out: a peer that only half-closed still reads them, one
-        # that is gone fails the write at once.
+        # Frames already queued (replies, a last ERROR) go out while the
+        # peer takes some of them at least every _CLOSE_FLUSH seconds: a
+        # peer that only half-closed still reads them, one that is gone
+        # fails the write at once.
         self._writer.stop(flush=_CLOSE_FLUSH)
-        self._writer.join(_CLOSE_FLUSH + 1.0)
+        self._writer.join(_CLOSE_FLUSH + _JOIN_SLICE)
         with self._lock:
             if not self._fd_closed:
                 try:

@@ -1994,3 +1994,143 @@ class TestHandoff(_FdLeakCheck):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---------------------------------------------------------------------------
+# Write stalls are judged on progress: a peer that reads slowly keeps its
+# connection, one that stops reading is cut off.
+
+SLOW_CHUNK = 16 << 10  # a slow reader takes this much ...
+SLOW_PACE = 0.02  # ... every this many seconds (its pacing is the point of the tests)
+BIG = 1 << 20  # a reply that takes a slow reader 64 reads, 1.3 s, over four write timeouts
+STALL = 0.3  # the write timeout of these tests
+
+
+def _read_slowly(sock: socket.socket, n: int) -> Tuple[bytes, int]:
+    """Read n bytes SLOW_CHUNK at a time, pausing SLOW_PACE after each
+    read (the pace of a reader on a loaded machine); stop early at EOF.
+    Return what was read and the number of reads."""
+    sock.settimeout(WAIT)
+    got = bytearray()
+    reads = 0
+    while len(got) < n:
+        try:
+            b = sock.recv(min(SLOW_CHUNK, n - len(got)))
+        except ConnectionResetError:
+            b = b""
+        if not b:
+            break
+        got += b
+        reads += 1
+        time.sleep(SLOW_PACE)  # the reader's pacing, not a synchronisation
+    return bytes(got), reads
+
+
+def _read_to_eof(sock: socket.socket) -> int:
+    """Read until EOF (within WAIT seconds); return the bytes read."""
+    sock.settimeout(WAIT)
+    n = 0
+    while True:
+        try:
+            b = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return n
+        if not b:
+            return n
+        n += len(b)
+
+
+def _big_reply(p: bytes, ctx: pv.RequestContext) -> bytes:
+    return p.upper() if p != b"big" else b"R" * BIG
+
+
+class TestWriteStall(_FdLeakCheck):
+    def _channel(self, **kw: Any) -> Tuple[InProcessWorker, Peer]:
+        w = InProcessWorker(handler=_big_reply, handler_ctx=True, write_timeout=STALL, **kw)
+        peer = Peer(w.peer_sock)
+        h, _ = peer.recv()
+        self.assertEqual(h.type, T.HELLO)
+        peer.hello()
+        self.addCleanup(w.peer_sock.close)
+        return w, peer
+
+    def test_slow_supervisor_gets_a_large_reply_whole(self) -> None:
+        # The supervisor's end reads the 1 MiB reply 16 KiB every 20 ms:
+        # over 1 s, while the write timeout is 0.3 s. Behind the reply a
+        # ping waits for room (max_buffered is far below the reply), and
+        # the budget's wait is judged on progress too.
+        w, peer = self._channel(max_buffered=64 << 10)
+        peer.send(T.MESSAGE, b"big", 1)
+        _wait_for("the reply held", lambda: w.conn._held.held >= BIG)
+        peer.send(T.PING, b"behind", 2)  # queued behind the reply, once there is room
+        frame, reads = _read_slowly(peer.sock, HEADER + BIG)
+        self.assertEqual(len(frame), HEADER + BIG, "cut off after %d bytes: %s" % (len(frame), w.conn._reason))
+        self.assertGreaterEqual(reads, BIG // SLOW_CHUNK)  # the reader was slow throughout
+        self.assertEqual(pv.parse_header(frame[:HEADER]), pv.Header(T.MESSAGE, pv.FLAG_REPLY, BIG, 1))
+        self.assertTrue(frame[HEADER:] == b"R" * BIG)
+        self.assertEqual(peer.recv(), (pv.Header(T.PING, pv.FLAG_REPLY, 6, 2), b"behind"))
+        self.assertEqual(peer.call(T.ECHO, b"still open", 3)[1], b"still open")
+        self.assertIsNone(w.conn._reason)
+        w.peer_sock.shutdown(socket.SHUT_WR)
+        w.join(self)
+        self.assertNotIn("stalled", w.reason or "")
+
+    def test_supervisor_that_stops_reading_is_cut_off(self) -> None:
+        w, peer = self._channel()
+        peer.send(T.MESSAGE, b"big", 1)
+        w.thread.join(10.0)  # the outer bound; the verdict is due within 2 x 0.3 s
+        self.assertFalse(w.thread.is_alive(), "a supervisor that reads nothing kept its connection")
+        self.assertIn("stalled", w.reason or "")
+        self.assertLess(_read_to_eof(peer.sock), HEADER + BIG)  # the reply was cut, not finished
+        w.join(self)
+
+    def _client(self) -> Tuple[Handoff, int, socket.socket, socket.socket]:
+        hf = Handoff(self, write_timeout=STALL)
+        id, cli, srv = hf.hand(_established())
+        assert cli is not None
+        srv.close()  # the supervisor's copy: not needed here
+        return hf, id, cli, srv
+
+    def test_slow_client_gets_a_large_reply_whole(self) -> None:
+        hf, id, cli, _ = self._client()
+        cli.sendall(pv.encode_frame(T.MESSAGE, b"x" * BIG, id=1))
+        frame, reads = _read_slowly(cli, HEADER + BIG)
+        self.assertEqual(len(frame), HEADER + BIG, "cut off after %d bytes" % len(frame))
+        self.assertGreaterEqual(reads, BIG // SLOW_CHUNK)
+        self.assertEqual(pv.parse_header(frame[:HEADER]), pv.Header(T.MESSAGE, pv.FLAG_REPLY, BIG, 1))
+        self.assertTrue(frame[HEADER:] == b"X" * BIG)
+        self.assertEqual(Peer(cli).call(T.PING, b"p", 2)[1], b"p")
+        cli.close()
+        self.assertEqual(hf.reply(id), (pv.Header(T.CLIENT, 1, 0, id), b""))  # done, not stalled
+        hf.close()
+
+    def test_client_that_stops_reading_is_cut_off(self) -> None:
+        hf, id, cli, _ = self._client()
+        cli.sendall(pv.encode_frame(T.MESSAGE, b"x" * BIG, id=1))
+        # The outer bound is Peer's WAIT; the verdict is due within 2 x 0.3 s.
+        self.assertEqual(hf.reply(id), (pv.Header(T.CLIENT, 1, 0, id), b""))
+        self.assertLess(_read_to_eof(cli), HEADER + BIG)
+        cli.close()
+        hf.close()
+
+    def test_slow_client_is_handed_back_after_its_reply_at_shutdown(self) -> None:
+        # The worker stops while a client reads a 1 MiB reply slowly: the
+        # hand-back waits (1 s at a time) while the client takes bytes,
+        # and the client goes back with the reply whole.
+        hf, id, cli, _ = self._client()
+        cli.sendall(pv.encode_frame(T.MESSAGE, b"x" * BIG, id=1))
+        clients = hf.w.conn._clients
+        assert clients is not None
+        _wait_for("the reply going out", lambda: any(c._writer.sent > HEADER for c in list(clients._conns)))
+        hf.sup.send(T.SHUTDOWN, b"", 50)
+        frame, reads = _read_slowly(cli, HEADER + BIG)
+        self.assertEqual(len(frame), HEADER + BIG, "cut off after %d bytes" % len(frame))
+        self.assertGreaterEqual(reads, BIG // SLOW_CHUNK)
+        h, p = hf.reply(id)
+        self.assertEqual(pv.parse_client(p).flags, pv.CLIENT_ESTABLISHED | pv.CLIENT_CONTROL)  # handed back, not closed
+        self.assertEqual(hf.sup.recv(), (pv.Header(T.SHUTDOWN, 1, 0, 50), b""))
+        cli.close()
+        hf.close()
+
+
+HEADER = pv.HEADER_SIZE
