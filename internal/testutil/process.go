@@ -118,36 +118,6 @@ func (p *Process) Wait(tb testing.TB, timeout time.Duration) error {
 	return p.err
 }
 
-// WaitWhile is Wait for a process whose run is many steps of work
-// (many children started, many replies awaited), too many for one
-// fixed bound on every machine: it waits for as long as progress keeps
-// changing, and kills the process and fails the test, as Wait does,
-// only when neither its exit nor a change of progress came within
-// timeout. progress is typically the length of the process's output.
-func (p *Process) WaitWhile(tb testing.TB, timeout time.Duration, progress func() int) error {
-	tb.Helper()
-	last := progress()
-	for {
-		select {
-		case <-p.done:
-			return p.err
-		case <-time.After(timeout):
-		}
-		if now := progress(); now != last {
-			last = now
-			continue
-		}
-		p.Cmd.Process.Kill()
-		select {
-		case <-p.done:
-		case <-time.After(ReapWait):
-			tb.Fatalf("process %d %q made no progress within %v, and did not exit after SIGKILL\n%s", p.PID(), p.Cmd.Args, timeout, p.Output())
-		}
-		tb.Errorf("process %d %q neither exited nor made progress within %v; killed (%v)\n%s", p.PID(), p.Cmd.Args, timeout, p.err, p.Output())
-		return p.err
-	}
-}
-
 // WaitOK is Wait that also fails the test, without stopping it, unless
 // the process exited with status 0.
 func (p *Process) WaitOK(tb testing.TB, timeout time.Duration) {
