@@ -324,3 +324,58 @@ func TestSlowReaderNotStalled(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowReaderLargeReply: a handler's large reply (not an echo, so
+// written by the handler's goroutine in one blocking sendmsg before)
+// read steadily but slowly by the peer, with a second reply waiting
+// behind it: the waiter sees the peer's progress (Conn.Sent) at least
+// every sendChunk bytes, so neither reply is cut off as stalled, though
+// the first takes more than twice the WriteTimeout to be read. (The
+// reader reads more often than the socket's 20 ms send slice, so that
+// an uncapped sendmsg would not return before the end.)
+func TestSlowReaderLargeReply(t *testing.T) {
+	t.Parallel()
+	const size, chunk = 8 << 20, 16 << 10
+	big := randBytes(9, size)
+	cfg := ipc.ConnConfig{WriteTimeout: time.Second, Handler: func(_ context.Context, req ipc.Request) ([]byte, error) {
+		if string(req.Payload) == "big" {
+			return big, nil
+		}
+		return []byte("small"), nil
+	}}
+	c, raw := rawPeer(t, cfg)
+	var req []byte
+	req = wire.AppendFrame(req, wire.Header{Type: wire.TypeMessage, ID: 1}, []byte("big"))
+	req = wire.AppendFrame(req, wire.Header{Type: wire.TypeMessage, ID: 2}, []byte("small"))
+	writeRaw(t, raw, req)
+	want := 2*wire.HeaderSize + size + len("small")
+	var got []byte
+	buf := make([]byte, chunk)
+	tick := time.NewTicker(5 * time.Millisecond) // about 3 MB/s: 2.6 s or more for the big reply
+	defer tick.Stop()
+	start := time.Now()
+	for len(got) < want {
+		<-tick.C // pacing the slow reader, not synchronising
+		raw.SetReadDeadline(time.Now().Add(waitTimeout))
+		n, err := raw.Read(buf[:min(chunk, want-len(got))])
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v (Conn: %v)", len(got), want, err, c.Err())
+		}
+		got = append(got, buf[:n]...)
+	}
+	for range 2 {
+		h, err := wire.ParseHeader(got, 0)
+		if err != nil || !h.IsReply() || h.Type != wire.TypeMessage {
+			t.Fatalf("reply %v (%v)", h, err)
+		}
+		p := got[wire.HeaderSize : wire.HeaderSize+int(h.Length)]
+		if h.ID == 1 && !bytes.Equal(p, big) || h.ID == 2 && string(p) != "small" {
+			t.Fatalf("reply %v with %d bytes is not its request's", h, len(p))
+		}
+		got = got[wire.HeaderSize+int(h.Length):]
+	}
+	if err := c.Err(); err != nil {
+		t.Fatalf("Conn closed under a slow reader: %v", err)
+	}
+	t.Logf("read %d bytes in %v with WriteTimeout %v", want, time.Since(start).Round(time.Millisecond), cfg.WriteTimeout)
+}

@@ -344,6 +344,7 @@ type Conn struct {
 	spin     atomic.Bool   // followers: the last reply came quickly (spinWait)
 	received atomic.Uint64 // bytes read from the peer (Received)
 	sent     atomic.Uint64 // bytes written to the peer (Sent; the stall verdicts' progress, write.go)
+	writing  atomic.Int64  // when the sendmsg in progress began (monotonic ns since connStart), 0 if none (Writing; write.go)
 
 	// Bytes held on the peer's behalf (ConnConfig.MaxBuffered; see
 	// budget.go). Only the holder of the read side waits for room.
@@ -552,6 +553,21 @@ func (c *Conn) Received() uint64 { return c.received.Load() }
 // stalled one (WriteTimeout). One atomic load; safe at any time, also
 // after the Conn has closed.
 func (c *Conn) Sent() uint64 { return c.sent.Load() }
+
+// Writing reports whether a write to the peer has been in progress for
+// longer than the socket's send timeout lets a write wait without room
+// (20 ms; Writing allows four times that): such a write is taking
+// bytes. A write on a blocking socket counts its bytes in Sent only when
+// it returns, which it does once the peer stops taking them for that
+// long, but not while the peer keeps reading, however slowly: so a peer
+// whose Sent has not moved is stalled only if Writing is false too.
+func (c *Conn) Writing() bool {
+	since := c.writing.Load()
+	return since != 0 && time.Since(connStart) > time.Duration(since)+4*writeSlice
+}
+
+// connStart is the origin of Conn.writing's monotonic times.
+var connStart = time.Now()
 
 // Done returns a channel that is closed once the Conn has closed, its fd
 // is released and every handler has returned.

@@ -88,8 +88,11 @@ func (c *Conn) unlockW() { <-c.wlock }
 // stallWatch is the stall verdict of one wait for the peer to read
 // (WriteTimeout): the wait is over at deadline only if the peer took
 // none of the Conn's bytes (Conn.sent) since the watch began or was last
-// extended; if it took some, the deadline moves WriteTimeout past the
-// moment this was seen. So a peer is stalled once it has taken nothing
+// extended and no write has been in progress for long (Conn.Writing: a
+// blocking sendmsg counts its bytes only when it returns, and it returns
+// within a writeSlice once the peer stops taking them); otherwise the
+// deadline moves
+// WriteTimeout past the moment this was seen. So a peer is stalled once it has taken nothing
 // for WriteTimeout, which is seen within twice that. Owned by the
 // goroutine that waits.
 type stallWatch struct {
@@ -110,7 +113,7 @@ func (w *stallWatch) stalled() bool {
 	if w.c == nil || time.Now().Before(w.deadline) {
 		return false
 	}
-	if n := w.c.sent.Load(); n != w.seen {
+	if n := w.c.sent.Load(); n != w.seen || w.c.Writing() {
 		w.seen, w.deadline = n, time.Now().Add(w.c.cfg.WriteTimeout)
 		return false
 	}
@@ -196,11 +199,13 @@ func (c *Conn) sendLocked(pat *patience) (res sendResult, started bool, err erro
 	short := pat.slow // a send left part of the frame: the peer reads slowly, if at all
 	for {
 		var n int
+		c.writing.Store(int64(max(time.Since(connStart), 1))) // Writing: a blocking send may take long
 		if short && pat.stall.c != nil {
 			n, err = c.sendCapped(sendChunk)
 		} else {
 			n, err = c.sock.sendmsg(&c.msg)
 		}
+		c.writing.Store(0)
 		if n > 0 {
 			started = true
 			c.sent.Add(uint64(n))

@@ -221,7 +221,7 @@ func detachMoving(ctx context.Context, c *ipc.Conn) (*os.File, ipc.Session, erro
 		dctx, cancel := context.WithTimeout(ctx, clientDetachWait)
 		df, sess, err := c.Detach(dctx)
 		cancel()
-		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || c.Sent() == sent {
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || c.Sent() == sent && !c.Writing() {
 			return df, sess, err
 		}
 	}
