@@ -1633,6 +1633,16 @@ class _Clients:
         return out
 
 
+def _clear_socket_timeouts(sock: socket.socket) -> None:
+    """Sets the socket's SO_RCVTIMEO and SO_SNDTIMEO to none (0)."""
+    zero = struct.pack("@ll", 0, 0)  # struct timeval
+    for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, zero)
+        except OSError:
+            pass
+
+
 class _Conn:
     """One end of a framed connection; see the module doc.
 
@@ -1681,6 +1691,11 @@ class _Conn:
         if max_files == 0:
             max_version = min(max_version, 2)  # version 3 means "I take descriptors"
         sock.setblocking(True)
+        # SO_RCVTIMEO and SO_SNDTIMEO belong to the socket and so to every
+        # copy of its descriptor: a previous holder (a Go worker that served
+        # a handed-over client) may have left a read timeout, which a
+        # blocking read here would take for a dead peer. This Conn uses none.
+        _clear_socket_timeouts(sock)
         self._sock = sock
         self._name = name
         self._role = role

@@ -2134,3 +2134,27 @@ class TestWriteStall(_FdLeakCheck):
 
 
 HEADER = pv.HEADER_SIZE
+
+
+class TestSocketTimeouts(unittest.TestCase):
+    """A Conn clears the socket's send and receive timeouts, which every
+    copy of the descriptor shares: a handed-over client's socket may come
+    with the 100 ms read timeout a Go worker's detachable Conn set."""
+
+    def test_conn_clears_timeouts(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        tick = struct.pack("@ll", 0, 100000)
+        for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            theirs.setsockopt(socket.SOL_SOCKET, opt, tick)
+        copy = socket.socket(fileno=os.dup(theirs.fileno()))  # another holder's copy
+        self.addCleanup(copy.close)
+        log = logging.getLogger("pairvisor.test.timeouts")
+        log.propagate = False
+        log.addHandler(logging.NullHandler())
+        conn = pv._Conn(theirs, name="worker.9", role="worker", handler=lambda p: p, logger=log)
+        self.addCleanup(theirs.close)
+        del conn
+        size = struct.calcsize("@ll")
+        for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self.assertEqual(struct.unpack("@ll", copy.getsockopt(socket.SOL_SOCKET, opt, size)), (0, 0))
