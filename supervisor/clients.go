@@ -53,19 +53,39 @@ type queues struct {
 // else reads or writes these connections while the worker has them, so
 // a hung worker never counts as busy. Moves that cancel out between two
 // samples go unseen: the ping's verdict then stands, as before.
+//
+// The kernel is asked outside l.mu (up to two ioctls per connection,
+// and a worker may serve a thousand), so that hand-offs to the other
+// workers do not wait for it; a connection done meanwhile is skipped
+// (queued on a closed File fails).
 func (l *clientLoad) activity(c channel) uint64 {
+	type sample struct {
+		f       *os.File
+		in, out int
+		ok      bool
+	}
+	l.mu.Lock()
+	samples := make([]sample, 0, len(l.conns[c]))
+	for f := range l.conns[c] {
+		samples = append(samples, sample{f: f})
+	}
+	l.mu.Unlock()
+	for i := range samples {
+		s := &samples[i]
+		s.in, s.out, s.ok = queued(s.f)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	moved := false
-	for f, q := range l.conns[c] {
-		in, out, ok := queued(f)
-		if !ok {
-			continue
+	for _, s := range samples {
+		q := l.conns[c][s.f]
+		if q == nil || !s.ok {
+			continue // done meanwhile, or unreadable
 		}
-		if q.ok && (in < q.in || out > q.out) {
+		if q.ok && (s.in < q.in || s.out > q.out) {
 			moved = true
 		}
-		*q = queues{in: in, out: out, ok: true}
+		*q = queues{in: s.in, out: s.out, ok: true}
 	}
 	if moved {
 		if l.moves == nil {
