@@ -226,10 +226,14 @@ func zeroDowntime(t *testing.T, lang string, n int, args []string) {
 	res := ld.stop()
 	// The run holds what it held before the restarts: every retired
 	// worker's descriptors, and every duplicate of the listener, closed.
+	// (At most: the count before may include the front door's end of the
+	// status call just made, which the CLI closed first and the server
+	// closes when it sees the EOF. A leak grows with each of the
+	// restarts, more than that one.)
 	var fds int
 	poll(t, "the run's descriptors back to their count before the restarts", func() bool {
 		fds = fdCount(t, run.PID())
-		return fds == baseFDs
+		return fds <= baseFDs
 	}, func() string { return fmt.Sprintf("%d descriptors, %d before", fds, baseFDs) })
 	run.stopOK(t, syscall.SIGTERM, sock)
 	t.Logf("%s: %s; %d workers over %d rolling restarts", lang, res, len(seen), loadReloads)
