@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pairvisor/pairvisor/internal/sysfd"
 	"os"
 	"slices"
 	"strings"
@@ -51,9 +52,9 @@ func Dial(ctx context.Context, path string, cfg ConnConfig) (*Conn, error) {
 	if err := checkPath(path); err != nil {
 		return nil, &OpError{Op: "dial", Addr: path, Err: err}
 	}
-	fd, err := socket()
+	fd, err := sysfd.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0, true)
 	if err != nil {
-		return nil, &OpError{Op: "dial", Addr: path, Err: os.NewSyscallError("socket", err)}
+		return nil, &OpError{Op: "dial", Addr: path, Err: err}
 	}
 	addr := &unix.SockaddrUnix{Name: path}
 	err = unix.Connect(fd, addr)

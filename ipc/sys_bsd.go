@@ -19,26 +19,6 @@ const msgNoSignal = 0
 // sched_yield system call wrapper here.
 func yieldThread() { runtime.Gosched() }
 
-// socket returns a new AF_UNIX stream socket, close-on-exec and
-// non-blocking. Without SOCK_CLOEXEC the flag is set under
-// syscall.ForkLock, so that no fork in between inherits the descriptor.
-func socket() (int, error) {
-	syscall.ForkLock.RLock()
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	if err == nil {
-		unix.CloseOnExec(fd)
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
-}
-
 // socketpair returns a connected AF_UNIX stream socket pair, both ends
 // close-on-exec (set under syscall.ForkLock).
 func socketpair() ([2]int, error) {

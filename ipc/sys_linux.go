@@ -13,12 +13,6 @@ const msgNoSignal = unix.MSG_NOSIGNAL
 // (sched_yield(2)).
 func yieldThread() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
 
-// socket returns a new AF_UNIX stream socket, close-on-exec and
-// non-blocking.
-func socket() (int, error) {
-	return unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-}
-
 // socketpair returns a connected AF_UNIX stream socket pair, both ends
 // close-on-exec.
 func socketpair() ([2]int, error) {

@@ -8,6 +8,7 @@ package sdnotify
 import (
 	"errors"
 	"fmt"
+	"github.com/pairvisor/pairvisor/internal/sysfd"
 	"os"
 	"runtime"
 	"strconv"
@@ -58,7 +59,7 @@ func sendTo(addr, state string, timeout time.Duration) error {
 	default:
 		return fmt.Errorf("%w: want an absolute path or @name", ErrEnv)
 	}
-	fd, err := dgramSocket()
+	fd, err := sysfd.Socket(unix.AF_UNIX, unix.SOCK_DGRAM, 0, true)
 	if err != nil {
 		return err
 	}

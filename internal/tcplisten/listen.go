@@ -3,6 +3,7 @@ package tcplisten
 import (
 	"errors"
 	"fmt"
+	"github.com/pairvisor/pairvisor/internal/sysfd"
 	"net/netip"
 	"os"
 	"strconv"
@@ -82,7 +83,7 @@ func bindInet4(ip netip.Addr, port uint16) (int, error) {
 	if ip.IsValid() {
 		sa.Addr = ip.As4()
 	}
-	fd, err := socket(unix.AF_INET)
+	fd, err := sysfd.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_TCP, true)
 	if err != nil {
 		return -1, err
 	}
@@ -101,7 +102,7 @@ func bindInet6(ip netip.Addr, port uint16, v6only bool) (int, error) {
 			sa.ZoneId = uint32(id)
 		}
 	}
-	fd, err := socket(unix.AF_INET6)
+	fd, err := sysfd.Socket(unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_TCP, true)
 	if err != nil {
 		return -1, err
 	}

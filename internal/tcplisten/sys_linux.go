@@ -10,16 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// socket returns a new TCP socket of family, close-on-exec and
-// non-blocking.
-func socket(family int) (int, error) {
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_TCP)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	return fd, nil
-}
-
 // backlog is net.Listen's: net.core.somaxconn, truncated to what the
 // kernel stores (16 bits before Linux 4.1, 32 bits since), or
 // SOMAXCONN if it cannot be read.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pairvisor/pairvisor/internal/sysfd"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -309,7 +310,7 @@ func clearStale(path string) error {
 	}
 	// Non-blocking: a connect to a server whose accept queue is full
 	// would otherwise wait for as long as that server is stuck.
-	fd, err := socket(true)
+	fd, err := sysfd.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0, true)
 	if err != nil {
 		return err
 	}
@@ -397,7 +398,7 @@ func describePeer(addr string) string {
 // peerAt connects to addr and returns the listening process's
 // credentials; ok is false if there is none or it cannot be reached.
 func peerAt(addr string) (c Cred, ok bool) {
-	fd, err := socket(true)
+	fd, err := sysfd.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0, true)
 	if err != nil {
 		return Cred{}, false
 	}
@@ -418,7 +419,7 @@ func pollable(fd int) *os.File {
 
 // listenFD binds and listens on addr as is.
 func listenFD(addr string) (int, error) {
-	fd, err := socket(true)
+	fd, err := sysfd.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0, true)
 	if err != nil {
 		return -1, err
 	}

@@ -20,29 +20,6 @@ func idOf(st *unix.Stat_t) fileID {
 	return fileID{dev: uint64(st.Dev), ino: uint64(st.Ino), ctime: st.Ctim}
 }
 
-// socket returns a new AF_UNIX stream socket, close-on-exec, and
-// non-blocking if asked. Without SOCK_CLOEXEC the flag is set after the
-// fact, under syscall.ForkLock so that no fork in between inherits the
-// descriptor.
-func socket(nonblock bool) (int, error) {
-	syscall.ForkLock.RLock()
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	if err == nil {
-		unix.CloseOnExec(fd)
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	if nonblock {
-		if err := unix.SetNonblock(fd, true); err != nil {
-			unix.Close(fd)
-			return -1, os.NewSyscallError("fcntl", err)
-		}
-	}
-	return fd, nil
-}
-
 // acceptFD accepts a connection on the listening socket fd: the new fd
 // is close-on-exec and non-blocking. It returns unix.EAGAIN when none
 // is waiting.

@@ -23,20 +23,6 @@ const abstractSupported = true
 
 func idOf(st *unix.Stat_t) fileID { return fileID{dev: st.Dev, ino: st.Ino, ctime: st.Ctim} }
 
-// socket returns a new AF_UNIX stream socket, close-on-exec, and
-// non-blocking if asked.
-func socket(nonblock bool) (int, error) {
-	flags := unix.SOCK_STREAM | unix.SOCK_CLOEXEC
-	if nonblock {
-		flags |= unix.SOCK_NONBLOCK
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, flags, 0)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	return fd, nil
-}
-
 // acceptFD accepts a connection on the listening socket fd: the new fd
 // is close-on-exec and non-blocking. It returns unix.EAGAIN when none
 // is waiting.
