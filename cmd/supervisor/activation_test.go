@@ -226,9 +226,7 @@ echo $? > "$dir/gen1"
 read gate < "$dir/gate"
 exec sh -c 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"' run "$@"
 `
-	if err := os.WriteFile(keeper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	testutil.WriteExecutable(t, keeper, []byte(script))
 	if err := unix.Mkfifo(filepath.Join(dir, "gate"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -15,6 +16,11 @@ import (
 // returns the copy's path: go builds the binary in a 0700 directory,
 // and a process run as another user (with dir searchable by it) needs a
 // copy it may execute.
+//
+// The copy is written with syscall.ForkLock held for writing: a child
+// forked (by a parallel test) while the copy is open for writing would
+// hold that descriptor until its own exec, and executing the copy
+// meanwhile fails with ETXTBSY ("text file busy").
 func CopyExecutable(tb testing.TB, dir, name string) string {
 	tb.Helper()
 	src, err := os.Open(Executable())
@@ -23,18 +29,32 @@ func CopyExecutable(tb testing.TB, dir, name string) string {
 	}
 	defer src.Close()
 	path := filepath.Join(dir, name)
+	syscall.ForkLock.Lock()
 	dst, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
-	if err != nil {
-		tb.Fatal(err)
+	if err == nil {
+		_, err = io.Copy(dst, src)
+		if cerr := dst.Close(); err == nil {
+			err = cerr
+		}
 	}
-	_, err = io.Copy(dst, src)
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
+	syscall.ForkLock.Unlock()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return path
+}
+
+// WriteExecutable writes content to a new file at path with mode 0755,
+// with syscall.ForkLock held for writing as CopyExecutable does, so
+// that executing it at once cannot fail with ETXTBSY.
+func WriteExecutable(tb testing.TB, path string, content []byte) {
+	tb.Helper()
+	syscall.ForkLock.Lock()
+	err := os.WriteFile(path, content, 0o755)
+	syscall.ForkLock.Unlock()
+	if err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // FullListener binds a Unix stream socket at path, listens on it with a
