@@ -24,15 +24,26 @@ type rawSession struct {
 	conn *os.File
 }
 
-// openSession starts a worker for check name and exchanges hellos.
-func (c *checker) openSession(name string) (*rawSession, error) {
+// startRaw starts a worker for check name and takes the parent's end
+// of its channel as a raw connection. The caller owns both: it kills
+// the worker and closes the connection. On error neither is left.
+func (c *checker) startRaw(name string) (*worker, *os.File, error) {
 	w, err := c.start(name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	conn, err := w.raw()
 	if err != nil {
 		w.kill()
+		return nil, nil, err
+	}
+	return w, conn, nil
+}
+
+// openSession starts a worker for check name and exchanges hellos.
+func (c *checker) openSession(name string) (*rawSession, error) {
+	w, conn, err := c.startRaw(name)
+	if err != nil {
 		return nil, err
 	}
 	if _, _, err := hello(conn, c.cfg.Timeout, 0); err != nil {

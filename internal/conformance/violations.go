@@ -90,17 +90,12 @@ func (c *checker) violation(v violation) {
 	if (v.version == 1 && c.skipV1(name)) || (v.needs >= 2 && c.skipV2(name)) {
 		return
 	}
-	w, err := c.start(name)
+	w, conn, err := c.startRaw(name)
 	if err != nil {
 		c.fail(name, "%v", err)
 		return
 	}
 	defer w.kill()
-	conn, err := w.raw()
-	if err != nil {
-		c.fail(name, "%v", err)
-		return
-	}
 	defer conn.Close()
 	if v.first != nil {
 		err = writeWithin(conn, c.cfg.Timeout, v.first())
@@ -183,17 +178,12 @@ func (c *checker) exitNonZero(w *worker) string {
 // channel ends without a SHUTDOWN.
 func (c *checker) eof() {
 	const name = "EOF without SHUTDOWN: exit non-zero"
-	w, err := c.start(name)
+	w, conn, err := c.startRaw(name)
 	if err != nil {
 		c.fail(name, "%v", err)
 		return
 	}
 	defer w.kill()
-	conn, err := w.raw()
-	if err != nil {
-		c.fail(name, "%v", err)
-		return
-	}
 	if _, _, err := hello(conn, c.cfg.Timeout, 0); err != nil {
 		conn.Close()
 		c.fail(name, "hello: %v", err)
@@ -211,17 +201,12 @@ func (c *checker) eof() {
 // connection: the worker closes without answering, and exits non-zero.
 func (c *checker) connError() {
 	const name = "ERROR with id 0 from the supervisor: close, exit non-zero"
-	w, err := c.start(name)
+	w, conn, err := c.startRaw(name)
 	if err != nil {
 		c.fail(name, "%v", err)
 		return
 	}
 	defer w.kill()
-	conn, err := w.raw()
-	if err != nil {
-		c.fail(name, "%v", err)
-		return
-	}
 	defer conn.Close()
 	if _, _, err := hello(conn, c.cfg.Timeout, 0); err != nil {
 		c.fail(name, "hello: %v", err)
