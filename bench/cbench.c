@@ -23,6 +23,10 @@
  *   CBENCH_PINGS=200000  CBENCH_WARM=10000  CBENCH_SECONDS=1  CBENCH_SPAWNS=200
  *   CBENCH_DIR           directory for ping-uds' socket (default: a fresh
  *                        mkdtemp directory under $TMPDIR or /tmp, removed after)
+ * Every command (not only "all") also reads:
+ *   CBENCH_SNDBUF=N      ask for a send buffer (SO_SNDBUF) of N bytes on both
+ *                        ends of each socketpair, as pairvisor's Socketpair
+ *                        does (256 KiB); unset or 0: the kernel's default
  *   Echo sizes are 64, 4096, 65536 and 1048576 bytes.
  *
  * Output format (stable; bench/compare.sh parses it, Go code will too).
@@ -282,6 +286,10 @@ struct worker {
 	int fd;
 };
 
+/* CBENCH_SNDBUF: the send buffer (SO_SNDBUF) asked for on both ends of
+ * every socketpair; 0 (the default) leaves the kernel's default. */
+static int sndbuf;
+
 /* Forks a worker that serves over a socketpair. 0 or -1. */
 static int start_worker_socketpair(struct worker *w)
 {
@@ -290,6 +298,14 @@ static int start_worker_socketpair(struct worker *w)
 		fail_errno("socketpair");
 		return -1;
 	}
+	if (sndbuf > 0)
+		for (int i = 0; i < 2; i++)
+			if (setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0) {
+				fail_errno("setsockopt SO_SNDBUF");
+				close(sv[0]);
+				close(sv[1]);
+				return -1;
+			}
 	fflush(NULL); /* nothing buffered may be written twice */
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -781,7 +797,8 @@ static int usage(void)
 	      "       cbench ping-uds N WARM DIR\n"
 	      "       cbench echo SIZE SECONDS\n"
 	      "       cbench spawn N\n"
-	      "       cbench all   (env: CBENCH_PINGS CBENCH_WARM CBENCH_SECONDS CBENCH_SPAWNS CBENCH_DIR)\n",
+	      "       cbench all   (env: CBENCH_PINGS CBENCH_WARM CBENCH_SECONDS CBENCH_SPAWNS CBENCH_DIR)\n"
+	      "       (every command: env CBENCH_SNDBUF)\n",
 	      stderr);
 	return 2;
 }
@@ -796,6 +813,15 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (strcmp(cmd, "child-pong") == 0 && argc == 2)
 		return child_pong();
+
+	uint64_t buf = 0;
+	if (env_u64("CBENCH_SNDBUF", 0, &buf) != 0)
+		return 2;
+	if (buf > (UINT64_C(1) << 30)) {
+		fail_msg("CBENCH_SNDBUF must be at most 1 GiB");
+		return 2;
+	}
+	sndbuf = (int)buf;
 
 	/* A dead peer must show up as EPIPE from write(), not kill us. */
 	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {

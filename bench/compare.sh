@@ -10,6 +10,8 @@
 #
 # Each round runs these jobs, the order rotated by one each round:
 #   c       bench/bin/cbench all                                (C baseline)
+#   cbuf    CBENCH_SNDBUF=262144 bench/bin/cbench echo SIZE …   for 64 KiB and 1 MiB: C
+#           with the send buffer pairvisor's Socketpair asks for (like for like)
 #   pv      bench/bin/supervisor bench --json --pings … --warmup … \
 #             --echo-seconds … --spawns …                       (pairvisor)
 #   plugin  bench/bin/pluginbench all                           (go-plugin)
@@ -110,6 +112,7 @@ run_job() {
 	local -a cmd
 	case $job in
 	c) cmd=("$bin/cbench" all) ;;
+	cbuf) cmd=(env CBENCH_SNDBUF=262144 bash -c 'for size in 65536 1048576; do "$0" echo "$size" "$1" || exit; done' "$bin/cbench" "$CBENCH_SECONDS") ;;
 	pv) cmd=("${pv_cmd[@]}") ext=json ;;
 	plugin) cmd=("$bin/pluginbench" all) ;;
 	go) cmd=("${go_cmd[@]}") ;;
@@ -133,7 +136,7 @@ run_job() {
 	fi
 }
 
-jobs=(c pv plugin)
+jobs=(c pv cbuf plugin)
 if ((GO_TEST_BENCH)); then
 	jobs+=(go)
 fi
@@ -216,18 +219,18 @@ def put(impl, key, r, v):
 
 LAT = ("p50_us", "p99_us", "p999_us", "mean_us")
 
-def read_c(path, r):
+def read_c(path, r, impl="c"):
     for name, kv in kv_lines(path):
         if name in ("ping", "ping_uds"):
             for k in LAT:
                 if k in kv:
-                    put("c", f"{name}.{k}", r, kv[k])
+                    put(impl, f"{name}.{k}", r, kv[k])
         elif name == "echo" and "size" in kv:
             for k in ("round_trips_per_s", "mb_per_s"):
                 if k in kv:
-                    put("c", f"echo.{int(kv['size'])}.{k}", r, kv[k])
+                    put(impl, f"echo.{int(kv['size'])}.{k}", r, kv[k])
         elif name == "spawn" and "p50_us" in kv:
-            put("c", "spawn.p50_us", r, kv["p50_us"])
+            put(impl, "spawn.p50_us", r, kv["p50_us"])
 
 def read_pv(path, r):
     try:
@@ -298,9 +301,9 @@ def read_go(path, r):
                 other_keys.add(f"{name} {unit}")
                 put("go", f"other.{name} {unit}", r, v)
 
-readers = {"c": read_c, "pv": read_pv, "plugin": read_plugin, "go": read_go}
+readers = {"c": read_c, "cbuf": lambda p, r: read_c(p, r, "cbuf"), "pv": read_pv, "plugin": read_plugin, "go": read_go}
 for path in sorted(out.iterdir()):
-    m = re.fullmatch(r"(c|pv|plugin|go)\.(\d+)\.(txt|json)", path.name)
+    m = re.fullmatch(r"(c|cbuf|pv|plugin|go)\.(\d+)\.(txt|json)", path.name)
     if m:
         readers[m.group(1)](path, int(m.group(2)))
 
@@ -397,6 +400,8 @@ print()
 
 print("### Targets (issue 5), judged on the ratio of the medians")
 print()
+# Issue 9 asks the large echoes to meet their bound in every round, not
+# only on the median: the last column says whether each round did.
 targets = [  # label, numerator impl, denominator impl, key, "max"/"min", bound
     ("ping p50, socketpair ≤ 1.2× C", "pv", "c", "ping.p50_us", "max", 1.2),
     ("ping p99, socketpair ≤ 1.5× C", "pv", "c", "ping.p99_us", "max", 1.5),
@@ -422,12 +427,35 @@ for label, a, b, key, kind, bound in targets:
         judged += 1
         met += ok
         verdict = "met" if ok else "NOT met"
-    rows.append([label, fx(x), span, verdict])
-table(["target", "measured", "per-round ratios", "result"], rows, "lrrl")
+    every = "n/a"
+    if per:
+        every = "yes" if all((v <= bound) if kind == "max" else (v >= bound) for v in per) else "no"
+    rows.append([label, fx(x), span, verdict, every])
+table(["target", "measured", "per-round ratios", "result", "every round"], rows, "lrrll")
 print(f"{met} of {len(targets)} targets met" + (f" ({len(targets) - judged} not measured)" if judged < len(targets) else "") + ".")
 print("The scale targets (256 workers ready within 1 s; under 2 % of one core at 1 ping/s) are measured")
 print("by bench/scale.sh, not here.")
 print()
+
+# ---------- like for like: C with pairvisor's send buffer ----------
+
+print("### Large echoes, like for like: C with pairvisor's socket send buffer")
+print()
+print("`ipc.Socketpair` asks for a 256 KiB send buffer (SO_SNDBUF) on both ends; cbench's `c` job")
+print("keeps the kernel's default, its `cbuf` job asks for the same 256 KiB. The targets above are")
+print("judged against the default, as the issues set them; this table separates what the buffer gives")
+print("from what the Conn does. Ratios: of the medians, then [min–max] of the per-round ratios.")
+print()
+rows = []
+for size, label in SIZES[2:]:
+    key = f"echo.{size}.mb_per_s"
+    def rr(a, b):
+        per = round_ratios(a, b, key)
+        return fx(ratio(a, b, key)) + (f" [{min(per):.2f}–{max(per):.2f}]" if len(per) > 1 else "")
+    rows.append([f"echo {label}", "MB/s", cell("c", key), cell("cbuf", key), cell("pv", key),
+                 rr("cbuf", "c"), rr("pv", "c"), rr("pv", "cbuf")])
+table(["measurement", "unit", "C, default buffer", "C, 256 KiB buffer", "pairvisor",
+       "C 256 KiB ÷ C", "pairvisor ÷ C", "pairvisor ÷ C 256 KiB"], rows, "llrrrrrr")
 
 # ---------- go test -bench ./ipc (issue 2's comparison) ----------
 
@@ -468,7 +496,7 @@ if jobs_file.exists():
         job, r, secs, load1 = line.split()
         times[job].append(float(secs))
         loads.append(float(load1))
-names = {"c": "cbench all", "pv": "supervisor bench", "plugin": "pluginbench all", "go": "go test -bench"}
+names = {"c": "cbench all", "cbuf": "cbench echo (256 KiB buffer)", "pv": "supervisor bench", "plugin": "pluginbench all", "go": "go test -bench"}
 print("job wall time, median s: " + ", ".join(f"{names[j]} {statistics.median(t):.1f}" for j, t in times.items()))
 if loads:
     print(f"1-minute load average at the end of each job: {min(loads):.2f}–{max(loads):.2f} (on {len(loads)} jobs)")

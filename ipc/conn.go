@@ -161,6 +161,10 @@ const (
 	// in read(2) (poll).
 	spinFor = 50 * time.Microsecond
 
+	// repollEvery: while the waits of a Conn's reader take too long for
+	// polling, every repollEvery-th one polls all the same (see poll).
+	repollEvery = 16
+
 	// writeSlice bounds one blocking sendmsg(2) (SO_SNDTIMEO), so that
 	// a writer waiting for a slow peer checks its context this often.
 	writeSlice = 20 * time.Millisecond

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -32,12 +33,20 @@ type reader struct {
 	files   []fileBatch
 	inFiles []int
 
-	hello     bool // the peer's hello has been read
-	draining  bool // a shutdown request arrived: refuse later requests
-	served    bool // the background reader has handed a reply to a Call
-	slow      bool // a leader found nothing to read for ioSlice; nothing has arrived since
-	large     bool // the last frame's payload was large: read the next header alone (fill)
-	first     bool // the next read is a new leader's first (poll)
+	hello    bool // the peer's hello has been read
+	draining bool // a shutdown request arrived: refuse later requests
+	served   bool // the background reader has handed a reply to a Call
+	slow     bool // a leader found nothing to read for ioSlice; nothing has arrived since
+	large    bool // the last frame's payload was large: read the next header alone (fill)
+	first    bool // the next read is a new leader's first (poll)
+
+	// poll's state: the background reader's spin (a leader's is
+	// Conn.spin; bgSpin is atomic only to share poll's signature), and
+	// the reads since the last poll while each is off.
+	bgSpin      atomic.Bool
+	bgSkipped   int
+	leadSkipped int
+
 	lastYield time.Time
 	idleSince time.Time // when the read side was last left idle
 
@@ -82,6 +91,7 @@ const (
 
 func newReader(c *Conn, prefix []byte) *reader {
 	r := &reader{c: c, buf: make([]byte, readBufSize)}
+	r.bgSpin.Store(true)
 	r.w = copy(r.buf, prefix)
 	return r
 }
@@ -509,8 +519,10 @@ func (r *reader) fillTo(n int, exact bool) error {
 // so that the runtime does not take the P of a goroutine that only ever
 // sits in system calls (docs/BENCHMARKS.md).
 //
-// The first read of a leader polls the socket for up to spinFor before
-// it blocks (see poll), while the replies it waits for come quickly.
+// In blocking mode a read that would wait first polls the socket for up
+// to spinFor (see poll): a leader's first read, while the replies it
+// waits for come quickly, and every read of the background reader,
+// while what it reads comes quickly.
 func (r *reader) read(p []byte) (int, error) {
 	now := time.Now()
 	if now.Sub(r.lastYield) > yieldEvery {
@@ -521,10 +533,13 @@ func (r *reader) read(p []byte) (int, error) {
 		n   int
 		err error
 	)
-	if r.first {
+	switch {
+	case r.first:
 		r.first = false
-		n, err = r.poll(p, now)
-	} else {
+		n, err = r.poll(p, now, &r.c.spin, &r.leadSkipped)
+	case !r.c.sock.leading && r.c.sock.leads():
+		n, err = r.poll(p, now, &r.bgSpin, &r.bgSkipped)
+	default:
 		n, err = r.c.sock.read(p)
 	}
 	if err == unix.ECONNRESET {
@@ -549,38 +564,63 @@ func (r *reader) read(p []byte) (int, error) {
 	return n, nil
 }
 
-// poll is a leader's first read, which waits for its reply to begin
-// (now is when it began). A reply that comes within spinFor is caught
-// by polling the socket with non-blocking reads instead of sleeping in
-// read(2): then no thread is put to sleep and woken on either side of
-// the round trip, which on the reference machine saves more than the
-// polling costs (docs/BENCHMARKS.md). Polling stops for a Conn whose
-// replies take longer (Conn.spin, shared with the followers' spinWait)
-// until a reply comes quickly again, and only one goroutine of the
-// process polls or spins at a time.
-func (r *reader) poll(p []byte, now time.Time) (int, error) {
+// poll is a read that polls the socket with non-blocking reads for up
+// to spinFor (from now, when the read began) before it sleeps in
+// read(2). Data that comes within spinFor is then caught without a
+// thread being put to sleep and woken, which on the reference machine
+// saves more than the polling costs (docs/BENCHMARKS.md): for a leader,
+// the peer's reply; for the background reader, the peer's next request
+// (or the rest of a frame), which spares the peer's side its wake-up
+// of this one.
+//
+// spin says whether the last such wait ended quickly: a poll that finds
+// nothing turns it off, and then only a read in read(2) that returns
+// within spinFor, or one of the polls that every repollEvery-th read
+// makes while it is off (counted in skipped), turns it on again. Without
+// those polls, one late reply (a peer that lost its CPU for a moment)
+// would end polling for good on a machine where being woken from
+// read(2) alone takes longer than spinFor. A leader's spin is
+// Conn.spin, which the followers' spinWait shares; the background
+// reader's is reader.bgSpin. Only one goroutine of the process polls or
+// spins at a time (spinning): the others sleep in read(2) at once.
+func (r *reader) poll(p []byte, now time.Time, spin *atomic.Bool, skipped *int) (int, error) {
 	c := r.c
-	if !c.spin.Load() || !spinning.CompareAndSwap(false, true) {
-		n, err := c.sock.read(p)
-		if err == nil && time.Since(now) < spinFor {
-			c.spin.Store(true)
+	try := spin.Load()
+	if !try {
+		if *skipped++; *skipped >= repollEvery {
+			*skipped, try = 0, true
 		}
-		return n, err
 	}
-	defer spinning.Store(false)
-	for deadline := now.Add(spinFor); ; {
-		n, err := c.sock.readNow(p)
+	if try && spinning.CompareAndSwap(false, true) {
+		n, err := r.spinRead(p, now.Add(spinFor))
+		spinning.Store(false)
 		if err != unix.EAGAIN {
+			if !spin.Load() {
+				spin.Store(true)
+			}
 			return n, err
 		}
-		if !time.Now().Before(deadline) {
-			break
+		spin.Store(false)
+		return c.sock.read(p)
+	}
+	n, err := c.sock.read(p)
+	if err == nil && !spin.Load() && time.Since(now) < spinFor {
+		spin.Store(true)
+	}
+	return n, err
+}
+
+// spinRead reads p without blocking until something comes or deadline
+// passes (unix.EAGAIN), yielding the CPU between tries: the peer may
+// have been woken on this CPU.
+func (r *reader) spinRead(p []byte, deadline time.Time) (int, error) {
+	for {
+		n, err := r.c.sock.readNow(p)
+		if err != unix.EAGAIN || !time.Now().Before(deadline) {
+			return n, err
 		}
-		// The peer may have been woken on this CPU: let it run.
 		yieldThread()
 	}
-	c.spin.Store(false)
-	return c.sock.read(p)
 }
 
 // readInto reads into p[*got:] straight from the socket until p is full,
