@@ -68,8 +68,11 @@ package ipc
 // with nothing buffered, hands the read side to a waiting follower
 // likewise, and leaves it idle right after it has handed a reply to a
 // caller, who is likely to call again. In polled mode only the
-// background reader reads. At most one goroutine of the process spins
-// or polls at a time (spinning).
+// background reader reads. In blocking mode a read that would wait, a
+// leader's first or any of the background reader's, first polls the
+// socket for a moment while such waits have ended quickly (poll in
+// reader.go). At most one goroutine of the process spins or polls at a
+// time (spinning).
 //
 // # Locks, in the order they may be taken
 //
@@ -157,13 +160,14 @@ const (
 	alignThreshold = 32 << 10
 
 	// spinFor bounds how long a follower polls for its reply before it
-	// parks (spinWait), and a leader polls the socket before it sleeps
-	// in read(2) (poll).
+	// parks (spinWait), and how long a leader or the background reader
+	// polls the socket before it sleeps in read(2) (poll).
 	spinFor = 50 * time.Microsecond
 
-	// repollEvery: while the waits of a Conn's reader take too long for
-	// polling, every repollEvery-th one polls all the same (see poll).
-	repollEvery = 16
+	// repollMin and repollMax: while polling does not pay, a reader
+	// polls all the same once in repollMin to repollMax reads (repoll).
+	repollMin = 16
+	repollMax = 1024
 
 	// writeSlice bounds one blocking sendmsg(2) (SO_SNDTIMEO), so that
 	// a writer waiting for a slow peer checks its context this often.

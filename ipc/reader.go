@@ -40,12 +40,12 @@ type reader struct {
 	large    bool // the last frame's payload was large: read the next header alone (fill)
 	first    bool // the next read is a new leader's first (poll)
 
-	// poll's state: the background reader's spin (a leader's is
+	// poll's state: whether the background reader polls (a leader's is
 	// Conn.spin; bgSpin is atomic only to share poll's signature), and
-	// the reads since the last poll while each is off.
-	bgSpin      atomic.Bool
-	bgSkipped   int
-	leadSkipped int
+	// the pace of each one's polls while it does not.
+	bgSpin     atomic.Bool
+	bgRepoll   repoll
+	leadRepoll repoll
 
 	lastYield time.Time
 	idleSince time.Time // when the read side was last left idle
@@ -536,9 +536,9 @@ func (r *reader) read(p []byte) (int, error) {
 	switch {
 	case r.first:
 		r.first = false
-		n, err = r.poll(p, now, &r.c.spin, &r.leadSkipped)
+		n, err = r.poll(p, now, &r.c.spin, &r.leadRepoll, true)
 	case !r.c.sock.leading && r.c.sock.leads():
-		n, err = r.poll(p, now, &r.bgSpin, &r.bgSkipped)
+		n, err = r.poll(p, now, &r.bgSpin, &r.bgRepoll, false)
 	default:
 		n, err = r.c.sock.read(p)
 	}
@@ -573,38 +573,38 @@ func (r *reader) read(p []byte) (int, error) {
 // (or the rest of a frame), which spares the peer's side its wake-up
 // of this one.
 //
-// spin says whether the last such wait ended quickly: a poll that finds
-// nothing turns it off, and then only a read in read(2) that returns
-// within spinFor, or one of the polls that every repollEvery-th read
-// makes while it is off (counted in skipped), turns it on again. Without
-// those polls, one late reply (a peer that lost its CPU for a moment)
-// would end polling for good on a machine where being woken from
-// read(2) alone takes longer than spinFor. A leader's spin is
-// Conn.spin, which the followers' spinWait shares; the background
-// reader's is reader.bgSpin. Only one goroutine of the process polls or
-// spins at a time (spinning): the others sleep in read(2) at once.
-func (r *reader) poll(p []byte, now time.Time, spin *atomic.Bool, skipped *int) (int, error) {
+// spin says whether polling pays: a poll that finds nothing turns it
+// off, one that catches data turns it on (data that was there before
+// any wait says nothing). While it is off, every re.every-th read polls
+// all the same (repoll), and for a leader (quick) so does the next one
+// after a read in read(2) that returned within spinFor. Without those,
+// one late reply (a peer that lost its CPU for a moment) would end
+// polling for good on a machine where being woken from read(2) alone
+// takes longer than spinFor. A leader's spin is Conn.spin, which the
+// followers' spinWait shares; the background reader's is reader.bgSpin.
+// Only one goroutine of the process polls or spins at a time
+// (spinning): the others sleep in read(2) at once.
+func (r *reader) poll(p []byte, now time.Time, spin *atomic.Bool, re *repoll, quick bool) (int, error) {
 	c := r.c
-	try := spin.Load()
-	if !try {
-		if *skipped++; *skipped >= repollEvery {
-			*skipped, try = 0, true
-		}
-	}
-	if try && spinning.CompareAndSwap(false, true) {
-		n, err := r.spinRead(p, now.Add(spinFor))
+	on := spin.Load()
+	if (on || re.due()) && spinning.CompareAndSwap(false, true) {
+		n, err, waited := r.spinRead(p, now.Add(spinFor))
 		spinning.Store(false)
-		if err != unix.EAGAIN {
-			if !spin.Load() {
+		if err == unix.EAGAIN {
+			spin.Store(false)
+			re.paid(false)
+			return c.sock.read(p)
+		}
+		if waited {
+			if !on {
 				spin.Store(true)
 			}
-			return n, err
+			re.paid(true)
 		}
-		spin.Store(false)
-		return c.sock.read(p)
+		return n, err
 	}
 	n, err := c.sock.read(p)
-	if err == nil && !spin.Load() && time.Since(now) < spinFor {
+	if quick && err == nil && !on && time.Since(now) < spinFor {
 		spin.Store(true)
 	}
 	return n, err
@@ -612,14 +612,47 @@ func (r *reader) poll(p []byte, now time.Time, spin *atomic.Bool, skipped *int) 
 
 // spinRead reads p without blocking until something comes or deadline
 // passes (unix.EAGAIN), yielding the CPU between tries: the peer may
-// have been woken on this CPU.
-func (r *reader) spinRead(p []byte, deadline time.Time) (int, error) {
+// have been woken on this CPU. waited reports whether it had to try
+// more than once.
+func (r *reader) spinRead(p []byte, deadline time.Time) (n int, err error, waited bool) {
 	for {
 		n, err := r.c.sock.readNow(p)
 		if err != unix.EAGAIN || !time.Now().Before(deadline) {
-			return n, err
+			return n, err, waited
 		}
+		waited = true
 		yieldThread()
+	}
+}
+
+// repoll paces the polls of a reader whose polling is off: one every
+// repollMin reads, twice as far apart after each one that finds
+// nothing, up to repollMax, and back to repollMin once a poll pays. So
+// a stream that turned slow for a moment is polled again soon, and one
+// that stays slow (a client that sends a request every few
+// milliseconds) costs one fruitless poll per repollMax reads.
+type repoll struct {
+	skipped int
+	shift   uint8
+}
+
+// due counts a read while polling is off and reports whether it polls.
+func (re *repoll) due() bool {
+	re.skipped++
+	if re.skipped < repollMin<<re.shift {
+		return false
+	}
+	re.skipped = 0
+	return true
+}
+
+// paid records whether a poll caught data.
+func (re *repoll) paid(ok bool) {
+	switch {
+	case ok:
+		re.shift = 0
+	case repollMin<<re.shift < repollMax:
+		re.shift++
 	}
 }
 
