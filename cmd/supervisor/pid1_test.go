@@ -377,3 +377,35 @@ func TestPID1ForeignProc(t *testing.T) {
 		t.Errorf("no warning about the foreign /proc\n%s", p.Output())
 	}
 }
+
+// TestPID1Serve: `serve` as PID 1 reaps the orphans of its namespace
+// (here: an operator's background jobs, whose shell has exited) when
+// they exit, leaves them running until then, and stops on SIGTERM with
+// exit 0. Without the reaper the jobs would stay zombies.
+func TestPID1Serve(t *testing.T) {
+	t.Parallel()
+	requireNamespaces(t)
+	dir := tempDir(t)
+	sock := filepath.Join(dir, "s")
+	g := newGate(t, filepath.Join(dir, "gate"))
+	r := startPID1(t, true, "serve", "--socket", sock)
+	r.waitSocket(t, sock)
+
+	script := fmt.Sprintf("exec > /dev/null 2>&1\nfor i in 1 2 3; do (cat %s > /dev/null &); done", g.path)
+	ns := exec.Command("nsenter", "-t", strconv.Itoa(r.init), "-p", "--", "sh", "-c", script)
+	testutil.StartProcess(t, ns).WaitOK(t, cliWait)
+	isJob := func(p nsProc) bool { return strings.Contains(p.cmdline, "cat "+g.path) }
+	poll(t, "three orphaned jobs adopted by PID 1, running", func() bool {
+		return r.count(func(p nsProc) bool { return isJob(p) && p.PPID == r.init && holds(p.PID, g.path) }) == 3
+	}, r.describe)
+	g.open()
+	poll(t, "the jobs to exit and be reaped (no zombie left)", func() bool {
+		return r.count(func(p nsProc) bool { return p.State == "Z" || isJob(p) }) == 0
+	}, r.describe)
+
+	syscall.Kill(r.init, syscall.SIGTERM)
+	r.Wait(t, cliWait)
+	if r.ExitCode() != exitOK {
+		t.Errorf("serve as PID 1 exited %d after SIGTERM, want 0\n%s", r.ExitCode(), r.describe())
+	}
+}

@@ -106,6 +106,7 @@ func serveCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	defer reapAsInit()()
 
 	started := time.Now()
 	var srv *frontdoor.Server
