@@ -270,19 +270,26 @@ func (c *Conn) follow(ctx context.Context, cl *call, id uint64, canSpin bool) er
 		<-cl.done // sent right after state was stored
 		return nil
 	}
-	spin := canSpin && c.spin.Load()
-	if spin && spinWait(cl) {
-		return nil
+	spun := false // spun for spinFor in vain
+	if canSpin && c.spin.Load() {
+		switch spinWait(cl) {
+		case spinGot:
+			return nil
+		case spinMissed:
+			spun = true
+		}
+		// spinBusy: another goroutine polls or spins; this one parks
+		// as if it had not tried, and says nothing of the reply's pace.
 	}
 	var parked time.Time
-	if !spin {
+	if !spun {
 		parked = time.Now()
 	}
 	select {
 	case <-cl.done:
 		// Spin for the next reply only if this one came quickly.
 		if canSpin {
-			c.spin.Store(!spin && time.Since(parked) < spinFor)
+			c.spin.Store(!spun && time.Since(parked) < spinFor)
 		}
 		return nil
 	case <-ctx.Done():
@@ -339,7 +346,7 @@ func (c *Conn) giveUp(ctx context.Context, cl *call, id uint64) error {
 }
 
 // spinWait polls cl's state for up to spinFor, and reports whether an
-// event came (then it has received it). A round trip to another process
+// event came (then it has received it), or why not. A round trip to another process
 // takes some 15–30 µs on the reference machine; parking the follower
 // and having the reader wake it through the scheduler adds a futex
 // wake-up of another thread to every one. Polling for a short while
@@ -347,22 +354,31 @@ func (c *Conn) giveUp(ctx context.Context, cl *call, id uint64) error {
 // Followers still park for replies that take longer, and a Conn whose
 // replies are slow (an idle worker's health ping, a busy handler) stops
 // spinning until a parked call sees a quick reply again (Conn.spin).
-func spinWait(cl *call) bool {
+func spinWait(cl *call) spinResult {
 	// One spinner at a time per process: with many callers waiting, the
 	// processors are better spent on the readers delivering replies.
 	if !spinning.CompareAndSwap(false, true) {
-		return false
+		return spinBusy
 	}
 	defer spinning.Store(false)
 	start := time.Now()
 	for i := 1; cl.state.Load() == stateWait; i++ {
 		if i&63 == 0 && time.Since(start) > spinFor {
-			return false
+			return spinMissed
 		}
 	}
 	<-cl.done // sent right after state was stored
-	return true
+	return spinGot
 }
+
+// spinResult is how a follower's spinWait ended.
+type spinResult uint8
+
+const (
+	spinGot    spinResult = iota // the event came, and was received
+	spinMissed                   // nothing came within spinFor
+	spinBusy                     // another goroutine was polling or spinning: no try
+)
 
 // unregister removes a pending call whose request could not be written
 // and reports whether it was still there (false: a reader has claimed

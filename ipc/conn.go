@@ -70,9 +70,9 @@ package ipc
 // caller, who is likely to call again. In polled mode only the
 // background reader reads. In blocking mode a read that would wait, a
 // leader's first or any of the background reader's, first polls the
-// socket for a moment while such waits have ended quickly (poll in
-// reader.go). At most one goroutine of the process spins or polls at a
-// time (spinning).
+// socket for a moment while polling pays, and now and then when it does
+// not (poll in reader.go). At most one goroutine of the process spins
+// or polls at a time (spinning).
 //
 // # Locks, in the order they may be taken
 //

@@ -43,6 +43,7 @@ type reader struct {
 	// poll's state: whether the background reader polls (a leader's is
 	// Conn.spin; bgSpin is atomic only to share poll's signature), and
 	// the pace of each one's polls while it does not.
+	bgPolls    bool // the background reader may poll (poll): blocking mode, GOMAXPROCS > 1
 	bgSpin     atomic.Bool
 	bgRepoll   repoll
 	leadRepoll repoll
@@ -91,6 +92,9 @@ const (
 
 func newReader(c *Conn, prefix []byte) *reader {
 	r := &reader{c: c, buf: make([]byte, readBufSize)}
+	// With one P, a background reader that polls would keep the
+	// handlers it has just started from running until it sleeps.
+	r.bgPolls = c.sock.leads() && runtime.GOMAXPROCS(0) > 1
 	r.bgSpin.Store(true)
 	r.w = copy(r.buf, prefix)
 	return r
@@ -537,7 +541,7 @@ func (r *reader) read(p []byte) (int, error) {
 	case r.first:
 		r.first = false
 		n, err = r.poll(p, now, &r.c.spin, &r.leadRepoll, true)
-	case !r.c.sock.leading && r.c.sock.leads():
+	case r.bgPolls && !r.c.sock.leading:
 		n, err = r.poll(p, now, &r.bgSpin, &r.bgRepoll, false)
 	default:
 		n, err = r.c.sock.read(p)
@@ -574,34 +578,47 @@ func (r *reader) read(p []byte) (int, error) {
 // of this one.
 //
 // spin says whether polling pays: a poll that finds nothing turns it
-// off, one that catches data turns it on (data that was there before
-// any wait says nothing). While it is off, every re.every-th read polls
-// all the same (repoll), and for a leader (quick) so does the next one
-// after a read in read(2) that returned within spinFor. Without those,
-// one late reply (a peer that lost its CPU for a moment) would end
-// polling for good on a machine where being woken from read(2) alone
-// takes longer than spinFor. A leader's spin is Conn.spin, which the
-// followers' spinWait shares; the background reader's is reader.bgSpin.
-// Only one goroutine of the process polls or spins at a time
-// (spinning): the others sleep in read(2) at once.
+// off, one that catches data after a wait turns it on; data that was
+// there at once says nothing. While it is off, reads poll now and then
+// all the same, paced by re (see repoll), and for a leader (quick) a
+// read in read(2) that returns within spinFor turns it on: a leader's
+// first read waits for the reply to the request it has just written,
+// which is rarely there at once, so a quick return means a quick peer.
+// Without those, one late reply (a peer that lost its CPU for a moment)
+// would end polling for good on a machine where being woken from
+// read(2) alone takes longer than spinFor. A leader's spin is
+// Conn.spin, which the followers' spinWait shares; the background
+// reader's is reader.bgSpin. Only one goroutine of the process polls or
+// spins at a time (spinning): the others sleep in read(2) at once, and
+// a read that was due to poll then polls at the next read instead.
 func (r *reader) poll(p []byte, now time.Time, spin *atomic.Bool, re *repoll, quick bool) (int, error) {
 	c := r.c
 	on := spin.Load()
-	if (on || re.due()) && spinning.CompareAndSwap(false, true) {
-		n, err, waited := r.spinRead(p, now.Add(spinFor))
-		spinning.Store(false)
-		if err == unix.EAGAIN {
-			spin.Store(false)
-			re.paid(false)
-			return c.sock.read(p)
-		}
-		if waited {
+	if on || re.due() {
+		if !spinning.CompareAndSwap(false, true) {
 			if !on {
-				spin.Store(true)
+				re.again()
 			}
-			re.paid(true)
+		} else {
+			n, got, err := r.spinRead(p, now.Add(spinFor))
+			spinning.Store(false)
+			switch {
+			case got == pollNothing && on:
+				spin.Store(false)
+				re.restart()
+			case got == pollNothing:
+				re.paid(false)
+			case got == pollCaught:
+				if !on {
+					spin.Store(true)
+				}
+				re.paid(true)
+			}
+			if err == unix.EAGAIN {
+				return c.sock.read(p)
+			}
+			return n, err
 		}
-		return n, err
 	}
 	n, err := c.sock.read(p)
 	if quick && err == nil && !on && time.Since(now) < spinFor {
@@ -610,27 +627,42 @@ func (r *reader) poll(p []byte, now time.Time, spin *atomic.Bool, re *repoll, qu
 	return n, err
 }
 
+// pollResult is what spinRead found.
+type pollResult uint8
+
+const (
+	pollReady   pollResult = iota // data was there at once
+	pollCaught                    // data came while polling
+	pollNothing                   // nothing came within spinFor
+)
+
 // spinRead reads p without blocking until something comes or deadline
-// passes (unix.EAGAIN), yielding the CPU between tries: the peer may
-// have been woken on this CPU. waited reports whether it had to try
-// more than once.
-func (r *reader) spinRead(p []byte, deadline time.Time) (n int, err error, waited bool) {
+// passes (unix.EAGAIN, pollNothing). Between tries it yields the CPU
+// to other threads: the peer may have been woken on this CPU. (Not to
+// other goroutines: runtime.Gosched here would wake an idle P's thread,
+// which doubled the ping's round trip.)
+func (r *reader) spinRead(p []byte, deadline time.Time) (int, pollResult, error) {
+	got := pollReady
 	for {
 		n, err := r.c.sock.readNow(p)
-		if err != unix.EAGAIN || !time.Now().Before(deadline) {
-			return n, err, waited
+		if err != unix.EAGAIN {
+			return n, got, err
 		}
-		waited = true
+		if !time.Now().Before(deadline) {
+			return n, pollNothing, err
+		}
+		got = pollCaught
 		yieldThread()
 	}
 }
 
-// repoll paces the polls of a reader whose polling is off: one every
-// repollMin reads, twice as far apart after each one that finds
-// nothing, up to repollMax, and back to repollMin once a poll pays. So
-// a stream that turned slow for a moment is polled again soon, and one
-// that stays slow (a client that sends a request every few
-// milliseconds) costs one fruitless poll per repollMax reads.
+// repoll paces the polls of a reader whose polling is off: the first
+// repollMin reads after polling stopped, then twice as far apart after
+// each poll that finds nothing, up to repollMax reads, and back to
+// repollMin once a poll catches data. So a stream that turned slow for
+// a moment is polled again soon, and one that stays slow (a client that
+// sends a request every few milliseconds) costs one fruitless poll per
+// repollMax reads. Holder of the read side only.
 type repoll struct {
 	skipped int
 	shift   uint8
@@ -646,7 +678,13 @@ func (re *repoll) due() bool {
 	return true
 }
 
-// paid records whether a poll caught data.
+// again makes the next read poll: this one was due but could not.
+func (re *repoll) again() { re.skipped = repollMin<<re.shift - 1 }
+
+// restart starts the pace over: polling has just stopped.
+func (re *repoll) restart() { re.skipped, re.shift = 0, 0 }
+
+// paid records whether a poll made while polling was off caught data.
 func (re *repoll) paid(ok bool) {
 	switch {
 	case ok:

@@ -149,7 +149,8 @@ func isSocket(fd int) bool {
 const pairSendBuffer = 256 << 10
 
 // Socketpair returns the two ends of a connected AF_UNIX stream socket
-// pair, both close-on-exec, each with a send buffer of 256 KiB. The caller owns both files; on error there
+// pair, both close-on-exec, with the larger send buffers described at
+// pairSendBuffer where the system allows them. The caller owns both files; on error there
 // is nothing to close. Pass one end to a child in exec.Cmd.ExtraFiles,
 // close it in the parent right after Start, and wrap the other with
 // [NewConn].

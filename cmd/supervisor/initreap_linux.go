@@ -42,11 +42,12 @@ func reapAsInit() (stop func()) {
 	}
 }
 
-// reapExited reaps every child that has exited, without waiting.
+// reapExited reaps every child that has exited, without waiting: also
+// one created by clone(2) with another exit signal than SIGCHLD (WALL).
 func reapExited() {
 	for {
 		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG|unix.WALL, nil)
 		if err == unix.EINTR {
 			continue
 		}

@@ -1711,14 +1711,19 @@ class _Conn:
         self._wake_r = self._wake_w = -1
         if front is not None:
             self._wake_r, self._wake_w = os.pipe()  # non-inheritable; closed at the end or the hand-back
-            self._reader = _Reader(
-                sock,
-                max_files=max_files,
-                bufsize=MAX_CLIENT_BUFFERED,
-                prefix=bytes(front.buffered),
-                wake_fd=self._wake_r,
-                idle=front.idle_ms / 1000.0,
-            )
+            try:
+                self._reader = _Reader(
+                    sock,
+                    max_files=max_files,
+                    bufsize=MAX_CLIENT_BUFFERED,
+                    prefix=bytes(front.buffered),
+                    wake_fd=self._wake_r,
+                    idle=front.idle_ms / 1000.0,
+                )
+            except BaseException:  # (MemoryError): the pipe is ours until the Conn exists
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                raise
         else:
             self._reader = _Reader(sock, max_files=max_files)
         self._writer = _Writer(self, sock, write_timeout)
