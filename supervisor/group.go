@@ -908,19 +908,11 @@ func (g *Group) Supervisor(name string) *Supervisor { return g.snap.Load().sups[
 // ask sends a request to the loop and waits for its answer.
 func (g *Group) ask(ctx context.Context, op, name string) error {
 	res := make(chan error, 1)
-	select {
-	case g.reqs <- grpReq{op: op, name: name, res: res}:
-	case <-g.loopDone:
-		return ErrNotRunning
-	case <-ctx.Done():
-		return ctx.Err()
+	err, askErr := ask(ctx, g.reqs, g.loopDone, grpReq{op: op, name: name, res: res}, res)
+	if askErr != nil {
+		return askErr
 	}
-	select {
-	case err := <-res:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 // Ping returns nil once the group's loop and the supervision loop of
@@ -986,17 +978,9 @@ func (g *Group) Reload(ctx context.Context, name string) error { return g.ask(ct
 // invalid nothing changes.
 func (g *Group) Replace(ctx context.Context, progs []Program) (Diff, error) {
 	res := make(chan replaceRes, 1)
-	select {
-	case g.reqs <- grpReplace{progs: progs, res: res}:
-	case <-g.loopDone:
-		return Diff{}, ErrNotRunning
-	case <-ctx.Done():
-		return Diff{}, ctx.Err()
+	r, err := ask(ctx, g.reqs, g.loopDone, grpReplace{progs: progs, res: res}, res)
+	if err != nil {
+		return Diff{}, err
 	}
-	select {
-	case r := <-res:
-		return r.d, r.err
-	case <-ctx.Done():
-		return Diff{}, ctx.Err()
-	}
+	return r.d, r.err
 }

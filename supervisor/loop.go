@@ -233,6 +233,29 @@ type signalReq struct {
 	res chan int
 }
 
+// ask is a caller's request to a loop (a Supervisor's or a Group's):
+// it hands req to the loop through reqs, unless the loop has returned
+// (loopDone: ErrNotRunning), and waits for the answer on res, the
+// request's own channel, which the loop sends to or closes. ctx ends
+// either wait. Whatever the loop answers after ctx has ended goes to a
+// buffered channel (or a closed one) and blocks nothing.
+func ask[T any](ctx context.Context, reqs chan<- any, loopDone <-chan struct{}, req any, res <-chan T) (T, error) {
+	var zero T
+	select {
+	case reqs <- req:
+	case <-loopDone:
+		return zero, ErrNotRunning
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+	select {
+	case v := <-res:
+		return v, nil
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
 // send hands ev to the loop, or drops it if the loop has returned.
 func (s *Supervisor) send(ev any) bool {
 	select {

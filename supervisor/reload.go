@@ -23,19 +23,11 @@ import (
 // call from any goroutine.
 func (s *Supervisor) Reload(ctx context.Context) error {
 	res := make(chan error, 1)
-	select {
-	case s.reqs <- reloadReq{res}:
-	case <-s.loopDone:
-		return ErrNotRunning
-	case <-ctx.Done():
-		return ctx.Err()
+	err, askErr := ask(ctx, s.reqs, s.loopDone, reloadReq{res}, res)
+	if askErr != nil {
+		return askErr
 	}
-	select {
-	case err := <-res:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 // Ping returns nil once the supervision loop has taken a request from
@@ -46,19 +38,8 @@ func (s *Supervisor) Reload(ctx context.Context) error {
 // waits for Run.
 func (s *Supervisor) Ping(ctx context.Context) error {
 	done := make(pingReq)
-	select {
-	case s.reqs <- done:
-	case <-s.loopDone:
-		return ErrNotRunning
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	_, err := ask(ctx, s.reqs, s.loopDone, done, (<-chan struct{})(done))
+	return err
 }
 
 // Signal sends sig to every running worker, each with its process group
@@ -68,19 +49,7 @@ func (s *Supervisor) Ping(ctx context.Context) error {
 // this way, as tini does).
 func (s *Supervisor) Signal(ctx context.Context, sig syscall.Signal) (int, error) {
 	req := signalReq{sig: sig, res: make(chan int, 1)}
-	select {
-	case s.reqs <- req:
-	case <-s.loopDone:
-		return 0, ErrNotRunning
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	select {
-	case n := <-req.res:
-		return n, nil
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
+	return ask(ctx, s.reqs, s.loopDone, req, req.res)
 }
 
 // rolling is a rolling restart in progress. It is the loop's.
