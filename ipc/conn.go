@@ -414,13 +414,9 @@ func NewConnPrefixed(ctx context.Context, f *os.File, prefix []byte, cfg ConnCon
 		f.Close()
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: fmt.Errorf("prefix of %d bytes, at most %d allowed", len(prefix), wire.HeaderSize)}
 	}
-	fd, err := takeFile(f)
+	fd, err := takeSocket(f)
 	if err != nil {
 		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: err}
-	}
-	if !isSocket(fd) {
-		unix.Close(fd)
-		return nil, &OpError{Op: "open", Addr: cfg.Addr, Err: ErrNotSocket}
 	}
 	return newConn(ctx, fd, cfg, prefix, nil)
 }

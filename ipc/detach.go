@@ -118,15 +118,7 @@ func (s *sock) readBlocking(p []byte) (int, error) {
 		if s.wk.boundary && s.wk.woken.Load() {
 			return 0, errWake
 		}
-		var (
-			n   int
-			err error
-		)
-		if s.rf != nil {
-			n, err = s.rf.recv(s.fd, p, 0)
-		} else {
-			n, err = readfd(s.fd, p)
-		}
+		n, err := s.readFD(p)
 		if err != unix.EAGAIN {
 			s.wk.idleFor = 0
 			return n, err
@@ -346,13 +338,9 @@ func Resume(f *os.File, s Session, cfg ConnConfig) (*Conn, error) {
 		f.Close()
 		return nil, &OpError{Op: "resume", Addr: cfg.Addr, Err: fmt.Errorf("%d bytes buffered, at most %d", len(s.Buffered), readBufSize)}
 	}
-	fd, err := takeFile(f)
+	fd, err := takeSocket(f)
 	if err != nil {
 		return nil, &OpError{Op: "resume", Addr: cfg.Addr, Err: err}
-	}
-	if !isSocket(fd) {
-		unix.Close(fd)
-		return nil, &OpError{Op: "resume", Addr: cfg.Addr, Err: ErrNotSocket}
 	}
 	return newConn(context.Background(), fd, cfg, s.Buffered, &s)
 }

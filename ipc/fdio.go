@@ -140,15 +140,7 @@ func (s *sock) read(p []byte) (int, error) {
 		return s.readPolled(p)
 	}
 	if s.file == nil {
-		var (
-			n   int
-			err error
-		)
-		if s.rf != nil {
-			n, err = s.rf.recv(s.fd, p, 0)
-		} else {
-			n, err = readfd(s.fd, p)
-		}
+		n, err := s.readFD(p)
 		if err == unix.EAGAIN && s.leading {
 			err = errSlice
 		}
@@ -166,6 +158,16 @@ func (s *sock) read(p []byte) (int, error) {
 		return 0, err
 	}
 	return s.rn, s.rerr
+}
+
+// readFD is one read of p from the fd in blocking mode, waiting for at
+// most the fd's read timeout: recvmsg(2) when the Conn takes
+// descriptors, read(2) otherwise.
+func (s *sock) readFD(p []byte) (int, error) {
+	if s.rf != nil {
+		return s.rf.recv(s.fd, p, 0)
+	}
+	return readfd(s.fd, p)
 }
 
 // readNow is one read that does not wait (MSG_DONTWAIT): unix.EAGAIN

@@ -132,6 +132,20 @@ func takeFile(f *os.File) (int, error) {
 	return fd, nil
 }
 
+// takeSocket is takeFile for a file that must be a socket: it fails
+// with ErrNotSocket (and nothing open) if it is not.
+func takeSocket(f *os.File) (int, error) {
+	fd, err := takeFile(f)
+	if err != nil {
+		return -1, err
+	}
+	if !isSocket(fd) {
+		unix.Close(fd)
+		return -1, ErrNotSocket
+	}
+	return fd, nil
+}
+
 // isSocket reports whether fd refers to a socket.
 func isSocket(fd int) bool {
 	var st unix.Stat_t

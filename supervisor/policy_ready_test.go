@@ -33,6 +33,9 @@ func TestPolicyReadyStarted(t *testing.T) {
 	ws := r.backoff()
 	r.clk.set(*ws.NextStart)
 	fp = r.sp.next(t)
+	// The loop publishes the start after the spawner has handed the
+	// process over: until then Status still shows the first backoff.
+	r.await("the restarted worker starting", func(st Status) bool { return slotOf(st, 1).PID == fp.pd })
 	fp.exit(exit3) // before ReadyAfter
 	ws = r.backoff()
 	if !ws.Exit.BeforeHello || ws.LastExit != "exited with status 3 before it was ready" {

@@ -380,6 +380,17 @@ func cloexec(info []byte) bool {
 	return false
 }
 
+// channel takes w's channel as a Conn, which exchanges the hellos
+// within the check timeout. The Conn owns the channel's end from then
+// on, even if this fails.
+func (c *checker) channel(ctx context.Context, w *worker) (*ipc.Conn, error) {
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	end := w.end
+	w.end = nil
+	return ipc.NewConn(hctx, end, ipc.ConnConfig{Name: "check-worker"})
+}
+
 // requests checks pings, echoes and concurrency through a Conn.
 func (c *checker) requests(ctx context.Context) {
 	w, err := c.start("requests")
@@ -388,11 +399,7 @@ func (c *checker) requests(ctx context.Context) {
 		return
 	}
 	defer w.kill()
-	hctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	end := w.end
-	w.end = nil
-	conn, err := ipc.NewConn(hctx, end, ipc.ConnConfig{Name: "check-worker"})
-	cancel()
+	conn, err := c.channel(ctx, w)
 	if err != nil {
 		c.fail("ping", "no connection: %v", err)
 		return
@@ -517,11 +524,7 @@ func (c *checker) shutdown(ctx context.Context) {
 		return
 	}
 	defer w.kill()
-	hctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	end := w.end
-	w.end = nil
-	conn, err := ipc.NewConn(hctx, end, ipc.ConnConfig{Name: "check-worker"})
-	cancel()
+	conn, err := c.channel(ctx, w)
 	if err != nil {
 		c.fail(name, "%v", err)
 		return
