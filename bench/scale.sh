@@ -40,7 +40,9 @@ share=$(awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v tck="$tck" \
 	'BEGIN { printf "%.2f", 100 * (c1 - c0) / tck / (t1 - t0) }')
 rss=$(awk '/VmRSS/ {print $2, $3}' "/proc/$pid/status")
 threads=$(awk '/Threads/ {print $2}' "/proc/$pid/status")
-answered=$(bench/bin/supervisor status --socket "$sock" --json | grep -c '"state": "ready"')
+# The status document lists the workers at its top and again under each program.
+answered=$(bench/bin/supervisor status --socket "$sock" --json |
+	python3 -c 'import json, sys; print(sum(w.get("state") == "ready" for w in json.load(sys.stdin)["workers"]))')
 
 echo "workers:              $WORKERS ($answered ready at the end of the watch)"
 echo "all ready after:      $ready"

@@ -21,6 +21,12 @@ import (
 // worker cannot make the supervisor buffer without bound.
 const maxLine = 64 << 10
 
+// relayBuf is the read buffer of one relayed stream. Lines that do not
+// fit are gathered in a buffer of their own, which exists only while
+// such a line is read: 256 workers' two streams hold 2 MiB, not the
+// 32 MiB that buffers of maxLine took.
+const relayBuf = 4 << 10
+
 // The rate limit on a worker's relayed output: a token bucket in lines
 // and one in bytes (bytes as the worker wrote them, before escaping).
 // A line is relayed only if both buckets hold enough; otherwise it is
@@ -136,27 +142,43 @@ func relay(r io.Reader, log hclog.Logger, stream string) {
 // warning. relayTo never fails: the protocol lives on fd 3, so nothing
 // here can disturb it.
 func relayTo(r io.Reader, log hclog.Logger, stream string, lim *outputLimit) {
-	br := bufio.NewReaderSize(r, maxLine+1) // a line of maxLine bytes and its newline fit
-	truncated := false                      // in the tail of a long line
-	dropping := false                       // that tail's line was dropped by the limit
+	br := bufio.NewReaderSize(r, relayBuf)
+	var long []byte   // a line longer than br's buffer, gathered up to maxLine+1 bytes
+	skipping := false // in the tail of a line cut at maxLine
+	dropping := false // that line was dropped by the limit: count its tail
 	for {
-		line, err := br.ReadSlice('\n')
+		frag, err := br.ReadSlice('\n')
+		more := err == bufio.ErrBufferFull // the line goes on after frag
 		switch {
-		case truncated && err == bufio.ErrBufferFull || truncated && len(line) > 0:
+		case skipping:
 			if dropping {
-				lim.dropBytes(len(line))
+				lim.dropBytes(len(frag))
 			}
-			truncated = err == bufio.ErrBufferFull
-		case err == bufio.ErrBufferFull:
-			dropping = !relayLine(log, stream, line[:maxLine], true, lim)
-			if dropping {
-				lim.dropBytes(len(line) - maxLine)
+			skipping = more
+		case long == nil && !more:
+			if len(frag) > 0 {
+				relayLine(log, stream, frag, false, lim)
 			}
-			truncated = true
-		case len(line) > 0:
-			relayLine(log, stream, line, false, lim)
+		default:
+			long = append(long, frag...)
+			body := len(long) // without the newline that ends it
+			if !more && body > 0 && long[body-1] == '\n' {
+				body--
+			}
+			switch {
+			case body > maxLine:
+				// Cut: maxLine bytes are logged, the rest is dropped.
+				dropping = !relayLine(log, stream, long[:maxLine], true, lim)
+				if dropping {
+					lim.dropBytes(len(long) - maxLine)
+				}
+				skipping, long = more, nil
+			case !more:
+				relayLine(log, stream, long, false, lim)
+				long = nil
+			}
 		}
-		if err != nil && err != bufio.ErrBufferFull {
+		if err != nil && !more {
 			if report, lines, bytes := lim.flush(); report {
 				reportDrops(log, lines, bytes)
 			}

@@ -91,6 +91,13 @@ func TestRelayLines(t *testing.T) {
 		}},
 		{name: "just under the limit", in: long[1:] + "\n", want: []rec{{"info", long[1:], "r", stderr}}},
 		{name: "exactly the limit", in: long + "\n", want: []rec{{"info", long, "r", stderr}}},
+		{name: "longer than the read buffer", in: long[:3*relayBuf+7] + "\n" + long[:relayBuf] + "\nx", want: []rec{
+			{"info", long[:3*relayBuf+7], "r", stderr}, {"info", long[:relayBuf], "r", stderr}, {"info", "x", "r", stderr},
+		}},
+		{name: "longer than the read buffer at eof", in: long[:relayBuf+1], want: []rec{{"info", long[:relayBuf+1], "r", stderr}}},
+		{name: "one over the limit, then more", in: long + "a\n" + long[:5] + "\n", want: []rec{
+			{"info", long, "r", map[string]any{"stream": "stderr", "truncated": true}}, {"info", long[:5], "r", stderr},
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
