@@ -143,7 +143,7 @@ func relay(r io.Reader, log hclog.Logger, stream string) {
 // here can disturb it.
 func relayTo(r io.Reader, log hclog.Logger, stream string, lim *outputLimit) {
 	br := bufio.NewReaderSize(r, relayBuf)
-	var long []byte   // a line longer than br's buffer, gathered up to maxLine+1 bytes
+	var long []byte   // a line longer than br's buffer, gathered until it ends or passes maxLine
 	skipping := false // in the tail of a line cut at maxLine
 	dropping := false // that line was dropped by the limit: count its tail
 	for {
