@@ -990,12 +990,16 @@ class _Writer:
         buffer at a time, with overhead: compare two readings, do not
         subtract them). It changes whenever the peer reads or we write.
         Any thread."""
-        try:
-            q = array.array("i", [0])
-            fcntl.ioctl(self._sock.fileno(), _SIOCOUTQ, q, True)
-            return self.sent - q[0]
-        except (OSError, ValueError, TypeError):  # closed, or no SIOCOUTQ here
-            return self.sent
+        conn = self._conn
+        with conn._fd_lock:  # the descriptor is not closed (and its number reused) under the ioctl
+            if conn._fd_closed:
+                return self.sent
+            try:
+                q = array.array("i", [0])
+                fcntl.ioctl(self._sock.fileno(), _SIOCOUTQ, q, True)
+                return self.sent - q[0]
+            except (OSError, ValueError, TypeError):  # closed, or no SIOCOUTQ here
+                return self.sent
 
     def _stall(self) -> float:
         """How long the peer may take no byte before we give up on it."""
@@ -1726,6 +1730,10 @@ class _Conn:
                 raise
         else:
             self._reader = _Reader(sock, max_files=max_files)
+        # Held while the socket is closed and while _Writer.taken reads its send
+        # queue; taken after self._lock where both are (taken may run under it).
+        self._fd_lock = threading.Lock()
+        self._fd_closed = False
         self._writer = _Writer(self, sock, write_timeout)
         progress = self._writer.taken  # the peer taking our bytes
         self._held = _Budget(max_buffered, progress)  # bytes held for the peer
@@ -1751,7 +1759,6 @@ class _Conn:
         self.shutdown_acked = False  # a SHUTDOWN's reply has been queued: the peer asked us to stop
         self._linger_timer: Optional[threading.Timer] = None
         self._reason: Optional[str] = None  # why the connection closed
-        self._fd_closed = False
         self._clients = _Clients(self, max_clients) if role == "worker" else None
         self._detach_req = False  # front: stop between frames and hand the client back
         self._stopping = False  # front: ... because the worker is stopping (no CLIENT_HERE)
@@ -2321,8 +2328,9 @@ class _Conn:
             if self._reason is not None or not ended or self._writer.broken:
                 return None
             self._reason = "handed back to the supervisor"
-            self._fd_closed = True
-            self._sock.close()  # no shutdown: the supervisor serves the connection on
+            with self._fd_lock:
+                self._fd_closed = True
+                self._sock.close()  # no shutdown: the supervisor serves the connection on
             self._close_wake()
             timer, self._detach_timer = self._detach_timer, None
         if timer is not None:
@@ -2402,8 +2410,9 @@ class _Conn:
         self._pool.close()
         self._reader.close_files()
         with self._lock:
-            self._fd_closed = True
-            self._sock.close()
+            with self._fd_lock:
+                self._fd_closed = True
+                self._sock.close()
             self._close_wake()
 
     # -- our requests ---------------------------------------------------------
