@@ -594,31 +594,32 @@ func (r *reader) read(p []byte) (int, error) {
 func (r *reader) poll(p []byte, now time.Time, spin *atomic.Bool, re *repoll, quick bool) (int, error) {
 	c := r.c
 	on := spin.Load()
-	if on || re.due() {
-		if !spinning.CompareAndSwap(false, true) {
-			if !on {
-				re.again()
-			}
-		} else {
-			n, got, err := r.spinRead(p, now.Add(spinFor))
-			spinning.Store(false)
-			switch {
-			case got == pollNothing && on:
-				spin.Store(false)
-				re.restart()
-			case got == pollNothing:
-				re.paid(false)
-			case got == pollCaught:
-				if !on {
-					spin.Store(true)
-				}
-				re.paid(true)
-			}
-			if err == unix.EAGAIN {
-				return c.sock.read(p)
-			}
-			return n, err
+	try := on || re.due()
+	if try && !spinning.CompareAndSwap(false, true) {
+		if !on {
+			re.again() // it was due: the next read polls instead
 		}
+		try = false
+	}
+	if try {
+		n, got, err := r.spinRead(p, now.Add(spinFor))
+		spinning.Store(false)
+		switch {
+		case got == pollNothing && on:
+			spin.Store(false)
+			re.restart()
+		case got == pollNothing:
+			re.paid(false)
+		case got == pollCaught:
+			if !on {
+				spin.Store(true)
+			}
+			re.paid(true)
+		}
+		if err == unix.EAGAIN {
+			return c.sock.read(p)
+		}
+		return n, err
 	}
 	n, err := c.sock.read(p)
 	if quick && err == nil && !on && time.Since(now) < spinFor {
