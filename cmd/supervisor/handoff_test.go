@@ -28,6 +28,25 @@ import (
 
 // connStats returns the front door's connection counters from status:
 // hand-overs that ended, and clients with workers now.
+// statusHandsBack asks for the status on c, a client that a worker of
+// the `run` with pid serves, and checks that the supervisor answered it
+// (its document) and that the client is back with the front door: one
+// hand-over ended, none going on.
+func statusHandsBack(t *testing.T, c *ipc.Conn, pid int, sock string) {
+	t.Helper()
+	st, err := c.Call(context.Background(), wire.TypeStatus, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc statusDoc
+	if err := json.Unmarshal(st, &doc); err != nil || doc.Mode != "run" || doc.PID != pid {
+		t.Fatalf("status from a handed-over client: %v %+v", err, doc)
+	}
+	if n, with := connStats(t, sock); n != 1 || with != 0 {
+		t.Fatalf("after the status: handed_off %d, with_workers %d; want 1 and 0", n, with)
+	}
+}
+
 func connStats(tb testing.TB, sock string) (handedOff, withWorkers int64) {
 	tb.Helper()
 	_, doc := statusJSON(tb, sock)
@@ -89,17 +108,7 @@ func TestRunHandoff(t *testing.T) {
 	// Status on the same connection: handed back, answered by the
 	// supervisor (its document, with this very client among the
 	// connections).
-	st, err := c.Call(ctx, wire.TypeStatus, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc statusDoc
-	if err := json.Unmarshal(st, &doc); err != nil || doc.Mode != "run" || doc.PID != run.PID() {
-		t.Fatalf("status from a handed-over client: %v %+v", err, doc)
-	}
-	if n, with = connStats(t, sock); n != 1 || with != 0 {
-		t.Fatalf("after the status: handed_off %d, with_workers %d; want 1 and 0", n, with)
-	}
+	statusHandsBack(t, c, run.PID(), sock)
 	echo("handed over again", 4096)
 	if n, with = connStats(t, sock); n != 1 || with != 1 {
 		t.Fatalf("after the next echo: handed_off %d, with_workers %d; want 1 and 1", n, with)

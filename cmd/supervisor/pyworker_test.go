@@ -136,6 +136,21 @@ func cmdlineHas(pid int, s string) bool {
 	return err == nil && bytes.Contains(b, []byte(s))
 }
 
+// checkPyClient runs pyClientScript against the `run` with pid at sock
+// and checks everything it saw.
+func checkPyClient(t *testing.T, py, libDir, sock string, pid int) {
+	t.Helper()
+	out := runPyClient(t, py, libDir, sock, pyClientScript)
+	want := map[string]any{
+		"peer": "supervisor", "version": 2.0, "rtt_ok": true, "mode": "run", "status_pid": float64(pid),
+		"echo":    map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
+		"message": "FROM PYTHON", "closed": true,
+	}
+	if fmt.Sprint(out) != fmt.Sprint(want) {
+		t.Errorf("python client saw %v, want %v", out, want)
+	}
+}
+
 // runPyClient runs script (Python, with workers/python on its path and
 // the socket as argv[1]) and returns the JSON object it prints.
 func runPyClient(t *testing.T, py, libDir, sock, script string) map[string]any {
@@ -323,15 +338,7 @@ func TestPythonWorkerRun(t *testing.T) {
 		}
 	})
 	t.Run("python-client", func(t *testing.T) {
-		out := runPyClient(t, py, dir, sock, pyClientScript)
-		want := map[string]any{
-			"peer": "supervisor", "version": 2.0, "rtt_ok": true, "mode": "run", "status_pid": float64(run.PID()),
-			"echo":    map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
-			"message": "FROM PYTHON", "closed": true,
-		}
-		if fmt.Sprint(out) != fmt.Sprint(want) {
-			t.Errorf("python client saw %v, want %v", out, want)
-		}
+		checkPyClient(t, py, dir, sock, run.PID())
 	})
 	t.Run("sigkill-restart", func(t *testing.T) {
 		run.replaceWorker(t, sock, 2, pids[0])
@@ -481,17 +488,7 @@ func TestPythonWorkerHandoff(t *testing.T) {
 		}
 	})
 	t.Run("status-hands-back", func(t *testing.T) {
-		st, err := c.Call(ctx, wire.TypeStatus, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var doc statusDoc
-		if err := json.Unmarshal(st, &doc); err != nil || doc.Mode != "run" || doc.PID != run.PID() {
-			t.Fatalf("status from a handed-over client: %v %+v", err, doc)
-		}
-		if n, with = connStats(t, sock); n != 1 || with != 0 {
-			t.Fatalf("after the status: handed_off %d, with_workers %d; want 1 and 0", n, with)
-		}
+		statusHandsBack(t, c, run.PID(), sock)
 		if err := echo(c, "handed over again", 4096); err != nil {
 			t.Fatal(err)
 		}
@@ -502,15 +499,7 @@ func TestPythonWorkerHandoff(t *testing.T) {
 	t.Run("python-client", func(t *testing.T) {
 		// The Python client, served by a Python worker: its echo hands it
 		// over, its status brings it back, its message hands it over again.
-		out := runPyClient(t, py, dir, sock, pyClientScript)
-		want := map[string]any{
-			"peer": "supervisor", "version": 2.0, "rtt_ok": true, "mode": "run", "status_pid": float64(run.PID()),
-			"echo":    map[string]any{"0": true, "1": true, "65536": true, "1048576": true},
-			"message": "FROM PYTHON", "closed": true,
-		}
-		if fmt.Sprint(out) != fmt.Sprint(want) {
-			t.Errorf("python client saw %v, want %v", out, want)
-		}
+		checkPyClient(t, py, dir, sock, run.PID())
 	})
 	t.Run("rolling-restart", func(t *testing.T) {
 		// c2 echoes without pause while c asks for a reload: the stopping
