@@ -33,10 +33,16 @@ func procIDs(tb testing.TB, pid int) (uid, gid, home, user string) {
 			gid = f[1]
 		}
 	}
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		tb.Fatal(err)
-	}
+	// environ reads empty while the process is between two programs
+	// (the worker's shell execs sleep right after it is ready).
+	var env []byte
+	poll(tb, fmt.Sprintf("process %d's environment", pid), func() bool {
+		var err error
+		if env, err = os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil {
+			tb.Fatal(err)
+		}
+		return len(env) > 0
+	}, func() string { return "" })
 	for _, kv := range strings.Split(string(env), "\x00") {
 		if v, ok := strings.CutPrefix(kv, "HOME="); ok {
 			home = v
